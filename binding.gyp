@@ -1,0 +1,23 @@
+{
+  "targets": [
+    {
+      "target_name": "margin_softmax",
+      "sources": [
+        "native/addon.cc",
+        "native/cpu/fused_loss_cpu.cc",
+        "native/cpu/simd_dispatch.cc",
+        "native/cuda_stub.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fno-exceptions", "-O2"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-O2"],
+      "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=fast", "-fexceptions", "-Wno-psabi", "-fno-strict-aliasing"],
+      "ldflags": ["-pthread"],
+      "xcode_settings": {
+        "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
+        "OTHER_CPLUSPLUSFLAGS": ["-std=c++17", "-O3"]
+      }
+    }
+  ]
+}

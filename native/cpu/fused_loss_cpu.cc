@@ -1,0 +1,307 @@
+// fused_loss_cpu.cc — the fused margin-softmax loss on the CPU.
+//
+// What is fused, and why: the N×C logits never exist. Classes are streamed
+// in blocks of Bc; for each block one GEMM gives the Bc×N cosine tile, the
+// epilogue applies the margin to the target entries and folds the tile into
+// per-row online log-sum-exp states. The backward pass revisits each block
+// (from a bounded cache of cosine tiles, or by recomputing the tile), forms
+// g = (softmax − onehot)·dz/dc/V and issues two GEMMs: dŴ for the block
+// (owned by one thread, written straight into gradWeights) and a per-thread
+// partial dX̂. The L2 normalisation of W is never materialised: the block's
+// inverse norms scale the tile rows, and its chain rule uses
+//   dw_j = invn_j·Σ_i g_ij x̂_i − w_j·invn_j²·t_j,  t_j = Σ_i g_ij c_ij
+// (ŵ_j·dŵ_j = t_j because c_ij = ŵ_j·x̂_i).
+//
+// Threads own contiguous ranges of blocks; per-thread partials (LSE states,
+// dX̂) are merged in thread order, so a fixed thread count gives bit-identical
+// results run after run. Extra memory: the tile cache (workspace_bytes),
+// O(Bc·N) per thread, O(N·d) per thread for dX̂, and C floats of norms.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "loss_cpu.h"
+#include "simd_dispatch.h"
+
+namespace ms {
+namespace {
+
+template <class T>
+std::unique_ptr<T[]> uninit(size_t n) {
+  return std::unique_ptr<T[]>(new T[n == 0 ? 1 : n]);
+}
+
+// Runs fn(t) for t in [0, T) on T threads (the caller's thread is one of
+// them) and rethrows the first exception after all have finished.
+template <class Fn>
+void parallel(int T, Fn fn) {
+  std::exception_ptr err;
+  std::mutex mu;
+  auto guarded = [&](int t) {
+    try {
+      fn(t);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!err) err = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(T > 0 ? T - 1 : 0);
+  for (int t = 1; t < T; ++t) pool.emplace_back(guarded, t);
+  guarded(0);
+  for (auto& th : pool) th.join();
+  if (err) std::rethrow_exception(err);
+}
+
+float round_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+}  // namespace
+
+int cpu_default_threads() {
+  const unsigned h = std::thread::hardware_concurrency();
+  return h == 0 ? 1 : (int)h;
+}
+
+int cpu_simd_width(int requested) { return kernels_for(requested).vw; }
+
+const char* cpu_simd_name(int width) {
+  return width >= 16 ? "avx512" : width >= 8 ? "avx2" : "portable";
+}
+
+void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
+  const KernelSet& K = kernels_for(opt.simd);
+  const int64_t N = p.n, C = p.c, D = p.d;
+  const bool backward = out.grad_x != nullptr && out.grad_w != nullptr;
+  const int64_t ldt = round_up(std::max<int64_t>(N, 1), 16);
+  // Block of classes: a ~64 KiB cosine tile, a multiple of 8 classes.
+  const int64_t Bc = std::clamp<int64_t>((16384 / ldt) / 8 * 8, 8, 256);
+  const int64_t nblocks = (C + Bc - 1) / Bc;
+  int T = opt.threads > 0 ? opt.threads : cpu_default_threads();
+  T = (int)std::max<int64_t>(1, std::min<int64_t>(T, nblocks));
+  const float s = p.margin.scale;
+  const float cvm_m2 = cvm_false_margin(p.margin);
+  out.total_blocks = nblocks;
+  out.skipped_blocks = 0;
+
+  // ---- Rows: normalise X (row-major X̂ and its transpose X̂ᵀ, d×ldt). ----
+  auto xn = uninit<float>(N * D);
+  auto xt = std::unique_ptr<float[]>(new float[D * ldt]());
+  auto invx = uninit<float>(N);
+  for (int64_t i = 0; i < N; ++i) {
+    const double sq = K.sumsq(p.x + i * D, (int)D);
+    if (!std::isfinite(sq))
+      throw InputError{"Expected finite values for embeddings but received a non-finite value in row " +
+                       std::to_string(i)};
+    invx[i] = inv_norm_from_sq(sq);
+    for (int64_t k = 0; k < D; ++k) {
+      const float v = p.x[i * D + k] * invx[i];
+      xn[i * D + k] = v;
+      xt[k * ldt + i] = v;
+    }
+  }
+  // Per-row arrays padded to ldt lanes (padding: ignored rows).
+  auto rowscale = std::unique_ptr<float[]>(new float[ldt]());
+  auto zt = std::unique_ptr<float[]>(new float[ldt]());
+  auto dzt = std::unique_ptr<float[]>(new float[ldt]());
+  auto lse = std::unique_ptr<float[]>(new float[ldt]());
+  int64_t V = 0;
+  for (int64_t i = 0; i < N; ++i) V += p.labels[i] >= 0;
+  out.valid_rows = V;
+  for (int64_t i = 0; i < N; ++i) rowscale[i] = (p.labels[i] >= 0 && V > 0) ? (float)(1.0 / V) : 0.0f;
+
+  // For each thread: its block range, tile cache, and LSE partial states.
+  auto invw = uninit<float>(C);
+  std::vector<int64_t> b_lo(T), b_hi(T), cached(T);
+  const size_t tile_floats = (size_t)(Bc * ldt);
+  const size_t cache_tiles_per_thread =
+      backward ? opt.workspace_bytes / (size_t)T / (tile_floats * sizeof(float)) : 0;
+  std::vector<std::unique_ptr<float[]>> cache(T);
+  std::vector<std::unique_ptr<float[]>> st_m(T), st_l(T);
+  for (int t = 0; t < T; ++t) {
+    b_lo[t] = nblocks * t / T;
+    b_hi[t] = nblocks * (t + 1) / T;
+    cached[t] = std::min<int64_t>((int64_t)cache_tiles_per_thread, b_hi[t] - b_lo[t]);
+    if (cached[t] > 0) cache[t] = uninit<float>(cached[t] * tile_floats);
+    st_m[t] = uninit<float>(ldt);
+    st_l[t] = uninit<float>(ldt);
+  }
+  // Rows whose label lands in a block, found by sorting rows by label once.
+  std::vector<std::pair<int32_t, int32_t>> by_label;  // (label, row)
+  for (int64_t i = 0; i < N; ++i)
+    if (p.labels[i] >= 0) by_label.emplace_back(p.labels[i], (int32_t)i);
+  std::sort(by_label.begin(), by_label.end());
+  auto targets_in = [&](int64_t j0, int64_t j1) {
+    auto lo = std::lower_bound(by_label.begin(), by_label.end(), std::make_pair((int32_t)j0, INT32_MIN));
+    auto hi = std::lower_bound(by_label.begin(), by_label.end(), std::make_pair((int32_t)j1, INT32_MIN));
+    return std::make_pair(lo, hi);
+  };
+  std::vector<int64_t> bad_w(T, -1);
+
+  // The W rows of a block as the kernels see them (bf16-rounded copy if asked).
+  auto block_weights = [&](int64_t j0, int64_t bc, float* scratch) -> const float* {
+    if (!p.weights_bf16) return p.w + j0 * D;
+    for (int64_t q = 0; q < bc * D; ++q) scratch[q] = round_bf16(p.w[j0 * D + q]);
+    return scratch;
+  };
+  // Cosine tile of a block: tile[j·ldt + i] = invn_j·(w_j·x̂_i); padding lanes 0.
+  auto cos_tile = [&](const float* wb, int64_t j0, int64_t bc, float* tile) {
+    K.gemm((int)bc, (int)N, (int)D, wb, (long)D, 1, xt.get(), (long)ldt, tile, (long)ldt, false);
+    for (int64_t j = 0; j < bc; ++j) {
+      float* row = tile + j * ldt;
+      const float inv = invw[j0 + j];
+      for (int64_t i = 0; i < N; ++i) row[i] *= inv;
+      for (int64_t i = N; i < ldt; ++i) row[i] = 0.0f;
+    }
+  };
+
+  // ---- Forward: stream class blocks, online LSE per row. ----
+  parallel(T, [&](int t) {
+    auto tile_own = uninit<float>(tile_floats);
+    auto wscratch = uninit<float>(p.weights_bf16 ? Bc * D : 1);
+    auto tcol = uninit<int32_t>(ldt);
+    auto ztb = std::unique_ptr<float[]>(new float[ldt]());
+    auto bm = uninit<float>(ldt);
+    auto bl = uninit<float>(ldt);
+    float* m = st_m[t].get();
+    float* l = st_l[t].get();
+    for (int64_t i = 0; i < ldt; ++i) {
+      tcol[i] = -1;
+      m[i] = -INFINITY;
+      l[i] = 0.0f;
+    }
+    for (int64_t b = b_lo[t]; b < b_hi[t]; ++b) {
+      const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
+      for (int64_t j = 0; j < bc; ++j) {
+        const double sq = K.sumsq(p.w + (j0 + j) * D, (int)D);
+        if (!std::isfinite(sq)) {
+          bad_w[t] = j0 + j;
+          return;
+        }
+        invw[j0 + j] = inv_norm_from_sq(sq);
+      }
+      const float* wb = block_weights(j0, bc, wscratch.get());
+      if (p.weights_bf16) {  // norms of the rounded rows, as the kernels see them
+        for (int64_t j = 0; j < bc; ++j) invw[j0 + j] = inv_norm_from_sq(K.sumsq(wb + j * D, (int)D));
+      }
+      float* tile = (b - b_lo[t] < cached[t]) ? cache[t].get() + (b - b_lo[t]) * tile_floats : tile_own.get();
+      cos_tile(wb, j0, bc, tile);
+      auto [lo, hi] = targets_in(j0, j0 + bc);
+      for (auto it = lo; it != hi; ++it) {
+        const int32_t i = it->second, col = it->first - (int32_t)j0;
+        const float c = tile[col * ldt + i];
+        const float rm = p.row_margins ? p.row_margins[i] : 0.0f;
+        const Logit L = target_logit(p.margin, c, rm);
+        tcol[i] = col;
+        ztb[i] = L.z;
+        zt[i] = L.z;
+        dzt[i] = L.dz;
+      }
+      K.block_stats(tile, (int)bc, (int)ldt, s, cvm_m2, tcol.get(), ztb.get(), bm.get(), bl.get());
+      for (int64_t i = 0; i < ldt; ++i) {
+        const LseState a = lse_merge({m[i], l[i]}, {bm[i], bl[i]});
+        m[i] = a.m;
+        l[i] = a.l;
+      }
+      for (auto it = lo; it != hi; ++it) tcol[it->second] = -1;
+    }
+  });
+  for (int t = 0; t < T; ++t)
+    if (bad_w[t] >= 0)
+      throw InputError{"Expected finite values for weights but received a non-finite value in row " +
+                       std::to_string(bad_w[t])};
+
+  // Merge the thread partials in thread order → LSE, per-sample loss, mean.
+  double total = 0.0;
+  for (int64_t i = 0; i < N; ++i) {
+    LseState a = lse_empty();
+    for (int t = 0; t < T; ++t) a = lse_merge(a, {st_m[t][i], st_l[t][i]});
+    lse[i] = lse_value(a);
+    if (p.labels[i] >= 0) {
+      const float li = lse[i] - zt[i];
+      out.per_sample[i] = li;
+      total += li;
+    } else {
+      out.per_sample[i] = 0.0f;
+    }
+  }
+  out.loss = V > 0 ? total / (double)V : 0.0;
+  if (!backward) return;
+
+  // ---- Backward: revisit blocks, g tile, dŴ (owned) and dX̂ (per thread). ----
+  std::vector<std::unique_ptr<float[]>> dxh(T);
+  std::vector<int64_t> skipped(T, 0);
+  parallel(T, [&](int t) {
+    auto tile_own = uninit<float>(tile_floats);
+    auto gt = uninit<float>(tile_floats);
+    auto tj = uninit<float>(Bc);
+    auto wscratch = uninit<float>(p.weights_bf16 ? Bc * D : 1);
+    auto tcol = uninit<int32_t>(ldt);
+    for (int64_t i = 0; i < ldt; ++i) tcol[i] = -1;
+    dxh[t] = std::unique_ptr<float[]>(new float[N * D]());
+    float* dx = dxh[t].get();
+    for (int64_t b = b_lo[t]; b < b_hi[t]; ++b) {
+      const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
+      const float* wb = block_weights(j0, bc, wscratch.get());
+      const float* tile;
+      if (b - b_lo[t] < cached[t]) {
+        tile = cache[t].get() + (b - b_lo[t]) * tile_floats;
+      } else {
+        cos_tile(wb, j0, bc, tile_own.get());
+        tile = tile_own.get();
+      }
+      auto [lo, hi] = targets_in(j0, j0 + bc);
+      for (auto it = lo; it != hi; ++it) tcol[it->second] = it->first - (int32_t)j0;
+      const float pmax = K.block_grad(tile, (int)bc, (int)ldt, s, cvm_m2, tcol.get(), zt.get(), dzt.get(),
+                                      lse.get(), rowscale.get(), invw.get() + j0, gt.get(), tj.get());
+      for (auto it = lo; it != hi; ++it) tcol[it->second] = -1;
+      float* gw = out.grad_w + j0 * D;
+      if (p.grad_filter > 0.0f && lo == hi && pmax < p.grad_filter) {
+        std::memset(gw, 0, sizeof(float) * bc * D);
+        ++skipped[t];
+        continue;
+      }
+      // dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term.
+      K.gemm((int)bc, (int)D, (int)N, gt.get(), (long)ldt, 1, xn.get(), (long)D, gw, (long)D, false);
+      for (int64_t j = 0; j < bc; ++j) {
+        const float inv = invw[j0 + j];
+        const float k = inv * inv * tj[j];
+        const float* wr = wb + j * D;
+        float* gr = gw + j * D;
+        for (int64_t q = 0; q < D; ++q) gr[q] -= k * wr[q];
+      }
+      // dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).
+      K.gemm((int)N, (int)D, (int)bc, gt.get(), 1, (long)ldt, wb, (long)D, dx, (long)D, true);
+    }
+  });
+  for (int t = 0; t < T; ++t) out.skipped_blocks += skipped[t];
+
+  // Sum the per-thread dX̂ in thread order, then the normalisation's chain rule.
+  for (int64_t i = 0; i < N; ++i) {
+    float* gx = out.grad_x + i * D;
+    for (int64_t q = 0; q < D; ++q) {
+      float acc = 0.0f;
+      for (int t = 0; t < T; ++t) acc += dxh[t][i * D + q];
+      gx[q] = acc;
+    }
+    double dot = 0.0;
+    for (int64_t q = 0; q < D; ++q) dot += (double)gx[q] * xn[i * D + q];
+    const float inv = invx[i];
+    for (int64_t q = 0; q < D; ++q) gx[q] = (gx[q] - (float)dot * xn[i * D + q]) * inv;
+  }
+}
+
+}  // namespace ms

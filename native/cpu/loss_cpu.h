@@ -1,0 +1,60 @@
+// loss_cpu.h — the CPU backend's entry points and the problem description
+// shared by every backend (the CUDA backend takes the same LossProblem).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "../margin_math.h"
+
+namespace ms {
+
+// Inputs are borrowed (never copied): X is N×d, W is C×d, both row-major.
+struct LossProblem {
+  const float* x = nullptr;
+  const float* w = nullptr;
+  const int32_t* labels = nullptr;     // N entries in [−1, C); −1 = ignored row
+  const float* row_margins = nullptr;  // N entries for the elastic kinds, else null
+  int64_t n = 0, c = 0, d = 0;
+  MarginParams margin{};
+  // Gradient filtering: a class block whose every softmax probability is
+  // below this value (and that holds no target) is skipped in the backward
+  // pass. 0 disables it (exact gradients).
+  float grad_filter = 0.0f;
+  // Emulate bfloat16 class centres: W is rounded to bf16 (round-to-nearest-
+  // even) as it is read; products still accumulate in fp32.
+  bool weights_bf16 = false;
+};
+
+// Outputs are written, never read. grad_x / grad_w null = forward only.
+struct LossOutputs {
+  float* per_sample = nullptr;  // N (0 for ignored rows)
+  float* grad_x = nullptr;      // N×d
+  float* grad_w = nullptr;      // C×d
+  double loss = 0.0;            // mean over non-ignored rows (0 if none)
+  int64_t valid_rows = 0;
+  int64_t skipped_blocks = 0;   // blocks skipped by gradient filtering
+  int64_t total_blocks = 0;
+};
+
+struct CpuOptions {
+  int threads = 0;                         // 0 = all hardware threads
+  size_t workspace_bytes = 64u << 20;      // cosine tiles kept between passes
+  int simd = -1;                           // −1 best available, 0 portable, 8 AVX2, 16 AVX-512
+};
+
+// Thrown for problems the caller can fix (bad values found while streaming).
+struct InputError {
+  std::string message;
+};
+
+void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt);
+
+// Description of the CPU backend for deviceInfo(): best SIMD width in floats
+// (16 AVX-512, 8 AVX2+FMA, 1 portable), its name, and the thread count used.
+int cpu_simd_width(int requested);
+const char* cpu_simd_name(int width);
+int cpu_default_threads();
+
+}  // namespace ms

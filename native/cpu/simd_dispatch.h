@@ -1,0 +1,28 @@
+// simd_dispatch.h — one table of the CPU vector kernels per instruction set;
+// simd_kernels.inc is compiled once per ISA and the best one the CPU runs is
+// picked at run time (so one binary serves AVX-512, AVX2 and older CPUs).
+#pragma once
+
+#include <cstdint>
+
+namespace ms {
+
+struct KernelSet {
+  int vw;  // floats per vector
+  int mr;  // GEMM register-tile rows
+  void (*gemm)(int M, int NN, int K, const float* A, long sam, long sak, const float* B, long ldb,
+               float* C, long ldc, bool accumulate);
+  void (*block_stats)(const float* tile, int bc, int ldt, float s, float cvm_m2,
+                      const int32_t* tcol, const float* zt, float* m_out, float* l_out);
+  float (*block_grad)(const float* tile, int bc, int ldt, float s, float cvm_m2,
+                      const int32_t* tcol, const float* zt, const float* dzt, const float* lse,
+                      const float* rowscale, const float* invn, float* gout, float* t);
+  double (*sumsq)(const float* v, int d);
+};
+
+// width: 16 (AVX-512), 8 (AVX2+FMA), 4 (portable); −1 = best supported.
+// Falls back to the best supported width at or below the one asked for.
+const KernelSet& kernels_for(int width);
+int best_simd_width();
+
+}  // namespace ms

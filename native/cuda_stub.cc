@@ -1,0 +1,20 @@
+// cuda_stub.cc — the CUDA entry points for a build without nvcc: the addon
+// links and loads, and reports why the cuda backend is unavailable.
+#include "cuda/loss_cuda.h"
+
+namespace ms {
+
+bool cuda_compiled() { return false; }
+
+bool cuda_usable(std::string* why) {
+  if (why) *why = "margin-softmax was built without CUDA (nvcc was not found at build time)";
+  return false;
+}
+
+bool cuda_device_info(CudaDeviceInfo*) { return false; }
+
+void cuda_loss(const LossProblem&, LossOutputs&) {
+  throw CudaError{"margin-softmax was built without CUDA (nvcc was not found at build time)"};
+}
+
+}  // namespace ms

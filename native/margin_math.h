@@ -1,0 +1,218 @@
+// margin_math.h — the element-wise math of the margin-softmax family, shared by
+// the CPU backend and the CUDA kernels (every function is __host__ __device__),
+// so the CPU test-suite covers exactly the code the GPU runs.
+//
+// What lives here: the margin of every kind (target logit and its exact
+// derivative d z / d cos θ), the non-target logit (CVM adds a false-class
+// margin), the monotonic π fallback, the online log-sum-exp merge, and the
+// counter-based Gaussian draw used by the elastic margins.
+//
+// What does not: products, reductions, threads. Those are the backends' job.
+//
+// Notation (see shared/notes/loss-math.md): c = cos θ = x̂·ŵ, s = scale,
+// φ(θ) = margined angle for the angular kinds.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define MS_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// always_inline: the CPU backend calls these from SIMD code compiled for
+// several instruction sets; inlining makes each copy use its caller's ISA.
+#define MS_HD inline __attribute__((always_inline))
+#else
+#define MS_HD inline
+#endif
+
+namespace ms {
+
+// The margin kinds. The integer values cross the N-API boundary; keep in sync
+// with lib/native.ts (MARGIN_KIND_CODES).
+enum class MarginKind : int32_t {
+  Softmax = 0,
+  ArcFace = 1,
+  CosFace = 2,
+  Combined = 3,
+  Adaptive = 4,
+  ElasticArc = 5,
+  ElasticCos = 6,
+  Cvm = 7,
+};
+
+// One struct describes the loss; both backends take it by value.
+// For the elastic kinds the per-row margin comes from `row_margins` (drawn on
+// the host, see elastic_margin below) and m2 is unused.
+struct MarginParams {
+  MarginKind kind;
+  float scale;     // s
+  float m1;        // combined: multiplicative angular; adaptive: sin² coefficient; cvm: true-class
+  float m2;        // additive angular (arcface m, combined m2, adaptive m2); cosface m; cvm: false-class
+  float m3;        // combined: additive cosine margin
+  bool fallback;   // monotonic fallback where φ > π (angular kinds)
+};
+
+// cos θ is clamped to [−1+ε, 1−ε] before arccos so that sin θ > 0 and dz/dc
+// stays finite. In fp32, 1 − 1e−7 rounds to 1 − 2⁻²³ (sin θ ≈ 4.9e−4).
+constexpr float kCosEps = 1e-7f;
+
+MS_HD float clamp_cos(float c) {
+  const float hi = 1.0f - kCosEps;
+  const float lo = -1.0f + kCosEps;
+  return c > hi ? hi : (c < lo ? lo : c);
+}
+
+// A logit and its derivative with respect to the (unclamped) cosine.
+// The clamp is treated as the identity for the derivative: it only keeps
+// arccos away from its singularity (the clamped band is 1e−7 wide).
+struct Logit {
+  float z;
+  float dz;  // d z / d c
+};
+
+MS_HD bool is_angular(MarginKind k) {
+  return k == MarginKind::ArcFace || k == MarginKind::Combined ||
+         k == MarginKind::Adaptive || k == MarginKind::ElasticArc;
+}
+
+MS_HD bool has_row_margin(MarginKind k) {
+  return k == MarginKind::ElasticArc || k == MarginKind::ElasticCos;
+}
+
+// Non-target logit z_j for j ≠ y. Only CVM adds a false-class margin:
+// z = s·(c + m2·c²), dz/dc = s·(1 + 2·m2·c). Templated on the value type so
+// the CPU backend's SIMD epilogue evaluates exactly this formula on vectors.
+template <class F>
+MS_HD F other_z(F c, float s, float cvm_m2) {
+  return s * (c + cvm_m2 * c * c);
+}
+template <class F>
+MS_HD F other_dz(F c, float s, float cvm_m2) {
+  return s * (1.0f + 2.0f * cvm_m2 * c);
+}
+// The false-class margin coefficient: m2 for CVM, 0 for every other kind.
+MS_HD float cvm_false_margin(const MarginParams& p) {
+  return p.kind == MarginKind::Cvm ? p.m2 : 0.0f;
+}
+
+MS_HD Logit other_logit(const MarginParams& p, float c) {
+  const float m = cvm_false_margin(p);
+  return {other_z(c, p.scale, m), other_dz(c, p.scale, m)};
+}
+
+// Target logit z_y for one row. `row_m` is the row's own margin (elastic
+// kinds only; ignored otherwise).
+//
+// Angular kinds: z = s·(cos φ(θ) − m3), dz/dc = s·sin φ·φ'(θ)/sin θ
+// (from d cos φ/dc = −sin φ·φ'·dθ/dc and dθ/dc = −1/sin θ).
+// Where φ > π (and `fallback`), cos φ would rise as θ grows; the fallback
+// z = s·(c − m3 − m2·sin m2), dz/dc = s keeps the logit monotonic. It is
+// continuous with the margined logit at θ = π − m2 for ArcFace (classic
+// th/mm rule) and close to it for the other angular kinds.
+MS_HD Logit target_logit(const MarginParams& p, float c_raw, float row_m) {
+  const float s = p.scale;
+  switch (p.kind) {
+    case MarginKind::Softmax:
+      return {s * c_raw, s};
+    case MarginKind::CosFace:
+      return {s * (c_raw - p.m2), s};
+    case MarginKind::ElasticCos:
+      return {s * (c_raw - row_m), s};
+    case MarginKind::Cvm:
+      // z = s·(c − m1·(1 − c²)) = s·(c − m1·sin²θ)
+      return {s * (c_raw - p.m1 * (1.0f - c_raw * c_raw)), s * (1.0f + 2.0f * p.m1 * c_raw)};
+    default:
+      break;
+  }
+  // Angular kinds.
+  const float c = clamp_cos(c_raw);
+  const float theta = acosf(c);
+  const float sin_t = sqrtf(fmaxf(1.0f - c * c, 0.0f));
+  float phi, dphi, m_add, m3 = 0.0f;
+  switch (p.kind) {
+    case MarginKind::ArcFace:
+      m_add = p.m2;
+      phi = theta + m_add;
+      dphi = 1.0f;
+      break;
+    case MarginKind::ElasticArc:
+      m_add = row_m;
+      phi = theta + m_add;
+      dphi = 1.0f;
+      break;
+    case MarginKind::Combined:
+      m_add = p.m2;
+      m3 = p.m3;
+      phi = p.m1 * theta + m_add;
+      dphi = p.m1;
+      break;
+    default:  // Adaptive: φ = θ + m1·sin²θ + m2, φ' = 1 + 2·m1·sinθ·cosθ
+      m_add = p.m2;
+      phi = theta + p.m1 * sin_t * sin_t + m_add;
+      dphi = 1.0f + 2.0f * p.m1 * sin_t * c;
+      break;
+  }
+  if (p.fallback && phi > 3.14159265358979f) {
+    return {s * (c_raw - m3 - m_add * sinf(m_add)), s};
+  }
+  return {s * (cosf(phi) - m3), s * sinf(phi) * dphi / sin_t};
+}
+
+// ---- Online log-sum-exp -------------------------------------------------
+// Per row: m = running max, l = Σ exp(z − m). Merging is associative; the
+// backends merge in a fixed order so results are bit-reproducible.
+// The empty state is (−inf, 0); merging it with anything is the identity.
+struct LseState {
+  float m;
+  float l;
+};
+
+MS_HD LseState lse_empty() { return {-INFINITY, 0.0f}; }
+
+MS_HD LseState lse_merge(LseState a, LseState b) {
+  if (a.l == 0.0f) return b;
+  if (b.l == 0.0f) return a;
+  const float m = fmaxf(a.m, b.m);
+  return {m, a.l * expf(a.m - m) + b.l * expf(b.m - m)};
+}
+
+MS_HD float lse_value(LseState a) { return a.m + logf(a.l); }
+
+// ---- Counter-based Gaussian draws (elastic margins) ---------------------
+// A stateless hash of (seed, counter, row) → two 32-bit uniforms → Box–Muller.
+// Stateless, so every backend (and every thread) gets the same draw for the
+// same key. The mixer is SplitMix64's finaliser applied to a keyed counter.
+MS_HD uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Standard normal draw for key (seed, counter, row).
+MS_HD double gaussian_draw(uint64_t seed, uint64_t counter, uint64_t row) {
+  const uint64_t k = mix64(seed * 0x9e3779b97f4a7c15ULL + mix64(counter + 0x632be59bd9b4e019ULL));
+  const uint64_t h = mix64(k ^ mix64(row + 0x2545f4914f6cdd1dULL));
+  // Two 32-bit halves → uniforms in (0, 1] and [0, 1).
+  const double u1 = ((double)(h >> 32) + 1.0) * (1.0 / 4294967296.0);
+  const double u2 = (double)(h & 0xffffffffULL) * (1.0 / 4294967296.0);
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+// Per-row elastic margin m_i ~ N(m, σ²).
+MS_HD float elastic_margin(float m, float sigma, uint64_t seed, uint64_t counter, uint64_t row) {
+  return (float)((double)m + (double)sigma * gaussian_draw(seed, counter, row));
+}
+
+// ---- L2 normalisation -----------------------------------------------------
+// A vector whose norm is ≤ kZeroNorm has no direction: it is treated as the
+// zero vector (x̂ = 0, every cosine 0) and receives a zero gradient. This is
+// a choice, documented in the README; it keeps everything finite.
+constexpr float kZeroNorm = 1e-12f;
+
+MS_HD float inv_norm_from_sq(double sq) {
+  const double n = sqrt(sq);
+  return n > (double)kZeroNorm ? (float)(1.0 / n) : 0.0f;
+}
+
+}  // namespace ms
