@@ -12,6 +12,7 @@
 #include <new>
 #include <string>
 
+#include "cpu/big_alloc.h"
 #include "cpu/loss_cpu.h"
 #include "cuda/loss_cuda.h"
 
@@ -27,6 +28,20 @@ struct Request {
   Napi::Float32Array per_sample, grad_x, grad_w;
   LossOutputs out;
 };
+
+// A new Float32Array of n zeroed floats. Large ones are backed by huge-page
+// memory (see big_alloc.h) and reported to V8 as external memory.
+Napi::Float32Array new_f32(Napi::Env env, size_t n) {
+  const size_t bytes = n * sizeof(float);
+  if (bytes < kBigAllocThreshold) return Napi::Float32Array::New(env, n);
+  float* data = static_cast<float*>(big_alloc(bytes));
+  Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, data, bytes, [bytes](Napi::Env e, void* p) {
+    big_free(p, bytes);
+    Napi::MemoryManagement::AdjustExternalMemory(e, -(int64_t)bytes);
+  });
+  Napi::MemoryManagement::AdjustExternalMemory(env, (int64_t)bytes);
+  return Napi::Float32Array::New(env, n, buf, 0);
+}
 
 double num(const Napi::Object& o, const char* key, double dflt) {
   Napi::Value v = o.Get(key);
@@ -67,11 +82,11 @@ Request make_request(const Napi::CallbackInfo& info) {
   r.cpu.simd = (int)num(o, "simd", -1);
   r.use_cuda = o.Get("backend").ToString().Utf8Value() == "cuda";
 
-  r.per_sample = Napi::Float32Array::New(env, (size_t)p.n);
+  r.per_sample = new_f32(env, (size_t)p.n);
   r.out.per_sample = r.per_sample.Data();
   if (r.with_grad) {
-    r.grad_x = Napi::Float32Array::New(env, (size_t)(p.n * d));
-    r.grad_w = Napi::Float32Array::New(env, (size_t)(p.c * d));
+    r.grad_x = new_f32(env, (size_t)(p.n * d));
+    r.grad_w = new_f32(env, (size_t)(p.c * d));
     r.out.grad_x = r.grad_x.Data();
     r.out.grad_w = r.grad_w.Data();
   }

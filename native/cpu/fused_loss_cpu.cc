@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "big_alloc.h"
 #include "loss_cpu.h"
 #include "simd_dispatch.h"
 
@@ -129,13 +130,13 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   const size_t tile_floats = (size_t)(Bc * ldt);
   const size_t cache_tiles_per_thread =
       backward ? opt.workspace_bytes / (size_t)T / (tile_floats * sizeof(float)) : 0;
-  std::vector<std::unique_ptr<float[]>> cache(T);
+  std::vector<BigArray<float>> cache(T);
   std::vector<std::unique_ptr<float[]>> st_m(T), st_l(T);
   for (int t = 0; t < T; ++t) {
     b_lo[t] = nblocks * t / T;
     b_hi[t] = nblocks * (t + 1) / T;
     cached[t] = std::min<int64_t>((int64_t)cache_tiles_per_thread, b_hi[t] - b_lo[t]);
-    if (cached[t] > 0) cache[t] = uninit<float>(cached[t] * tile_floats);
+    if (cached[t] > 0) cache[t] = BigArray<float>(cached[t] * tile_floats);
     st_m[t] = uninit<float>(ldt);
     st_l[t] = uninit<float>(ldt);
   }
