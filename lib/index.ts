@@ -1,0 +1,13 @@
+/**
+ * margin-softmax: fused margin-based softmax losses for face recognition.
+ *
+ * ```ts
+ * import { lossAndGrad } from 'margin-softmax';
+ * const { loss, gradEmbeddings, gradWeights } = lossAndGrad(
+ *   { embeddings, weights, labels, dim: 512 },
+ *   { margin: { kind: 'adaptive', m1: 0.03, m2: 0.5 }, scale: 64 });
+ * ```
+ */
+export { lossAndGrad, lossAndGradAsync, forward, forwardAsync, backends, deviceInfo, DEFAULT_SCALE, ADAPTIVE_DEFAULTS } from './loss';
+export { ArgumentError, BackendUnavailableError, NativeError } from './errors';
+export type * from './types';

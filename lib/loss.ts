@@ -1,0 +1,165 @@
+/**
+ * The loss functions: argument validation, backend choice, and the call into
+ * the fused native kernels. N = labels.length, C = weights.length / dim.
+ */
+import { ArgumentError, BackendUnavailableError, NativeError } from './errors';
+import { MARGIN_KIND_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';
+import type { BackendName, DeviceInfo, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
+import { validateInput, validateOptions, type Shape } from './validate';
+
+export const DEFAULT_SCALE = 64;
+export const DEFAULT_WORKSPACE_BYTES = 64 * 1024 * 1024;
+export const ADAPTIVE_DEFAULTS = { m1: 0.03, m2: 0.5 } as const;
+
+/** Per-seed call counters of the elastic margins (used when margin.counter is not given). */
+const elasticCounters = new Map<number, number>();
+
+/** Backends usable in this process: always 'cpu', and 'cuda' when a GPU is usable now. */
+export function backends(): BackendName[] {
+  return native.info().cuda.usable ? ['cpu', 'cuda'] : ['cpu'];
+}
+
+/** Describes the CPU (threads, SIMD) and the GPU, if any, and which backend 'auto' uses. */
+export function deviceInfo(): DeviceInfo {
+  const info = native.info();
+  return {
+    backend: info.cuda.usable ? 'cuda' : 'cpu',
+    cpu: info.cpu,
+    cuda: info.cuda as DeviceInfo['cuda'],
+  };
+}
+
+function resolveBackend(requested: LossOptions['backend']): BackendName {
+  const want = requested ?? 'auto';
+  if (want === 'cpu') return 'cpu';
+  const cuda = native.info().cuda;
+  if (want === 'cuda' && !cuda.usable) {
+    throw new BackendUnavailableError(`Expected a usable CUDA device for backend 'cuda' but ${cuda.reason ?? 'none was found'}`);
+  }
+  return cuda.usable ? 'cuda' : 'cpu';
+}
+
+/** Draws the per-row elastic margins, or returns undefined for the other kinds. */
+function elasticMargins(margin: Margin, n: number): Float32Array | undefined {
+  if (margin.kind !== 'elastic-arc' && margin.kind !== 'elastic-cos') return undefined;
+  let counter = margin.counter;
+  if (counter === undefined) {
+    counter = elasticCounters.get(margin.seed) ?? 0;
+    elasticCounters.set(margin.seed, counter + 1);
+  }
+  return native.elasticMargins(margin.m, margin.sigma, margin.seed, counter, n);
+}
+
+/** The margin as the native side's (kind, m1, m2, m3) parameters. */
+export function nativeMargin(margin: Margin): Pick<NativeLossOptions, 'kind' | 'm1' | 'm2' | 'm3'> {
+  const kind = MARGIN_KIND_CODES[margin.kind];
+  switch (margin.kind) {
+    case 'softmax':
+      return { kind, m1: 0, m2: 0, m3: 0 };
+    case 'arcface':
+    case 'cosface':
+      return { kind, m1: 0, m2: margin.m, m3: 0 };
+    case 'combined':
+      return { kind, m1: margin.m1, m2: margin.m2, m3: margin.m3 };
+    case 'adaptive':
+      return { kind, m1: margin.m1 ?? ADAPTIVE_DEFAULTS.m1, m2: margin.m2 ?? ADAPTIVE_DEFAULTS.m2, m3: 0 };
+    case 'elastic-arc':
+    case 'elastic-cos':
+      return { kind, m1: 0, m2: margin.m, m3: 0 };
+    case 'cvm':
+      return { kind, m1: margin.m1, m2: margin.m2, m3: 0 };
+  }
+}
+
+interface Prepared {
+  shape: Shape;
+  backend: BackendName;
+  opts: NativeLossOptions;
+  margins?: Float32Array;
+}
+
+function prepare(input: LossInput, options: LossOptions): Prepared {
+  validateOptions(options);
+  const shape = validateInput(input);
+  const backend = resolveBackend(options.backend);
+  const margins = elasticMargins(options.margin, shape.n);
+  const opts: NativeLossOptions = {
+    ...nativeMargin(options.margin),
+    scale: options.scale ?? DEFAULT_SCALE,
+    fallback: options.fallback ?? true,
+    rowMargins: margins,
+    gradFilter: options.gradFilter ?? 0,
+    weightsBf16: options.weightsDtype === 'bfloat16',
+    threads: options.threads ?? 0,
+    workspaceBytes: options.workspaceBytes ?? DEFAULT_WORKSPACE_BYTES,
+    simd: SIMD_CODES[options.simd ?? 'auto'],
+    backend,
+  };
+  return { shape, backend, opts, margins };
+}
+
+/** Native failures become typed errors; messages that name the input are argument errors. */
+function rethrow(err: unknown): never {
+  const message = err instanceof Error ? err.message : String(err);
+  if (message.startsWith('Expected ')) throw new ArgumentError(message);
+  throw new NativeError(message, { cause: err });
+}
+
+function forwardResult(r: NativeLossResult, p: Prepared): ForwardResult {
+  const out: ForwardResult = { loss: r.loss, perSample: r.perSample, validRows: r.validRows, backend: p.backend };
+  if (p.margins) out.margins = p.margins;
+  return out;
+}
+
+function gradResult(r: NativeLossResult, p: Prepared): LossAndGradResult {
+  return {
+    ...forwardResult(r, p),
+    gradEmbeddings: r.gradEmbeddings as Float32Array,
+    gradWeights: r.gradWeights as Float32Array,
+    skippedBlocks: r.skippedBlocks,
+    totalBlocks: r.totalBlocks,
+  };
+}
+
+function call(input: LossInput, p: Prepared, withGrad: boolean): NativeLossResult {
+  try {
+    return native.loss(input.embeddings, input.weights, input.labels, input.dim, p.opts, withGrad);
+  } catch (err) {
+    rethrow(err);
+  }
+}
+
+async function callAsync(input: LossInput, p: Prepared, withGrad: boolean): Promise<NativeLossResult> {
+  try {
+    return await native.lossAsync(input.embeddings, input.weights, input.labels, input.dim, p.opts, withGrad);
+  } catch (err) {
+    rethrow(err);
+  }
+}
+
+/** Loss, per-row losses, and the gradients with respect to the embeddings and the class centres. */
+export function lossAndGrad(input: LossInput, options: LossOptions): LossAndGradResult {
+  const p = prepare(input, options);
+  return gradResult(call(input, p, true), p);
+}
+
+/** Loss and per-row losses only (no gradient work, no tile cache). */
+export function forward(input: LossInput, options: LossOptions): ForwardResult {
+  const p = prepare(input, options);
+  return forwardResult(call(input, p, false), p);
+}
+
+/**
+ * {@link lossAndGrad} on the libuv thread pool: the event loop stays free.
+ * Do not modify the input arrays until the promise settles.
+ */
+export async function lossAndGradAsync(input: LossInput, options: LossOptions): Promise<LossAndGradResult> {
+  const p = prepare(input, options);
+  return gradResult(await callAsync(input, p, true), p);
+}
+
+/** {@link forward} on the libuv thread pool. */
+export async function forwardAsync(input: LossInput, options: LossOptions): Promise<ForwardResult> {
+  const p = prepare(input, options);
+  return forwardResult(await callAsync(input, p, false), p);
+}

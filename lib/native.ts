@@ -1,0 +1,56 @@
+/** The compiled addon and the contract of its functions (see native/addon.cc). */
+import type { MarginKind } from './types';
+
+export interface NativeLossOptions {
+  kind: number;
+  scale: number;
+  m1: number;
+  m2: number;
+  m3: number;
+  fallback: boolean;
+  rowMargins?: Float32Array;
+  gradFilter: number;
+  weightsBf16: boolean;
+  threads: number;
+  workspaceBytes: number;
+  simd: number;
+  backend: 'cpu' | 'cuda';
+}
+
+export interface NativeLossResult {
+  loss: number;
+  perSample: Float32Array;
+  validRows: number;
+  skippedBlocks: number;
+  totalBlocks: number;
+  gradEmbeddings?: Float32Array;
+  gradWeights?: Float32Array;
+}
+
+export interface NativeAddon {
+  loss(x: Float32Array, w: Float32Array, labels: Int32Array, dim: number, opts: NativeLossOptions, withGrad: boolean): NativeLossResult;
+  lossAsync(x: Float32Array, w: Float32Array, labels: Int32Array, dim: number, opts: NativeLossOptions, withGrad: boolean): Promise<NativeLossResult>;
+  elasticMargins(m: number, sigma: number, seed: number, counter: number, n: number): Float32Array;
+  targetLogit(params: Partial<NativeLossOptions>, cos: number, rowMargin: number): { z: number; dz: number };
+  info(simd?: number): {
+    cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number };
+    cuda: { compiled: boolean; usable: boolean; reason?: string; [key: string]: unknown };
+  };
+}
+
+/** Integer codes of the margin kinds; must match ms::MarginKind in native/margin_math.h. */
+export const MARGIN_KIND_CODES: Record<MarginKind, number> = {
+  softmax: 0,
+  arcface: 1,
+  cosface: 2,
+  combined: 3,
+  adaptive: 4,
+  'elastic-arc': 5,
+  'elastic-cos': 6,
+  cvm: 7,
+};
+
+export const SIMD_CODES = { auto: -1, portable: 4, avx2: 8, avx512: 16 } as const;
+
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+export const native: NativeAddon = require('bindings')('margin_softmax');

@@ -1,0 +1,137 @@
+/**
+ * Public types of margin-softmax. The typings are the documentation: every
+ * field says what it means, its unit and its default.
+ */
+
+/** Plain normalised softmax: z_j = s·cos θ_j for every class. */
+export interface SoftmaxMargin { kind: 'softmax' }
+/** ArcFace: z_y = s·cos(θ_y + m). */
+export interface ArcFaceMargin { kind: 'arcface'; m: number }
+/** CosFace: z_y = s·(cos θ_y − m). */
+export interface CosFaceMargin { kind: 'cosface'; m: number }
+/** Combined margin (InsightFace): z_y = s·(cos(m1·θ_y + m2) − m3). */
+export interface CombinedMargin { kind: 'combined'; m1: number; m2: number; m3: number }
+/**
+ * Adaptive angular margin (the headline loss): z_y = s·cos(θ_y + f(θ_y)),
+ * f(θ) = m1·(1 − cos²θ) + m2. Defaults m1 = 0.03, m2 = 0.5.
+ * m1 = 0 is ArcFace with m = m2; m1 = m2 = 0 is softmax.
+ */
+export interface AdaptiveMargin { kind: 'adaptive'; m1?: number; m2?: number }
+/**
+ * ElasticFace-Arc: ArcFace with a per-row margin m_i ~ N(m, sigma²), drawn by a
+ * counter-based generator keyed by (seed, counter, row): every backend draws the
+ * same values. `counter` defaults to a per-seed call counter kept by the process
+ * (0, 1, 2, … for successive calls with that seed); pass it to make a call reproducible.
+ */
+export interface ElasticArcMargin { kind: 'elastic-arc'; m: number; sigma: number; seed: number; counter?: number }
+/** ElasticFace-Cos: CosFace with a per-row margin m_i ~ N(m, sigma²) (see {@link ElasticArcMargin}). */
+export interface ElasticCosMargin { kind: 'elastic-cos'; m: number; sigma: number; seed: number; counter?: number }
+/** CVM: z_y = s·(cos θ_y − m1·(1 − cos²θ_y)), z_j = s·(cos θ_j + m2·cos²θ_j) for j ≠ y. */
+export interface CvmMargin { kind: 'cvm'; m1: number; m2: number }
+
+export type Margin =
+  | SoftmaxMargin
+  | ArcFaceMargin
+  | CosFaceMargin
+  | CombinedMargin
+  | AdaptiveMargin
+  | ElasticArcMargin
+  | ElasticCosMargin
+  | CvmMargin;
+
+export type MarginKind = Margin['kind'];
+export type BackendName = 'cpu' | 'cuda';
+
+export interface LossInput {
+  /** N×d embeddings, row-major (one sample per row). Read without copying. */
+  embeddings: Float32Array;
+  /** C×d class centres, row-major (one class per row). Read without copying. */
+  weights: Float32Array;
+  /** N labels in [0, C); −1 marks a row to ignore (no loss, no gradient, not counted in the mean). */
+  labels: Int32Array;
+  /** Embedding dimension d (> 0, divides weights.length and embeddings.length). */
+  dim: number;
+}
+
+export interface LossOptions {
+  margin: Margin;
+  /** Scale s of the logits. Default 64. */
+  scale?: number;
+  /** 'auto' (default) picks 'cuda' when a GPU is usable, else 'cpu'. */
+  backend?: 'auto' | BackendName;
+  /**
+   * Angular kinds only: where the margined angle exceeds π use the monotonic
+   * fallback z_y = s·(cos θ_y − m3 − m2·sin m2) (derivative s). Default true.
+   */
+  fallback?: boolean;
+  /**
+   * Gradient filtering: skip the backward work of a class block whose every
+   * softmax probability is below this value and that holds no target.
+   * 0 (default) = exact gradients. See the README for the measured error.
+   */
+  gradFilter?: number;
+  /** Class-centre precision. 'bfloat16' rounds W to bf16 as it is read (emulated on the CPU). Default 'float32'. */
+  weightsDtype?: 'float32' | 'bfloat16';
+  /** CPU threads (default: all hardware threads). Results are bit-identical for a fixed thread count. */
+  threads?: number;
+  /**
+   * CPU: bytes of cosine tiles kept from the forward pass for the backward pass
+   * (tiles beyond it are recomputed). Default 64 MiB; 0 always recomputes.
+   */
+  workspaceBytes?: number;
+  /** CPU instruction set: 'auto' (default, the best the CPU has), 'avx512', 'avx2' or 'portable'. */
+  simd?: 'auto' | 'avx512' | 'avx2' | 'portable';
+}
+
+export interface ForwardResult {
+  /** Mean loss over the non-ignored rows (0 when every row is ignored). */
+  loss: number;
+  /** Per-row loss LSE_i − z_{i,y_i}; 0 for ignored rows. */
+  perSample: Float32Array;
+  /** Elastic kinds only: the margin m_i drawn for each row. */
+  margins?: Float32Array;
+  /** Number of rows that count in the mean. */
+  validRows: number;
+  /** Backend that computed the result. */
+  backend: BackendName;
+}
+
+export interface LossAndGradResult extends ForwardResult {
+  /** dLoss/dEmbeddings, N×d (through the L2 normalisation). */
+  gradEmbeddings: Float32Array;
+  /** dLoss/dWeights, C×d (through the L2 normalisation). */
+  gradWeights: Float32Array;
+  /** Class blocks skipped by gradient filtering, and the total number of blocks. */
+  skippedBlocks: number;
+  totalBlocks: number;
+}
+
+export interface CpuInfo {
+  threads: number;
+  simd: 'avx512' | 'avx2' | 'portable';
+  /** Floats per vector register (16, 8 or 4). */
+  simdWidth: number;
+}
+
+export interface CudaInfo {
+  /** The addon was compiled with the CUDA backend. */
+  compiled: boolean;
+  /** A device is usable now. */
+  usable: boolean;
+  /** Why CUDA is not usable, when it is not. */
+  reason?: string;
+  name?: string;
+  computeCapability?: string;
+  totalMemory?: number;
+  freeMemory?: number;
+  driverVersion?: number;
+  runtimeVersion?: number;
+  multiprocessors?: number;
+}
+
+export interface DeviceInfo {
+  /** The backend 'auto' resolves to. */
+  backend: BackendName;
+  cpu: CpuInfo;
+  cuda: CudaInfo;
+}
