@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cc",
         "native/cpu/fused_loss_cpu.cc",
+        "native/cpu/gemm_ceiling.cc",
         "native/cpu/simd_dispatch.cc",
         "native/cuda_stub.cc"
       ],

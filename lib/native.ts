@@ -32,6 +32,8 @@ export interface NativeAddon {
   lossAsync(x: Float32Array, w: Float32Array, labels: Int32Array, dim: number, opts: NativeLossOptions, withGrad: boolean): Promise<NativeLossResult>;
   elasticMargins(m: number, sigma: number, seed: number, counter: number, n: number): Float32Array;
   targetLogit(params: Partial<NativeLossOptions>, cos: number, rowMargin: number): { z: number; dz: number };
+  /** Seconds for the three products alone (the GEMM ceiling); see native/cpu/gemm_ceiling.cc. */
+  productsSeconds(x: Float32Array, w: Float32Array, dim: number, threads: number, simd: number, backward: boolean): number;
   info(simd?: number): {
     cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number };
     cuda: { compiled: boolean; usable: boolean; reason?: string; [key: string]: unknown };

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cpu/big_alloc.h"
+#include "cpu/gemm_ceiling.h"
 #include "cpu/loss_cpu.h"
 #include "cuda/loss_cuda.h"
 
@@ -20,12 +21,41 @@ namespace {
 
 using namespace ms;
 
+// SGD with momentum and weight decay applied to the class centres inside the
+// backward pass (PyTorch's torch.optim.SGD, dampening 0, no Nesterov):
+//   g ← g + λ·w;  b ← μ·b + g;  w ← w − lr·b      (b starts at 0)
+struct Sgd {
+  float lr = 0, momentum = 0, weight_decay = 0;
+  float* w = nullptr;    // the centres, updated in place
+  float* buf = nullptr;  // momentum buffer (C_total×d), null when μ = 0
+  const int32_t* class_index = nullptr;
+  int64_t d = 0;
+  void apply(int64_t j0, int64_t bc, const float* g) const {
+    for (int64_t j = 0; j < bc; ++j) {
+      const int64_t r = class_index ? class_index[j0 + j] : j0 + j;
+      float* wr = w + r * d;
+      float* br = buf ? buf + r * d : nullptr;
+      const float* gr = g ? g + j * d : nullptr;
+      for (int64_t q = 0; q < d; ++q) {
+        float gq = (gr ? gr[q] : 0.0f) + weight_decay * wr[q];
+        if (br) {
+          br[q] = momentum * br[q] + gq;
+          gq = br[q];
+        }
+        wr[q] -= lr * gq;
+      }
+    }
+  }
+};
+
 struct Request {
   LossProblem problem;
   CpuOptions cpu;
   bool use_cuda = false;
   bool with_grad = false;
-  Napi::Float32Array per_sample, grad_x, grad_w;
+  bool with_stats = false;
+  Sgd sgd;
+  Napi::Float32Array per_sample, grad_x, grad_w, row_max, row_sumexp, row_target;
   LossOutputs out;
 };
 
@@ -76,6 +106,29 @@ Request make_request(const Napi::CallbackInfo& info) {
   p.weights_bf16 = o.Get("weightsBf16").ToBoolean().Value();
   Napi::Value rm = o.Get("rowMargins");
   if (rm.IsTypedArray()) p.row_margins = rm.As<Napi::Float32Array>().Data();
+  // MarginHead extras: class subset, merged LSE, global V, partial stats, fused SGD.
+  Napi::Value ci = o.Get("classIndex");
+  if (ci.IsTypedArray()) {
+    p.class_index = ci.As<Napi::Int32Array>().Data();
+    p.c = (int64_t)ci.As<Napi::Int32Array>().ElementLength();
+  }
+  Napi::Value li = o.Get("lseIn");
+  if (li.IsTypedArray()) p.lse_in = li.As<Napi::Float32Array>().Data();
+  p.valid_rows = (int64_t)num(o, "validRows", 0);
+  r.with_stats = o.Get("stats").ToBoolean().Value();
+  Napi::Value sgd = o.Get("sgd");
+  const bool fused_update = r.with_grad && sgd.IsObject();
+  if (fused_update) {
+    auto so = sgd.As<Napi::Object>();
+    r.sgd.lr = (float)num(so, "lr", 0.0);
+    r.sgd.momentum = (float)num(so, "momentum", 0.0);
+    r.sgd.weight_decay = (float)num(so, "weightDecay", 0.0);
+    r.sgd.w = w.Data();  // the head owns W: updated in place
+    Napi::Value mb = so.Get("momentumBuffer");
+    if (mb.IsTypedArray() && r.sgd.momentum != 0.0f) r.sgd.buf = mb.As<Napi::Float32Array>().Data();
+    r.sgd.class_index = p.class_index;
+    r.sgd.d = d;
+  }
 
   r.cpu.threads = (int)num(o, "threads", 0);
   r.cpu.workspace_bytes = (size_t)num(o, "workspaceBytes", (double)(64u << 20));
@@ -84,17 +137,36 @@ Request make_request(const Napi::CallbackInfo& info) {
 
   r.per_sample = new_f32(env, (size_t)p.n);
   r.out.per_sample = r.per_sample.Data();
+  if (r.with_stats) {
+    r.row_max = new_f32(env, (size_t)p.n);
+    r.row_sumexp = new_f32(env, (size_t)p.n);
+    r.row_target = new_f32(env, (size_t)p.n);
+    r.out.row_max = r.row_max.Data();
+    r.out.row_sumexp = r.row_sumexp.Data();
+    r.out.row_target = r.row_target.Data();
+  }
   if (r.with_grad) {
     r.grad_x = new_f32(env, (size_t)(p.n * d));
-    r.grad_w = new_f32(env, (size_t)(p.c * d));
     r.out.grad_x = r.grad_x.Data();
-    r.out.grad_w = r.grad_w.Data();
+    if (!fused_update) {
+      r.grad_w = new_f32(env, (size_t)(p.c * d));
+      r.out.grad_w = r.grad_w.Data();
+    }
   }
   return r;
 }
 
+// The update hook points at the request's own Sgd, so it is bound only once
+// the request sits where it will run (requests are moved on construction).
+void bind_update(Request& r) {
+  if (r.sgd.w == nullptr) return;
+  Sgd* sgd = &r.sgd;
+  r.problem.block_update = [sgd](int64_t j0, int64_t bc, const float* g) { sgd->apply(j0, bc, g); };
+}
+
 // Runs the backend; returns an error message, empty on success.
 std::string run(Request& r) {
+  bind_update(r);
   try {
     if (r.use_cuda) {
       cuda_loss(r.problem, r.out);
@@ -123,7 +195,12 @@ Napi::Object result(Napi::Env env, Request& r) {
   res.Set("totalBlocks", (double)r.out.total_blocks);
   if (r.with_grad) {
     res.Set("gradEmbeddings", r.grad_x);
-    res.Set("gradWeights", r.grad_w);
+    if (!r.grad_w.IsEmpty()) res.Set("gradWeights", r.grad_w);
+  }
+  if (r.with_stats) {
+    res.Set("rowMax", r.row_max);
+    res.Set("rowSumExp", r.row_sumexp);
+    res.Set("rowTarget", r.row_target);
   }
   return res;
 }
@@ -142,25 +219,33 @@ class LossWorker : public Napi::AsyncWorker {
  public:
   LossWorker(const Napi::CallbackInfo& info, Napi::Promise::Deferred deferred)
       : Napi::AsyncWorker(info.Env(), "margin-softmax:loss"), deferred_(deferred), req_(make_request(info)) {
-    for (int k = 0; k < 3; ++k) keep_[k] = Napi::Persistent(info[k].As<Napi::Object>());
-    keep_[3] = Napi::Persistent(info[4].As<Napi::Object>());
-    keep_[4] = Napi::Persistent(req_.per_sample.As<Napi::Object>());
-    if (req_.with_grad) {
-      keep_[5] = Napi::Persistent(req_.grad_x.As<Napi::Object>());
-      keep_[6] = Napi::Persistent(req_.grad_w.As<Napi::Object>());
-    }
+    for (int k = 0; k < 3; ++k) inputs_[k] = Napi::Persistent(info[k].As<Napi::Object>());
+    inputs_[3] = Napi::Persistent(info[4].As<Napi::Object>());  // holds rowMargins, classIndex, buffers
+    Napi::Float32Array* arrays[] = {&req_.per_sample, &req_.grad_x, &req_.grad_w,
+                                    &req_.row_max, &req_.row_sumexp, &req_.row_target};
+    for (int k = 0; k < 6; ++k)
+      if (!arrays[k]->IsEmpty()) outputs_[k] = Napi::Persistent(arrays[k]->As<Napi::Object>());
   }
   void Execute() override {
     const std::string err = run(req_);
     if (!err.empty()) SetError(err);
   }
-  void OnOK() override { deferred_.Resolve(result(Env(), req_)); }
+  void OnOK() override {
+    // The handles stored at construction belonged to a closed scope: take
+    // fresh ones from the persistent references.
+    Napi::Float32Array* arrays[] = {&req_.per_sample, &req_.grad_x, &req_.grad_w,
+                                    &req_.row_max, &req_.row_sumexp, &req_.row_target};
+    for (int k = 0; k < 6; ++k)
+      *arrays[k] = outputs_[k].IsEmpty() ? Napi::Float32Array() : outputs_[k].Value().As<Napi::Float32Array>();
+    deferred_.Resolve(result(Env(), req_));
+  }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
   Napi::Promise::Deferred deferred_;
   Request req_;
-  Napi::ObjectReference keep_[7];
+  Napi::ObjectReference inputs_[4];
+  Napi::ObjectReference outputs_[6];
 };
 
 Napi::Value LossAsync(const Napi::CallbackInfo& info) {
@@ -203,6 +288,23 @@ Napi::Value TargetLogit(const Napi::CallbackInfo& info) {
   return res;
 }
 
+// productsSeconds(x, w, dim, threads, simd, backward): the GEMM ceiling
+// (gemm_ceiling.cc), timed natively. For the benchmarks.
+Napi::Value ProductsSeconds(const Napi::CallbackInfo& info) {
+  auto x = info[0].As<Napi::Float32Array>();
+  auto w = info[1].As<Napi::Float32Array>();
+  const int64_t d = info[2].As<Napi::Number>().Int64Value();
+  const int threads = info[3].As<Napi::Number>().Int32Value();
+  const int simd = info[4].As<Napi::Number>().Int32Value();
+  const bool backward = info[5].As<Napi::Boolean>().Value();
+  try {
+    return Napi::Number::New(info.Env(), products_seconds(x.Data(), w.Data(), (int64_t)x.ElementLength() / d,
+                                                          (int64_t)w.ElementLength() / d, d, threads, simd, backward));
+  } catch (const std::bad_alloc&) {
+    throw Napi::Error::New(info.Env(), "Out of memory in productsSeconds");
+  }
+}
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object res = Napi::Object::New(env);
@@ -239,6 +341,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("elasticMargins", Napi::Function::New(env, ElasticMargins));
   exports.Set("targetLogit", Napi::Function::New(env, TargetLogit));
   exports.Set("info", Napi::Function::New(env, Info));
+  exports.Set("productsSeconds", Napi::Function::New(env, ProductsSeconds));
   return exports;
 }
 

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "big_alloc.h"
+#include "class_blocks.h"
 #include "loss_cpu.h"
 #include "simd_dispatch.h"
 
@@ -37,28 +38,6 @@ std::unique_ptr<T[]> uninit(size_t n) {
   return std::unique_ptr<T[]>(new T[n == 0 ? 1 : n]);
 }
 
-// Runs fn(t) for t in [0, T) on T threads (the caller's thread is one of
-// them) and rethrows the first exception after all have finished.
-template <class Fn>
-void parallel(int T, Fn fn) {
-  std::exception_ptr err;
-  std::mutex mu;
-  auto guarded = [&](int t) {
-    try {
-      fn(t);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mu);
-      if (!err) err = std::current_exception();
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(T > 0 ? T - 1 : 0);
-  for (int t = 1; t < T; ++t) pool.emplace_back(guarded, t);
-  guarded(0);
-  for (auto& th : pool) th.join();
-  if (err) std::rethrow_exception(err);
-}
-
 float round_bf16(float v) {
   uint32_t u;
   std::memcpy(&u, &v, 4);
@@ -67,8 +46,6 @@ float round_bf16(float v) {
   std::memcpy(&v, &u, 4);
   return v;
 }
-
-int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
 }  // namespace
 
@@ -86,43 +63,33 @@ const char* cpu_simd_name(int width) {
 void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   const KernelSet& K = kernels_for(opt.simd);
   const int64_t N = p.n, C = p.c, D = p.d;
-  const bool backward = out.grad_x != nullptr && out.grad_w != nullptr;
-  const int64_t ldt = round_up(std::max<int64_t>(N, 1), 16);
-  // Block of classes: a ~64 KiB cosine tile, a multiple of 8 classes.
-  const int64_t Bc = std::clamp<int64_t>((16384 / ldt) / 8 * 8, 8, 256);
-  const int64_t nblocks = (C + Bc - 1) / Bc;
-  int T = opt.threads > 0 ? opt.threads : cpu_default_threads();
-  T = (int)std::max<int64_t>(1, std::min<int64_t>(T, nblocks));
+  const bool backward = out.grad_x != nullptr && (out.grad_w != nullptr || p.block_update);
+  // Row j of the problem's W (through class_index when sampling).
+  auto wrow = [&](int64_t j) { return p.w + (p.class_index ? (int64_t)p.class_index[j] : j) * D; };
+  const BlockLayout lay = block_layout(N, C, opt.threads);
+  const int64_t ldt = lay.ldt, Bc = lay.bc, nblocks = lay.nblocks;
+  const int T = lay.threads;
   const float s = p.margin.scale;
   const float cvm_m2 = cvm_false_margin(p.margin);
   out.total_blocks = nblocks;
   out.skipped_blocks = 0;
 
   // ---- Rows: normalise X (row-major X̂ and its transpose X̂ᵀ, d×ldt). ----
-  auto xn = uninit<float>(N * D);
-  auto xt = std::unique_ptr<float[]>(new float[D * ldt]());
-  auto invx = uninit<float>(N);
-  for (int64_t i = 0; i < N; ++i) {
-    const double sq = K.sumsq(p.x + i * D, (int)D);
-    if (!std::isfinite(sq))
-      throw InputError{"Expected finite values for embeddings but received a non-finite value in row " +
-                       std::to_string(i)};
-    invx[i] = inv_norm_from_sq(sq);
-    for (int64_t k = 0; k < D; ++k) {
-      const float v = p.x[i * D + k] * invx[i];
-      xn[i * D + k] = v;
-      xt[k * ldt + i] = v;
-    }
-  }
+  const NormalizedRows rows = normalize_rows(K, p.x, N, D, ldt);
+  const float* xn = rows.xn.get();
+  const float* xt = rows.xt.get();
+  const float* invx = rows.invx.get();
   // Per-row arrays padded to ldt lanes (padding: ignored rows).
   auto rowscale = std::unique_ptr<float[]>(new float[ldt]());
   auto zt = std::unique_ptr<float[]>(new float[ldt]());
   auto dzt = std::unique_ptr<float[]>(new float[ldt]());
   auto lse = std::unique_ptr<float[]>(new float[ldt]());
+  // Label −1: ignored; −2: counts, target in another shard; ≥ 0: local target.
   int64_t V = 0;
-  for (int64_t i = 0; i < N; ++i) V += p.labels[i] >= 0;
+  for (int64_t i = 0; i < N; ++i) V += p.labels[i] != -1;
+  if (p.valid_rows > 0) V = p.valid_rows;
   out.valid_rows = V;
-  for (int64_t i = 0; i < N; ++i) rowscale[i] = (p.labels[i] >= 0 && V > 0) ? (float)(1.0 / V) : 0.0f;
+  for (int64_t i = 0; i < N; ++i) rowscale[i] = (p.labels[i] != -1 && V > 0) ? (float)(1.0 / V) : 0.0f;
 
   // For each thread: its block range, tile cache, and LSE partial states.
   auto invw = uninit<float>(C);
@@ -133,8 +100,8 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   std::vector<BigArray<float>> cache(T);
   std::vector<std::unique_ptr<float[]>> st_m(T), st_l(T);
   for (int t = 0; t < T; ++t) {
-    b_lo[t] = nblocks * t / T;
-    b_hi[t] = nblocks * (t + 1) / T;
+    b_lo[t] = lay.lo(t);
+    b_hi[t] = lay.hi(t);
     cached[t] = std::min<int64_t>((int64_t)cache_tiles_per_thread, b_hi[t] - b_lo[t]);
     if (cached[t] > 0) cache[t] = BigArray<float>(cached[t] * tile_floats);
     st_m[t] = uninit<float>(ldt);
@@ -152,15 +119,25 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   };
   std::vector<int64_t> bad_w(T, -1);
 
-  // The W rows of a block as the kernels see them (bf16-rounded copy if asked).
+  // The W rows of a block as the kernels see them: the rows themselves, or a
+  // gathered (class_index) and/or bf16-rounded copy in per-thread scratch.
+  const bool gather = p.weights_bf16 || p.class_index;
   auto block_weights = [&](int64_t j0, int64_t bc, float* scratch) -> const float* {
-    if (!p.weights_bf16) return p.w + j0 * D;
-    for (int64_t q = 0; q < bc * D; ++q) scratch[q] = round_bf16(p.w[j0 * D + q]);
+    if (!gather) return p.w + j0 * D;
+    for (int64_t j = 0; j < bc; ++j) {
+      const float* src = wrow(j0 + j);
+      float* dst = scratch + j * D;
+      if (p.weights_bf16) {
+        for (int64_t q = 0; q < D; ++q) dst[q] = round_bf16(src[q]);
+      } else {
+        std::memcpy(dst, src, sizeof(float) * D);
+      }
+    }
     return scratch;
   };
   // Cosine tile of a block: tile[j·ldt + i] = invn_j·(w_j·x̂_i); padding lanes 0.
   auto cos_tile = [&](const float* wb, int64_t j0, int64_t bc, float* tile) {
-    K.gemm((int)bc, (int)N, (int)D, wb, (long)D, 1, xt.get(), (long)ldt, tile, (long)ldt, false);
+    K.gemm((int)bc, (int)N, (int)D, wb, (long)D, 1, xt, (long)ldt, tile, (long)ldt, false);
     for (int64_t j = 0; j < bc; ++j) {
       float* row = tile + j * ldt;
       const float inv = invw[j0 + j];
@@ -172,7 +149,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   // ---- Forward: stream class blocks, online LSE per row. ----
   parallel(T, [&](int t) {
     auto tile_own = uninit<float>(tile_floats);
-    auto wscratch = uninit<float>(p.weights_bf16 ? Bc * D : 1);
+    auto wscratch = uninit<float>(gather ? Bc * D : 1);
     auto tcol = uninit<int32_t>(ldt);
     auto ztb = std::unique_ptr<float[]>(new float[ldt]());
     auto bm = uninit<float>(ldt);
@@ -187,9 +164,9 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
     for (int64_t b = b_lo[t]; b < b_hi[t]; ++b) {
       const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
       for (int64_t j = 0; j < bc; ++j) {
-        const double sq = K.sumsq(p.w + (j0 + j) * D, (int)D);
+        const double sq = K.sumsq(wrow(j0 + j), (int)D);
         if (!std::isfinite(sq)) {
-          bad_w[t] = j0 + j;
+          bad_w[t] = p.class_index ? p.class_index[j0 + j] : j0 + j;
           return;
         }
         invw[j0 + j] = inv_norm_from_sq(sq);
@@ -230,7 +207,10 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   for (int64_t i = 0; i < N; ++i) {
     LseState a = lse_empty();
     for (int t = 0; t < T; ++t) a = lse_merge(a, {st_m[t][i], st_l[t][i]});
-    lse[i] = lse_value(a);
+    lse[i] = p.lse_in ? p.lse_in[i] : lse_value(a);
+    if (out.row_max) out.row_max[i] = a.m;
+    if (out.row_sumexp) out.row_sumexp[i] = a.l;
+    if (out.row_target) out.row_target[i] = p.labels[i] >= 0 ? zt[i] : NAN;
     if (p.labels[i] >= 0) {
       const float li = lse[i] - zt[i];
       out.per_sample[i] = li;
@@ -249,7 +229,8 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
     auto tile_own = uninit<float>(tile_floats);
     auto gt = uninit<float>(tile_floats);
     auto tj = uninit<float>(Bc);
-    auto wscratch = uninit<float>(p.weights_bf16 ? Bc * D : 1);
+    auto wscratch = uninit<float>(gather ? Bc * D : 1);
+    auto gblock = uninit<float>(p.block_update ? Bc * D : 1);
     auto tcol = uninit<int32_t>(ldt);
     for (int64_t i = 0; i < ldt; ++i) tcol[i] = -1;
     dxh[t] = std::unique_ptr<float[]>(new float[N * D]());
@@ -269,14 +250,18 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
       const float pmax = K.block_grad(tile, (int)bc, (int)ldt, s, cvm_m2, tcol.get(), zt.get(), dzt.get(),
                                       lse.get(), rowscale.get(), invw.get() + j0, gt.get(), tj.get());
       for (auto it = lo; it != hi; ++it) tcol[it->second] = -1;
-      float* gw = out.grad_w + j0 * D;
+      float* gw = p.block_update ? gblock.get() : out.grad_w + j0 * D;
       if (p.grad_filter > 0.0f && lo == hi && pmax < p.grad_filter) {
-        std::memset(gw, 0, sizeof(float) * bc * D);
+        if (p.block_update) {
+          p.block_update(j0, bc, nullptr);
+        } else {
+          std::memset(gw, 0, sizeof(float) * bc * D);
+        }
         ++skipped[t];
         continue;
       }
       // dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term.
-      K.gemm((int)bc, (int)D, (int)N, gt.get(), (long)ldt, 1, xn.get(), (long)D, gw, (long)D, false);
+      K.gemm((int)bc, (int)D, (int)N, gt.get(), (long)ldt, 1, xn, (long)D, gw, (long)D, false);
       for (int64_t j = 0; j < bc; ++j) {
         const float inv = invw[j0 + j];
         const float k = inv * inv * tj[j];
@@ -286,6 +271,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
       }
       // dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).
       K.gemm((int)N, (int)D, (int)bc, gt.get(), 1, (long)ldt, wb, (long)D, dx, (long)D, true);
+      if (p.block_update) p.block_update(j0, bc, gw);
     }
   });
   for (int t = 0; t < T; ++t) out.skipped_blocks += skipped[t];

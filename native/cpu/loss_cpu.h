@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "../margin_math.h"
@@ -25,11 +26,35 @@ struct LossProblem {
   // Emulate bfloat16 class centres: W is rounded to bf16 (round-to-nearest-
   // even) as it is read; products still accumulate in fp32.
   bool weights_bf16 = false;
+
+  // ---- Used by MarginHead (class sampling, sharding, fused update) ----
+  // Class j of the problem is row class_index[j] of w (c entries, distinct);
+  // null = row j. Lets a sampled subset of centres be used without a copy.
+  const int32_t* class_index = nullptr;
+  // Label −2 marks a row that counts (in V) but whose target lives in another
+  // shard. valid_rows > 0 overrides V (the global count when sharded).
+  int64_t valid_rows = 0;
+  // If set, the backward uses these per-row log-sum-exps (merged over all
+  // shards) instead of this problem's own.
+  const float* lse_in = nullptr;
+  // If set, called by the owning thread for each class block after its
+  // backward work, with the block's gradient rows (bc×d, with respect to the
+  // raw centres) or null when gradient filtering skipped the block (zero
+  // gradient). out.grad_w is then not written (may be null). The callback may
+  // modify the block's W rows: nothing reads them afterwards.
+  std::function<void(int64_t j0, int64_t bc, const float* grad)> block_update;
 };
 
-// Outputs are written, never read. grad_x / grad_w null = forward only.
+// Outputs are written, never read. grad_x null = forward only; the backward
+// needs grad_w or problem.block_update.
 struct LossOutputs {
-  float* per_sample = nullptr;  // N (0 for ignored rows)
+  float* per_sample = nullptr;  // N (0 for ignored rows and rows with label −2)
+  // Optional per-row online-LSE state of this problem's classes and the
+  // target logit (NaN where the target is not among them): the partial
+  // statistics that shards exchange.
+  float* row_max = nullptr;
+  float* row_sumexp = nullptr;
+  float* row_target = nullptr;
   float* grad_x = nullptr;      // N×d
   float* grad_w = nullptr;      // C×d
   double loss = 0.0;            // mean over non-ignored rows (0 if none)

@@ -1,0 +1,86 @@
+// class_blocks.h — what every CPU pass over the classes shares: the block
+// layout (Bc classes per block, row vectors padded to ldt lanes), the
+// normalised rows X̂ and X̂ᵀ, and the thread fan-out.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "loss_cpu.h"
+#include "simd_dispatch.h"
+
+namespace ms {
+
+struct BlockLayout {
+  int64_t ldt;      // rows padded to a multiple of 16 lanes
+  int64_t bc;       // classes per block: a ~64 KiB cosine tile, a multiple of 8
+  int64_t nblocks;
+  int threads;      // ≤ nblocks
+  int64_t lo(int t) const { return nblocks * t / threads; }  // thread t's blocks [lo, hi)
+  int64_t hi(int t) const { return nblocks * (t + 1) / threads; }
+};
+
+inline BlockLayout block_layout(int64_t N, int64_t C, int threads) {
+  BlockLayout L;
+  L.ldt = (std::max<int64_t>(N, 1) + 15) / 16 * 16;
+  L.bc = std::clamp<int64_t>((16384 / L.ldt) / 8 * 8, 8, 256);
+  L.nblocks = (C + L.bc - 1) / L.bc;
+  const int T = threads > 0 ? threads : cpu_default_threads();
+  L.threads = (int)std::max<int64_t>(1, std::min<int64_t>(T, L.nblocks));
+  return L;
+}
+
+// X̂ (N×d, row-major), X̂ᵀ (d×ldt, zero padding) and 1/‖x_i‖ (0 for zero rows).
+struct NormalizedRows {
+  std::unique_ptr<float[]> xn, xt, invx;
+};
+
+inline NormalizedRows normalize_rows(const KernelSet& K, const float* x, int64_t N, int64_t D, int64_t ldt) {
+  NormalizedRows r;
+  r.xn.reset(new float[std::max<int64_t>(N * D, 1)]);
+  r.xt.reset(new float[std::max<int64_t>(D * ldt, 1)]());
+  r.invx.reset(new float[std::max<int64_t>(N, 1)]);
+  for (int64_t i = 0; i < N; ++i) {
+    const double sq = K.sumsq(x + i * D, (int)D);
+    if (!std::isfinite(sq))
+      throw InputError{"Expected finite values for embeddings but received a non-finite value in row " +
+                       std::to_string(i)};
+    r.invx[i] = inv_norm_from_sq(sq);
+    for (int64_t k = 0; k < D; ++k) {
+      const float v = x[i * D + k] * r.invx[i];
+      r.xn[i * D + k] = v;
+      r.xt[k * ldt + i] = v;
+    }
+  }
+  return r;
+}
+
+// Runs fn(t) for t in [0, T) on T threads (the caller's thread is one of
+// them) and rethrows the first exception after all have finished.
+template <class Fn>
+void parallel(int T, Fn fn) {
+  std::exception_ptr err;
+  std::mutex mu;
+  auto guarded = [&](int t) {
+    try {
+      fn(t);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!err) err = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(T > 0 ? T - 1 : 0);
+  for (int t = 1; t < T; ++t) pool.emplace_back(guarded, t);
+  guarded(0);
+  for (auto& th : pool) th.join();
+  if (err) std::rethrow_exception(err);
+}
+
+}  // namespace ms

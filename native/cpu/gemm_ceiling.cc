@@ -1,0 +1,41 @@
+// gemm_ceiling.cc — the machine ceiling for the benchmarks: the three products
+// of a forward + backward (cosines X̂·Wᵀ, dŴ = Gᵀ·X̂, dX̂ = G·W) run with the
+// same kernel, blocking and threads as the fused loss, but with no epilogue
+// (no margin, no softmax, no normalisation). The fused loss divided by this
+// is the fraction of attainable GEMM speed that the fusion keeps.
+#include <algorithm>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "big_alloc.h"
+#include "class_blocks.h"
+#include "gemm_ceiling.h"
+#include "loss_cpu.h"
+#include "simd_dispatch.h"
+
+namespace ms {
+
+double products_seconds(const float* x, const float* w, int64_t N, int64_t C, int64_t D, int threads, int simd,
+                        bool backward) {
+  const KernelSet& K = kernels_for(simd);
+  const BlockLayout lay = block_layout(N, C, threads);
+  const int64_t ldt = lay.ldt, Bc = lay.bc;
+  const NormalizedRows rows = normalize_rows(K, x, N, D, ldt);
+  const float* xt = rows.xt.get();
+  BigArray<float> gw(backward ? (size_t)(C * D) : 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  parallel(lay.threads, [&](int t) {
+    std::vector<float> tile(Bc * ldt, 0.0f), dx(N * D, 0.0f);
+    for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
+      const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
+      K.gemm((int)bc, (int)N, (int)D, w + j0 * D, (long)D, 1, xt, (long)ldt, tile.data(), (long)ldt, false);
+      if (!backward) continue;
+      K.gemm((int)bc, (int)D, (int)N, tile.data(), (long)ldt, 1, x, (long)D, gw.get() + j0 * D, (long)D, false);
+      K.gemm((int)N, (int)D, (int)bc, tile.data(), 1, (long)ldt, w + j0 * D, (long)D, dx.data(), (long)D, true);
+    }
+  });
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace ms
