@@ -11,3 +11,6 @@
 export { lossAndGrad, lossAndGradAsync, forward, forwardAsync, backends, deviceInfo, DEFAULT_SCALE, ADAPTIVE_DEFAULTS } from './loss';
 export { ArgumentError, BackendUnavailableError, NativeError } from './errors';
 export type * from './types';
+export { MarginHead, type MarginHeadOptions, type StepResult, type SgdOptions, type ShardOptions } from './head';
+export { mergeStats, type ShardStats, type MergedStats } from './shard';
+export { CheckpointError } from './safetensors';

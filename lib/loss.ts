@@ -29,7 +29,7 @@ export function deviceInfo(): DeviceInfo {
   };
 }
 
-function resolveBackend(requested: LossOptions['backend']): BackendName {
+export function resolveBackend(requested: LossOptions['backend']): BackendName {
   const want = requested ?? 'auto';
   if (want === 'cpu') return 'cpu';
   const cuda = native.info().cuda;
@@ -40,14 +40,14 @@ function resolveBackend(requested: LossOptions['backend']): BackendName {
 }
 
 /** Draws the per-row elastic margins, or returns undefined for the other kinds. */
-function elasticMargins(margin: Margin, n: number): Float32Array | undefined {
+export function elasticMargins(margin: Margin, n: number): Float32Array | undefined {
   if (margin.kind !== 'elastic-arc' && margin.kind !== 'elastic-cos') return undefined;
   let counter = margin.counter;
   if (counter === undefined) {
     counter = elasticCounters.get(margin.seed) ?? 0;
     elasticCounters.set(margin.seed, counter + 1);
   }
-  return native.elasticMargins(margin.m, margin.sigma, margin.seed, counter, n);
+  return native.gaussian(margin.m, margin.sigma, margin.seed, counter, n);
 }
 
 /** The margin as the native side's (kind, m1, m2, m3) parameters. */
@@ -78,12 +78,9 @@ interface Prepared {
   margins?: Float32Array;
 }
 
-function prepare(input: LossInput, options: LossOptions): Prepared {
-  validateOptions(options);
-  const shape = validateInput(input);
-  const backend = resolveBackend(options.backend);
-  const margins = elasticMargins(options.margin, shape.n);
-  const opts: NativeLossOptions = {
+/** The validated options as the native side takes them. */
+export function nativeOptions(options: LossOptions, backend: BackendName, margins?: Float32Array): NativeLossOptions {
+  return {
     ...nativeMargin(options.margin),
     scale: options.scale ?? DEFAULT_SCALE,
     fallback: options.fallback ?? true,
@@ -95,11 +92,18 @@ function prepare(input: LossInput, options: LossOptions): Prepared {
     simd: SIMD_CODES[options.simd ?? 'auto'],
     backend,
   };
-  return { shape, backend, opts, margins };
+}
+
+function prepare(input: LossInput, options: LossOptions): Prepared {
+  validateOptions(options);
+  const shape = validateInput(input);
+  const backend = resolveBackend(options.backend);
+  const margins = elasticMargins(options.margin, shape.n);
+  return { shape, backend, opts: nativeOptions(options, backend, margins), margins };
 }
 
 /** Native failures become typed errors; messages that name the input are argument errors. */
-function rethrow(err: unknown): never {
+export function rethrow(err: unknown): never {
   const message = err instanceof Error ? err.message : String(err);
   if (message.startsWith('Expected ')) throw new ArgumentError(message);
   throw new NativeError(message, { cause: err });

@@ -10,6 +10,14 @@ export interface NativeLossOptions {
   fallback: boolean;
   rowMargins?: Float32Array;
   gradFilter: number;
+  /** MarginHead: problem class j is row classIndex[j] of the weights. */
+  classIndex?: Int32Array;
+  /** MarginHead (sharded): per-row log-sum-exp merged over all shards. */
+  lseIn?: Float32Array;
+  /** Return the per-row partial statistics (rowMax, rowSumExp, rowTarget). */
+  stats?: boolean;
+  /** Fused SGD update of the weights (in place) instead of returning gradWeights. */
+  sgd?: { lr: number; momentum: number; weightDecay: number; momentumBuffer?: Float32Array };
   weightsBf16: boolean;
   threads: number;
   workspaceBytes: number;
@@ -25,15 +33,22 @@ export interface NativeLossResult {
   totalBlocks: number;
   gradEmbeddings?: Float32Array;
   gradWeights?: Float32Array;
+  rowMax?: Float32Array;
+  rowSumExp?: Float32Array;
+  rowTarget?: Float32Array;
 }
 
 export interface NativeAddon {
   loss(x: Float32Array, w: Float32Array, labels: Int32Array, dim: number, opts: NativeLossOptions, withGrad: boolean): NativeLossResult;
   lossAsync(x: Float32Array, w: Float32Array, labels: Int32Array, dim: number, opts: NativeLossOptions, withGrad: boolean): Promise<NativeLossResult>;
-  elasticMargins(m: number, sigma: number, seed: number, counter: number, n: number): Float32Array;
+  /** n draws of mean + sigma·N(0,1), draw i keyed by (seed, counter, start + i). */
+  gaussian(mean: number, sigma: number, seed: number, counter: number, n: number, start?: number): Float32Array;
+  /** A zeroed Float32Array (huge-page backed when large). */
+  zeros(n: number): Float32Array;
   targetLogit(params: Partial<NativeLossOptions>, cos: number, rowMargin: number): { z: number; dz: number };
   /** Seconds for the three products alone (the GEMM ceiling); see native/cpu/gemm_ceiling.cc. */
   productsSeconds(x: Float32Array, w: Float32Array, dim: number, threads: number, simd: number, backward: boolean): number;
+  topk(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): { classes: Int32Array; scores: Float32Array };
   info(simd?: number): {
     cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number };
     cuda: { compiled: boolean; usable: boolean; reason?: string; [key: string]: unknown };

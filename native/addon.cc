@@ -15,6 +15,7 @@
 #include "cpu/big_alloc.h"
 #include "cpu/gemm_ceiling.h"
 #include "cpu/loss_cpu.h"
+#include "cpu/topk_cpu.h"
 #include "cuda/loss_cuda.h"
 
 namespace {
@@ -255,17 +256,26 @@ Napi::Value LossAsync(const Napi::CallbackInfo& info) {
   return deferred.Promise();
 }
 
-// Elastic margins: m_i = m + σ·N(0,1) keyed by (seed, counter, row), drawn
-// here with the shared generator so every backend sees the same values.
-Napi::Value ElasticMargins(const Napi::CallbackInfo& info) {
+// gaussian(mean, sigma, seed, counter, n, start = 0): n draws of mean + σ·N(0,1),
+// draw i keyed by (seed, counter, start + i) with the shared generator of margin_math.h.
+// The elastic margins use it (every backend sees the same values), and so
+// does MarginHead's 'normal' initialisation.
+Napi::Value Gaussian(const Napi::CallbackInfo& info) {
   const double m = info[0].As<Napi::Number>().DoubleValue();
   const double sigma = info[1].As<Napi::Number>().DoubleValue();
   const uint64_t seed = (uint64_t)info[2].As<Napi::Number>().Int64Value();
   const uint64_t counter = (uint64_t)info[3].As<Napi::Number>().Int64Value();
   const size_t n = (size_t)info[4].As<Napi::Number>().Int64Value();
-  auto out = Napi::Float32Array::New(info.Env(), n);
-  for (size_t i = 0; i < n; ++i) out[i] = elastic_margin((float)m, (float)sigma, seed, counter, i);
+  const uint64_t start = info.Length() > 5 ? (uint64_t)info[5].As<Napi::Number>().Int64Value() : 0;
+  auto out = new_f32(info.Env(), n);
+  float* o = out.Data();
+  for (size_t i = 0; i < n; ++i) o[i] = elastic_margin((float)m, (float)sigma, seed, counter, start + i);
   return out;
+}
+
+// zeros(n): a zeroed Float32Array, huge-page backed when large (see new_f32).
+Napi::Value Zeros(const Napi::CallbackInfo& info) {
+  return new_f32(info.Env(), (size_t)info[0].As<Napi::Number>().Int64Value());
 }
 
 // Margin of one (kind, cosine) pair through the shared header: lets the
@@ -305,6 +315,30 @@ Napi::Value ProductsSeconds(const Napi::CallbackInfo& info) {
   }
 }
 
+// topk(x, w, dim, k, threads) → { classes: Int32Array N×k, scores: Float32Array N×k }
+Napi::Value TopK(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto x = info[0].As<Napi::Float32Array>();
+  auto w = info[1].As<Napi::Float32Array>();
+  const int64_t d = info[2].As<Napi::Number>().Int64Value();
+  const int k = info[3].As<Napi::Number>().Int32Value();
+  const int threads = info[4].As<Napi::Number>().Int32Value();
+  const int64_t n = (int64_t)x.ElementLength() / d, c = (int64_t)w.ElementLength() / d;
+  auto classes = Napi::Int32Array::New(env, (size_t)(n * k));
+  auto scores = Napi::Float32Array::New(env, (size_t)(n * k));
+  try {
+    cpu_topk(x.Data(), w.Data(), n, c, d, k, threads, -1, classes.Data(), scores.Data());
+  } catch (const InputError& e) {
+    throw Napi::Error::New(env, e.message);
+  } catch (const std::bad_alloc&) {
+    throw Napi::Error::New(env, "Out of memory in topk");
+  }
+  Napi::Object res = Napi::Object::New(env);
+  res.Set("classes", classes);
+  res.Set("scores", scores);
+  return res;
+}
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object res = Napi::Object::New(env);
@@ -338,9 +372,11 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loss", Napi::Function::New(env, LossSync));
   exports.Set("lossAsync", Napi::Function::New(env, LossAsync));
-  exports.Set("elasticMargins", Napi::Function::New(env, ElasticMargins));
+  exports.Set("gaussian", Napi::Function::New(env, Gaussian));
+  exports.Set("zeros", Napi::Function::New(env, Zeros));
   exports.Set("targetLogit", Napi::Function::New(env, TargetLogit));
   exports.Set("info", Napi::Function::New(env, Info));
+  exports.Set("topk", Napi::Function::New(env, TopK));
   exports.Set("productsSeconds", Napi::Function::New(env, ProductsSeconds));
   return exports;
 }
