@@ -7,6 +7,7 @@
         "native/cpu/fused_loss_cpu.cc",
         "native/cpu/gemm_ceiling.cc",
         "native/cpu/topk_cpu.cc",
+        "native/cpu/thread_pool.cc",
         "native/cpu/simd_dispatch.cc",
         "native/cuda_stub.cc"
       ],

@@ -239,7 +239,12 @@ export class MarginHead {
       rethrow(err);
     }
     this.pending = { embeddings, labels: sample.labels, classIndex: sample.classIndex, margins };
-    return { max: r.rowMax as Float32Array, sumExp: r.rowSumExp as Float32Array, target: r.rowTarget as Float32Array };
+    return {
+      max: r.rowMax as Float32Array,
+      sumExp: r.rowSumExp as Float32Array,
+      sumExpOther: r.rowSumExpOther as Float32Array,
+      target: r.rowTarget as Float32Array,
+    };
   }
 
   /**
@@ -251,14 +256,17 @@ export class MarginHead {
     this.ensureUsable('finishStep');
     const p = this.pending;
     if (!p) throw new ArgumentError('Expected a partialStats() call before finishStep() but received none');
-    if (!(merged?.lse instanceof Float32Array) || merged.lse.length !== p.labels.length) {
-      expected(`merged stats with lse of length ${p.labels.length}`, 'finishStep', merged?.lse);
+    for (const key of ['lse', 'targetPm1'] as const) {
+      if (!(merged?.[key] instanceof Float32Array) || merged[key].length !== p.labels.length) {
+        expected(`Float32Array of length ${p.labels.length}`, `merged.${key}`, merged?.[key]);
+      }
     }
     const lr = this.checkLr(opts.lr);
     const o: NativeLossOptions = {
       ...this.baseOptions(p.margins),
       classIndex: p.classIndex,
       lseIn: merged.lse,
+      targetPm1In: merged.targetPm1,
       sgd: this.sgd(lr),
     };
     let r: NativeLossResult;

@@ -14,6 +14,8 @@ export interface NativeLossOptions {
   classIndex?: Int32Array;
   /** MarginHead (sharded): per-row log-sum-exp merged over all shards. */
   lseIn?: Float32Array;
+  /** MarginHead (sharded): per-row p_target − 1 merged over all shards (see mergeStats). */
+  targetPm1In?: Float32Array;
   /** Return the per-row partial statistics (rowMax, rowSumExp, rowTarget). */
   stats?: boolean;
   /** Fused SGD update of the weights (in place) instead of returning gradWeights. */
@@ -35,6 +37,7 @@ export interface NativeLossResult {
   gradWeights?: Float32Array;
   rowMax?: Float32Array;
   rowSumExp?: Float32Array;
+  rowSumExpOther?: Float32Array;
   rowTarget?: Float32Array;
 }
 

@@ -56,7 +56,7 @@ struct Request {
   bool with_grad = false;
   bool with_stats = false;
   Sgd sgd;
-  Napi::Float32Array per_sample, grad_x, grad_w, row_max, row_sumexp, row_target;
+  Napi::Float32Array per_sample, grad_x, grad_w, row_max, row_sumexp, row_sumexp_other, row_target;
   LossOutputs out;
 };
 
@@ -115,6 +115,8 @@ Request make_request(const Napi::CallbackInfo& info) {
   }
   Napi::Value li = o.Get("lseIn");
   if (li.IsTypedArray()) p.lse_in = li.As<Napi::Float32Array>().Data();
+  Napi::Value tp = o.Get("targetPm1In");
+  if (tp.IsTypedArray()) p.target_pm1_in = tp.As<Napi::Float32Array>().Data();
   p.valid_rows = (int64_t)num(o, "validRows", 0);
   r.with_stats = o.Get("stats").ToBoolean().Value();
   Napi::Value sgd = o.Get("sgd");
@@ -141,9 +143,11 @@ Request make_request(const Napi::CallbackInfo& info) {
   if (r.with_stats) {
     r.row_max = new_f32(env, (size_t)p.n);
     r.row_sumexp = new_f32(env, (size_t)p.n);
+    r.row_sumexp_other = new_f32(env, (size_t)p.n);
     r.row_target = new_f32(env, (size_t)p.n);
     r.out.row_max = r.row_max.Data();
     r.out.row_sumexp = r.row_sumexp.Data();
+    r.out.row_sumexp_other = r.row_sumexp_other.Data();
     r.out.row_target = r.row_target.Data();
   }
   if (r.with_grad) {
@@ -201,6 +205,7 @@ Napi::Object result(Napi::Env env, Request& r) {
   if (r.with_stats) {
     res.Set("rowMax", r.row_max);
     res.Set("rowSumExp", r.row_sumexp);
+    res.Set("rowSumExpOther", r.row_sumexp_other);
     res.Set("rowTarget", r.row_target);
   }
   return res;
@@ -223,8 +228,9 @@ class LossWorker : public Napi::AsyncWorker {
     for (int k = 0; k < 3; ++k) inputs_[k] = Napi::Persistent(info[k].As<Napi::Object>());
     inputs_[3] = Napi::Persistent(info[4].As<Napi::Object>());  // holds rowMargins, classIndex, buffers
     Napi::Float32Array* arrays[] = {&req_.per_sample, &req_.grad_x, &req_.grad_w,
-                                    &req_.row_max, &req_.row_sumexp, &req_.row_target};
-    for (int k = 0; k < 6; ++k)
+                                    &req_.row_max, &req_.row_sumexp, &req_.row_sumexp_other,
+                                    &req_.row_target};
+    for (int k = 0; k < 7; ++k)
       if (!arrays[k]->IsEmpty()) outputs_[k] = Napi::Persistent(arrays[k]->As<Napi::Object>());
   }
   void Execute() override {
@@ -235,8 +241,9 @@ class LossWorker : public Napi::AsyncWorker {
     // The handles stored at construction belonged to a closed scope: take
     // fresh ones from the persistent references.
     Napi::Float32Array* arrays[] = {&req_.per_sample, &req_.grad_x, &req_.grad_w,
-                                    &req_.row_max, &req_.row_sumexp, &req_.row_target};
-    for (int k = 0; k < 6; ++k)
+                                    &req_.row_max, &req_.row_sumexp, &req_.row_sumexp_other,
+                                    &req_.row_target};
+    for (int k = 0; k < 7; ++k)
       *arrays[k] = outputs_[k].IsEmpty() ? Napi::Float32Array() : outputs_[k].Value().As<Napi::Float32Array>();
     deferred_.Resolve(result(Env(), req_));
   }
@@ -246,7 +253,7 @@ class LossWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   Request req_;
   Napi::ObjectReference inputs_[4];
-  Napi::ObjectReference outputs_[6];
+  Napi::ObjectReference outputs_[7];
 };
 
 Napi::Value LossAsync(const Napi::CallbackInfo& info) {

@@ -160,24 +160,51 @@ MS_HD Logit target_logit(const MarginParams& p, float c_raw, float row_m) {
 }
 
 // ---- Online log-sum-exp -------------------------------------------------
-// Per row: m = running max, l = Σ exp(z − m). Merging is associative; the
-// backends merge in a fixed order so results are bit-reproducible.
-// The empty state is (−inf, 0); merging it with anything is the identity.
+// Per row: m = running max, l = Σ exp(z − m) over all classes seen, and
+// o = the same sum without the row's target class. Merging is associative;
+// the backends merge in a fixed order so results are bit-reproducible.
+// The empty state is (−inf, 0, 0); merging it with anything is the identity.
+//
+// Why o: for a confident row p_y → 1 and the loss LSE − z_y → 0. Forming
+// them as exp(z_y − LSE) − 1 and LSE − z_y from an fp32 LSE (≈ 64, rounding
+// step 7.6e−6) cancels catastrophically. With o kept apart,
+//   loss = log1p(q),  p_y − 1 = −q/(1 + q),  q = o / exp(z_y − m),
+// which is accurate to fp32 relative precision however small q is.
 struct LseState {
   float m;
   float l;
+  float o;
 };
 
-MS_HD LseState lse_empty() { return {-INFINITY, 0.0f}; }
+MS_HD LseState lse_empty() { return {-INFINITY, 0.0f, 0.0f}; }
 
 MS_HD LseState lse_merge(LseState a, LseState b) {
   if (a.l == 0.0f) return b;
   if (b.l == 0.0f) return a;
   const float m = fmaxf(a.m, b.m);
-  return {m, a.l * expf(a.m - m) + b.l * expf(b.m - m)};
+  const float ea = expf(a.m - m), eb = expf(b.m - m);
+  return {m, a.l * ea + b.l * eb, a.o * ea + b.o * eb};
 }
 
 MS_HD float lse_value(LseState a) { return a.m + logf(a.l); }
+
+// The per-row loss and the target's softmax gradient from a row's merged
+// state and its target logit zt (see above). Falls back to the direct forms
+// where exp(zt − m) would underflow (the target is hopeless: p_y ≈ 0).
+struct TargetTerms {
+  float per_sample;  // LSE − z_y ≥ 0
+  float pt_minus_1;  // p_y − 1 ∈ [−1, 0]
+};
+
+MS_HD TargetTerms target_terms(LseState a, float zt) {
+  const double d = (double)zt - (double)a.m;
+  if (d > -600.0) {
+    const double q = (double)a.o / exp(d);
+    return {(float)log1p(q), (float)(-q / (1.0 + q))};
+  }
+  const double lse = (double)a.m + log((double)a.l);
+  return {(float)(lse - zt), (float)(exp((double)zt - lse) - 1.0)};
+}
 
 // ---- Counter-based Gaussian draws (elastic margins) ---------------------
 // A stateless hash of (seed, counter, row) → two 32-bit uniforms → Box–Muller.
@@ -209,6 +236,9 @@ MS_HD float elastic_margin(float m, float sigma, uint64_t seed, uint64_t counter
 // zero vector (x̂ = 0, every cosine 0) and receives a zero gradient. This is
 // a choice, documented in the README; it keeps everything finite.
 constexpr float kZeroNorm = 1e-12f;
+// Rows with larger norms are refused: the fp32 products w·x̂ (formed before
+// the 1/‖w‖ scaling) would overflow. Checked on the double sum of squares.
+constexpr double kMaxNormSq = 1e60;
 
 MS_HD float inv_norm_from_sq(double sq) {
   const double n = sqrt(sq);

@@ -205,7 +205,7 @@ describe('sharding', () => {
 
   it('finishStep without partialStats, and step on a sharded head, throw', () => {
     const head = new MarginHead({ ...base, shard: { offset: 0, count: 10, total: C } });
-    expect(() => head.finishStep({ lse: new Float32Array(1), perSample: new Float32Array(1), loss: 0, accuracy: 0, validRows: 1 })).toThrow(/partialStats/);
+    expect(() => head.finishStep({ lse: new Float32Array(1), targetPm1: new Float32Array(1), perSample: new Float32Array(1), loss: 0, accuracy: 0, validRows: 1 })).toThrow(/partialStats/);
     const { x, y } = batch(1);
     expect(() => head.step(x, y)).toThrow(/two phases/);
   });

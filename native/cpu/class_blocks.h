@@ -9,11 +9,11 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "loss_cpu.h"
 #include "simd_dispatch.h"
+#include "thread_pool.h"
 
 namespace ms {
 
@@ -48,8 +48,9 @@ inline NormalizedRows normalize_rows(const KernelSet& K, const float* x, int64_t
   r.invx.reset(new float[std::max<int64_t>(N, 1)]);
   for (int64_t i = 0; i < N; ++i) {
     const double sq = K.sumsq(x + i * D, (int)D);
-    if (!std::isfinite(sq))
-      throw InputError{"Expected finite values for embeddings but received a non-finite value in row " +
+    if (!(sq <= kMaxNormSq))
+      throw InputError{"Expected finite values with row norms at most 1e30 for embeddings but received a "
+                       "non-finite value or a larger norm in row " +
                        std::to_string(i)};
     r.invx[i] = inv_norm_from_sq(sq);
     for (int64_t k = 0; k < D; ++k) {
@@ -61,25 +62,20 @@ inline NormalizedRows normalize_rows(const KernelSet& K, const float* x, int64_t
   return r;
 }
 
-// Runs fn(t) for t in [0, T) on T threads (the caller's thread is one of
-// them) and rethrows the first exception after all have finished.
+// Runs fn(t) for t in [0, T) on the thread pool (the caller's thread takes
+// part) and rethrows the first exception after all have finished.
 template <class Fn>
 void parallel(int T, Fn fn) {
   std::exception_ptr err;
   std::mutex mu;
-  auto guarded = [&](int t) {
+  pool_run(T, [&](int t) {
     try {
       fn(t);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu);
       if (!err) err = std::current_exception();
     }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(T > 0 ? T - 1 : 0);
-  for (int t = 1; t < T; ++t) pool.emplace_back(guarded, t);
-  guarded(0);
-  for (auto& th : pool) th.join();
+  });
   if (err) std::rethrow_exception(err);
 }
 

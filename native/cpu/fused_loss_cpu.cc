@@ -82,6 +82,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   // Per-row arrays padded to ldt lanes (padding: ignored rows).
   auto rowscale = std::unique_ptr<float[]>(new float[ldt]());
   auto zt = std::unique_ptr<float[]>(new float[ldt]());
+  auto ptm1 = std::unique_ptr<float[]>(new float[ldt]());
   auto dzt = std::unique_ptr<float[]>(new float[ldt]());
   auto lse = std::unique_ptr<float[]>(new float[ldt]());
   // Label −1: ignored; −2: counts, target in another shard; ≥ 0: local target.
@@ -98,7 +99,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   const size_t cache_tiles_per_thread =
       backward ? opt.workspace_bytes / (size_t)T / (tile_floats * sizeof(float)) : 0;
   std::vector<BigArray<float>> cache(T);
-  std::vector<std::unique_ptr<float[]>> st_m(T), st_l(T);
+  std::vector<std::unique_ptr<float[]>> st_m(T), st_l(T), st_o(T);
   for (int t = 0; t < T; ++t) {
     b_lo[t] = lay.lo(t);
     b_hi[t] = lay.hi(t);
@@ -106,6 +107,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
     if (cached[t] > 0) cache[t] = BigArray<float>(cached[t] * tile_floats);
     st_m[t] = uninit<float>(ldt);
     st_l[t] = uninit<float>(ldt);
+    st_o[t] = uninit<float>(ldt);
   }
   // Rows whose label lands in a block, found by sorting rows by label once.
   std::vector<std::pair<int32_t, int32_t>> by_label;  // (label, row)
@@ -154,18 +156,21 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
     auto ztb = std::unique_ptr<float[]>(new float[ldt]());
     auto bm = uninit<float>(ldt);
     auto bl = uninit<float>(ldt);
+    auto bo = uninit<float>(ldt);
     float* m = st_m[t].get();
     float* l = st_l[t].get();
+    float* o = st_o[t].get();
     for (int64_t i = 0; i < ldt; ++i) {
       tcol[i] = -1;
       m[i] = -INFINITY;
       l[i] = 0.0f;
+      o[i] = 0.0f;
     }
     for (int64_t b = b_lo[t]; b < b_hi[t]; ++b) {
       const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
       for (int64_t j = 0; j < bc; ++j) {
         const double sq = K.sumsq(wrow(j0 + j), (int)D);
-        if (!std::isfinite(sq)) {
+        if (!(sq <= kMaxNormSq)) {  // non-finite, or a norm the fp32 products would overflow
           bad_w[t] = p.class_index ? p.class_index[j0 + j] : j0 + j;
           return;
         }
@@ -188,33 +193,38 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
         zt[i] = L.z;
         dzt[i] = L.dz;
       }
-      K.block_stats(tile, (int)bc, (int)ldt, s, cvm_m2, tcol.get(), ztb.get(), bm.get(), bl.get());
+      K.block_stats(tile, (int)bc, (int)ldt, s, cvm_m2, tcol.get(), ztb.get(), bm.get(), bl.get(), bo.get());
       for (int64_t i = 0; i < ldt; ++i) {
-        const LseState a = lse_merge({m[i], l[i]}, {bm[i], bl[i]});
+        const LseState a = lse_merge({m[i], l[i], o[i]}, {bm[i], bl[i], bo[i]});
         m[i] = a.m;
         l[i] = a.l;
+        o[i] = a.o;
       }
       for (auto it = lo; it != hi; ++it) tcol[it->second] = -1;
     }
   });
   for (int t = 0; t < T; ++t)
     if (bad_w[t] >= 0)
-      throw InputError{"Expected finite values for weights but received a non-finite value in row " +
+      throw InputError{"Expected finite values with row norms at most 1e30 for weights but received a "
+                       "non-finite value or a larger norm in row " +
                        std::to_string(bad_w[t])};
 
-  // Merge the thread partials in thread order → LSE, per-sample loss, mean.
+  // Merge the thread partials in thread order → LSE, per-sample loss, mean,
+  // and the target's p − 1 (from the target-free sum: see target_terms).
   double total = 0.0;
   for (int64_t i = 0; i < N; ++i) {
     LseState a = lse_empty();
-    for (int t = 0; t < T; ++t) a = lse_merge(a, {st_m[t][i], st_l[t][i]});
+    for (int t = 0; t < T; ++t) a = lse_merge(a, {st_m[t][i], st_l[t][i], st_o[t][i]});
     lse[i] = p.lse_in ? p.lse_in[i] : lse_value(a);
     if (out.row_max) out.row_max[i] = a.m;
     if (out.row_sumexp) out.row_sumexp[i] = a.l;
+    if (out.row_sumexp_other) out.row_sumexp_other[i] = a.o;
     if (out.row_target) out.row_target[i] = p.labels[i] >= 0 ? zt[i] : NAN;
     if (p.labels[i] >= 0) {
-      const float li = lse[i] - zt[i];
-      out.per_sample[i] = li;
-      total += li;
+      const TargetTerms tt = target_terms(a, zt[i]);
+      ptm1[i] = p.target_pm1_in ? p.target_pm1_in[i] : tt.pt_minus_1;
+      out.per_sample[i] = tt.per_sample;
+      total += tt.per_sample;
     } else {
       out.per_sample[i] = 0.0f;
     }
@@ -247,7 +257,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
       }
       auto [lo, hi] = targets_in(j0, j0 + bc);
       for (auto it = lo; it != hi; ++it) tcol[it->second] = it->first - (int32_t)j0;
-      const float pmax = K.block_grad(tile, (int)bc, (int)ldt, s, cvm_m2, tcol.get(), zt.get(), dzt.get(),
+      const float pmax = K.block_grad(tile, (int)bc, (int)ldt, s, cvm_m2, tcol.get(), ptm1.get(), dzt.get(),
                                       lse.get(), rowscale.get(), invw.get() + j0, gt.get(), tj.get());
       for (auto it = lo; it != hi; ++it) tcol[it->second] = -1;
       float* gw = p.block_update ? gblock.get() : out.grad_w + j0 * D;
@@ -263,11 +273,12 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
       // dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term.
       K.gemm((int)bc, (int)D, (int)N, gt.get(), (long)ldt, 1, xn, (long)D, gw, (long)D, false);
       for (int64_t j = 0; j < bc; ++j) {
+        // w·invn² underflows for huge norms: form it as (invn·t)·(invn·w).
         const float inv = invw[j0 + j];
-        const float k = inv * inv * tj[j];
+        const float k = inv * tj[j];
         const float* wr = wb + j * D;
         float* gr = gw + j * D;
-        for (int64_t q = 0; q < D; ++q) gr[q] -= k * wr[q];
+        for (int64_t q = 0; q < D; ++q) gr[q] -= k * (inv * wr[q]);
       }
       // dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).
       K.gemm((int)N, (int)D, (int)bc, gt.get(), 1, (long)ldt, wb, (long)D, dx, (long)D, true);

@@ -37,6 +37,9 @@ struct LossProblem {
   // If set, the backward uses these per-row log-sum-exps (merged over all
   // shards) instead of this problem's own.
   const float* lse_in = nullptr;
+  // With lse_in: the target's p − 1 per row (merged over shards, computed
+  // from the target-free sum; see target_terms), used where the target is local.
+  const float* target_pm1_in = nullptr;
   // If set, called by the owning thread for each class block after its
   // backward work, with the block's gradient rows (bc×d, with respect to the
   // raw centres) or null when gradient filtering skipped the block (zero
@@ -54,6 +57,7 @@ struct LossOutputs {
   // statistics that shards exchange.
   float* row_max = nullptr;
   float* row_sumexp = nullptr;
+  float* row_sumexp_other = nullptr;  // the same sum without the target class
   float* row_target = nullptr;
   float* grad_x = nullptr;      // N×d
   float* grad_w = nullptr;      // C×d

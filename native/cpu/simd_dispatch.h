@@ -13,9 +13,9 @@ struct KernelSet {
   void (*gemm)(int M, int NN, int K, const float* A, long sam, long sak, const float* B, long ldb,
                float* C, long ldc, bool accumulate);
   void (*block_stats)(const float* tile, int bc, int ldt, float s, float cvm_m2,
-                      const int32_t* tcol, const float* zt, float* m_out, float* l_out);
+                      const int32_t* tcol, const float* zt, float* m_out, float* l_out, float* o_out);
   float (*block_grad)(const float* tile, int bc, int ldt, float s, float cvm_m2,
-                      const int32_t* tcol, const float* zt, const float* dzt, const float* lse,
+                      const int32_t* tcol, const float* ptm1, const float* dzt, const float* lse,
                       const float* rowscale, const float* invn, float* gout, float* t);
   double (*sumsq)(const float* v, int d);
 };

@@ -46,7 +46,7 @@ void cpu_topk(const float* x, const float* w, int64_t N, int64_t C, int64_t D, i
       K.gemm((int)bc, (int)N, (int)D, w + j0 * D, (long)D, 1, rows.xt.get(), (long)ldt, tile.data(), (long)ldt, false);
       for (int64_t j = 0; j < bc; ++j) {
         const double sq = K.sumsq(w + (j0 + j) * D, (int)D);
-        if (!std::isfinite(sq)) {
+        if (!(sq <= kMaxNormSq)) {
           bad[t] = j0 + j;
           return;
         }
@@ -58,7 +58,8 @@ void cpu_topk(const float* x, const float* w, int64_t N, int64_t C, int64_t D, i
   });
   for (int t = 0; t < T; ++t)
     if (bad[t] >= 0)
-      throw InputError{"Expected finite values for weights but received a non-finite value in row " +
+      throw InputError{"Expected finite values with row norms at most 1e30 for weights but received a "
+                       "non-finite value or a larger norm in row " +
                        std::to_string(bad[t])};
   for (int64_t i = 0; i < N; ++i) {
     float* s = scores + i * k;

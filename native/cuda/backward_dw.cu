@@ -1,0 +1,213 @@
+// backward_dw.cu — the fused backward pass, class-centre side: dW.
+//
+// What is fused, and why: a CTA owns 32 classes (and one 512-column output
+// slice) and walks every row tile of 128 rows. Per row tile it recomputes the
+// 128×32 cosine tile on tensor cores, forms g' = g_ij/‖w_j‖ in shared memory
+// and accumulates Gᵀ·X̂ (32×512, fp32) in registers; it also accumulates
+// t_j = Σ_i g_ij·c_ij. At the end it applies the normalisation's chain rule
+//   dw_j = invn_j·Σ_i g_ij x̂_i − w_j·invn_j²·t_j
+// (ŵ_j·dŵ_j = t_j because c_ij = ŵ_j·x̂_i) and writes dW once. The class tile
+// has exactly one owner, so there are no atomics and no partial buffers, and
+// each W row is read from device memory once (its reuse across row tiles hits
+// L2). See backward_dx.cu for why dX̂ is a separate kernel.
+//
+// Determinism: t_j is summed per thread in row order, then over the 8 warps
+// in warp order, then over row tiles in order; the MMA accumulation order is
+// fixed by the loop structure.
+//
+// Tile ownership and bounds:
+//   blockIdx.x = class tile (classes [32x, 32x+32), only those < C are stored),
+//   blockIdx.y = output slice (columns [512y, 512y+512) ∩ [0, d) are stored);
+//   row tiles [128r, 128r+128) ⊂ [0, N_pad); the filter mask is looked up at
+//   (class tile 32x/128, rows/32): a row tile whose four entries are all
+//   non-zero is skipped, and rows of a non-zero entry get g = 0, so dŴ sees
+//   exactly the G that backward_dx sees.
+//   Epilogue: warp w handles rows 16w..16w+16 of the row tile, lane = class.
+//   MMA: warp w owns output columns [q0 + 64w, +64) if inside dp (dp % 64 == 0).
+#include "cuda_common.cuh"
+#include "kernels.cuh"
+
+namespace ms {
+namespace cu {
+namespace {
+
+constexpr int kDwClasses = 32;
+constexpr int kDwRows = 128;
+
+template <class T>
+struct DwCfg {
+  using E = Elem<T>;
+  using Tile = CosTile<T, kDwRows, kDwClasses, 8, 1>;
+  static constexpr int KX = 2 * E::kStep;        // rows per staged X̂ chunk (16 TF32 / 32 BF16)
+  static constexpr int LDX = kSlice + E::kPad;   // X̂ chunk row stride
+  static constexpr int LDG = kDwClasses + E::kPad;
+  static constexpr int VPX = kSlice / E::kVec;
+  static constexpr int NVX = KX * VPX / kThreads;  // 8
+  static constexpr size_t kXsBytes = (size_t)KX * LDX * sizeof(T);
+  static constexpr size_t kStageBytes = (size_t)(kThreads / 32) * 256 * sizeof(float);
+  static constexpr size_t kUnion = align128(cmax(cmax(Tile::kBytes, kXsBytes), kStageBytes));
+  static constexpr size_t kGsOffset = kUnion;
+  static constexpr size_t kGsBytes = align128((size_t)kDwRows * LDG * sizeof(T));
+  static constexpr size_t kTpartOffset = kGsOffset + kGsBytes;
+  static constexpr size_t kCoefOffset = kTpartOffset + (kThreads / 32) * kDwClasses * sizeof(float);
+  static constexpr size_t kSmem = kCoefOffset + kDwClasses * sizeof(float);
+  static_assert((KX * VPX) % kThreads == 0, "whole vectors per thread");
+  static_assert(kDwRows % KX == 0, "whole chunks per row tile");
+  static_assert(kTileC % kDwClasses == 0 && kDwRows % kTileR == 0, "aligned with the filter mask");
+  static_assert(kRowPad % kDwRows == 0, "row tiles cover N_pad exactly");
+  static_assert(kSmem <= 99 * 1024, "fits sm_86/sm_89's 99 KiB per block");
+};
+
+template <class T>
+__device__ __forceinline__ void fetch_x_chunk(uint4 (&rx)[DwCfg<T>::NVX], const T* xop, int dp, int64_t r0, int q0) {
+  using Cfg = DwCfg<T>;
+#pragma unroll
+  for (int q = 0; q < Cfg::NVX; ++q) {
+    const int v = threadIdx.x + q * kThreads;
+    rx[q] = load_x16<T>(xop, dp, r0 + v / Cfg::VPX, q0 + (v % Cfg::VPX) * Elem<T>::kVec);
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
+  using Cfg = DwCfg<T>;
+  using E = Elem<T>;
+  using Tile = typename Cfg::Tile;
+  MS_DYNAMIC_SMEM(smem);
+  T* Xs = reinterpret_cast<T*>(smem);  // aliases the tile's operands and S
+  T* Gs = reinterpret_cast<T*>(smem + Cfg::kGsOffset);
+  float* tpart = reinterpret_cast<float*>(smem + Cfg::kTpartOffset);
+  float* coef = reinterpret_cast<float*>(smem + Cfg::kCoefOffset);
+  const float* S = reinterpret_cast<const float*>(smem);
+  const T* xop = static_cast<const T*>(p.xop);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int64_t j0 = (int64_t)blockIdx.x * kDwClasses;
+  const int q0 = blockIdx.y * kSlice;
+  const int64_t ctm = j0 / kTileC;  // mask class tile
+  const int wq = q0 + warp * 64;
+  const bool active = wq < p.dp;
+
+  const int64_t jmine = j0 + lane;  // the epilogue column of this thread
+  const bool jok = jmine < p.w.c;
+  const float inv = jok ? p.w.invw[jmine] : 0.0f;
+  float t_acc = 0.0f;  // t_j of class j0+lane, kept by warp 0
+
+  Acc<T> acc[2][4];
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) wmma::fill_fragment(acc[a][b], 0.0f);
+
+  const int64_t nrow_tiles = p.n_pad / kDwRows;
+  for (int64_t rt = 0; rt < nrow_tiles; ++rt) {
+    const uint8_t* mrow = p.mask + ctm * p.nrt32 + rt * (kDwRows / kTileR);
+    const uint8_t m0 = mrow[0], m1 = mrow[1], m2 = mrow[2], m3 = mrow[3];
+    if (m0 != kMaskCompute && m1 != kMaskCompute && m2 != kMaskCompute && m3 != kMaskCompute) continue;
+    const int64_t row0 = rt * kDwRows;
+    Tile::run(xop, row0, p.dp, p.w, j0, smem);
+
+    // Rows 16·warp .. 16·warp+16 all fall in mask entry warp/2.
+    const int sub = warp >> 1;
+    const bool rows_on = (sub == 0 ? m0 : sub == 1 ? m1 : sub == 2 ? m2 : m3) == kMaskCompute;
+    float tl = 0.0f;
+#pragma unroll 4
+    for (int k = 0; k < 16; ++k) {
+      const int r = warp * 16 + k;
+      const int64_t i = row0 + r;
+      const int32_t y = p.labels[i];
+      float gv = 0.0f, cu = 0.0f;
+      if (rows_on && jok && y >= 0) {
+        const float lse = p.lse[i];
+        if ((int64_t)y == jmine) {
+          gv = grad_target(p.zt[i], p.dzt[i], lse);
+          cu = p.ctg[i];
+        } else {
+          cu = S[r * Tile::LDS + lane] * inv;
+          gv = grad_other(cu, lse, p.scale, p.cvm_m2);
+        }
+        gv *= p.inv_valid;
+      }
+      tl += gv * cu;
+      Gs[r * Cfg::LDG + lane] = E::cvt(gv * inv);
+    }
+    tpart[warp * kDwClasses + lane] = tl;
+    __syncthreads();  // G' and tpart complete; S is dead (the X̂ chunks may overwrite it)
+    if (warp == 0) {
+      float s = 0.0f;
+#pragma unroll
+      for (int q = 0; q < kThreads / 32; ++q) s += tpart[q * kDwClasses + lane];
+      t_acc += s;
+    }
+
+    // dŴ'[32 classes, slice] += G'ᵀ(32×128) · X̂[rows, slice](128×slice).
+    uint4 rx[Cfg::NVX];
+    fetch_x_chunk<T>(rx, xop, p.dp, row0, q0);
+    for (int kc = 0; kc < kDwRows; kc += Cfg::KX) {
+      if (kc > 0) __syncthreads();  // the previous chunk's fragment loads are done
+#pragma unroll
+      for (int q = 0; q < Cfg::NVX; ++q) {
+        const int v = tid + q * kThreads;
+        *reinterpret_cast<uint4*>(Xs + (v / Cfg::VPX) * Cfg::LDX + (v % Cfg::VPX) * E::kVec) = rx[q];
+      }
+      __syncthreads();
+      if (kc + Cfg::KX < kDwRows) fetch_x_chunk<T>(rx, xop, p.dp, row0 + kc + Cfg::KX, q0);
+      if (active) {
+#pragma unroll
+        for (int ks = 0; ks < Cfg::KX; ks += E::kStep) {
+          // A = G'ᵀ: (m = class, k = row) at Gs[k·LDG + m], i.e. column-major.
+          FragAc<T> fa[2];
+#pragma unroll
+          for (int a = 0; a < 2; ++a) wmma::load_matrix_sync(fa[a], Gs + (kc + ks) * Cfg::LDG + a * 16, Cfg::LDG);
+#pragma unroll
+          for (int b = 0; b < 4; ++b) {
+            FragB<T> fb;  // (k = row, n = column) at Xs[k·LDX + n]
+            wmma::load_matrix_sync(fb, Xs + ks * Cfg::LDX + warp * 64 + b * 16, Cfg::LDX);
+#pragma unroll
+            for (int a = 0; a < 2; ++a) wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]);
+          }
+        }
+      }
+    }
+    // The next Tile::run begins with a barrier (protects Xs, Gs and tpart).
+  }
+
+  __syncthreads();  // all MMAs done: the staging area below aliases Xs
+  if (warp == 0) coef[lane] = inv * inv * t_acc;
+  __syncthreads();
+  if (active) {
+    float* stage = reinterpret_cast<float*>(smem) + warp * 256;
+#pragma unroll
+    for (int a = 0; a < 2; ++a) {
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        wmma::store_matrix_sync(stage, acc[a][b], 16, wmma::mem_row_major);
+        __syncwarp();
+        for (int e = lane; e < 256; e += 32) {
+          const int jl = a * 16 + (e >> 4);
+          const int64_t j = j0 + jl;
+          const int q = wq + b * 16 + (e & 15);
+          if (j < p.w.c && q < p.w.d) p.grad_w[j * (int64_t)p.w.d + q] = stage[e] - w_value(p.w, j, q) * coef[jl];
+        }
+        __syncwarp();  // stage is rewritten by the next fragment
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <class T>
+void launch_backward_dw(const BwdParams& p, int slices, cudaStream_t s) {
+  const size_t smem = DwCfg<T>::kSmem;
+  MS_CUDA_CHECK(cudaFuncSetAttribute(backward_dw<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const dim3 grid((unsigned)ceil_div(p.w.c, kDwClasses), (unsigned)slices);
+  MS_LAUNCH(backward_dw<T>, grid, kThreads, smem, s, p);
+  MS_CUDA_LAUNCHED("backward_dw");
+}
+
+template void launch_backward_dw<float>(const BwdParams&, int, cudaStream_t);
+template void launch_backward_dw<bf16>(const BwdParams&, int, cudaStream_t);
+
+}  // namespace cu
+}  // namespace ms

@@ -1,0 +1,94 @@
+// fused_loss_cuda.cuh — the CUDA backend on device pointers.
+//
+// cuda_loss() (loss_cuda.cu) is a thin host-pointer wrapper around these:
+// copy in, LossRunner forward/backward, copy out. A future stateful head that
+// keeps W on the device uses DeviceWeights directly (its norms are computed
+// once per change of W: call refresh_norms after an update) and a LossRunner
+// per batch shape, with no host copies of W or dW.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda_common.cuh"
+#include "tiles.cuh"
+
+namespace ms {
+namespace cu {
+
+// Class centres resident on the device, with their inverse norms.
+struct DeviceWeights {
+  int64_t c = 0;
+  int d = 0, dp = 0;
+  bool bf16_path = false;
+  DeviceBuffer<float> w32;          // TF32 path: C×d fp32 (row stride d)
+  DeviceBuffer<__nv_bfloat16> wb;   // BF16 path: C×dp, zero columns ≥ d
+  DeviceBuffer<float> invw;         // C
+  WView view() const;
+};
+
+// W (C×d fp32, on the host, or on the device when src_on_device) → the
+// kernels' layout. TF32 path: one copy, then the norms. BF16 path: streamed
+// through a bounded fp32 staging buffer and converted on the device (W is
+// never resident in fp32). Throws InputError for a non-finite value (smallest
+// row), CudaError for CUDA failures. Synchronises the stream.
+void upload_weights(DeviceWeights& w, const float* src, int64_t c, int d, bool bf16_path, cudaStream_t s,
+                    bool src_on_device = false);
+// TF32 path, W already in w.w32: recompute 1/‖w_j‖ (after W changed). Throws
+// InputError for a non-finite value. Synchronises the stream.
+void refresh_norms(DeviceWeights& w, cudaStream_t s);
+
+// One batch shape against one weight shape: the per-call workspace.
+class LossRunner {
+ public:
+  LossRunner(int64_t n, int64_t c, int d, bool bf16_path, cudaStream_t s);
+
+  // Normalises X (device, N×d) and takes the labels (device, N; −1 = ignored)
+  // and the elastic row margins (device, N, or null). valid_rows = number of
+  // labels ≥ 0. Returns the smallest row of X holding a non-finite value, or −1
+  // (synchronises the stream).
+  int64_t set_batch(const float* x_dev, const int32_t* labels_dev, const float* row_margins_dev, int64_t valid_rows);
+
+  // Target logits, the fused tiles, the LSE merge: per-row losses in per_sample().
+  void forward(const DeviceWeights& w, const MarginParams& m);
+  const float* per_sample() const { return per_sample_.get(); }
+
+  // After forward(): gradients into device buffers grad_x (N×d) and grad_w (C×d).
+  // Returns the number of (128-class, 32-row) tiles skipped by the filter;
+  // total_tiles() is the number of tiles holding a counted row.
+  int64_t backward(const DeviceWeights& w, const MarginParams& m, float grad_filter, float* grad_x, float* grad_w);
+  int64_t total_tiles() const { return total_tiles_; }
+
+  // Extra device memory one call of this shape needs (beyond X, W and dW).
+  static size_t workspace_bytes(int64_t n, int64_t c, int d, bool bf16_path, bool with_grad, int sms);
+
+ private:
+  int64_t n_, c_, n_pad_, nct_, nrt32_, nrt64_;
+  int d_, dp_, slices_;
+  bool bf16_;
+  int sms_;
+  cudaStream_t s_;
+  float inv_valid_ = 0.0f;
+  int64_t total_tiles_ = 0;
+  DeviceBuffer<int32_t> labels_;     // N_pad, −1 padding
+  const float* row_m_ = nullptr;     // borrowed
+  DeviceBuffer<float> x32_, invx_;   // N×d, N_pad
+  DeviceBuffer<unsigned char> xop_;  // N_pad×dp of T
+  DeviceBuffer<float> zt_, dzt_, ctg_, lse_, per_sample_;
+  DeviceBuffer<float2> partial_;     // nct×N_pad
+  DeviceBuffer<uint8_t> mask_;       // nct×nrt32
+  DeviceBuffer<float> dxp_;          // groups×N_pad×dp
+  DeviceBuffer<unsigned long long> bad_;
+};
+
+// Class groups of backward_dx: enough CTAs for ~8 per multiprocessor, at most
+// 512 MiB of partials, at least one class tile per group.
+void choose_groups(int64_t nct, int64_t nrt32, int slices, int64_t n_pad, int dp, int sms, int64_t* groups,
+                   int64_t* tiles_per_group);
+
+int device_multiprocessors();
+
+}  // namespace cu
+}  // namespace ms

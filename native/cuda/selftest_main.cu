@@ -1,0 +1,383 @@
+// selftest_main.cu — ms_cuda_selftest: the CUDA backend against the CPU
+// backend, in C++ (no Node.js needed on the GPU machine). Not part of the
+// addon (CMake excludes native/cuda/*_main.cu from it).
+//
+//   ms_cuda_selftest            all cases (a minute or so on an H100, most of it the CPU oracle)
+//   ms_cuda_selftest --small    three tiny cases (for compute-sanitizer memcheck / racecheck)
+//   ms_cuda_selftest --json F   also write the per-case results to F
+//
+// Each case prints one line: name, shape, the measured errors and the
+// tolerance; the exit status is the number of failed cases (capped at 100).
+//
+// Tolerances (see test/gpu/cuda-backend.test.ts for the same reasoning):
+//   TF32 operands carry a relative rounding error u = 2⁻¹¹ ≈ 4.9e−4, so a
+//   non-target cosine of unit vectors is off by ~u·√(2/3)/√d ≈ 1.7e−5 (d = 512)
+//   to 5e−5 (d = 64), the logit by s·δc ≈ 1e−3…3e−3 at s = 64. The target
+//   cosine is computed in fp64 outside the tile, so the margin sees no TF32
+//   error. LSE averages the logit errors: per-row loss |Δ| ≲ 3e−3.
+//   Gradients: g = (p − δ)·dz/V inherits δp/p = δz, and the dX̂/dŴ products
+//   round G and the operands to TF32 again: ‖Δ‖/‖ref‖ ≈ 1e−3…4e−3.
+//   BF16 path: X̂, W and G in bf16 (u = 2⁻⁹), the CPU reference rounds W only:
+//   about 4× the TF32 errors.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../cpu/loss_cpu.h"
+#include "loss_cuda.h"
+
+using namespace ms;
+
+namespace {
+
+struct Problem {
+  int64_t n = 0, c = 0, d = 0;
+  std::vector<float> x, w, row_m;
+  std::vector<int32_t> labels;
+};
+
+Problem random_problem(int64_t n, int64_t c, int64_t d, uint32_t seed) {
+  Problem p;
+  p.n = n;
+  p.c = c;
+  p.d = d;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::uniform_int_distribution<int64_t> lab(0, c - 1);
+  p.x.resize((size_t)(n * d));
+  p.w.resize((size_t)(c * d));
+  for (auto& v : p.x) v = g(rng);
+  for (auto& v : p.w) v = g(rng);
+  p.labels.resize((size_t)n);
+  for (auto& y : p.labels) y = (int32_t)lab(rng);
+  return p;
+}
+
+// Rows pulled towards their class centre: x_i = t·ŵ_y + noise, so p_target is
+// large and most non-target probabilities are tiny (what gradient filtering skips).
+void cluster(Problem& p, float t, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (int64_t i = 0; i < p.n; ++i) {
+    const int32_t y = p.labels[i];
+    if (y < 0) continue;
+    double nrm = 0;
+    for (int64_t k = 0; k < p.d; ++k) nrm += (double)p.w[y * p.d + k] * p.w[y * p.d + k];
+    nrm = std::sqrt(nrm);
+    for (int64_t k = 0; k < p.d; ++k)
+      p.x[i * p.d + k] = (float)(t * p.w[y * p.d + k] / nrm) + (1.0f - t) * g(rng) / std::sqrt((float)p.d);
+  }
+}
+
+// Target cosines near ±1: x_i = ±w_y (exactly parallel) or a tiny perturbation of it.
+void near_parallel(Problem& p) {
+  for (int64_t i = 0; i < p.n; ++i) {
+    const int32_t y = p.labels[i];
+    const float sign = (i % 2 == 0) ? 1.0f : -1.0f;
+    const float eps = (i % 4 < 2) ? 0.0f : 1e-3f;
+    for (int64_t k = 0; k < p.d; ++k)
+      p.x[i * p.d + k] = sign * p.w[y * p.d + k] * 1.7f + (k == 0 ? eps : 0.0f);
+  }
+}
+
+struct Outputs {
+  std::vector<float> per_sample, gx, gw;
+  LossOutputs o;
+};
+
+Outputs alloc_out(const Problem& p, bool grad) {
+  Outputs r;
+  r.per_sample.assign((size_t)p.n, 0.0f);
+  r.o.per_sample = r.per_sample.data();
+  if (grad) {
+    r.gx.assign((size_t)(p.n * p.d), 0.0f);
+    r.gw.assign((size_t)(p.c * p.d), 0.0f);
+    r.o.grad_x = r.gx.data();
+    r.o.grad_w = r.gw.data();
+  }
+  return r;
+}
+
+LossProblem make_lp(const Problem& p, MarginParams m, float filter, bool bf16) {
+  LossProblem lp;
+  lp.x = p.x.data();
+  lp.w = p.w.data();
+  lp.labels = p.labels.data();
+  lp.row_margins = p.row_m.empty() ? nullptr : p.row_m.data();
+  lp.n = p.n;
+  lp.c = p.c;
+  lp.d = p.d;
+  lp.margin = m;
+  lp.grad_filter = filter;
+  lp.weights_bf16 = bf16;
+  return lp;
+}
+
+double max_abs(const std::vector<float>& a) {
+  double m = 0;
+  for (float v : a) m = std::fmax(m, std::fabs((double)v));
+  return m;
+}
+// max_k |a_k − b_k| / max_k |b_k| (0 when both are all zero)
+double rel_max(const std::vector<float>& a, const std::vector<float>& b) {
+  double e = 0;
+  for (size_t k = 0; k < a.size(); ++k) e = std::fmax(e, std::fabs((double)a[k] - (double)b[k]));
+  const double m = max_abs(b);
+  return m > 0 ? e / m : e;
+}
+// ‖a − b‖₂ / ‖b‖₂
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double e = 0, n = 0;
+  for (size_t k = 0; k < a.size(); ++k) {
+    const double t = (double)a[k] - (double)b[k];
+    e += t * t;
+    n += (double)b[k] * b[k];
+  }
+  return n > 0 ? std::sqrt(e / n) : std::sqrt(e);
+}
+bool all_finite(const std::vector<float>& a) {
+  for (float v : a)
+    if (!std::isfinite(v)) return false;
+  return true;
+}
+
+MarginParams margin(MarginKind k, float m1, float m2, float m3, float s = 64.0f) {
+  MarginParams m;
+  m.kind = k;
+  m.scale = s;
+  m.m1 = m1;
+  m.m2 = m2;
+  m.m3 = m3;
+  m.fallback = true;
+  return m;
+}
+
+struct Named {
+  const char* name;
+  MarginParams m;
+};
+std::vector<Named> all_kinds() {
+  return {{"softmax", margin(MarginKind::Softmax, 0, 0, 0)},
+          {"arcface", margin(MarginKind::ArcFace, 0, 0.5f, 0)},
+          {"cosface", margin(MarginKind::CosFace, 0, 0.35f, 0)},
+          {"combined", margin(MarginKind::Combined, 0.9f, 0.4f, 0.15f)},
+          {"adaptive", margin(MarginKind::Adaptive, 0.03f, 0.5f, 0)},
+          {"adaptive-big", margin(MarginKind::Adaptive, 0.2f, 0.3f, 0)},
+          {"elastic-arc", margin(MarginKind::ElasticArc, 0, 0.5f, 0)},
+          {"elastic-cos", margin(MarginKind::ElasticCos, 0, 0.35f, 0)},
+          {"cvm", margin(MarginKind::Cvm, 0.3f, 0.2f, 0)}};
+}
+
+int failures = 0;
+FILE* json = nullptr;
+bool first_json = true;
+
+struct Tol {
+  double loss;      // per-row |Δ| ≤ loss·max(1, |ref|)
+  double grad_l2;   // ‖Δ‖/‖ref‖
+  double grad_max;  // max|Δ| / max|ref|
+};
+const Tol kTf32{3e-3, 6e-3, 2e-2};
+const Tol kBf16{1.5e-2, 3e-2, 8e-2};
+
+void report(const std::string& name, const Problem& p, bool ok, double loss_err, double gx_l2, double gx_max,
+            double gw_l2, double gw_max, const Tol& tol, const std::string& extra) {
+  std::printf("%-4s %-44s N=%-4lld C=%-7lld d=%-4lld loss %.2e  dX %.2e/%.2e  dW %.2e/%.2e  (tol %.0e, %.0e/%.0e) %s\n",
+              ok ? "ok" : "FAIL", name.c_str(), (long long)p.n, (long long)p.c, (long long)p.d, loss_err, gx_l2,
+              gx_max, gw_l2, gw_max, tol.loss, tol.grad_l2, tol.grad_max, extra.c_str());
+  std::fflush(stdout);
+  if (!ok) ++failures;
+  if (json) {
+    std::fprintf(json,
+                 "%s{\"name\":\"%s\",\"n\":%lld,\"c\":%lld,\"d\":%lld,\"ok\":%s,\"loss_err\":%.3e,\"dx_l2\":%.3e,"
+                 "\"dx_max\":%.3e,\"dw_l2\":%.3e,\"dw_max\":%.3e}",
+                 first_json ? "" : ",\n", name.c_str(), (long long)p.n, (long long)p.c, (long long)p.d,
+                 ok ? "true" : "false", loss_err, gx_l2, gx_max, gw_l2, gw_max);
+    first_json = false;
+  }
+}
+
+// Runs both backends and compares. `filter` applies to the CUDA run only when
+// filter_cpu is false (the CPU then gives the exact gradients).
+void compare(const std::string& name, const Problem& p, MarginParams m, bool bf16, float filter, const Tol& tol,
+             bool filter_cpu = true, bool expect_skips = false) {
+  Outputs ref = alloc_out(p, true), got = alloc_out(p, true), again = alloc_out(p, true);
+  CpuOptions co;
+  try {
+    cpu_loss(make_lp(p, m, filter_cpu ? filter : 0.0f, bf16), ref.o, co);
+    cuda_loss(make_lp(p, m, filter, bf16), got.o);
+    cuda_loss(make_lp(p, m, filter, bf16), again.o);
+  } catch (const CudaError& e) {
+    std::printf("FAIL %s: CudaError %s\n", name.c_str(), e.message.c_str());
+    ++failures;
+    return;
+  } catch (const InputError& e) {
+    std::printf("FAIL %s: InputError %s\n", name.c_str(), e.message.c_str());
+    ++failures;
+    return;
+  }
+  double loss_err = 0;
+  for (int64_t i = 0; i < p.n; ++i)
+    loss_err = std::fmax(loss_err, std::fabs((double)got.per_sample[i] - ref.per_sample[i]) /
+                                       std::fmax(1.0, std::fabs((double)ref.per_sample[i])));
+  loss_err = std::fmax(loss_err, std::fabs(got.o.loss - ref.o.loss) / std::fmax(1.0, std::fabs(ref.o.loss)));
+  const double gx_l2 = rel_l2(got.gx, ref.gx), gx_max = rel_max(got.gx, ref.gx);
+  const double gw_l2 = rel_l2(got.gw, ref.gw), gw_max = rel_max(got.gw, ref.gw);
+  const bool finite = all_finite(got.per_sample) && all_finite(got.gx) && all_finite(got.gw) && std::isfinite(got.o.loss);
+  const bool deterministic = got.per_sample == again.per_sample && got.gx == again.gx && got.gw == again.gw &&
+                             got.o.loss == again.o.loss;
+  bool ok = finite && deterministic && got.o.valid_rows == ref.o.valid_rows && loss_err <= tol.loss &&
+            gx_l2 <= tol.grad_l2 && gx_max <= tol.grad_max && gw_l2 <= tol.grad_l2 && gw_max <= tol.grad_max;
+  // Ignored rows: exactly zero loss and gradient.
+  for (int64_t i = 0; i < p.n; ++i) {
+    if (p.labels[i] >= 0) continue;
+    if (got.per_sample[i] != 0.0f) ok = false;
+    for (int64_t k = 0; k < p.d; ++k)
+      if (got.gx[i * p.d + k] != 0.0f) ok = false;
+  }
+  if (expect_skips && got.o.skipped_blocks == 0) ok = false;
+  std::string extra = std::string(finite ? "" : " NON-FINITE") + (deterministic ? "" : " NON-DETERMINISTIC") +
+                      " skipped " + std::to_string(got.o.skipped_blocks) + "/" + std::to_string(got.o.total_blocks);
+  report(name, p, ok, loss_err, gx_l2, gx_max, gw_l2, gw_max, tol, extra);
+}
+
+void with_row_margins(Problem& p, const MarginParams& m) {
+  if (m.kind == MarginKind::ElasticArc || m.kind == MarginKind::ElasticCos) {
+    p.row_m.resize((size_t)p.n);
+    for (int64_t i = 0; i < p.n; ++i) p.row_m[i] = elastic_margin(m.m2, 0.05f, 7, 3, (uint64_t)i);
+  } else {
+    p.row_m.clear();
+  }
+}
+
+void expect_input_error(const std::string& name, const Problem& p, const std::string& want) {
+  Outputs got = alloc_out(p, true);
+  std::string msg;
+  try {
+    cuda_loss(make_lp(p, margin(MarginKind::Adaptive, 0.03f, 0.5f, 0), 0.0f, false), got.o);
+  } catch (const InputError& e) {
+    msg = e.message;
+  } catch (const CudaError& e) {
+    msg = "CudaError " + e.message;
+  }
+  const bool ok = msg == want;
+  std::printf("%-4s %s: '%s'\n", ok ? "ok" : "FAIL", name.c_str(), msg.c_str());
+  if (!ok) ++failures;
+}
+
+void small_suite() {
+  for (const auto& k : {all_kinds()[4], all_kinds()[8]}) {
+    Problem p = random_problem(7, 127, 64, 11);
+    p.labels[2] = -1;
+    with_row_margins(p, k.m);
+    compare(std::string("small/") + k.name, p, k.m, false, 0.0f, kTf32);
+  }
+  Problem p = random_problem(5, 300, 513, 12);
+  compare("small/bf16 d=513 filter", p, all_kinds()[4].m, true, 1e-6f, kBf16, false);
+}
+
+void full_suite() {
+  const auto kinds = all_kinds();
+  // Every kind on small odd shapes, both d paths (multiple of 4 / not).
+  for (const auto& k : kinds) {
+    for (int64_t d : {64, 513}) {
+      Problem p = random_problem(7, 127, d, 100 + (uint32_t)d);
+      p.labels[3] = -1;
+      with_row_margins(p, k.m);
+      compare(std::string("kind/") + k.name, p, k.m, false, 0.0f, kTf32);
+    }
+  }
+  // Several row and class tiles, every kind.
+  for (const auto& k : kinds) {
+    Problem p = random_problem(300, 1000, 128, 200);
+    with_row_margins(p, k.m);
+    compare(std::string("tiles/") + k.name, p, k.m, false, 0.0f, kTf32);
+  }
+  // C = 1 and N = 1: the loss and the gradients are exactly zero.
+  {
+    Problem p = random_problem(1, 1, 64, 300);
+    compare("edge/N=1 C=1", p, kinds[4].m, false, 0.0f, kTf32);
+    Problem q = random_problem(9, 1, 513, 301);
+    compare("edge/C=1 d=513", q, kinds[1].m, false, 0.0f, kTf32);
+    Problem r = random_problem(1, 100003, 512, 302);
+    compare("edge/N=1 C=100003", r, kinds[4].m, false, 0.0f, kTf32);
+  }
+  // Ignored rows, all rows ignored, zero vectors.
+  {
+    Problem p = random_problem(70, 500, 96, 400);
+    for (int64_t i = 0; i < p.n; i += 3) p.labels[i] = -1;
+    for (int64_t k = 0; k < p.d; ++k) p.x[5 * p.d + k] = 0.0f;    // zero embedding (row 5 counted)
+    for (int64_t k = 0; k < p.d; ++k) p.w[17 * p.d + k] = 0.0f;   // zero class centre
+    compare("edge/ignored+zero vectors", p, kinds[4].m, false, 0.0f, kTf32);
+    Problem q = random_problem(40, 300, 64, 401);
+    for (auto& y : q.labels) y = -1;
+    compare("edge/all ignored", q, kinds[4].m, false, 0.0f, kTf32);
+  }
+  // Target cosines at and near ±1 (the clamp, the π fallback).
+  for (int kind : {1, 3, 4, 8}) {
+    Problem p = random_problem(16, 257, 128, 500);
+    near_parallel(p);
+    compare(std::string("near±1/") + kinds[kind].name, p, kinds[kind].m, false, 0.0f, kTf32);
+  }
+  // BF16 centres against the CPU's bf16 emulation.
+  for (int kind : {0, 4, 8}) {
+    Problem p = random_problem(64, 1000, 200, 600);
+    compare(std::string("bf16/") + kinds[kind].name, p, kinds[kind].m, true, 0.0f, kBf16);
+  }
+  // Gradient filtering: clustered rows, most tiles skipped; the result must
+  // stay within the TF32 tolerance of the exact CPU gradients.
+  {
+    Problem p = random_problem(512, 20000, 128, 700);
+    cluster(p, 0.8f, 701);
+    compare("filter/1e-8 vs exact", p, kinds[4].m, false, 1e-8f, kTf32, false, true);
+    compare("filter/off", p, kinds[4].m, false, 0.0f, kTf32);
+  }
+  // The face-recognition shape.
+  {
+    Problem p = random_problem(512, 100003, 512, 800);
+    compare("face/adaptive", p, kinds[4].m, false, 0.0f, kTf32);
+    compare("face/adaptive bf16", p, kinds[4].m, true, 0.0f, kBf16);
+  }
+  // Non-finite weights: the same message as the CPU backend.
+  {
+    Problem p = random_problem(4, 50, 32, 900);
+    p.w[37 * 32 + 5] = NAN;
+    p.w[41 * 32 + 1] = INFINITY;
+    expect_input_error("error/non-finite weights", p,
+                       "Expected finite values for weights but received a non-finite value in row 37");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool small = false;
+  for (int a = 1; a < argc; ++a) {
+    if (!std::strcmp(argv[a], "--small")) small = true;
+    if (!std::strcmp(argv[a], "--json") && a + 1 < argc) json = std::fopen(argv[++a], "w");
+  }
+  std::string why;
+  if (!cuda_usable(&why)) {
+    std::printf("FAIL cuda not usable: %s\n", why.c_str());
+    return 100;
+  }
+  CudaDeviceInfo info;
+  cuda_device_info(&info);
+  std::printf("device: %s (sm_%d%d, %d SMs)\n", info.name.c_str(), info.major, info.minor, info.multiprocessors);
+  if (json) std::fprintf(json, "[\n");
+  if (small) {
+    small_suite();
+  } else {
+    full_suite();
+  }
+  if (json) {
+    std::fprintf(json, "\n]\n");
+    std::fclose(json);
+  }
+  std::printf("%s: %d failed\n", failures ? "FAILED" : "PASSED", failures);
+  return failures > 100 ? 100 : failures;
+}

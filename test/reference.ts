@@ -1,0 +1,302 @@
+/**
+ * A float64 reference of the whole margin-softmax family, written as plain
+ * loops straight from shared/notes/loss-math.md: no fused kernels, no online
+ * log-sum-exp, no tiling, no shortcuts. It is the ground truth of the CPU test
+ * suite and of the benchmark's accuracy column.
+ *
+ *   x̂ = x/‖x‖, ŵ = w/‖w‖ (a vector with ‖·‖ ≤ 1e−12 normalises to 0 and gets a zero gradient)
+ *   c_ij = x̂_i·ŵ_j
+ *   z_ij = s·c_ij                (j ≠ y_i; CVM: s·(c + m2·c²))
+ *   z_iy = margin(c_iy)          (see targetLogitRef)
+ *   L    = (1/V) Σ_{i: y_i ≥ 0} (log Σ_j exp z_ij − z_iy)
+ *   g_ij = (p_ij − [j = y_i])·dz_ij/dc_ij / V
+ *   dX̂ = G·Ŵ, dŴ = Gᵀ·X̂, dx = (dx̂ − x̂(x̂·dx̂))/‖x‖ (same for w)
+ */
+import type { Margin } from '../lib/types';
+
+/** Default clamp of the cosine before arccos (the notes' ε = 1e−7). */
+export const COS_EPS = 1e-7;
+/**
+ * The clamp bound the fp32 backends actually use: 1 − 1e−7 is not an fp32
+ * number and rounds to 1 − 2⁻²³ (see native/margin_math.h). Only matters for
+ * cosines within ~1e−7 of ±1.
+ */
+export const COS_EPS_FP32 = 1 - Math.fround(1 - Math.fround(1e-7));
+/** Norm at or below which a vector is treated as the zero vector. */
+export const ZERO_NORM = 1e-12;
+
+export interface RefOptions {
+  margin: Margin;
+  /** Scale s (default 64). */
+  scale?: number;
+  /** Monotonic fallback for the angular kinds where φ > π (default true). */
+  fallback?: boolean;
+  /** Elastic kinds: the per-row margin m_i (required for them, ignored otherwise). */
+  rowMargins?: ArrayLike<number>;
+  /** ε of the cosine clamp [−1+ε, 1−ε] (default 1e−7). */
+  cosEps?: number;
+}
+
+export interface RefInput {
+  embeddings: ArrayLike<number>;
+  weights: ArrayLike<number>;
+  labels: ArrayLike<number>;
+  dim: number;
+}
+
+export interface RefResult {
+  loss: number;
+  perSample: Float64Array;
+  validRows: number;
+  /** dL/dX (N×d), undefined when withGrad is false. */
+  gradEmbeddings: Float64Array;
+  /** dL/dW (C×d). */
+  gradWeights: Float64Array;
+}
+
+export interface Logit {
+  z: number;
+  /** dz/dc (the clamp is treated as the identity). */
+  dz: number;
+}
+
+/** The margined angle φ(θ) of the angular kinds (θ + m for ArcFace, m1θ + m2 for combined, θ + f(θ) for adaptive). */
+export function marginedAngle(margin: Margin, theta: number, rowM = 0): { phi: number; dphi: number; mAdd: number; m3: number } {
+  switch (margin.kind) {
+    case 'arcface':
+      return { phi: theta + margin.m, dphi: 1, mAdd: margin.m, m3: 0 };
+    case 'elastic-arc':
+      return { phi: theta + rowM, dphi: 1, mAdd: rowM, m3: 0 };
+    case 'combined':
+      return { phi: margin.m1 * theta + margin.m2, dphi: margin.m1, mAdd: margin.m2, m3: margin.m3 };
+    case 'adaptive': {
+      const m1 = margin.m1 ?? 0.03;
+      const m2 = margin.m2 ?? 0.5;
+      const st = Math.sin(theta);
+      return { phi: theta + adaptiveF(theta, m1, m2), dphi: 1 + 2 * m1 * st * Math.cos(theta), mAdd: m2, m3: 0 };
+    }
+    default:
+      throw new Error(`marginedAngle: '${margin.kind}' is not an angular kind`);
+  }
+}
+
+/** The adaptive margin f(θ) = m1·sin²θ + m2 (paper: f(π/2) = m1 + m2, f(π) = f(0) = m2). */
+export function adaptiveF(theta: number, m1: number, m2: number): number {
+  const st = Math.sin(theta);
+  return m1 * st * st + m2;
+}
+
+export function isAngular(kind: Margin['kind']): boolean {
+  return kind === 'arcface' || kind === 'combined' || kind === 'adaptive' || kind === 'elastic-arc';
+}
+
+/** Target logit z_y and dz_y/dc of one row, with cosine c (unclamped) and row margin rowM (elastic kinds). */
+export function targetLogitRef(margin: Margin, s: number, c: number, opts: { fallback?: boolean; rowM?: number; cosEps?: number } = {}): Logit {
+  const fallback = opts.fallback ?? true;
+  const rowM = opts.rowM ?? 0;
+  switch (margin.kind) {
+    case 'softmax':
+      return { z: s * c, dz: s };
+    case 'cosface':
+      return { z: s * (c - margin.m), dz: s };
+    case 'elastic-cos':
+      return { z: s * (c - rowM), dz: s };
+    case 'cvm':
+      return { z: s * (c - margin.m1 * (1 - c * c)), dz: s * (1 + 2 * margin.m1 * c) };
+    default:
+      break;
+  }
+  const eps = opts.cosEps ?? COS_EPS;
+  const cc = Math.min(Math.max(c, -1 + eps), 1 - eps);
+  const theta = Math.acos(cc);
+  const sinT = Math.sqrt(1 - cc * cc);
+  const { phi, dphi, mAdd, m3 } = marginedAngle(margin, theta, rowM);
+  if (fallback && phi > Math.PI) {
+    return { z: s * (c - m3 - mAdd * Math.sin(mAdd)), dz: s };
+  }
+  return { z: s * (Math.cos(phi) - m3), dz: (s * Math.sin(phi) * dphi) / sinT };
+}
+
+/** Non-target logit z_j (j ≠ y) and its derivative: s·c, or s·(c + m2·c²) for CVM. */
+export function otherLogitRef(margin: Margin, s: number, c: number): Logit {
+  const m = margin.kind === 'cvm' ? margin.m2 : 0;
+  return { z: s * (c + m * c * c), dz: s * (1 + 2 * m * c) };
+}
+
+/** Normalises the rows of a (rows×d) matrix in float64; returns x̂ and the norms. */
+function normaliseRows(a: ArrayLike<number>, rows: number, d: number): { hat: Float64Array; norm: Float64Array } {
+  const hat = new Float64Array(rows * d);
+  const norm = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let sq = 0;
+    for (let k = 0; k < d; k++) sq += a[r * d + k] * a[r * d + k];
+    const n = Math.sqrt(sq);
+    norm[r] = n;
+    if (n > ZERO_NORM) for (let k = 0; k < d; k++) hat[r * d + k] = a[r * d + k] / n;
+  }
+  return { hat, norm };
+}
+
+/** Back through the L2 normalisation: dv = (dv̂ − v̂(v̂·dv̂))/‖v‖, zero for zero vectors. */
+function backNormalise(dhat: Float64Array, hat: Float64Array, norm: Float64Array, rows: number, d: number): Float64Array {
+  const out = new Float64Array(rows * d);
+  for (let r = 0; r < rows; r++) {
+    if (!(norm[r] > ZERO_NORM)) continue;
+    let dot = 0;
+    for (let k = 0; k < d; k++) dot += hat[r * d + k] * dhat[r * d + k];
+    for (let k = 0; k < d; k++) out[r * d + k] = (dhat[r * d + k] - hat[r * d + k] * dot) / norm[r];
+  }
+  return out;
+}
+
+/** The loss, per-row losses and (if withGrad) both gradients, in float64. */
+export function referenceLoss(input: RefInput, options: RefOptions, withGrad = true): RefResult {
+  const { embeddings, weights, labels, dim: d } = input;
+  const n = labels.length;
+  const C = weights.length / d;
+  if (!Number.isInteger(C) || embeddings.length !== n * d) throw new Error('referenceLoss: bad shapes');
+  const s = options.scale ?? 64;
+  const margin = options.margin;
+  const elastic = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos';
+  if (elastic && (!options.rowMargins || options.rowMargins.length !== n)) {
+    throw new Error('referenceLoss: elastic kinds need rowMargins of length N');
+  }
+  const X = normaliseRows(embeddings, n, d);
+  const W = normaliseRows(weights, C, d);
+  let V = 0;
+  for (let i = 0; i < n; i++) if (labels[i] >= 0) V++;
+
+  const perSample = new Float64Array(n);
+  const dXh = new Float64Array(n * d);
+  const dWh = new Float64Array(C * d);
+  const z = new Float64Array(C);
+  const dz = new Float64Array(C);
+  const cos = new Float64Array(C);
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const y = labels[i];
+    if (y < 0) continue;
+    // Cosines and logits of row i.
+    for (let j = 0; j < C; j++) {
+      let c = 0;
+      for (let k = 0; k < d; k++) c += X.hat[i * d + k] * W.hat[j * d + k];
+      cos[j] = c;
+      const L =
+        j === y
+          ? targetLogitRef(margin, s, c, { fallback: options.fallback, rowM: elastic ? options.rowMargins![i] : 0, cosEps: options.cosEps })
+          : otherLogitRef(margin, s, c);
+      z[j] = L.z;
+      dz[j] = L.dz;
+    }
+    // log Σ exp, max-subtracted. Written so that confident rows (p_y → 1) keep full precision:
+    // the row loss is log Σ_j exp(z_j − z_y) = log1p(Σ_{j≠y} exp(z_j − z_y)) (the same number, without
+    // the cancellation of LSE − z_y), and p_y − 1 = −Σ_{j≠y} p_j (an identity, no cancellation).
+    let mx = -Infinity;
+    for (let j = 0; j < C; j++) mx = Math.max(mx, z[j]);
+    let sum = 0;
+    for (let j = 0; j < C; j++) sum += Math.exp(z[j] - mx);
+    const lse = mx + Math.log(sum);
+    let others = 0; // Σ_{j≠y} exp(z_j − z_y)
+    for (let j = 0; j < C; j++) if (j !== y) others += Math.exp(z[j] - z[y]);
+    perSample[i] = z[y] >= mx ? Math.log1p(others) : lse - z[y];
+    total += perSample[i];
+    if (!withGrad) continue;
+    let pOthers = 0; // Σ_{j≠y} p_ij
+    for (let j = 0; j < C; j++) if (j !== y) pOthers += Math.exp(z[j] - lse);
+    // g_ij = (p_ij − [j = y])·dz_ij / V; dX̂_i += g_ij ŵ_j; dŴ_j += g_ij x̂_i.
+    for (let j = 0; j < C; j++) {
+      const pm = j === y ? -pOthers : Math.exp(z[j] - lse); // p_ij − [j = y]
+      const g = (pm * dz[j]) / V;
+      if (g === 0) continue;
+      for (let k = 0; k < d; k++) {
+        dXh[i * d + k] += g * W.hat[j * d + k];
+        dWh[j * d + k] += g * X.hat[i * d + k];
+      }
+    }
+  }
+  const loss = V > 0 ? total / V : 0;
+  return {
+    loss,
+    perSample,
+    validRows: V,
+    gradEmbeddings: withGrad ? backNormalise(dXh, X.hat, X.norm, n, d) : new Float64Array(0),
+    gradWeights: withGrad ? backNormalise(dWh, W.hat, W.norm, C, d) : new Float64Array(0),
+  };
+}
+
+/** Loss only (float64), convenient for finite differences. */
+export function referenceLossValue(input: RefInput, options: RefOptions): number {
+  return referenceLoss(input, options, false).loss;
+}
+
+/** Rounds each value to bfloat16 (round to nearest, ties to even), as the CPU backend's emulation does. */
+export function roundBf16(a: Float32Array): Float32Array {
+  const out = new Float32Array(a);
+  const u = new Uint32Array(out.buffer);
+  for (let k = 0; k < u.length; k++) {
+    const v = u[k];
+    u[k] = ((v + 0x7fff + ((v >>> 16) & 1)) & 0xffff0000) >>> 0;
+  }
+  return out;
+}
+
+// ---- Small helpers shared by the tests and the benchmark ------------------
+
+/** Deterministic PRNG (mulberry32) → uniform [0, 1). */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Standard normal draws (Box–Muller) from rng. */
+export function gaussian(r: () => number): () => number {
+  return () => {
+    const u1 = 1 - r();
+    const u2 = r();
+    return Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
+  };
+}
+
+/** A random problem: Gaussian X (N×d) and W (C×d), labels uniform in [0, C). */
+export function randomProblem(n: number, c: number, d: number, seed: number): { embeddings: Float32Array; weights: Float32Array; labels: Int32Array; dim: number } {
+  const g = gaussian(rng(seed));
+  const embeddings = new Float32Array(n * d);
+  const weights = new Float32Array(c * d);
+  const labels = new Int32Array(n);
+  for (let k = 0; k < embeddings.length; k++) embeddings[k] = g();
+  for (let k = 0; k < weights.length; k++) weights[k] = g();
+  const r = rng(seed ^ 0x5bd1e995);
+  for (let i = 0; i < n; i++) labels[i] = Math.floor(r() * c);
+  return { embeddings, weights, labels, dim: d };
+}
+
+/** max_k |a_k − b_k| / max(max_k |b_k|, floor): the gradient error measure of the suite. */
+export function relMaxErr(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e-30): number {
+  if (a.length !== b.length) throw new Error(`relMaxErr: lengths ${a.length} ≠ ${b.length}`);
+  let err = 0;
+  let scale = floor;
+  for (let k = 0; k < a.length; k++) {
+    err = Math.max(err, Math.abs(a[k] - b[k]));
+    scale = Math.max(scale, Math.abs(b[k]));
+  }
+  return err / scale;
+}
+
+/** Largest |v_k|. */
+export function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let k = 0; k < a.length; k++) m = Math.max(m, Math.abs(a[k]));
+  return m;
+}
+
+/** True when every value is finite. */
+export function allFinite(a: ArrayLike<number>): boolean {
+  for (let k = 0; k < a.length; k++) if (!Number.isFinite(a[k])) return false;
+  return true;
+}

@@ -1,0 +1,107 @@
+/**
+ * The native backend against a naive TensorFlow.js implementation with autodiff
+ * (test/naive-tfjs.ts) on tfjs's pure-JS 'cpu' backend: an independent
+ * implementation whose gradients come from tf.grads, not from the derivative
+ * formulas the native code and the reference share.
+ *
+ * Tolerances: both sides compute in fp32. Loss LOSS_TOL·max(1, |L|) = 5e−5 relative; gradients
+ * max |Δ| / max |g| ≤ 2e−4 (twice the reference tolerance: tfjs's fp32 chain through arccos and
+ * the L2 normalisation adds its own ~1e−6…1e−5 error on top of the native one).
+ */
+import { beforeAll, describe, expect, test } from 'vitest';
+import { lossAndGrad } from '../lib/index';
+import type { Margin } from '../lib/types';
+import { label, problemWithTargetCos } from './helpers';
+import { naiveLoss, naiveLossAndGrad, tf } from './naive-tfjs';
+import { allFinite, randomProblem, referenceLoss, relMaxErr } from './reference';
+
+const LOSS_TOL = 5e-5;
+const GRAD_TOL = 2e-4;
+
+beforeAll(async () => {
+  await tf.setBackend('cpu');
+  await tf.ready();
+  expect(tf.getBackend()).toBe('cpu');
+});
+
+const KINDS: Margin[] = [
+  { kind: 'adaptive' },
+  { kind: 'adaptive', m1: 0.2, m2: 0.3 },
+  { kind: 'arcface', m: 0.5 },
+  { kind: 'cosface', m: 0.35 },
+  { kind: 'cvm', m1: 0.3, m2: 0.2 },
+  { kind: 'combined', m1: 0.95, m2: 0.45, m3: 0.1 },
+  { kind: 'softmax' },
+  { kind: 'elastic-arc', m: 0.5, sigma: 0.05, seed: 3, counter: 0 },
+  { kind: 'elastic-cos', m: 0.35, sigma: 0.05, seed: 3, counter: 0 },
+];
+
+function compare(prob: { embeddings: Float32Array; weights: Float32Array; labels: Int32Array; dim: number }, m: Margin, scale: number, fallback = true) {
+  const nat = lossAndGrad(prob, { margin: m, scale, fallback, threads: 1 });
+  const tfr = naiveLossAndGrad(prob, { margin: m, scale, fallback, rowMargins: nat.margins });
+  expect(allFinite(tfr.gradEmbeddings) && allFinite(tfr.gradWeights)).toBe(true);
+  expect(Math.abs(nat.loss - tfr.loss)).toBeLessThanOrEqual(LOSS_TOL * Math.max(1, Math.abs(tfr.loss)));
+  for (let i = 0; i < tfr.perSample.length; i++) {
+    expect(Math.abs(nat.perSample[i] - tfr.perSample[i])).toBeLessThanOrEqual(LOSS_TOL * Math.max(1, Math.abs(tfr.perSample[i])));
+  }
+  const ex = relMaxErr(nat.gradEmbeddings, tfr.gradEmbeddings);
+  const ew = relMaxErr(nat.gradWeights, tfr.gradWeights);
+  if (process.env.MS_TEST_VERBOSE) console.log(label(m), scale, { ex, ew });
+  expect(ex).toBeLessThanOrEqual(GRAD_TOL);
+  expect(ew).toBeLessThanOrEqual(GRAD_TOL);
+  return { nat, tfr };
+}
+
+describe('native backend vs naive tfjs autodiff', () => {
+  const rand = randomProblem(16, 120, 32, 31);
+  // Target cosines spread over (−1, 1): the last two rows (θ ≥ 3.0 rad) are past φ = π for every
+  // angular kind here, the others (θ ≤ 2.35 rad) before it even with an elastic margin 5σ above m.
+  const spreadCos = [0.95, 0.8, 0.6, 0.4, 0.2, 0.0, -0.2, -0.4, -0.6, -0.7, -0.99, -0.999];
+  const spread = problemWithTargetCos(12, 40, 24, (i) => spreadCos[i], 32).fp32;
+
+  for (const m of KINDS) {
+    test(`${label(m)}: random inputs, s = 64 and s = 30`, () => {
+      for (const s of [64, 30]) compare(rand, m, s);
+    });
+    test(`${label(m)}: spread target cosines, fallback on and off`, () => {
+      const on = compare(spread, m, 64, true);
+      const off = compare(spread, m, 64, false);
+      // The fallback changes the angular kinds' loss (rows 10, 11), nothing else's.
+      if (['arcface', 'combined', 'adaptive', 'elastic-arc'].includes(m.kind)) {
+        expect(on.nat.perSample[11]).toBeGreaterThan(off.nat.perSample[11]);
+        expect(on.tfr.perSample[11]).toBeGreaterThan(off.tfr.perSample[11]);
+      } else {
+        expect(on.nat.loss).toBe(off.nat.loss);
+      }
+    });
+  }
+
+  test('ignored rows', () => {
+    const labels = new Int32Array(rand.labels);
+    labels[2] = -1;
+    labels[9] = -1;
+    for (const m of KINDS.slice(0, 5)) {
+      const { nat, tfr } = compare({ ...rand, labels }, m, 64);
+      expect(nat.validRows).toBe(14);
+      expect(tfr.perSample[2]).toBe(0);
+    }
+  });
+
+  test('the naive tfjs loss is itself right: it matches the float64 reference', () => {
+    for (const m of KINDS.filter((k) => !k.kind.startsWith('elastic'))) {
+      const ref = referenceLoss(spread, { margin: m, scale: 64 });
+      const t = naiveLossAndGrad(spread, { margin: m, scale: 64 });
+      expect(Math.abs(t.loss - ref.loss)).toBeLessThanOrEqual(LOSS_TOL * Math.max(1, ref.loss));
+      expect(relMaxErr(t.gradEmbeddings, ref.gradEmbeddings)).toBeLessThan(GRAD_TOL);
+      expect(relMaxErr(t.gradWeights, ref.gradWeights)).toBeLessThan(GRAD_TOL);
+      expect(naiveLoss(spread, { margin: m, scale: 64 })).toBeCloseTo(t.loss, 5);
+    }
+  });
+
+  test('no tensors leak', () => {
+    const before = tf.memory().numTensors;
+    naiveLossAndGrad(rand, { margin: { kind: 'adaptive' } });
+    naiveLoss(rand, { margin: { kind: 'adaptive' } });
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
