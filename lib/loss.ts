@@ -5,7 +5,7 @@
 import { ArgumentError, BackendUnavailableError, NativeError } from './errors';
 import { MARGIN_KIND_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';
 import type { BackendName, DeviceInfo, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
-import { validateInput, validateOptions, type Shape } from './validate';
+import { validateInput, validateOptions, validateOut, type Shape } from './validate';
 
 export const DEFAULT_SCALE = 64;
 export const DEFAULT_WORKSPACE_BYTES = 64 * 1024 * 1024;
@@ -97,9 +97,16 @@ export function nativeOptions(options: LossOptions, backend: BackendName, margin
 function prepare(input: LossInput, options: LossOptions): Prepared {
   validateOptions(options);
   const shape = validateInput(input);
+  validateOut(options, input, shape);
   const backend = resolveBackend(options.backend);
   const margins = elasticMargins(options.margin, shape.n);
-  return { shape, backend, opts: nativeOptions(options, backend, margins), margins };
+  const opts = nativeOptions(options, backend, margins);
+  if (options.out) {
+    opts.outPerSample = options.out.perSample;
+    opts.outGradEmbeddings = options.out.gradEmbeddings;
+    opts.outGradWeights = options.out.gradWeights;
+  }
+  return { shape, backend, opts, margins };
 }
 
 /** Native failures become typed errors; messages that name the input are argument errors. */

@@ -25,6 +25,10 @@ export interface NativeLossOptions {
   workspaceBytes: number;
   simd: number;
   backend: 'cpu' | 'cuda';
+  /** Caller-provided output arrays (lengths checked in TypeScript). */
+  outPerSample?: Float32Array;
+  outGradEmbeddings?: Float32Array;
+  outGradWeights?: Float32Array;
 }
 
 export interface NativeLossResult {

@@ -81,6 +81,12 @@ export interface LossOptions {
   workspaceBytes?: number;
   /** CPU instruction set: 'auto' (default, the best the CPU has), 'avx512', 'avx2' or 'portable'. */
   simd?: 'auto' | 'avx512' | 'avx2' | 'portable';
+  /**
+   * Write the results into these arrays instead of new ones (every entry is
+   * overwritten; the result object returns the same arrays). A training loop
+   * that reuses a C×d gradWeights saves allocating and page-faulting it per call.
+   */
+  out?: { perSample?: Float32Array; gradEmbeddings?: Float32Array; gradWeights?: Float32Array };
 }
 
 export interface ForwardResult {

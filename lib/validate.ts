@@ -32,6 +32,22 @@ export interface Shape {
   d: number;
 }
 
+/** Caller-provided output arrays must be Float32Arrays of the right length, not aliasing the inputs. */
+export function validateOut(options: LossOptions, input: LossInput, shape: Shape): void {
+  const out = options.out;
+  if (out === undefined) return;
+  if (out === null || typeof out !== 'object') expected('an object { perSample?, gradEmbeddings?, gradWeights? }', 'options.out', out);
+  const lengths = { perSample: shape.n, gradEmbeddings: shape.n * shape.d, gradWeights: shape.c * shape.d } as const;
+  for (const key of Object.keys(lengths) as (keyof typeof lengths)[]) {
+    const a = out[key];
+    if (a === undefined) continue;
+    if (!(a instanceof Float32Array) || a.length !== lengths[key]) expected(`Float32Array of length ${lengths[key]}`, `options.out.${key}`, a);
+    if (a.buffer === input.embeddings.buffer || a.buffer === input.weights.buffer) {
+      expected('an array that does not share memory with the inputs', `options.out.${key}`, a, 'a view of an input buffer');
+    }
+  }
+}
+
 export function validateInput(input: LossInput): Shape {
   if (input === null || typeof input !== 'object') expected('an object { embeddings, weights, labels, dim }', 'input', input);
   const { embeddings, weights, labels, dim } = input;

@@ -138,7 +138,14 @@ Request make_request(const Napi::CallbackInfo& info) {
   r.cpu.simd = (int)num(o, "simd", -1);
   r.use_cuda = o.Get("backend").ToString().Utf8Value() == "cuda";
 
-  r.per_sample = new_f32(env, (size_t)p.n);
+  // Outputs: new arrays, or the caller's (options.out, checked in lib/loss.ts)
+  // so a training loop can reuse a 2 GB gradWeights instead of faulting in a
+  // fresh one every call.
+  auto out_or_new = [&](const char* key, size_t n) {
+    Napi::Value v = o.Get(key);
+    return v.IsTypedArray() ? v.As<Napi::Float32Array>() : new_f32(env, n);
+  };
+  r.per_sample = out_or_new("outPerSample", (size_t)p.n);
   r.out.per_sample = r.per_sample.Data();
   if (r.with_stats) {
     r.row_max = new_f32(env, (size_t)p.n);
@@ -151,10 +158,10 @@ Request make_request(const Napi::CallbackInfo& info) {
     r.out.row_target = r.row_target.Data();
   }
   if (r.with_grad) {
-    r.grad_x = new_f32(env, (size_t)(p.n * d));
+    r.grad_x = out_or_new("outGradEmbeddings", (size_t)(p.n * d));
     r.out.grad_x = r.grad_x.Data();
     if (!fused_update) {
-      r.grad_w = new_f32(env, (size_t)(p.c * d));
+      r.grad_w = out_or_new("outGradWeights", (size_t)(p.c * d));
       r.out.grad_w = r.grad_w.Data();
     }
   }

@@ -1,0 +1,54 @@
+// bench/head_step.mjs — MarginHead step time and memory (issue #4's figure).
+// N = 128, d = 512, adaptive margin, SGD momentum 0.9; C from the command line
+// (default 1e5 and 1e6). Each size runs in this process one after the other;
+// peak RSS is read from /proc (VmHWM) so it includes the centres and momentum.
+// With --checkpoint DIR it also times save/load of the largest head.
+// Run: node --expose-gc bench/head_step.mjs [C ...] [--checkpoint DIR]
+import { createRequire } from 'node:module';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+const require = createRequire(import.meta.url);
+const { MarginHead } = require('../dist/index.js');
+const { native } = require('../dist/native.js');
+
+const args = process.argv.slice(2);
+const sizes = args.filter((a) => /^\d/.test(a)).map(Number);
+const ckIdx = args.indexOf('--checkpoint');
+const ckDir = ckIdx >= 0 ? args[ckIdx + 1] : null;
+const N = 128, d = 512, reps = 5;
+const hwm = () => Number(fs.readFileSync('/proc/self/status', 'utf8').match(/VmHWM:\s+(\d+)/)[1]) * 1024;
+const gib = (b) => (b / 2 ** 30).toFixed(2) + ' GiB';
+
+for (const C of sizes.length ? sizes : [1e5, 1e6]) {
+  const head = new MarginHead({ classes: C, dim: d, margin: { kind: 'adaptive' }, optimizer: { lr: 0.1, momentum: 0.9, weightDecay: 5e-4 }, seed: 1 });
+  const x = native.gaussian(0, 1, 2, 0, N * d);
+  const y = new Int32Array(N).map((_, i) => (i * 7919) % C);
+  head.step(x, y); // warm-up (touches the momentum buffer)
+  const times = [];
+  for (let r = 0; r < reps; r++) {
+    const t = process.hrtime.bigint();
+    head.step(x, y);
+    times.push(Number(process.hrtime.bigint() - t) / 1e6);
+  }
+  times.sort((a, b) => a - b);
+  const med = times[Math.floor(reps / 2)];
+  const state = 2 * C * d * 4;
+  console.log(`C=${C}: step median ${med.toFixed(0)} ms [${times[0].toFixed(0)}–${times[reps - 1].toFixed(0)}] ` +
+    `(${(6 * N * d * C / med / 1e6).toFixed(0)} GFLOP/s), centres+momentum ${gib(state)}, peak RSS so far ${gib(hwm())}`);
+  if (ckDir && C === Math.max(...(sizes.length ? sizes : [1e5, 1e6]))) {
+    fs.mkdirSync(ckDir, { recursive: true });
+    const file = path.join(ckDir, `head-${C}.safetensors`);
+    const before = hwm();
+    let t = Date.now();
+    head.save(file);
+    const tSave = Date.now() - t;
+    head.dispose();
+    globalThis.gc?.(); // run with --expose-gc so the disposed head's 4 GB is released before loading
+    t = Date.now();
+    const back = MarginHead.load(file);
+    const tLoad = Date.now() - t;
+    console.log(`  save ${tSave} ms, load ${tLoad} ms, file ${gib(fs.statSync(file).size)}, peak RSS ${gib(hwm())} (before save ${gib(before)})`);
+    back.dispose();
+    fs.rmSync(file);
+  }
+}
