@@ -5,7 +5,8 @@
 // kernel and blocking, no epilogue) measured in the same process, its calls
 // alternating with the loss's calls. Also: peak RSS and the memory beyond inputs and
 // outputs (one child process per size and pass, so each peak is clean), and the tile
-// workspace's effect (default 64 MiB vs 0 = always recompute) at C = 10⁵.
+// workspace's effect (default 64 MiB vs 0 = always recompute) at C = 10⁵, and the
+// effect of reusing the output arrays (options.out) instead of fresh ones per call.
 //
 //   npm run bench:cpu
 //   node bench/cpu_loss.mjs --reps=9 --sizes=10000,100000 --threads=2
@@ -43,6 +44,7 @@ const baseOptions = threads ? { threads: Number(threads) } : {};
 const plan = [];
 for (const C of sizes) for (const mode of ['fwd', 'fwdbwd']) plan.push({ C, mode, options: { ...baseOptions }, variant: 'default workspace (64 MiB)' });
 if (sizes.includes(100000)) plan.push({ C: 100000, mode: 'fwdbwd', options: { ...baseOptions, workspaceBytes: 0 }, variant: 'workspaceBytes: 0 (recompute every tile)' });
+for (const C of sizes) plan.push({ C, mode: 'fwdbwd', options: { ...baseOptions, reuseOut: true }, variant: 'outputs reused (options.out)' });
 
 for (const p of plan) {
   const job = { kind: 'time', impl: 'fused', backend: 'cpu', mode: p.mode, N, d, C: p.C, seed: 1, warmup: 2, reps, minReps: reps, ceiling: true, options: p.options };
@@ -65,10 +67,10 @@ L.push(`${machine.cpuModel}, ${machine.logicalCores} logical cores, ${machine.fu
   `The ceiling is productsSeconds: the same products with the same kernel, blocking and threads and no epilogue, its calls alternating with the loss's; ` +
   `loss / ceiling is the median over those adjacent pairs of ceiling time / loss time (the fraction of attainable GEMM speed the fused loss keeps). ` +
   `Load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at the end (a shared machine: other work was running).`, '');
-L.push('| C | pass | workspace | time | GFLOP/s | ceiling time | ceiling GFLOP/s | loss / ceiling | peak RSS | extra beyond inputs + outputs |');
+L.push('| C | pass | variant | time | GFLOP/s | ceiling time | ceiling GFLOP/s | loss / ceiling | peak RSS | extra beyond inputs + outputs |');
 L.push('|---|---|---|---|---|---|---|---|---|---|');
 for (const r of runs) {
-  const ws = r.options?.workspaceBytes === 0 ? '0' : 'default';
+  const ws = r.options?.reuseOut ? 'outputs reused' : r.options?.workspaceBytes === 0 ? 'workspace 0' : 'default';
   if (r.status !== 'ok') {
     L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${ws} | ${r.status} | | | | | | |`);
     continue;
@@ -80,7 +82,8 @@ for (const r of runs) {
 }
 L.push('');
 
-const find = (C, mode, ws0 = false) => runs.find((r) => r.C === C && r.mode === mode && (r.options?.workspaceBytes === 0) === ws0 && r.status === 'ok');
+const find = (C, mode, ws0 = false, reuse = false) =>
+  runs.find((r) => r.C === C && r.mode === mode && (r.options?.workspaceBytes === 0) === ws0 && !!r.options?.reuseOut === reuse && r.status === 'ok');
 const summary = {};
 const at1e5 = find(100000, 'fwdbwd');
 if (at1e5) {
@@ -92,6 +95,14 @@ const ws0 = find(100000, 'fwdbwd', true);
 if (at1e5 && ws0) {
   summary.workspaceSpeedup = ws0.medianS / at1e5.medianS;
   L.push(`- Tile workspace at C = 10⁵, forward + backward: default ${fmtTime(at1e5.medianS)}, 0 bytes (recompute) ${fmtTime(ws0.medianS)}: the workspace saves ${(100 * (1 - at1e5.medianS / ws0.medianS)).toFixed(0)} % (peak RSS ${fmtBytes(at1e5.peakRssBytes)} vs ${fmtBytes(ws0.peakRssBytes)}, extra ${fmtBytes(at1e5.extraBytes)} vs ${fmtBytes(ws0.extraBytes)}).`);
+}
+for (const C of sizes) {
+  const fresh = find(C, 'fwdbwd');
+  const reused = find(C, 'fwdbwd', false, true);
+  if (fresh && reused) {
+    summary[`reuseOutSpeedup_${C}`] = fresh.medianS / reused.medianS;
+    L.push(`- C = ${fmtC(C)}, forward + backward with the outputs reused (options.out): ${fmtTime(reused.medianS)} (${fmtGflops(reused.gflops)} GFLOP/s) vs ${fmtTime(fresh.medianS)} with fresh output arrays per call.`);
+  }
 }
 const at1e6 = find(1000000, 'fwdbwd');
 if (at1e6) {

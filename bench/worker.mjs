@@ -4,7 +4,7 @@
 //
 //   { kind: 'time', impl: 'fused' | 'naive', backend: 'cpu' | 'cuda' | 'wasm',
 //     mode: 'fwd' | 'fwdbwd', N, d, C, seed, warmup, reps, minReps, cellBudgetS,
-//     runBudgetS, ceiling: bool, options: {workspaceBytes?, threads?} }
+//     runBudgetS, ceiling: bool, options: {workspaceBytes?, threads?, reuseOut?} }
 //     → the timing figures, peak RSS, and (ceiling: true) the GEMM ceiling measured
 //       in the same process, its calls alternating with the timed calls.
 //   { kind: 'check', impl, backend, N, d, C, seed }
@@ -56,7 +56,14 @@ function isOom(err) {
 async function makeImpl(impl, backend, input, options = {}) {
   if (impl === 'fused') {
     const pkg = loadPackage();
-    const opts = { margin: MARGIN, scale: SCALE, backend, ...options };
+    const { reuseOut, ...rest } = options;
+    const opts = { margin: MARGIN, scale: SCALE, backend, ...rest };
+    if (reuseOut) {
+      // options.out: the outputs are allocated once and written into on every call.
+      const n = input.labels.length;
+      const c = input.weights.length / input.dim;
+      opts.out = { perSample: new Float32Array(n), gradEmbeddings: new Float32Array(n * input.dim), gradWeights: new Float32Array(c * input.dim) };
+    }
     return {
       fwd: () => pkg.forward(input, opts),
       fwdbwd: () => pkg.lossAndGrad(input, opts),
