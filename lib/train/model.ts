@@ -45,7 +45,8 @@ const BN_EPSILON = 1e-5;
 export function buildBackbone(tf: Tf, cfg: BackboneConfig, seed = 0): TF.LayersModel {
   checkBackboneConfig(cfg);
   let counter = 0;
-  const init = () => tf.initializers.heNormal({ seed: seed * 1000 + counter++ });
+  // Seeds start at 1: tfjs treats a seed of 0 as "no seed".
+  const init = () => tf.initializers.heNormal({ seed: seed * 1000 + 1 + counter++ });
   const conv = (x: TF.SymbolicTensor, filters: number, kernel: number, stride: number, name: string) =>
     tf.layers
       .conv2d({ filters, kernelSize: kernel, strides: stride, padding: 'same', useBias: false, kernelInitializer: init(), name })
@@ -71,7 +72,7 @@ export function buildBackbone(tf: Tf, cfg: BackboneConfig, seed = 0): TF.LayersM
   x = bn(x, 'out_bn');
   if (cfg.dropout > 0) x = tf.layers.dropout({ rate: cfg.dropout, seed, name: 'out_dropout' }).apply(x) as TF.SymbolicTensor;
   x = tf.layers.flatten({ name: 'out_flatten' }).apply(x) as TF.SymbolicTensor;
-  x = tf.layers.dense({ units: cfg.dim, kernelInitializer: tf.initializers.glorotNormal({ seed: seed * 1000 + counter++ }), name: 'embedding' }).apply(x) as TF.SymbolicTensor;
+  x = tf.layers.dense({ units: cfg.dim, kernelInitializer: tf.initializers.glorotNormal({ seed: seed * 1000 + 1 + counter++ }), name: 'embedding' }).apply(x) as TF.SymbolicTensor;
   x = bn(x, 'embedding_bn');
   return tf.model({ inputs: input, outputs: x, name: 'resnet' });
 }
@@ -90,5 +91,5 @@ export function checkBackboneConfig(cfg: BackboneConfig): void {
 
 /** Trainable parameter count. */
 export function countParams(model: TF.LayersModel): number {
-  return model.trainableWeights.reduce((n, w) => n + w.shape.reduce((a, b) => a * (b ?? 1), 1), 0);
+  return model.trainableWeights.reduce((n, w) => n + (w.shape as number[]).reduce((a, b) => a * b, 1), 0);
 }

@@ -1,0 +1,311 @@
+#!/usr/bin/env node
+/**
+ * margin-softmax command line: train, eval, compare, bench.
+ *   margin-softmax train [--data DIR] [--out runs/NAME] [--margin adaptive --m1 0.03 --m2 0.5] …
+ *   margin-softmax eval --checkpoint runs/NAME [--data DIR]
+ *   margin-softmax compare [--data DIR]… [--losses softmax,arcface,…] [--seeds 0,1,2]
+ *   margin-softmax bench [args for bench/run.mjs]
+ */
+import { spawnSync } from 'child_process';
+import * as path from 'path';
+import { parseArgs } from 'util';
+import { ArgumentError } from './errors';
+import { CheckpointError } from './safetensors';
+import { CheckpointMismatchError } from './train/checkpoint';
+import { COMPARE_LOSSES, runCompare, runEval } from './train/commands';
+import { DEFAULT_CONFIG, makeMargin, marginLabel, type TrainConfig } from './train/config';
+import { DataError } from './train/data';
+import { ImageError } from './train/images';
+import { train } from './train/loop';
+import { formatVerification } from './train/protocol';
+import type { Margin } from './types';
+
+const USAGE = `margin-softmax — train and evaluate face-recognition models with fused margin softmax losses
+
+Usage:
+  margin-softmax train   [--data DIR] [--out runs/NAME] [options]
+  margin-softmax eval    --checkpoint runs/NAME [--data DIR] [--all-identities] [--eval-flip] [--json FILE]
+  margin-softmax compare [--data DIR]... [--losses LIST] [--seeds 0,1,2] [--out runs/compare] [options]
+  margin-softmax bench   [arguments of bench/run.mjs]
+
+Data (train, compare):
+  --data DIR             ImageFolder root: one sub-folder of images (PGM, PNG, JPEG) per identity.
+                         Without --data: the embedded MNIST default (digits as identities, 7/8/9 held out).
+  --val-classes N        identities held out for verification (default: 25 % of them)
+  --split-seed N         seed of the identity split (default 0)
+  --size 32 | HxW        input size after resizing (default 32x32)
+  --channels 1|3         greyscale or colour input (default 1)
+  --on-bad-image stop|skip   an unreadable image stops the run (default) or is skipped with a warning
+  --mnist-per-class N    embedded default: images per training digit (default 300)
+
+Model and loss:
+  --dim N                embedding size (default 512)
+  --widths 16,32,64      ResNet stage widths; --blocks N blocks per stage (default 1); --dropout P
+  --margin KIND          softmax | arcface | cosface | combined | adaptive | elastic-arc | elastic-cos | cvm (default adaptive)
+  --m, --m1, --m2, --m3, --sigma   margin parameters (defaults: arcface m 0.5, cosface m 0.35, combined 1/0.3/0.2,
+                         adaptive m1 0.03 m2 0.5, elastic-arc m 0.5 sigma 0.05, elastic-cos m 0.35 sigma 0.05, cvm 0.3/0.2)
+  --scale S              logit scale (default 64)
+
+Optimisation:
+  --epochs N (10)  --batch-size N (32)  --lr X (0.1)  --lr-steps 6,9  --lr-factor 0.1
+  --momentum 0.9  --weight-decay 5e-4  --head-lr-mult 1
+  --flip 0.5             probability of a horizontal flip of a training image; --shift N: random ±N px translation
+  --seed N               initialisation, shuffling and augmentation seed (default 0)
+  --tf-backend wasm|cpu  tfjs backend (default wasm: the fastest that installs from npm alone)
+  --threads N            CPU threads of the margin head (default all)
+
+Runs:
+  --out DIR              run folder: config.json, metrics.jsonl, theta.jsonl, eval.json, checkpoint/, plots/
+  --resume               continue from DIR/checkpoint (same options)
+  --overwrite            start afresh in a DIR that already holds a run
+  --eval-every N         verification every N epochs (default 1; 0 = never)
+  --eval-flip            test-time flip averaging of embeddings
+  --eval-seed N          seed of the impostor pairs and the gallery choice (default 0)
+  --no-plots             skip the SVG plots
+  --quiet                no progress bar
+  --json FILE|-          write the final result as JSON
+
+compare:
+  --losses LIST          comma-separated kinds (default: softmax,arcface,cosface,combined,elastic-arc,cvm,adaptive,
+                         with the paper's parameters); --seeds 0,1,2
+`;
+
+const OPTIONS = {
+  data: { type: 'string', multiple: true },
+  out: { type: 'string' },
+  resume: { type: 'boolean' },
+  overwrite: { type: 'boolean' },
+  checkpoint: { type: 'string' },
+  'all-identities': { type: 'boolean' },
+  'val-classes': { type: 'string' },
+  'val-fraction': { type: 'string' },
+  'split-seed': { type: 'string' },
+  size: { type: 'string' },
+  channels: { type: 'string' },
+  'on-bad-image': { type: 'string' },
+  'mnist-per-class': { type: 'string' },
+  'mnist-eval-per-class': { type: 'string' },
+  dim: { type: 'string' },
+  widths: { type: 'string' },
+  blocks: { type: 'string' },
+  dropout: { type: 'string' },
+  margin: { type: 'string' },
+  m: { type: 'string' },
+  m1: { type: 'string' },
+  m2: { type: 'string' },
+  m3: { type: 'string' },
+  sigma: { type: 'string' },
+  scale: { type: 'string' },
+  epochs: { type: 'string' },
+  'batch-size': { type: 'string' },
+  lr: { type: 'string' },
+  'lr-steps': { type: 'string' },
+  'lr-factor': { type: 'string' },
+  momentum: { type: 'string' },
+  'weight-decay': { type: 'string' },
+  'head-lr-mult': { type: 'string' },
+  flip: { type: 'string' },
+  shift: { type: 'string' },
+  seed: { type: 'string' },
+  'tf-backend': { type: 'string' },
+  threads: { type: 'string' },
+  'eval-every': { type: 'string' },
+  'eval-flip': { type: 'boolean' },
+  'eval-seed': { type: 'string' },
+  'theta-samples': { type: 'string' },
+  'no-plots': { type: 'boolean' },
+  quiet: { type: 'boolean' },
+  json: { type: 'string' },
+  losses: { type: 'string' },
+  seeds: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Values = ReturnType<typeof parse>['values'];
+
+export function parse(args: string[]) {
+  return parseArgs({ args, options: OPTIONS, allowPositionals: false, strict: true });
+}
+
+class UsageError extends Error {}
+
+function num(v: string | undefined, name: string, check: (x: number) => boolean = Number.isFinite, what = 'a number'): number | undefined {
+  if (v === undefined) return undefined;
+  const x = Number(v);
+  if (v.trim() === '' || !check(x)) throw new UsageError(`Expected ${what} for --${name} but received ${JSON.stringify(v)}`);
+  return x;
+}
+const int = (v: string | undefined, name: string, min = 0) => num(v, name, (x) => Number.isSafeInteger(x) && x >= min, `an integer ≥ ${min}`);
+const list = (v: string | undefined, name: string): number[] | undefined =>
+  v === undefined ? undefined : v.trim() === '' ? [] : v.split(',').map((s) => num(s.trim(), name) as number);
+
+function marginFrom(v: Values, seed: number): Margin {
+  const params = { m: num(v.m, 'm'), m1: num(v.m1, 'm1'), m2: num(v.m2, 'm2'), m3: num(v.m3, 'm3'), sigma: num(v.sigma, 'sigma') };
+  try {
+    return makeMargin(v.margin ?? 'adaptive', params, seed);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainConfig {
+  const c: TrainConfig = { ...DEFAULT_CONFIG };
+  if (v.data && v.data.length > 1 && command === 'train') throw new UsageError('train takes one --data folder');
+  c.data = v.data?.[0] ?? null;
+  c.out = v.out ?? (command === 'compare' ? 'runs/compare' : 'runs/default');
+  c.seed = int(v.seed, 'seed') ?? c.seed;
+  c.splitSeed = int(v['split-seed'], 'split-seed') ?? c.splitSeed;
+  c.valClasses = int(v['val-classes'], 'val-classes', 2) ?? null;
+  c.valFraction = num(v['val-fraction'], 'val-fraction', (x) => x > 0 && x < 1, 'a fraction in (0, 1)') ?? c.valFraction;
+  c.mnistPerClass = int(v['mnist-per-class'], 'mnist-per-class', 1) ?? c.mnistPerClass;
+  c.mnistEvalPerClass = int(v['mnist-eval-per-class'], 'mnist-eval-per-class', 2) ?? c.mnistEvalPerClass;
+  if (v.size !== undefined) {
+    const m = /^(\d+)(?:x(\d+))?$/i.exec(v.size.trim());
+    if (!m) throw new UsageError(`Expected --size N or HxW (e.g. 32 or 40x32) but received ${JSON.stringify(v.size)}`);
+    c.height = Number(m[1]);
+    c.width = Number(m[2] ?? m[1]);
+    if (c.height < 8 || c.width < 8) throw new UsageError(`--size must be at least 8x8`);
+  }
+  c.channels = int(v.channels, 'channels', 1) ?? c.channels;
+  if (c.channels !== 1 && c.channels !== 3) throw new UsageError(`Expected --channels 1 or 3 but received ${c.channels}`);
+  if (v['on-bad-image'] !== undefined) {
+    if (v['on-bad-image'] !== 'skip' && v['on-bad-image'] !== 'stop') throw new UsageError(`Expected --on-bad-image skip or stop but received ${JSON.stringify(v['on-bad-image'])}`);
+    c.onBadImage = v['on-bad-image'];
+  }
+  c.dim = int(v.dim, 'dim', 1) ?? c.dim;
+  c.widths = list(v.widths, 'widths') ?? c.widths;
+  c.blocks = int(v.blocks, 'blocks', 1) ?? c.blocks;
+  c.dropout = num(v.dropout, 'dropout', (x) => x >= 0 && x < 1, 'a number in [0, 1)') ?? c.dropout;
+  c.margin = marginFrom(v, c.seed);
+  c.scale = num(v.scale, 'scale', (x) => x > 0, 'a positive number') ?? c.scale;
+  c.epochs = int(v.epochs, 'epochs', 1) ?? c.epochs;
+  c.batchSize = int(v['batch-size'], 'batch-size', 2) ?? c.batchSize;
+  c.lr = num(v.lr, 'lr', (x) => x > 0, 'a positive number') ?? c.lr;
+  c.lrSteps = list(v['lr-steps'], 'lr-steps') ?? (v.epochs !== undefined ? defaultSteps(c.epochs) : c.lrSteps);
+  c.lrFactor = num(v['lr-factor'], 'lr-factor', (x) => x > 0, 'a positive number') ?? c.lrFactor;
+  c.momentum = num(v.momentum, 'momentum', (x) => x >= 0 && x < 1, 'a number in [0, 1)') ?? c.momentum;
+  c.weightDecay = num(v['weight-decay'], 'weight-decay', (x) => x >= 0, 'a number ≥ 0') ?? c.weightDecay;
+  c.headLrMult = num(v['head-lr-mult'], 'head-lr-mult', (x) => x >= 0, 'a number ≥ 0') ?? c.headLrMult;
+  c.flip = num(v.flip, 'flip', (x) => x >= 0 && x <= 1, 'a probability in [0, 1]') ?? c.flip;
+  c.shift = int(v.shift, 'shift') ?? c.shift;
+  if (v['tf-backend'] !== undefined) {
+    if (v['tf-backend'] !== 'wasm' && v['tf-backend'] !== 'cpu') throw new UsageError(`Expected --tf-backend wasm or cpu but received ${JSON.stringify(v['tf-backend'])}`);
+    c.tfBackend = v['tf-backend'];
+  }
+  c.threads = int(v.threads, 'threads') ?? c.threads;
+  c.evalEvery = int(v['eval-every'], 'eval-every') ?? c.evalEvery;
+  c.evalFlip = v['eval-flip'] ?? c.evalFlip;
+  c.evalSeed = int(v['eval-seed'], 'eval-seed') ?? c.evalSeed;
+  c.thetaSamples = int(v['theta-samples'], 'theta-samples') ?? c.thetaSamples;
+  return c;
+}
+
+/** The schedule's shape for a given length: ×0.1 at 60 % and 90 % of the epochs (as 6, 9 of 10). */
+export function defaultSteps(epochs: number): number[] {
+  const a = Math.max(2, Math.round(epochs * 0.6));
+  const b = Math.max(a + 1, Math.round(epochs * 0.9));
+  return [a, b].filter((e) => e <= epochs);
+}
+
+function writeJson(target: string | undefined, value: unknown): void {
+  if (!target) return;
+  const text = JSON.stringify(value, null, 2);
+  if (target === '-') process.stdout.write(text + '\n');
+  else require('fs').writeFileSync(target, text + '\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command || command === '--help' || command === '-h' || command === 'help') {
+    process.stdout.write(USAGE);
+    return command ? 0 : 2;
+  }
+  if (command === 'bench') {
+    const script = path.join(__dirname, '..', 'bench', 'run.mjs');
+    const r = spawnSync(process.execPath, [script, ...rest], { stdio: 'inherit' });
+    if (r.error) throw r.error;
+    return r.status ?? 1;
+  }
+  if (command !== 'train' && command !== 'eval' && command !== 'compare') {
+    throw new UsageError(`Unknown command ${JSON.stringify(command)}: expected train, eval, compare or bench`);
+  }
+  let values: Values;
+  try {
+    values = parse(rest).values;
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (command === 'train') {
+    const cfg = configFromArgs(values, 'train');
+    const r = await train(cfg, { verbose: !values.quiet, handleSignals: true, resume: values.resume, overwrite: values.overwrite, plots: !values['no-plots'] });
+    if (r.after) process.stdout.write(formatVerification(r.after, `${marginLabel(cfg.margin)} after epoch ${r.epochs[r.epochs.length - 1]?.epoch}`) + '\n');
+    if (r.before && r.after) {
+      process.stdout.write(`untrained backbone: ${(100 * r.before.accuracy.mean).toFixed(2)} % → trained: ${(100 * r.after.accuracy.mean).toFixed(2)} %; training ${r.imgPerSec.toFixed(1)} img/s; wall ${r.wallSeconds.toFixed(0)} s\n`);
+    }
+    writeJson(values.json, { out: r.out, stopped: r.stopped, imgPerSec: r.imgPerSec, wallSeconds: r.wallSeconds, before: r.before, after: r.after, epochs: r.epochs });
+    return r.stopped ? 130 : 0;
+  }
+  if (command === 'eval') {
+    if (!values.checkpoint) throw new UsageError('eval needs --checkpoint runs/NAME');
+    let expectSize: { height?: number; width?: number } = {};
+    if (values.size !== undefined) {
+      const m = /^(\d+)(?:x(\d+))?$/i.exec(values.size.trim());
+      if (!m) throw new UsageError(`Expected --size N or HxW but received ${JSON.stringify(values.size)}`);
+      expectSize = { height: Number(m[1]), width: Number(m[2] ?? m[1]) };
+    }
+    const out = await runEval({
+      checkpoint: values.checkpoint,
+      data: values.data?.[0],
+      allIdentities: values['all-identities'],
+      flip: values['eval-flip'],
+      seed: int(values['eval-seed'], 'eval-seed'),
+      tfBackend: values['tf-backend'] as 'wasm' | 'cpu' | undefined,
+      onBadImage: values['on-bad-image'] as 'skip' | 'stop' | undefined,
+      expect: { ...expectSize, dim: int(values.dim, 'dim', 1), channels: int(values.channels, 'channels', 1) },
+    });
+    process.stdout.write(out.text + '\n');
+    writeJson(values.json, { checkpoint: path.resolve(values.checkpoint), epoch: out.epoch, identities: out.identities, result: out.result });
+    return 0;
+  }
+  // compare
+  const base = configFromArgs(values, 'compare');
+  const seeds = list(values.seeds, 'seeds') ?? [0, 1, 2];
+  const losses = values.losses
+    ? values.losses.split(',').map((k) => {
+        const kind = k.trim();
+        return COMPARE_LOSSES.find((m) => m.kind === kind) ?? makeMargin(kind, {}, 0);
+      })
+    : COMPARE_LOSSES;
+  const datasets = values.data && values.data.length ? values.data : [null];
+  const r = await runCompare({ datasets, losses, seeds, base, out: base.out, verbose: false });
+  process.stdout.write(r.text + '\n\n');
+  process.stdout.write(JSON.stringify({ cells: r.cells, untrained: r.untrained, wallSeconds: r.wallSeconds }) + '\n');
+  writeJson(values.json, r.json);
+  return 0;
+}
+
+function report(err: unknown): number {
+  const known = err instanceof UsageError || err instanceof DataError || err instanceof ImageError || err instanceof CheckpointMismatchError || err instanceof CheckpointError || err instanceof ArgumentError;
+  const msg = err instanceof Error ? err.message : String(err);
+  process.stderr.write(`margin-softmax: error: ${msg}\n`);
+  if (err instanceof UsageError) process.stderr.write(`Run 'margin-softmax --help' for the options.\n`);
+  if (!known && err instanceof Error && process.env.MS_DEBUG) process.stderr.write(`${err.stack}\n`);
+  return err instanceof UsageError ? 2 : 1;
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      process.exitCode = report(err);
+    },
+  );
+}
+
+export { UsageError, report };

@@ -1,0 +1,246 @@
+/**
+ * The `eval` and `compare` commands as functions (the CLI parses arguments
+ * and calls these; tests call them directly).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import type { Margin } from '../types';
+import { checkFingerprint, CheckpointMismatchError, checkpointDir, loadBackbone, readCheckpointState } from './checkpoint';
+import { marginLabel, modelFingerprint, type TrainConfig } from './config';
+import { DataError, type DataSource } from './data';
+import { evaluateVerification } from './evaluate';
+import { openSource, train, type TrainResult } from './loop';
+import { compareSpec, writeSvg } from './plots';
+import { clock } from './progress';
+import { formatVerification, type VerificationResult } from './protocol';
+import { setupTf, type TfBackendName } from './tf';
+
+export interface EvalOptions {
+  /** The run folder (holding config.json and checkpoint/). */
+  checkpoint: string;
+  /** Data folder; default: the data the run was trained on. '' or null = the embedded default. */
+  data?: string | null;
+  /** Evaluate every identity of --data (for a data set other than the training one). */
+  allIdentities?: boolean;
+  flip?: boolean;
+  seed?: number;
+  tfBackend?: TfBackendName;
+  onBadImage?: 'skip' | 'stop';
+  /** Options given on the command line that must agree with the checkpoint. */
+  expect?: Partial<Pick<TrainConfig, 'height' | 'width' | 'channels' | 'dim'>>;
+  log?: (msg: string) => void;
+}
+
+export interface EvalOutput {
+  result: VerificationResult;
+  identities: string[];
+  text: string;
+  epoch: number;
+}
+
+export async function runEval(o: EvalOptions): Promise<EvalOutput> {
+  const run = path.resolve(o.checkpoint);
+  const cfgFile = path.join(run, 'config.json');
+  if (!fs.existsSync(run)) throw new CheckpointMismatchError(`Checkpoint folder not found: ${run}`);
+  if (!fs.existsSync(cfgFile)) throw new CheckpointMismatchError(`${run} is not a margin-softmax run folder (no config.json)`);
+  const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as TrainConfig & { dataId: string };
+  const state = readCheckpointState(run);
+  if (!state) throw new CheckpointMismatchError(`No checkpoint in ${checkpointDir(run)}`);
+  // The configuration file and the checkpoint must agree (a checkpoint copied from another run does not).
+  checkFingerprint(state, modelFingerprint(cfg, state.trainClasses.length), checkpointDir(run));
+  for (const [k, v] of Object.entries(o.expect ?? {})) {
+    if (v !== undefined && (cfg as unknown as Record<string, unknown>)[k] !== v) {
+      throw new CheckpointMismatchError(`Checkpoint ${run} comes from another configuration: ${k} is ${(cfg as unknown as Record<string, unknown>)[k]} there, ${v} on the command line`);
+    }
+  }
+  const dataDir = o.data === undefined ? cfg.data : o.data || null;
+  const src: DataSource = openSource({ data: dataDir, mnistPerClass: cfg.mnistPerClass, mnistEvalPerClass: cfg.mnistEvalPerClass });
+  let identities: string[];
+  const have = new Set(src.classes);
+  if (!o.allIdentities && src.id === state.dataId) {
+    const missing = state.valClasses.filter((c) => !have.has(c));
+    if (missing.length) throw new DataError(`The held-out identities of the run are missing from ${src.name}: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ', …' : ''}`);
+    identities = state.valClasses;
+  } else {
+    identities = src.classes.filter((c) => src.samples.some((s) => src.classes[s.label] === c));
+    const seen = new Set(state.trainClasses);
+    const overlap = src.id === state.dataId ? identities.filter((c) => seen.has(c)) : [];
+    if (overlap.length) (o.log ?? console.error)(`warning: ${overlap.length} of the ${identities.length} identities were training identities of this checkpoint`);
+  }
+  const tf = await setupTf(o.tfBackend ?? cfg.tfBackend);
+  const model = await loadBackbone(tf, run);
+  const inShape = model.inputs[0].shape;
+  if (inShape[1] !== cfg.height || inShape[2] !== cfg.width || inShape[3] !== cfg.channels || model.outputs[0].shape[1] !== cfg.dim) {
+    model.dispose();
+    throw new CheckpointMismatchError(`Backbone in ${checkpointDir(run)} has input ${inShape.slice(1).join('×')} and dim ${model.outputs[0].shape[1]}, but config.json says ${cfg.height}×${cfg.width}×${cfg.channels} and dim ${cfg.dim}`);
+  }
+  try {
+    const result = evaluateVerification(tf, model, src, identities, {
+      height: cfg.height,
+      width: cfg.width,
+      channels: cfg.channels,
+      batchSize: 64,
+      flip: o.flip ?? cfg.evalFlip,
+      seed: o.seed ?? cfg.evalSeed,
+      onBadImage: o.onBadImage ?? cfg.onBadImage,
+      warn: o.log,
+    });
+    const text = formatVerification(result, `checkpoint ${run} (epoch ${state.epoch}) on ${src.name}`);
+    return { result, identities, text, epoch: state.epoch };
+  } finally {
+    model.dispose();
+  }
+}
+
+// ---- compare ------------------------------------------------------------------------
+
+export const COMPARE_LOSSES: Margin[] = [
+  { kind: 'softmax' },
+  { kind: 'arcface', m: 0.5 },
+  { kind: 'cosface', m: 0.35 },
+  { kind: 'combined', m1: 1, m2: 0.3, m3: 0.2 },
+  { kind: 'elastic-arc', m: 0.5, sigma: 0.05, seed: 0 },
+  { kind: 'cvm', m1: 0.3, m2: 0.2 },
+  { kind: 'adaptive', m1: 0.03, m2: 0.5 },
+];
+
+export interface CompareOptions {
+  /** Data folders; null = the embedded default. */
+  datasets: (string | null)[];
+  losses: Margin[];
+  seeds: number[];
+  /** Shared training configuration (margin, data, out and seed are set per run). */
+  base: TrainConfig;
+  out: string;
+  verbose?: boolean;
+  log?: (msg: string) => void;
+}
+
+export interface CompareCell {
+  loss: string;
+  dataset: string;
+  seeds: number[];
+  accuracy: number[];
+  tar1e2: (number | null)[];
+  rank1: number[];
+  mean: number;
+  std: number;
+}
+
+export interface CompareOutput {
+  cells: CompareCell[];
+  untrained: CompareCell[];
+  text: string;
+  json: Record<string, unknown>;
+  wallSeconds: number;
+}
+
+function meanStd(v: number[]): { mean: number; std: number } {
+  const mean = v.reduce((a, b) => a + b, 0) / Math.max(1, v.length);
+  // Sample std over seeds (n − 1), 0 for a single seed.
+  const std = v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - mean) ** 2, 0) / (v.length - 1)) : 0;
+  return { mean, std };
+}
+
+function datasetName(d: string | null): string {
+  return d ? path.basename(path.resolve(d)) : 'mnist (embedded)';
+}
+
+export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
+  const t0 = Date.now();
+  const log = o.log ?? ((m: string) => process.stderr.write(`${m}\n`));
+  const cells: CompareCell[] = [];
+  const untrained: CompareCell[] = [];
+  const total = o.datasets.length * o.losses.length * o.seeds.length;
+  let done = 0;
+  let meta: Record<string, unknown> = {};
+  for (const data of o.datasets) {
+    const dname = datasetName(data);
+    const before: number[] = [];
+    const beforeTar: (number | null)[] = [];
+    const beforeRank: number[] = [];
+    for (const margin of o.losses) {
+      const label = marginLabel(margin);
+      const cell: CompareCell = { loss: label, dataset: dname, seeds: [], accuracy: [], tar1e2: [], rank1: [], mean: 0, std: 0 };
+      for (const seed of o.seeds) {
+        const m = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos' ? { ...margin, seed } : margin;
+        const cfg: TrainConfig = {
+          ...o.base,
+          data,
+          seed,
+          margin: m,
+          out: path.join(o.out, dname.replace(/[^A-Za-z0-9_.-]+/g, '_'), `${margin.kind}`, `seed${seed}`),
+        };
+        fs.rmSync(cfg.out, { recursive: true, force: true });
+        done++;
+        log(`[${done}/${total}] ${dname} · ${label} · seed ${seed} (elapsed ${clock((Date.now() - t0) / 1000)})`);
+        const r: TrainResult = await train(cfg, { verbose: o.verbose ?? false, plots: true, log: o.verbose ? undefined : () => {} });
+        if (!r.after) throw new Error(`compare: run ${cfg.out} produced no evaluation (is --eval-every 0?)`);
+        cell.seeds.push(seed);
+        cell.accuracy.push(r.after.accuracy.mean);
+        cell.tar1e2.push(r.after.tar.find((t) => t.far === 0.01)?.tar ?? null);
+        cell.rank1.push(r.after.rank1.accuracy);
+        log(`   verification ${(100 * r.after.accuracy.mean).toFixed(2)}% (untrained ${(100 * (r.before?.accuracy.mean ?? NaN)).toFixed(2)}%), ${r.imgPerSec.toFixed(1)} img/s, ${clock(r.wallSeconds)}`);
+        if (margin === o.losses[0] && r.before) {
+          before.push(r.before.accuracy.mean);
+          beforeTar.push(r.before.tar.find((t) => t.far === 0.01)?.tar ?? null);
+          beforeRank.push(r.before.rank1.accuracy);
+        }
+        meta = { identities: { train: r.split.trainClasses.length, heldOut: r.split.valClasses.length }, genuinePairs: r.after.genuinePairs, impostorPairs: r.after.impostorPairs, folds: r.after.folds };
+        (cell as unknown as { meta: unknown }).meta = meta;
+      }
+      Object.assign(cell, meanStd(cell.accuracy));
+      cells.push(cell);
+    }
+    if (before.length) untrained.push({ loss: 'untrained backbone', dataset: dname, seeds: o.seeds.slice(0, before.length), accuracy: before, tar1e2: beforeTar, rank1: beforeRank, ...meanStd(before) });
+  }
+  const text = formatCompare(cells, untrained, o);
+  const json = {
+    protocol: 'verification accuracy on held-out identities (10 folds by identity, threshold from the other folds), mean ± sample std over seeds',
+    datasets: o.datasets.map(datasetName),
+    seeds: o.seeds,
+    base: { ...o.base, margin: undefined, data: undefined, out: undefined },
+    cells,
+    untrained,
+    wallSeconds: (Date.now() - t0) / 1000,
+  };
+  fs.mkdirSync(o.out, { recursive: true });
+  fs.writeFileSync(path.join(o.out, 'compare.json'), JSON.stringify(json, null, 2));
+  fs.writeFileSync(path.join(o.out, 'compare.md'), text + '\n');
+  await writeSvg(
+    path.join(o.out, 'compare.svg'),
+    compareSpec(
+      [...untrained, ...cells].map((c) => ({ loss: c.loss, dataset: c.dataset, mean: 100 * c.mean, std: 100 * c.std })),
+      `verification accuracy, mean ± std over ${o.seeds.length} seed(s)`,
+    ),
+  );
+  return { cells, untrained, text, json, wallSeconds: (Date.now() - t0) / 1000 };
+}
+
+export function formatCompare(cells: CompareCell[], untrained: CompareCell[], o: Pick<CompareOptions, 'seeds' | 'base'>): string {
+  const datasets = [...new Set(cells.map((c) => c.dataset))];
+  const losses = [...new Set(cells.map((c) => c.loss))];
+  const fmt = (c: CompareCell | undefined, pick: (c: CompareCell) => (number | null)[]) => {
+    if (!c) return '—';
+    const v = pick(c).filter((x): x is number => x !== null);
+    if (!v.length) return 'n/a';
+    const { mean, std } = meanStd(v);
+    return `${(100 * mean).toFixed(2)} ± ${(100 * std).toFixed(2)}`;
+  };
+  const table = (title: string, pick: (c: CompareCell) => (number | null)[]) => {
+    const header = `| loss | ${datasets.join(' | ')} |`;
+    const sep = `|---|${datasets.map(() => '---:').join('|')}|`;
+    const rows = [...untrained.length ? ['untrained backbone'] : [], ...losses].map((l) => {
+      const src = l === 'untrained backbone' ? untrained : cells;
+      return `| ${l} | ${datasets.map((d) => fmt(src.find((c) => c.loss === l && c.dataset === d), pick)).join(' | ')} |`;
+    });
+    return [`${title}`, '', header, sep, ...rows].join('\n');
+  };
+  return [
+    table(`Verification accuracy (%) on held-out identities, mean ± std over seeds ${o.seeds.join(', ')} (${o.base.epochs} epochs each)`, (c) => c.accuracy),
+    '',
+    table('TAR (%) at FAR = 1e-2', (c) => c.tar1e2),
+    '',
+    table('Rank-1 identification (%)', (c) => c.rank1),
+  ].join('\n');
+}

@@ -1,0 +1,174 @@
+/**
+ * Training configuration: defaults, margin parsing, and the fingerprint that
+ * ties a checkpoint to the configuration that produced it.
+ */
+import type { Margin, MarginKind } from '../types';
+import type { BackboneConfig } from './model';
+import type { BadImagePolicy } from './data';
+import type { TfBackendName } from './tf';
+
+export interface TrainConfig {
+  /** Data folder (ImageFolder), or null for the embedded MNIST default. */
+  data: string | null;
+  /** Output folder of the run. */
+  out: string;
+  seed: number;
+  /** Seed of the identity split (kept apart from `seed` so `compare` can vary the seed on one split). */
+  splitSeed: number;
+  /** Held-out identities: a count, or a fraction of all identities when `valClasses` is null. */
+  valClasses: number | null;
+  valFraction: number;
+  /** MNIST default: images per training digit. */
+  mnistPerClass: number;
+  /** MNIST default: images per held-out digit. */
+  mnistEvalPerClass: number;
+
+  height: number;
+  width: number;
+  channels: number;
+  dim: number;
+  widths: number[];
+  blocks: number;
+  dropout: number;
+
+  margin: Margin;
+  scale: number;
+
+  epochs: number;
+  batchSize: number;
+  lr: number;
+  /** Epochs (1-based: "at the start of epoch e") where the learning rate is multiplied by lrFactor. */
+  lrSteps: number[];
+  lrFactor: number;
+  momentum: number;
+  weightDecay: number;
+  /** The head's learning rate = lr × headLrMult (same schedule). */
+  headLrMult: number;
+  /** Probability of a horizontal flip per training image. */
+  flip: number;
+  /** Random translation of each training image by up to ±shift pixels (0 = none). */
+  shift: number;
+
+  /** Test-time flip averaging in evaluation. */
+  evalFlip: boolean;
+  /** Evaluate on the held-out identities after every epoch (and before training). */
+  evalEvery: number;
+  evalSeed: number;
+  /** θ_y rows recorded per epoch (all training rows of the epoch up to this many). */
+  thetaSamples: number;
+
+  tfBackend: TfBackendName;
+  onBadImage: BadImagePolicy;
+  /** Head CPU threads (0 = all). */
+  threads: number;
+}
+
+export const MARGIN_DEFAULTS: Record<MarginKind, Record<string, number>> = {
+  softmax: {},
+  arcface: { m: 0.5 },
+  cosface: { m: 0.35 },
+  combined: { m1: 1, m2: 0.3, m3: 0.2 },
+  adaptive: { m1: 0.03, m2: 0.5 },
+  'elastic-arc': { m: 0.5, sigma: 0.05 },
+  'elastic-cos': { m: 0.35, sigma: 0.05 },
+  cvm: { m1: 0.3, m2: 0.2 },
+};
+
+export const DEFAULT_CONFIG: TrainConfig = {
+  data: null,
+  out: 'runs/default',
+  seed: 0,
+  splitSeed: 0,
+  valClasses: null,
+  valFraction: 0.25,
+  mnistPerClass: 300,
+  mnistEvalPerClass: 100,
+  height: 32,
+  width: 32,
+  channels: 1,
+  dim: 512,
+  widths: [16, 32, 64],
+  blocks: 1,
+  dropout: 0,
+  margin: { kind: 'adaptive', m1: 0.03, m2: 0.5 },
+  scale: 64,
+  epochs: 10,
+  batchSize: 32,
+  lr: 0.1,
+  lrSteps: [6, 9],
+  lrFactor: 0.1,
+  momentum: 0.9,
+  weightDecay: 5e-4,
+  headLrMult: 1,
+  flip: 0.5,
+  shift: 0,
+  evalFlip: false,
+  evalEvery: 1,
+  evalSeed: 0,
+  thetaSamples: 4096,
+  tfBackend: 'wasm',
+  onBadImage: 'stop',
+  threads: 0,
+};
+
+const KINDS = Object.keys(MARGIN_DEFAULTS) as MarginKind[];
+
+/** A margin from its kind and (optional) parameters; missing ones take MARGIN_DEFAULTS. */
+export function makeMargin(kind: string, params: Record<string, number | undefined> = {}, seed = 0): Margin {
+  if (!(KINDS as string[]).includes(kind)) throw new Error(`Expected --margin one of ${KINDS.join(', ')} but received ${JSON.stringify(kind)}`);
+  const k = kind as MarginKind;
+  const out: Record<string, number | string> = { kind: k };
+  for (const [name, def] of Object.entries(MARGIN_DEFAULTS[k])) {
+    const v = params[name];
+    out[name] = v === undefined ? def : v;
+  }
+  for (const [name, v] of Object.entries(params)) {
+    if (v !== undefined && !(name in MARGIN_DEFAULTS[k])) {
+      throw new Error(`--${name} does not apply to --margin ${k} (its parameters: ${Object.keys(MARGIN_DEFAULTS[k]).join(', ') || 'none'})`);
+    }
+  }
+  if (k === 'elastic-arc' || k === 'elastic-cos') out.seed = seed;
+  return out as unknown as Margin;
+}
+
+/** "adaptive(m1=0.03, m2=0.5)". */
+export function marginLabel(m: Margin): string {
+  const params = Object.entries(m)
+    .filter(([k]) => k !== 'kind' && k !== 'seed' && k !== 'counter')
+    .map(([k, v]) => `${k}=${v}`);
+  return params.length ? `${m.kind}(${params.join(', ')})` : m.kind;
+}
+
+export function backboneOf(cfg: TrainConfig): BackboneConfig {
+  return { height: cfg.height, width: cfg.width, channels: cfg.channels, dim: cfg.dim, widths: cfg.widths, blocks: cfg.blocks, dropout: cfg.dropout };
+}
+
+/**
+ * The fields that must match between a checkpoint and a run that resumes or
+ * evaluates it: architecture, input, classes and the loss.
+ */
+export function modelFingerprint(cfg: TrainConfig, trainClasses: number): Record<string, unknown> {
+  return {
+    height: cfg.height,
+    width: cfg.width,
+    channels: cfg.channels,
+    dim: cfg.dim,
+    widths: cfg.widths,
+    blocks: cfg.blocks,
+    dropout: cfg.dropout,
+    classes: trainClasses,
+    margin: cfg.margin.kind === 'elastic-arc' || cfg.margin.kind === 'elastic-cos' ? { ...cfg.margin, counter: undefined } : cfg.margin,
+    scale: cfg.scale,
+  };
+}
+
+/** Differences between two fingerprints, as "dim: 512 (checkpoint) vs 256 (now)". */
+export function fingerprintDiff(saved: Record<string, unknown>, now: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  for (const k of new Set([...Object.keys(saved), ...Object.keys(now)])) {
+    const a = JSON.stringify(saved[k]);
+    const b = JSON.stringify(now[k]);
+    if (a !== b) out.push(`${k}: ${a} (checkpoint) vs ${b} (now)`);
+  }
+  return out;
+}

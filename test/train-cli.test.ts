@@ -1,0 +1,125 @@
+/**
+ * The command line: option parsing into a training configuration, clear
+ * errors (unknown options, bad values, margin parameters that do not apply,
+ * missing folders and checkpoints), and the embedded default data set
+ * (MNIST digits, no --data) trained for one short epoch through `main`.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { afterAll, describe, expect, test } from 'vitest';
+import { configFromArgs, defaultSteps, main, parse, report, UsageError } from '../lib/cli';
+import { CheckpointMismatchError } from '../lib/train/checkpoint';
+import { formatCompare, type CompareCell } from '../lib/train/commands';
+import { DEFAULT_CONFIG } from '../lib/train/config';
+import { DataError } from '../lib/train/data';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-cli-'));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function cfg(args: string[], command: 'train' | 'compare' = 'train') {
+  return configFromArgs(parse(args).values, command);
+}
+
+describe('options → configuration', () => {
+  test('defaults: adaptive (0.03, 0.5), s = 64, dim 512, 32×32 grey, wasm, the embedded data set', () => {
+    const c = cfg([]);
+    expect(c.margin).toEqual({ kind: 'adaptive', m1: 0.03, m2: 0.5 });
+    expect([c.scale, c.dim, c.height, c.width, c.channels, c.tfBackend, c.data]).toEqual([64, 512, 32, 32, 1, 'wasm', null]);
+    expect(c.lrSteps).toEqual(DEFAULT_CONFIG.lrSteps);
+  });
+
+  test('every margin kind with its parameters', () => {
+    expect(cfg(['--margin', 'arcface']).margin).toEqual({ kind: 'arcface', m: 0.5 });
+    expect(cfg(['--margin', 'cosface', '--m', '0.4']).margin).toEqual({ kind: 'cosface', m: 0.4 });
+    expect(cfg(['--margin', 'combined']).margin).toEqual({ kind: 'combined', m1: 1, m2: 0.3, m3: 0.2 });
+    expect(cfg(['--margin', 'adaptive', '--m1', '0.1', '--m2', '0.4']).margin).toEqual({ kind: 'adaptive', m1: 0.1, m2: 0.4 });
+    expect(cfg(['--margin', 'elastic-arc', '--seed', '3']).margin).toEqual({ kind: 'elastic-arc', m: 0.5, sigma: 0.05, seed: 3 });
+    expect(cfg(['--margin', 'elastic-cos', '--sigma', '0.1']).margin).toEqual({ kind: 'elastic-cos', m: 0.35, sigma: 0.1, seed: 0 });
+    expect(cfg(['--margin', 'cvm']).margin).toEqual({ kind: 'cvm', m1: 0.3, m2: 0.2 });
+    expect(cfg(['--margin', 'softmax']).margin).toEqual({ kind: 'softmax' });
+    expect(() => cfg(['--margin', 'cosface', '--m1', '0.3'])).toThrow(/--m1 does not apply to --margin cosface/);
+    expect(() => cfg(['--margin', 'sphereface'])).toThrow(/Expected --margin one of/);
+  });
+
+  test('sizes, lists, schedules and bad values', () => {
+    const c = cfg(['--size', '40x32', '--widths', '8,16', '--epochs', '20', '--lr-steps', '12,18']);
+    expect([c.height, c.width, c.widths, c.epochs, c.lrSteps]).toEqual([40, 32, [8, 16], 20, [12, 18]]);
+    expect(cfg(['--epochs', '10']).lrSteps).toEqual([6, 9]);
+    expect(defaultSteps(3)).toEqual([2, 3]);
+    expect(() => cfg(['--size', 'big'])).toThrow(UsageError);
+    expect(() => cfg(['--epochs', '0'])).toThrow(/Expected an integer ≥ 1 for --epochs but received "0"/);
+    expect(() => cfg(['--tf-backend', 'webgl'])).toThrow(/--tf-backend wasm or cpu/);
+    expect(() => cfg(['--on-bad-image', 'ignore'])).toThrow(/skip or stop/);
+  });
+});
+
+describe('errors through main()', () => {
+  test('unknown command or option', async () => {
+    await expect(main(['fit'])).rejects.toThrow(/Unknown command "fit"/);
+    await expect(main(['train', '--epoch', '3'])).rejects.toThrow(UsageError);
+    expect(report(new UsageError('x'))).toBe(2);
+  });
+  test('missing data folder, missing checkpoint', async () => {
+    await expect(main(['train', '--data', path.join(tmp, 'missing'), '--out', path.join(tmp, 'r')])).rejects.toThrow(DataError);
+    await expect(main(['train', '--data', path.join(tmp, 'missing')])).rejects.toThrow(/Data folder not found: .*missing/);
+    await expect(main(['eval', '--checkpoint', path.join(tmp, 'no-run')])).rejects.toThrow(CheckpointMismatchError);
+    await expect(main(['eval'])).rejects.toThrow(/eval needs --checkpoint/);
+    expect(report(new DataError('y'))).toBe(1);
+  });
+});
+
+test('no --data: trains and evaluates on the embedded MNIST digits', async () => {
+  const out = path.join(tmp, 'mnist');
+  const json = path.join(tmp, 'mnist.json');
+  const code = await main([
+    'train', '--out', out, '--epochs', '1', '--dim', '64', '--widths', '8,16', '--quiet', '--no-plots', '--json', json,
+    '--mnist-per-class', '24', '--mnist-eval-per-class', '12',
+  ]);
+  expect(code).toBe(0);
+  const r = JSON.parse(fs.readFileSync(json, 'utf8'));
+  expect(r.after.identities).toBe(3); // digits 7, 8, 9 held out
+  expect(r.after.images).toBe(36);
+  expect(r.after.folds).toBe(3);
+  expect(r.after.genuinePairs).toBe(3 * 66);
+  expect(r.epochs.map((e: { epoch: number }) => e.epoch)).toEqual([0, 1]);
+  expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).split.trainClasses).toEqual(['0', '1', '2', '3', '4', '5', '6']);
+});
+
+test('the compare table has a row per loss and a column per data set', () => {
+  const cell = (loss: string, dataset: string, acc: number[]): CompareCell => ({ loss, dataset, seeds: acc.map((_, i) => i), accuracy: acc, tar1e2: acc, rank1: acc, mean: 0, std: 0 });
+  const text = formatCompare(
+    [cell('softmax', 'orl_faces', [0.8, 0.9]), cell('softmax', 'omniglot', [0.7, 0.7]), cell('adaptive(m1=0.03, m2=0.5)', 'orl_faces', [0.9, 0.92]), cell('adaptive(m1=0.03, m2=0.5)', 'omniglot', [0.75, 0.77])],
+    [],
+    { seeds: [0, 1], base: DEFAULT_CONFIG },
+  );
+  const first = text.split('\n\n')[1].split('\n');
+  expect(first[0]).toBe('| loss | orl_faces | omniglot |');
+  expect(first[2]).toBe('| softmax | 85.00 ± 7.07 | 70.00 ± 0.00 |');
+  expect(first[3]).toBe('| adaptive(m1=0.03, m2=0.5) | 91.00 ± 1.41 | 76.00 ± 1.41 |');
+});
+
+const CLI = path.resolve(__dirname, '..', 'dist', 'cli.js');
+test.skipIf(!fs.existsSync(CLI))('Ctrl-C (SIGINT) stops the built bin cleanly and keeps the last checkpoint', async () => {
+  const out = path.join(tmp, 'sigint');
+  const { spawn } = await import('child_process');
+  const child = spawn(process.execPath, [CLI, 'train', '--out', out, '--epochs', '3', '--mnist-per-class', '40', '--mnist-eval-per-class', '8', '--dim', '32', '--widths', '8,16', '--no-plots'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let err = '';
+  child.stderr.on('data', (d) => (err += d));
+  const state = path.join(out, 'checkpoint', 'state.json');
+  const timer = setInterval(() => {
+    // Once epoch 1 is saved and epoch 2 is under way, press Ctrl-C.
+    if (fs.existsSync(state) && err.includes('epoch 2/3 [')) {
+      clearInterval(timer);
+      child.kill('SIGINT');
+    }
+  }, 50);
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  clearInterval(timer);
+  expect(code).toBe(130);
+  expect(err).toMatch(/Stopped during epoch 2; the checkpoint of epoch 1 .* is kept: continue with --resume/);
+  expect(JSON.parse(fs.readFileSync(state, 'utf8')).epoch).toBe(1);
+  expect(fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').length).toBe(2);
+}, 120_000);
