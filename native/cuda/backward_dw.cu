@@ -5,8 +5,11 @@
 // 128×32 cosine tile on tensor cores, forms g' = g_ij/‖w_j‖ in shared memory
 // and accumulates Gᵀ·X̂ (32×512, fp32) in registers; it also accumulates
 // t_j = Σ_i g_ij·c_ij. At the end it applies the normalisation's chain rule
-//   dw_j = invn_j·Σ_i g_ij x̂_i − w_j·invn_j²·t_j
-// (ŵ_j·dŵ_j = t_j because c_ij = ŵ_j·x̂_i) and writes dW once. The class tile
+//   dw_j = invn_j·Σ_i g_ij x̂_i − (invn_j·t_j)·(invn_j·w_j)
+// (ŵ_j·dŵ_j = t_j because c_ij = ŵ_j·x̂_i; grouped so that invn_j² cannot
+// underflow for huge norms, as in the CPU backend) and writes dW once. The
+// rows with a label ≠ −1 count (−2: counted, target in another shard); the
+// target entry uses p_y − 1 from merge_lse (or target_pm1_in). The class tile
 // has exactly one owner, so there are no atomics and no partial buffers, and
 // each W row is read from device memory once (its reuse across row tiles hits
 // L2). See backward_dx.cu for why dX̂ is a separate kernel.
@@ -50,7 +53,7 @@ struct DwCfg {
   static constexpr size_t kGsBytes = align128((size_t)kDwRows * LDG * sizeof(T));
   static constexpr size_t kTpartOffset = kGsOffset + kGsBytes;
   static constexpr size_t kCoefOffset = kTpartOffset + (kThreads / 32) * kDwClasses * sizeof(float);
-  static constexpr size_t kSmem = kCoefOffset + kDwClasses * sizeof(float);
+  static constexpr size_t kSmem = kCoefOffset + 2 * kDwClasses * sizeof(float);  // coef, invw
   static_assert((KX * VPX) % kThreads == 0, "whole vectors per thread");
   static_assert(kDwRows % KX == 0, "whole chunks per row tile");
   static_assert(kTileC % kDwClasses == 0 && kDwRows % kTileR == 0, "aligned with the filter mask");
@@ -78,6 +81,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
   T* Gs = reinterpret_cast<T*>(smem + Cfg::kGsOffset);
   float* tpart = reinterpret_cast<float*>(smem + Cfg::kTpartOffset);
   float* coef = reinterpret_cast<float*>(smem + Cfg::kCoefOffset);
+  float* invs = coef + kDwClasses;
   const float* S = reinterpret_cast<const float*>(smem);
   const T* xop = static_cast<const T*>(p.xop);
 
@@ -92,6 +96,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
   const bool jok = jmine < p.w.c;
   const float inv = jok ? p.w.invw[jmine] : 0.0f;
   float t_acc = 0.0f;  // t_j of class j0+lane, kept by warp 0
+  if (warp == 0) invs[lane] = inv;
 
   Acc<T> acc[2][4];
 #pragma unroll
@@ -115,16 +120,15 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
     for (int k = 0; k < 16; ++k) {
       const int r = warp * 16 + k;
       const int64_t i = row0 + r;
-      const int32_t y = p.labels[i];
+      const int32_t y = p.labels[i];  // ≥ 0 local target, −1 ignored/padding, −2 counted without a local target
       float gv = 0.0f, cu = 0.0f;
-      if (rows_on && jok && y >= 0) {
-        const float lse = p.lse[i];
+      if (rows_on && jok && y != -1) {
         if ((int64_t)y == jmine) {
-          gv = grad_target(p.zt[i], p.dzt[i], lse);
+          gv = p.ptm1[i] * p.dzt[i];
           cu = p.ctg[i];
         } else {
           cu = S[r * Tile::LDS + lane] * inv;
-          gv = grad_other(cu, lse, p.scale, p.cvm_m2);
+          gv = grad_other(cu, p.lse[i], p.scale, p.cvm_m2);
         }
         gv *= p.inv_valid;
       }
@@ -173,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
   }
 
   __syncthreads();  // all MMAs done: the staging area below aliases Xs
-  if (warp == 0) coef[lane] = inv * inv * t_acc;
+  if (warp == 0) coef[lane] = inv * t_acc;  // times invn_j·w_jq below
   __syncthreads();
   if (active) {
     float* stage = reinterpret_cast<float*>(smem) + warp * 256;
@@ -187,7 +191,8 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
           const int jl = a * 16 + (e >> 4);
           const int64_t j = j0 + jl;
           const int q = wq + b * 16 + (e & 15);
-          if (j < p.w.c && q < p.w.d) p.grad_w[j * (int64_t)p.w.d + q] = stage[e] - w_value(p.w, j, q) * coef[jl];
+          if (j < p.w.c && q < p.w.d)
+            p.grad_w[j * (int64_t)p.w.d + q] = stage[e] - coef[jl] * (invs[jl] * w_value(p.w, j, q));
         }
         __syncwarp();  // stage is rewritten by the next fragment
       }
@@ -200,7 +205,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
 template <class T>
 void launch_backward_dw(const BwdParams& p, int slices, cudaStream_t s) {
   const size_t smem = DwCfg<T>::kSmem;
-  MS_CUDA_CHECK(cudaFuncSetAttribute(backward_dw<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  MS_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&backward_dw<T>), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const dim3 grid((unsigned)ceil_div(p.w.c, kDwClasses), (unsigned)slices);
   MS_LAUNCH(backward_dw<T>, grid, kThreads, smem, s, p);
   MS_CUDA_LAUNCHED("backward_dw");

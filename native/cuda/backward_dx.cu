@@ -103,12 +103,11 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
     for (int k = 0; k < kDxRows / 2; ++k) {
       const int r = rbase + 2 * k;
       const int64_t i = row0 + r;
-      const int32_t y = p.labels[i];
+      const int32_t y = p.labels[i];  // ≥ 0 local target, −1 ignored/padding, −2 counted without a local target
       float gv = 0.0f;
-      if (jok && y >= 0) {
-        const float lse = p.lse[i];
-        gv = (int64_t)y == j ? grad_target(p.zt[i], p.dzt[i], lse)
-                             : grad_other(S[r * Tile::LDS + col] * inv, lse, p.scale, p.cvm_m2);
+      if (jok && y != -1) {
+        gv = (int64_t)y == j ? p.ptm1[i] * p.dzt[i]
+                             : grad_other(S[r * Tile::LDS + col] * inv, p.lse[i], p.scale, p.cvm_m2);
         gv *= p.inv_valid;
       }
       Gs[r * Cfg::LDG + col] = E::cvt(gv * inv);
@@ -163,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
 template <class T>
 void launch_backward_dx(const BwdParams& p, int64_t groups, int slices, cudaStream_t s) {
   const size_t smem = DxCfg<T>::kSmem;
-  MS_CUDA_CHECK(cudaFuncSetAttribute(backward_dx<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  MS_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&backward_dx<T>), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const dim3 grid((unsigned)(groups * p.nrt32), (unsigned)slices);
   MS_LAUNCH(backward_dx<T>, grid, kThreads, smem, s, p);
   MS_CUDA_LAUNCHED("backward_dx");

@@ -1,13 +1,17 @@
 // forward_tiles.cu — the fused forward pass.
 //
 // What is fused, and why: each CTA computes one 64-row × 128-class tile of
-// cosines on tensor cores (X̂·Wᵀ, then ·1/‖w_j‖), applies the logit (the
-// row's precomputed margined target logit on the target column, s·c — or
-// CVM's s·(c + m2·c²) — elsewhere) and reduces the tile straight to one
-// (max, Σ exp(z − max)) pair per row. The 64×128 logits live only in shared
-// memory; what reaches device memory is 8 bytes per (row, class tile), i.e.
-// 1/64 of the logits. No locks, no atomics: merge_lse (small_kernels.cu)
-// combines a row's partials in class-tile order afterwards.
+// cosines on tensor cores (X̂·Wᵀ, then ·1/‖w_j‖), applies the non-target
+// logit (s·c, or CVM's s·(c + m2·c²)) and reduces the tile straight to one
+// (max, Σ exp(z − max)) pair per row over the tile's non-target classes. The
+// margined target logit is not in the tile at all: it was computed once per
+// row, precisely, by target_logits, and merge_lse adds it to the row's state
+// while keeping the target-free sum apart (the CPU backend's (m, l, o) state,
+// which makes the loss and p_y − 1 of confident rows accurate).
+// The 64×128 logits live only in shared memory; what reaches device memory is
+// 8 bytes per (row, class tile), i.e. 1/64 of the logits. No locks, no
+// atomics: merge_lse (small_kernels.cu) combines a row's partials in
+// class-tile order afterwards.
 //
 // Tile ownership and bounds:
 //   blockIdx.x = ct·nrt64 + rt (row tiles vary fastest, so the CTAs that read
@@ -52,33 +56,28 @@ __global__ void __launch_bounds__(kThreads, 2) forward_tiles(const FwdParams p) 
 
   const int r = tid >> 2, part = tid & 3;
   const int64_t i = row0 + r;
-  const int32_t y = p.labels[i];
+  const int32_t y = p.labels[i];  // −1 / −2 never match a column
   const int tcol = (y >= 0 && (int64_t)y >= col0 && (int64_t)y < col0 + kTileC) ? (int)((int64_t)y - col0) : -1;
-  const float zt = tcol >= 0 ? p.zt[i] : 0.0f;
   const float* Srow = S + r * Tile::LDS;
 
-  // Pass 1: the row's max over this tile (exact, so any order gives the same bits).
+  // Pass 1: the row's max over the tile's non-target classes (a max is exact:
+  // any order gives the same bits).
   float mx = -INFINITY;
 #pragma unroll 2
   for (int k = 0; k < kTileC / 4; ++k) {
     const int col = 4 * k + part;
-    if (col < ncols) {
-      const float z = col == tcol ? zt : other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2);
-      mx = fmaxf(mx, z);
-    }
+    if (col < ncols && col != tcol) mx = fmaxf(mx, other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2));
   }
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
   // Pass 2: Σ exp(z − max), per thread in column order, then a fixed butterfly
-  // (a + b = b + a, so all four lanes hold the same bits).
+  // (a + b = b + a, so all four lanes hold the same bits). A tile whose only
+  // class is the row's target has mx = −inf and l = 0: the empty state.
   float l = 0.0f;
 #pragma unroll 2
   for (int k = 0; k < kTileC / 4; ++k) {
     const int col = 4 * k + part;
-    if (col < ncols) {
-      const float z = col == tcol ? zt : other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2);
-      l += expf(z - mx);
-    }
+    if (col < ncols && col != tcol) l += expf(other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2) - mx);
   }
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
@@ -90,7 +89,7 @@ __global__ void __launch_bounds__(kThreads, 2) forward_tiles(const FwdParams p) 
 template <class T>
 void launch_forward(const FwdParams& p, cudaStream_t s) {
   const size_t smem = FwdCfg<T>::kSmem;
-  MS_CUDA_CHECK(cudaFuncSetAttribute(forward_tiles<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  MS_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&forward_tiles<T>), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   const int64_t blocks = p.nrt64 * p.nct;
   MS_LAUNCH(forward_tiles<T>, (unsigned)blocks, kThreads, smem, s, p);
   MS_CUDA_LAUNCHED("forward_tiles");

@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "cuda_common.cuh"
 #include "tiles.cuh"
@@ -34,8 +35,11 @@ struct DeviceWeights {
 // through a bounded fp32 staging buffer and converted on the device (W is
 // never resident in fp32). Throws InputError for a non-finite value (smallest
 // row), CudaError for CUDA failures. Synchronises the stream.
+// class_index (host, c entries, or null): problem class j is row
+// class_index[j] of src (host sources only); a bad row is reported by its
+// index in src.
 void upload_weights(DeviceWeights& w, const float* src, int64_t c, int d, bool bf16_path, cudaStream_t s,
-                    bool src_on_device = false);
+                    bool src_on_device = false, const int32_t* class_index = nullptr);
 // TF32 path, W already in w.w32: recompute 1/‖w_j‖ (after W changed). Throws
 // InputError for a non-finite value. Synchronises the stream.
 void refresh_norms(DeviceWeights& w, cudaStream_t s);
@@ -45,15 +49,26 @@ class LossRunner {
  public:
   LossRunner(int64_t n, int64_t c, int d, bool bf16_path, cudaStream_t s);
 
-  // Normalises X (device, N×d) and takes the labels (device, N; −1 = ignored)
-  // and the elastic row margins (device, N, or null). valid_rows = number of
-  // labels ≥ 0. Returns the smallest row of X holding a non-finite value, or −1
-  // (synchronises the stream).
-  int64_t set_batch(const float* x_dev, const int32_t* labels_dev, const float* row_margins_dev, int64_t valid_rows);
+  // Normalises X (device, N×d) and takes the labels (device, N; ≥ 0 a local
+  // target, −1 ignored, −2 counted with its target in another shard) and the
+  // optional per-row device arrays: elastic margins, merged LSE (lse_in) and
+  // p_y − 1 (ptm1_in) from other shards. valid_rows = V, the number of counted
+  // rows (the global count when sharded). Returns the smallest row of X with a
+  // non-finite value or a norm above 1e30, or −1 (synchronises the stream).
+  int64_t set_batch(const float* x_dev, const int32_t* labels_dev, const float* row_margins_dev, int64_t valid_rows,
+                    const float* lse_in_dev = nullptr, const float* ptm1_in_dev = nullptr);
 
   // Target logits, the fused tiles, the LSE merge: per-row losses in per_sample().
   void forward(const DeviceWeights& w, const MarginParams& m);
   const float* per_sample() const { return per_sample_.get(); }
+  // The row's online-LSE state over this problem's classes (N_pad each) and
+  // the target logits (0 where there is no local target).
+  const float* row_max() const { return row_m_.get(); }
+  const float* row_sumexp() const { return row_l_.get(); }
+  const float* row_sumexp_other() const { return row_o_.get(); }
+  const float* target_logit() const { return zt_.get(); }
+  // The filter mask of the last backward (host copy, nct × N_pad/32, kMask*).
+  const std::vector<uint8_t>& mask() const { return mask_host_; }
 
   // After forward(): gradients into device buffers grad_x (N×d) and grad_w (C×d).
   // Returns the number of (128-class, 32-row) tiles skipped by the filter;
@@ -73,14 +88,17 @@ class LossRunner {
   float inv_valid_ = 0.0f;
   int64_t total_tiles_ = 0;
   DeviceBuffer<int32_t> labels_;     // N_pad, −1 padding
-  const float* row_m_ = nullptr;     // borrowed
+  const float* row_m_in_ = nullptr;  // borrowed (elastic margins)
+  const float* lse_in_ = nullptr;    // borrowed
+  const float* ptm1_in_ = nullptr;   // borrowed
   DeviceBuffer<float> x32_, invx_;   // N×d, N_pad
   DeviceBuffer<unsigned char> xop_;  // N_pad×dp of T
-  DeviceBuffer<float> zt_, dzt_, ctg_, lse_, per_sample_;
+  DeviceBuffer<float> zt_, dzt_, ctg_, lse_, per_sample_, ptm1_, row_m_, row_l_, row_o_;
   DeviceBuffer<float2> partial_;     // nct×N_pad
   DeviceBuffer<uint8_t> mask_;       // nct×nrt32
   DeviceBuffer<float> dxp_;          // groups×N_pad×dp
   DeviceBuffer<unsigned long long> bad_;
+  std::vector<uint8_t> mask_host_;
 };
 
 // Class groups of backward_dx: enough CTAs for ~8 per multiprocessor, at most

@@ -4,12 +4,13 @@
 //
 // Pipeline of one call (all on one stream, no atomics on any floating-point
 // value, every reduction in a fixed order → bit-reproducible results):
-//   prep_x        X → x̂ (fp32), 1/‖x‖, operand copy xop (T), non-finite check
-//   prep_w        W → 1/‖w‖ (and the bf16 copy on the BF16 path), non-finite check
-//   target        per row: c_t = x̂·ŵ_y in fp32/fp64 (not on tensor cores: arccos
+//   prep_x        X → x̂ (fp32), 1/‖x‖, operand copy xop (T), norm check (finite, ≤ 1e30)
+//   prep_w        W → 1/‖w‖ (and the bf16 copy on the BF16 path), norm check
+//   target        per row: c_t = x̂·ŵ_y in fp64 (not on tensor cores: arccos
 //                 amplifies TF32's error near |c| = 1), z_t and dz_t/dc
-//   forward       tiles → per-(class tile, row) partial (max, Σexp)
-//   merge         per row, the partials in class-tile order → LSE, per-row loss
+//   forward       tiles → per-(class tile, row) partial (max, Σexp) over non-target classes
+//   merge         per row, the partials in class-tile order, then the target →
+//                 (m, l, o), LSE, per-row loss and p_y − 1 (target_terms)
 //   mask          per (class tile, 32 rows): skip for the backward? (filter)
 //   backward_dx   recompute tiles, g, dX̂ partial per class group (owned)
 //   finish_dx     Σ over class groups in order, then the normalisation's chain rule
@@ -30,26 +31,30 @@ constexpr uint8_t kMaskCompute = 0;   // the tile contributes to the gradients
 constexpr uint8_t kMaskFiltered = 1;  // every p < gradFilter and no target: skipped
 constexpr uint8_t kMaskNoRows = 2;    // no counted row (ignored rows / padding): g = 0 anyway
 
+// Labels: ≥ 0 a local target, −1 an ignored row (and padding rows ≥ N), −2 a
+// row that counts but whose target lives in another shard (MarginHead).
 struct FwdParams {
   const void* xop;       // N_pad × dp operand copy of X̂ (T)
   WView w;
-  const int32_t* labels; // N_pad, −1 for ignored rows and padding
-  const float* zt;       // N_pad target logits
+  const int32_t* labels; // N_pad
   float scale, cvm_m2;
   int dp;
   int64_t n_pad, nrt64, nct;
-  float2* partial;       // nct × N_pad: (max z, Σ exp(z − max)) of each class tile and row
+  // nct × N_pad: (max z, Σ exp(z − max)) of each class tile and row over the
+  // tile's non-target classes ((−inf, 0) when there is none); the target
+  // logit joins in merge_lse, which keeps the target-free sum apart.
+  float2* partial;
 };
 
 struct BwdParams {
   const void* xop;
   WView w;
   const int32_t* labels;
-  const float* zt;       // target logit z_t
+  const float* ptm1;     // p_y − 1 of the local target (merge_lse / target_pm1_in)
   const float* dzt;      // dz_t/dc
   const float* ctg;      // target cosine c_t (the value z_t was computed from)
   const float* lse;      // N_pad
-  float inv_valid;       // 1/V (0 when every row is ignored)
+  float inv_valid;       // 1/V for rows with label ≠ −1 (0 when V = 0)
   float scale, cvm_m2;
   int dp;
   int64_t n_pad, nrt32, nct;
@@ -89,13 +94,27 @@ struct TargetParams {
 };
 void launch_target(const TargetParams& p, cudaStream_t s);
 
-// LSE_i = merge of partial[ct][i] for ct = 0, 1, … (16 warps, each a fixed
-// residue class of ct, merged in warp order); per_sample_i = LSE_i − z_t,i for
-// counted rows, 0 otherwise.
-void launch_merge(const float2* partial, int64_t nct, int64_t n_pad, int64_t n, const int32_t* labels,
-                  const float* zt, float* lse, float* per_sample, cudaStream_t s);
+// Per row: the class-tile partials merged in order (16 warps, each a fixed
+// residue class of the tile index, combined in warp order), then the local
+// target (z_t, 1, 0) for rows with a local target. Outputs the LSE (or lse_in
+// where given), the per-row loss and p_y − 1 from target_terms (accurate for
+// confident rows, see margin_math.h) or target_pm1_in, and the row's (m, l, o).
+struct MergeParams {
+  const float2* partial;      // nct × N_pad (max, Σexp) over non-target columns
+  int64_t nct, n_pad, n;
+  const int32_t* labels;      // N_pad
+  const float* zt;            // N_pad
+  const float* lse_in;        // N or null
+  const float* ptm1_in;       // N or null
+  float* lse;                 // N_pad
+  float* ptm1;                // N_pad (0 for rows without a local target)
+  float* per_sample;          // N_pad (0 for rows without a local target)
+  float *row_m, *row_l, *row_o;  // N_pad each
+};
+void launch_merge(const MergeParams& p, cudaStream_t s);
 
-// The filter mask (see kMask*): one warp per (class tile, 32 rows).
+// The filter mask (see kMask*): one warp per (class tile, 32 rows). A row
+// counts when its label is not −1 (−2: counted, target in another shard).
 void launch_mask(const float2* partial, const float* lse, const int32_t* labels, int64_t nct, int64_t n_pad,
                  int64_t nrt32, float grad_filter, uint8_t* mask, cudaStream_t s);
 

@@ -86,13 +86,17 @@ int64_t read_bad(const DeviceBuffer<unsigned long long>& bad, cudaStream_t s) {
   return h == kNoBadRow ? -1 : (int64_t)h;
 }
 
+// The CPU backend's messages, word for word.
 [[noreturn]] void throw_bad_weights(int64_t row) {
-  throw InputError{"Expected finite values for weights but received a non-finite value in row " + std::to_string(row)};
+  throw InputError{"Expected finite values with row norms at most 1e30 for weights but received a non-finite value "
+                   "or a larger norm in row " +
+                   std::to_string(row)};
 }
 }  // namespace
 
 void upload_weights(DeviceWeights& w, const float* src, int64_t c, int d, bool bf16_path, cudaStream_t s,
-                    bool src_on_device) {
+                    bool src_on_device, const int32_t* class_index) {
+  if (src_on_device && class_index) throw CudaError{"upload_weights: class_index needs a host source"};
   const cudaMemcpyKind kind = src_on_device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice;
   w.c = c;
   w.d = d;
@@ -101,30 +105,49 @@ void upload_weights(DeviceWeights& w, const float* src, int64_t c, int d, bool b
   w.invw.allocate((size_t)c, "inverse norms of W");
   DeviceBuffer<unsigned long long> bad(1, "non-finite flag");
   MS_CUDA_CHECK(cudaMemsetAsync(bad.get(), 0xff, sizeof(unsigned long long), s));
+  // Rows are moved in chunks of ≤ 16 Mi floats: through a host gather buffer
+  // when sampling (class_index), through a device staging buffer on the BF16
+  // path. A pageable host→device copy returns once the source is staged, and
+  // stream order makes each device-side reuse wait for the previous kernel.
+  const int64_t rows_per = std::max<int64_t>(1, std::min<int64_t>(c, (int64_t)(16u << 20) / d));
+  std::vector<float> gathered(class_index ? (size_t)rows_per * d : 0);
+  auto chunk_source = [&](int64_t j0, int64_t rows) -> const float* {
+    if (!class_index) return src + j0 * d;
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(gathered.data() + r * d, src + (int64_t)class_index[j0 + r] * d, sizeof(float) * d);
+    return gathered.data();
+  };
   if (!bf16_path) {
     w.wb.release();
     w.w32.allocate((size_t)c * d, "W");
-    MS_CUDA_CHECK(cudaMemcpyAsync(w.w32.get(), src, (size_t)c * d * sizeof(float), kind, s));
+    if (!class_index) {
+      MS_CUDA_CHECK(cudaMemcpyAsync(w.w32.get(), src, (size_t)c * d * sizeof(float), kind, s));
+    } else {
+      for (int64_t j0 = 0; j0 < c; j0 += rows_per) {
+        const int64_t rows = std::min(rows_per, c - j0);
+        MS_CUDA_CHECK(cudaMemcpyAsync(w.w32.get() + j0 * d, chunk_source(j0, rows), (size_t)rows * d * sizeof(float),
+                                      cudaMemcpyHostToDevice, s));
+        MS_CUDA_CHECK(cudaStreamSynchronize(s));  // the gather buffer is reused
+      }
+    }
     launch_prep_w32(w.w32.get(), c, d, w.invw.get(), bad.get(), s);
   } else {
     w.w32.release();
     w.wb.allocate((size_t)c * w.dp, "W (bf16)");
-    // Stream fp32 rows through a staging buffer of ≤ 16 Mi floats. Stream order
-    // makes each copy wait for the conversion of the previous chunk.
-    const int64_t rows_per = std::max<int64_t>(1, std::min<int64_t>(c, (int64_t)(16u << 20) / d));
     DeviceBuffer<float> staging((size_t)rows_per * d, "bf16 conversion staging");
     for (int64_t j0 = 0; j0 < c; j0 += rows_per) {
       const int64_t rows = std::min(rows_per, c - j0);
-      MS_CUDA_CHECK(cudaMemcpyAsync(staging.get(), src + j0 * d, (size_t)rows * d * sizeof(float), kind, s));
+      MS_CUDA_CHECK(cudaMemcpyAsync(staging.get(), chunk_source(j0, rows), (size_t)rows * d * sizeof(float),
+                                    class_index ? cudaMemcpyHostToDevice : kind, s));
+      if (class_index) MS_CUDA_CHECK(cudaStreamSynchronize(s));
       launch_prep_wbf16(staging.get(), j0, rows, d, w.dp, w.wb.get(), w.invw.get(), bad.get(), s);
     }
-    // `staging` is freed at scope exit: read_bad below synchronises first.
-    const int64_t b = read_bad(bad, s);
-    if (b >= 0) throw_bad_weights(b);
+    const int64_t b = read_bad(bad, s);  // synchronises before `staging` is freed
+    if (b >= 0) throw_bad_weights(class_index ? class_index[b] : b);
     return;
   }
   const int64_t b = read_bad(bad, s);
-  if (b >= 0) throw_bad_weights(b);
+  if (b >= 0) throw_bad_weights(class_index ? class_index[b] : b);
 }
 
 void refresh_norms(DeviceWeights& w, cudaStream_t s) {
@@ -173,6 +196,10 @@ LossRunner::LossRunner(int64_t n, int64_t c, int d, bool bf16_path, cudaStream_t
   ctg_.allocate((size_t)n_pad_, "target cosines");
   lse_.allocate((size_t)n_pad_, "LSE");
   per_sample_.allocate((size_t)n_pad_, "per-sample loss");
+  ptm1_.allocate((size_t)n_pad_, "target p - 1");
+  row_m_.allocate((size_t)n_pad_, "row max");
+  row_l_.allocate((size_t)n_pad_, "row sumexp");
+  row_o_.allocate((size_t)n_pad_, "row sumexp without target");
   partial_.allocate((size_t)(nct_ * n_pad_), "LSE partials");
   bad_.allocate(1, "non-finite flag");
 }
@@ -181,7 +208,7 @@ size_t LossRunner::workspace_bytes(int64_t n, int64_t c, int d, bool bf16_path, 
   const int64_t n_pad = round_up(n, kRowPad), nct = ceil_div(c, kTileC), dp = round_up(d, kDPad);
   const int64_t nrt32 = n_pad / kTileR;
   const int slices = (int)ceil_div(dp, kSlice);
-  size_t b = (size_t)n_pad * 4 * 7 + (size_t)n * d * 4 + (size_t)n_pad * dp * (bf16_path ? 2 : 4) +
+  size_t b = (size_t)n_pad * 4 * 12 + (size_t)n * d * 4 + (size_t)n_pad * dp * (bf16_path ? 2 : 4) +
              (size_t)(nct * n_pad) * 8;
   if (with_grad) {
     int64_t g = 0, tpg = 0;
@@ -192,10 +219,12 @@ size_t LossRunner::workspace_bytes(int64_t n, int64_t c, int d, bool bf16_path, 
 }
 
 int64_t LossRunner::set_batch(const float* x_dev, const int32_t* labels_dev, const float* row_margins_dev,
-                              int64_t valid_rows) {
+                              int64_t valid_rows, const float* lse_in_dev, const float* ptm1_in_dev) {
   MS_CUDA_CHECK(cudaMemsetAsync(labels_.get(), 0xff, (size_t)n_pad_ * sizeof(int32_t), s_));  // −1
   MS_CUDA_CHECK(cudaMemcpyAsync(labels_.get(), labels_dev, (size_t)n_ * sizeof(int32_t), cudaMemcpyDeviceToDevice, s_));
-  row_m_ = row_margins_dev;
+  row_m_in_ = row_margins_dev;
+  lse_in_ = lse_in_dev;
+  ptm1_in_ = ptm1_in_dev;
   inv_valid_ = valid_rows > 0 ? (float)(1.0 / (double)valid_rows) : 0.0f;
   MS_CUDA_CHECK(cudaMemsetAsync(bad_.get(), 0xff, sizeof(unsigned long long), s_));
   if (bf16_) {
@@ -214,7 +243,7 @@ void LossRunner::forward(const DeviceWeights& w, const MarginParams& m) {
   TargetParams tp{};
   tp.x32 = x32_.get();
   tp.labels = labels_.get();
-  tp.row_m = row_m_;
+  tp.row_m = row_m_in_;
   tp.w = wv;
   tp.margin = m;
   tp.n_pad = n_pad_;
@@ -227,7 +256,6 @@ void LossRunner::forward(const DeviceWeights& w, const MarginParams& m) {
   fp.xop = xop_.get();
   fp.w = wv;
   fp.labels = labels_.get();
-  fp.zt = zt_.get();
   fp.scale = m.scale;
   fp.cvm_m2 = cvm_false_margin(m);
   fp.dp = dp_;
@@ -240,7 +268,22 @@ void LossRunner::forward(const DeviceWeights& w, const MarginParams& m) {
   } else {
     launch_forward<float>(fp, s_);
   }
-  launch_merge(partial_.get(), nct_, n_pad_, n_, labels_.get(), zt_.get(), lse_.get(), per_sample_.get(), s_);
+  MergeParams mp{};
+  mp.partial = partial_.get();
+  mp.nct = nct_;
+  mp.n_pad = n_pad_;
+  mp.n = n_;
+  mp.labels = labels_.get();
+  mp.zt = zt_.get();
+  mp.lse_in = lse_in_;
+  mp.ptm1_in = ptm1_in_;
+  mp.lse = lse_.get();
+  mp.ptm1 = ptm1_.get();
+  mp.per_sample = per_sample_.get();
+  mp.row_m = row_m_.get();
+  mp.row_l = row_l_.get();
+  mp.row_o = row_o_.get();
+  launch_merge(mp, s_);
 }
 
 int64_t LossRunner::backward(const DeviceWeights& w, const MarginParams& m, float grad_filter, float* grad_x,
@@ -259,7 +302,7 @@ int64_t LossRunner::backward(const DeviceWeights& w, const MarginParams& m, floa
   bp.xop = xop_.get();
   bp.w = w.view();
   bp.labels = labels_.get();
-  bp.zt = zt_.get();
+  bp.ptm1 = ptm1_.get();
   bp.dzt = dzt_.get();
   bp.ctg = ctg_.get();
   bp.lse = lse_.get();
@@ -284,7 +327,8 @@ int64_t LossRunner::backward(const DeviceWeights& w, const MarginParams& m, floa
     launch_backward_dw<float>(bp, slices_, s_);
   }
 
-  std::vector<uint8_t> hm((size_t)(nct_ * nrt32_));
+  std::vector<uint8_t>& hm = mask_host_;
+  hm.resize((size_t)(nct_ * nrt32_));
   MS_CUDA_CHECK(cudaMemcpyAsync(hm.data(), mask_.get(), hm.size(), cudaMemcpyDeviceToHost, s_));
   MS_CUDA_CHECK(cudaStreamSynchronize(s_));
   int64_t skipped = 0, total = 0;
@@ -332,7 +376,7 @@ Usable probe() {
   }
   // Is there machine code (sm_80/86/89/90) or PTX (compute_90) this device runs?
   cudaFuncAttributes fa;
-  e = cudaFuncGetAttributes(&fa, probe_kernel);
+  e = cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(&probe_kernel));
   if (e != cudaSuccess) {
     cudaGetLastError();
     u.why = cuda_error_text(e, "no kernel image for compute capability " + std::to_string(major) + "." +
@@ -395,63 +439,108 @@ void cuda_loss(const LossProblem& p, LossOutputs& out) {
   MS_CUDA_CHECK(cudaSetDevice(0));
   const int64_t N = p.n, C = p.c;
   const int d = (int)p.d;
-  const bool with_grad = out.grad_x != nullptr && out.grad_w != nullptr;
+  const bool backward = out.grad_x != nullptr && (out.grad_w != nullptr || p.block_update);
 
+  // Counted rows: label ≠ −1 (−2 counts, its target is in another shard); V
+  // may be given (the global count when sharded).
   int64_t V = 0;
   std::vector<uint8_t> group_has_row((size_t)ceil_div(N, kTileR), 0);
   for (int64_t i = 0; i < N; ++i) {
-    if (p.labels[i] >= 0) {
+    if (p.labels[i] != -1) {
       ++V;
       group_has_row[(size_t)(i / kTileR)] = 1;
     }
   }
+  if (p.valid_rows > 0) V = p.valid_rows;
   int64_t groups_with_rows = 0;
   for (uint8_t g : group_has_row) groups_with_rows += g;
 
   // Declaration order matters: `stream` is declared last, so it is destroyed
   // first and its destructor waits for the kernels before any buffer is freed.
   DeviceWeights w;
-  DeviceBuffer<float> x, rm, gx, gw;
+  DeviceBuffer<float> x, rm, lse_in, ptm1_in, gx, gw;
   DeviceBuffer<int32_t> labels;
   std::optional<LossRunner> runner;
   Stream stream;
   const cudaStream_t s = stream.get();
+  auto upload_rows = [&](DeviceBuffer<float>& dst, const float* src, const char* what) {
+    if (!src) return;
+    dst.allocate((size_t)N, what);
+    MS_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src, (size_t)N * sizeof(float), cudaMemcpyHostToDevice, s));
+  };
 
   x.allocate((size_t)N * d, "X");
   MS_CUDA_CHECK(cudaMemcpyAsync(x.get(), p.x, (size_t)N * d * sizeof(float), cudaMemcpyHostToDevice, s));
   labels.allocate((size_t)N, "labels");
   MS_CUDA_CHECK(cudaMemcpyAsync(labels.get(), p.labels, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  if (p.row_margins) {
-    rm.allocate((size_t)N, "row margins");
-    MS_CUDA_CHECK(cudaMemcpyAsync(rm.get(), p.row_margins, (size_t)N * sizeof(float), cudaMemcpyHostToDevice, s));
-  }
+  upload_rows(rm, p.row_margins, "row margins");
+  upload_rows(lse_in, p.lse_in, "merged LSE");
+  upload_rows(ptm1_in, p.target_pm1_in, "merged target p - 1");
   runner.emplace(N, C, d, p.weights_bf16, s);
-  const int64_t bad_x = runner->set_batch(x.get(), labels.get(), rm.get(), V);
+  const int64_t bad_x = runner->set_batch(x.get(), labels.get(), rm.get(), V, lse_in.get(), ptm1_in.get());
   if (bad_x >= 0) {
-    throw InputError{"Expected finite values for embeddings but received a non-finite value in row " +
+    throw InputError{"Expected finite values with row norms at most 1e30 for embeddings but received a "
+                     "non-finite value or a larger norm in row " +
                      std::to_string(bad_x)};
   }
   x.release();  // x̂ lives on in the runner
-  upload_weights(w, p.w, C, d, p.weights_bf16, s);
+  upload_weights(w, p.w, C, d, p.weights_bf16, s, /*src_on_device=*/false, p.class_index);
 
   runner->forward(w, p.margin);
-  MS_CUDA_CHECK(cudaMemcpyAsync(out.per_sample, runner->per_sample(), (size_t)N * sizeof(float),
-                                cudaMemcpyDeviceToHost, s));
+  auto download_rows = [&](float* dst, const float* src) {
+    if (dst) MS_CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)N * sizeof(float), cudaMemcpyDeviceToHost, s));
+  };
+  download_rows(out.per_sample, runner->per_sample());
+  download_rows(out.row_max, runner->row_max());
+  download_rows(out.row_sumexp, runner->row_sumexp());
+  download_rows(out.row_sumexp_other, runner->row_sumexp_other());
+  download_rows(out.row_target, runner->target_logit());
   out.skipped_blocks = 0;
   out.total_blocks = ceil_div(C, kTileC) * groups_with_rows;
-  if (with_grad) {
+  if (backward) {
     gx.allocate((size_t)N * d, "dX");
     gw.allocate((size_t)C * d, "dW");
     out.skipped_blocks = runner->backward(w, p.margin, p.grad_filter, gx.get(), gw.get());
     MS_CUDA_CHECK(cudaMemcpyAsync(out.grad_x, gx.get(), (size_t)N * d * sizeof(float), cudaMemcpyDeviceToHost, s));
-    MS_CUDA_CHECK(cudaMemcpyAsync(out.grad_w, gw.get(), (size_t)C * d * sizeof(float), cudaMemcpyDeviceToHost, s));
+    if (!p.block_update) {
+      MS_CUDA_CHECK(cudaMemcpyAsync(out.grad_w, gw.get(), (size_t)C * d * sizeof(float), cudaMemcpyDeviceToHost, s));
+    } else {
+      // The fused update hook, called in class order for blocks of kTileC
+      // classes, with null for a block the filter skipped entirely (as the
+      // CPU backend does): dW comes down in chunks of whole blocks.
+      const std::vector<uint8_t>& mask = runner->mask();
+      const int64_t nrt32 = (int64_t)(mask.size() / (size_t)ceil_div(C, kTileC));
+      const int64_t blocks_per_chunk = std::max<int64_t>(1, (int64_t)(64u << 20) / ((int64_t)kTileC * d * 4));
+      std::vector<float> host((size_t)(std::min(C, blocks_per_chunk * kTileC) * d));
+      for (int64_t j0 = 0; j0 < C; j0 += blocks_per_chunk * kTileC) {
+        const int64_t rows = std::min(C - j0, blocks_per_chunk * kTileC);
+        MS_CUDA_CHECK(cudaMemcpyAsync(host.data(), gw.get() + j0 * d, (size_t)rows * d * sizeof(float),
+                                      cudaMemcpyDeviceToHost, s));
+        stream.sync();
+        for (int64_t b0 = 0; b0 < rows; b0 += kTileC) {
+          const int64_t ct = (j0 + b0) / kTileC, bc = std::min<int64_t>(kTileC, rows - b0);
+          bool compute = false, filtered = false;
+          for (int64_t rt = 0; rt < nrt32; ++rt) {
+            compute |= mask[(size_t)(ct * nrt32 + rt)] == kMaskCompute;
+            filtered |= mask[(size_t)(ct * nrt32 + rt)] == kMaskFiltered;
+          }
+          p.block_update(j0 + b0, bc, (!compute && filtered) ? nullptr : host.data() + b0 * d);
+        }
+      }
+    }
   }
   stream.sync();
 
-  // Mean over counted rows, summed in row order in double (as the CPU backend).
+  // Mean over counted rows of the local per-row losses, summed in row order in
+  // double (as the CPU backend); the target logit is NaN where not local.
   double total = 0.0;
-  for (int64_t i = 0; i < N; ++i)
-    if (p.labels[i] >= 0) total += out.per_sample[i];
+  for (int64_t i = 0; i < N; ++i) {
+    if (p.labels[i] >= 0) {
+      total += out.per_sample[i];
+    } else if (out.row_target) {
+      out.row_target[i] = NAN;
+    }
+  }
   out.valid_rows = V;
   out.loss = V > 0 ? total / (double)V : 0.0;
 }

@@ -4,6 +4,7 @@
 //
 //   ms_cuda_selftest            all cases (a minute or so on an H100, most of it the CPU oracle)
 //   ms_cuda_selftest --small    three tiny cases (for compute-sanitizer memcheck / racecheck)
+//   ms_cuda_selftest --emu      the moderate shapes used by the CPU emulation (test/gpu/emu/run.sh)
 //   ms_cuda_selftest --json F   also write the per-case results to F
 //
 // Each case prints one line: name, shape, the measured errors and the
@@ -269,6 +270,158 @@ void expect_input_error(const std::string& name, const Problem& p, const std::st
   if (!ok) ++failures;
 }
 
+// MarginHead's extras, against the CPU backend: labels −2 (counted, target in
+// another shard) with a global V, a class subset (class_index), the partial
+// row statistics, merged LSE / p_y − 1 inputs, and the per-block update hook.
+void head_extras(const std::string& name, bool bf16, const Tol& tol) {
+  Problem full = random_problem(45, 900, 80, 1000);
+  std::vector<int32_t> index;
+  for (int32_t j = 899; j >= 0; j -= 3) index.push_back(j);  // 300 classes, reversed
+  const int64_t C = (int64_t)index.size();
+  for (int64_t i = 0; i < full.n; ++i) full.labels[i] = (int32_t)(i % 5 == 1 ? -2 : i % 7 == 3 ? -1 : (i * 37) % C);
+  MarginParams m = margin(MarginKind::Adaptive, 0.03f, 0.5f, 0);
+  auto make = [&](const float* lse_in, const float* ptm1_in, bool hook, std::vector<float>& hooked,
+                  std::vector<int64_t>& nulls) {
+    LossProblem lp;
+    lp.x = full.x.data();
+    lp.w = full.w.data();
+    lp.labels = full.labels.data();
+    lp.n = full.n;
+    lp.c = C;
+    lp.d = full.d;
+    lp.margin = m;
+    lp.weights_bf16 = bf16;
+    lp.class_index = index.data();
+    lp.valid_rows = 60;
+    lp.lse_in = lse_in;
+    lp.target_pm1_in = ptm1_in;
+    if (hook) {
+      hooked.assign((size_t)(C * full.d), -7.0f);
+      lp.block_update = [&hooked, &nulls, d = full.d](int64_t j0, int64_t bc, const float* g) {
+        if (!g) {
+          nulls.push_back(j0);
+          return;
+        }
+        std::memcpy(hooked.data() + j0 * d, g, sizeof(float) * bc * d);
+      };
+    }
+    return lp;
+  };
+  struct Run {
+    std::vector<float> ps, gx, gw, rmax, rsum, roth, rtgt, hooked;
+    std::vector<int64_t> nulls;
+    LossOutputs o;
+  };
+  auto run = [&](bool cuda, const float* lse_in, const float* ptm1_in, bool hook) {
+    Run r;
+    r.ps.assign((size_t)full.n, 0);
+    r.gx.assign((size_t)(full.n * full.d), 0);
+    r.gw.assign((size_t)(C * full.d), 0);
+    for (auto* v : {&r.rmax, &r.rsum, &r.roth, &r.rtgt}) v->assign((size_t)full.n, 0);
+    r.o.per_sample = r.ps.data();
+    r.o.grad_x = r.gx.data();
+    r.o.grad_w = hook ? nullptr : r.gw.data();
+    r.o.row_max = r.rmax.data();
+    r.o.row_sumexp = r.rsum.data();
+    r.o.row_sumexp_other = r.roth.data();
+    r.o.row_target = r.rtgt.data();
+    LossProblem lp = make(lse_in, ptm1_in, hook, r.hooked, r.nulls);
+    if (cuda) {
+      cuda_loss(lp, r.o);
+    } else {
+      CpuOptions co;
+      cpu_loss(lp, r.o, co);
+    }
+    return r;
+  };
+  Problem shape;
+  shape.n = full.n;
+  shape.c = C;
+  shape.d = full.d;
+  try {
+    Run ref = run(false, nullptr, nullptr, false);
+    Run got = run(true, nullptr, nullptr, false);
+    // Merged inputs equal to the CUDA run's own values: the same result.
+    std::vector<float> lse_own((size_t)full.n), ptm1_own((size_t)full.n, 0.0f);
+    for (int64_t i = 0; i < full.n; ++i) {
+      lse_own[i] = lse_value(LseState{got.rmax[i], got.rsum[i], got.roth[i]});
+      if (full.labels[i] >= 0) {
+        const TargetTerms tt = target_terms(LseState{got.rmax[i], got.rsum[i], got.roth[i]}, got.rtgt[i]);
+        ptm1_own[i] = tt.pt_minus_1;
+      }
+    }
+    Run merged = run(true, lse_own.data(), ptm1_own.data(), true);
+    double loss_err = 0, stat_err = 0;
+    for (int64_t i = 0; i < full.n; ++i) {
+      loss_err = std::fmax(loss_err, std::fabs((double)got.ps[i] - ref.ps[i]) / std::fmax(1.0, std::fabs(ref.ps[i])));
+      const bool tgt = full.labels[i] >= 0;
+      if (tgt != std::isfinite(got.rtgt[i])) stat_err = 1;
+      if (tgt) stat_err = std::fmax(stat_err, std::fabs(got.rtgt[i] - ref.rtgt[i]) / 64.0);
+      // Compare the states as LSE values (m and l are only defined up to a common factor).
+      const double a = got.rmax[i] + std::log((double)got.rsum[i]), b = ref.rmax[i] + std::log((double)ref.rsum[i]);
+      stat_err = std::fmax(stat_err, std::fabs(a - b) / 64.0);
+      const double ao = got.rmax[i] + std::log((double)got.roth[i]), bo = ref.rmax[i] + std::log((double)ref.roth[i]);
+      stat_err = std::fmax(stat_err, std::fabs(ao - bo) / 64.0);
+    }
+    const double gx_l2 = rel_l2(got.gx, ref.gx), gx_max = rel_max(got.gx, ref.gx);
+    const double gw_l2 = rel_l2(got.gw, ref.gw), gw_max = rel_max(got.gw, ref.gw);
+    const double hook_err = std::fmax(rel_max(merged.hooked, got.gw), rel_max(merged.gx, got.gx));
+    const bool ok = got.o.valid_rows == 60 && std::fabs(got.o.loss - ref.o.loss) <= tol.loss * std::fmax(1.0, ref.o.loss) &&
+                    loss_err <= tol.loss && stat_err <= tol.loss && gx_l2 <= tol.grad_l2 && gx_max <= tol.grad_max &&
+                    gw_l2 <= tol.grad_l2 && gw_max <= tol.grad_max && hook_err <= 1e-5 && merged.nulls.empty();
+    report(name, shape, ok, loss_err, gx_l2, gx_max, gw_l2, gw_max, tol,
+           "stats " + std::to_string(stat_err) + " merged-inputs+hook " + std::to_string(hook_err));
+  } catch (const CudaError& e) {
+    std::printf("FAIL %s: CudaError %s\n", name.c_str(), e.message.c_str());
+    ++failures;
+  } catch (const InputError& e) {
+    std::printf("FAIL %s: InputError %s\n", name.c_str(), e.message.c_str());
+    ++failures;
+  }
+}
+
+// Gradient filtering: the filtered gradients may differ from the exact ones
+// by at most the skipped terms, |g_ij| < thr·|dz/dc|/V each: per component of
+// dX at most C·thr·s·(1 + 2|m2_cvm|)/V·max 1/‖x_i‖, of dW at most
+// N·thr·s·(1 + 2|m2_cvm|)/V·max_j 1/‖w_j‖ (‖x̂‖, ‖ŵ‖ ≤ 1, and the projection
+// of the normalisation does not increase a norm). Also: tiles were skipped,
+// and the unfiltered run agrees with the CPU backend.
+void filter_case(const std::string& name, Problem p, MarginParams m, float thr) {
+  compare(name + " (off, vs CPU)", p, m, false, 0.0f, kTf32);
+  Outputs exact = alloc_out(p, true), filt = alloc_out(p, true);
+  try {
+    cuda_loss(make_lp(p, m, 0.0f, false), exact.o);
+    cuda_loss(make_lp(p, m, thr, false), filt.o);
+  } catch (const CudaError& e) {
+    std::printf("FAIL %s: CudaError %s\n", name.c_str(), e.message.c_str());
+    ++failures;
+    return;
+  }
+  double max_invx = 0, max_invw = 0;
+  for (int64_t i = 0; i < p.n; ++i) {
+    double s2 = 0;
+    for (int64_t k = 0; k < p.d; ++k) s2 += (double)p.x[i * p.d + k] * p.x[i * p.d + k];
+    if (s2 > 0) max_invx = std::fmax(max_invx, 1 / std::sqrt(s2));
+  }
+  for (int64_t j = 0; j < p.c; ++j) {
+    double s2 = 0;
+    for (int64_t k = 0; k < p.d; ++k) s2 += (double)p.w[j * p.d + k] * p.w[j * p.d + k];
+    if (s2 > 0) max_invw = std::fmax(max_invw, 1 / std::sqrt(s2));
+  }
+  const double V = (double)exact.o.valid_rows;
+  const double dz = m.scale * (1.0 + 2.0 * std::fabs(cvm_false_margin(m)));
+  const double bound_x = (double)p.c * thr * dz / V * max_invx * 1.01;
+  const double bound_w = (double)p.n * thr * dz / V * max_invw * 1.01;
+  double ex = 0, ew = 0;
+  for (size_t k = 0; k < exact.gx.size(); ++k) ex = std::fmax(ex, std::fabs((double)exact.gx[k] - filt.gx[k]));
+  for (size_t k = 0; k < exact.gw.size(); ++k) ew = std::fmax(ew, std::fabs((double)exact.gw[k] - filt.gw[k]));
+  const bool ok = filt.o.skipped_blocks > 0 && ex <= bound_x && ew <= bound_w && filt.per_sample == exact.per_sample;
+  std::printf("%-4s %-44s max|ΔdX| %.2e ≤ %.2e, max|ΔdW| %.2e ≤ %.2e, skipped %lld/%lld\n", ok ? "ok" : "FAIL",
+              (name + " (on, vs off)").c_str(), ex, bound_x, ew, bound_w, (long long)filt.o.skipped_blocks,
+              (long long)filt.o.total_blocks);
+  if (!ok) ++failures;
+}
+
 void small_suite() {
   for (const auto& k : {all_kinds()[4], all_kinds()[8]}) {
     Problem p = random_problem(7, 127, 64, 11);
@@ -333,8 +486,8 @@ void full_suite() {
   {
     Problem p = random_problem(512, 20000, 128, 700);
     cluster(p, 0.8f, 701);
-    compare("filter/1e-8 vs exact", p, kinds[4].m, false, 1e-8f, kTf32, false, true);
-    compare("filter/off", p, kinds[4].m, false, 0.0f, kTf32);
+    filter_case("filter/adaptive", p, kinds[4].m, 1e-8f);
+    filter_case("filter/cvm", p, kinds[8].m, 1e-6f);
   }
   // The face-recognition shape.
   {
@@ -343,21 +496,94 @@ void full_suite() {
     compare("face/adaptive bf16", p, kinds[4].m, true, 0.0f, kBf16);
   }
   // Non-finite weights: the same message as the CPU backend.
+  head_extras("head/extras tf32", false, kTf32);
+  head_extras("head/extras bf16", true, kBf16);
   {
     Problem p = random_problem(4, 50, 32, 900);
     p.w[37 * 32 + 5] = NAN;
     p.w[41 * 32 + 1] = INFINITY;
     expect_input_error("error/non-finite weights", p,
-                       "Expected finite values for weights but received a non-finite value in row 37");
+                       "Expected finite values with row norms at most 1e30 for weights but received a non-finite value or a larger norm in row 37");
+  }
+}
+
+// Moderate shapes for the CPU emulation of the kernels (test/gpu/emu/run.sh),
+// where every CTA runs 256 real threads: every kind, both d paths, several row
+// and class tiles, two output slices, class groups of several tiles, the edge
+// cases, bf16 and the filter.
+void emu_suite() {
+  const auto kinds = all_kinds();
+  for (const auto& k : kinds) {
+    for (int64_t d : {64, 513}) {
+      Problem p = random_problem(7, 127, d, 100 + (uint32_t)d);
+      p.labels[3] = -1;
+      with_row_margins(p, k.m);
+      compare(std::string("kind/") + k.name, p, k.m, false, 0.0f, kTf32);
+    }
+  }
+  for (int kind : {1, 4, 8}) {
+    Problem p = random_problem(300, 1000, 128, 200);
+    with_row_margins(p, kinds[kind].m);
+    compare(std::string("tiles/") + kinds[kind].name, p, kinds[kind].m, false, 0.0f, kTf32);
+  }
+  {
+    // Few multiprocessors → class groups of several tiles; d = 513 → two slices.
+    setenv("EMU_SMS", "2", 1);
+    Problem p = random_problem(200, 700, 513, 210);
+    p.labels[150] = -1;
+    compare("groups+slices/adaptive", p, kinds[4].m, false, 0.0f, kTf32);
+    compare("groups+slices/bf16", p, kinds[4].m, true, 0.0f, kBf16);
+    unsetenv("EMU_SMS");
+  }
+  {
+    Problem p = random_problem(1, 1, 64, 300);
+    compare("edge/N=1 C=1", p, kinds[4].m, false, 0.0f, kTf32);
+    Problem q = random_problem(9, 1, 513, 301);
+    compare("edge/C=1 d=513", q, kinds[1].m, false, 0.0f, kTf32);
+    Problem r = random_problem(70, 500, 96, 400);
+    for (int64_t i = 0; i < r.n; i += 3) r.labels[i] = -1;
+    for (int64_t k = 0; k < r.d; ++k) r.x[5 * r.d + k] = 0.0f;
+    for (int64_t k = 0; k < r.d; ++k) r.w[17 * r.d + k] = 0.0f;
+    compare("edge/ignored+zero vectors", r, kinds[4].m, false, 0.0f, kTf32);
+    Problem t = random_problem(40, 300, 64, 401);
+    for (auto& y : t.labels) y = -1;
+    compare("edge/all ignored", t, kinds[4].m, false, 0.0f, kTf32);
+    Problem u = random_problem(33, 129, 3, 402);
+    compare("edge/d=3", u, kinds[3].m, false, 0.0f, kTf32);
+  }
+  for (int kind : {1, 3, 4, 8}) {
+    Problem p = random_problem(16, 257, 128, 500);
+    near_parallel(p);
+    compare(std::string("near±1/") + kinds[kind].name, p, kinds[kind].m, false, 0.0f, kTf32);
+  }
+  for (int kind : {0, 8}) {
+    Problem p = random_problem(64, 1000, 200, 600);
+    compare(std::string("bf16/") + kinds[kind].name, p, kinds[kind].m, true, 0.0f, kBf16);
+  }
+  {
+    Problem p = random_problem(128, 3000, 64, 700);
+    cluster(p, 0.8f, 701);
+    filter_case("filter/adaptive", p, kinds[4].m, 1e-8f);
+    filter_case("filter/cvm", p, kinds[8].m, 1e-6f);
+  }
+  head_extras("head/extras tf32", false, kTf32);
+  head_extras("head/extras bf16", true, kBf16);
+  {
+    Problem p = random_problem(4, 50, 32, 900);
+    p.w[37 * 32 + 5] = NAN;
+    p.w[41 * 32 + 1] = INFINITY;
+    expect_input_error("error/non-finite weights", p,
+                       "Expected finite values with row norms at most 1e30 for weights but received a non-finite value or a larger norm in row 37");
   }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool small = false;
+  bool small = false, emu = false;
   for (int a = 1; a < argc; ++a) {
     if (!std::strcmp(argv[a], "--small")) small = true;
+    if (!std::strcmp(argv[a], "--emu")) emu = true;
     if (!std::strcmp(argv[a], "--json") && a + 1 < argc) json = std::fopen(argv[++a], "w");
   }
   std::string why;
@@ -371,6 +597,8 @@ int main(int argc, char** argv) {
   if (json) std::fprintf(json, "[\n");
   if (small) {
     small_suite();
+  } else if (emu) {
+    emu_suite();
   } else {
     full_suite();
   }

@@ -11,7 +11,8 @@
 //            outside the TF32 tile matters: arccos amplifies a cosine error δ
 //            by 1/sinθ, and TF32's δ ≈ 1e−4 near |c| = 1 would move the
 //            margined logit by ~1e−2·s.
-//   merge    partials → LSE → per-row loss, in fixed order.
+//   merge    partials → (m, l, o) → LSE, per-row loss and p_y − 1 (through
+//            target_terms, accurate for confident rows), in fixed order.
 //   mask     partial max of each (class tile, row) against LSE → skip flags,
 //            so the backward's filter decision is made once, identically for
 //            both backward kernels, before any tile is recomputed.
@@ -47,17 +48,11 @@ __global__ void __launch_bounds__(256) prep_x(const float* __restrict__ x, int64
   const bool real = i < n;
   const float* row = x + i * (int64_t)d;
   double ss = 0.0;
-  bool fin = true;
   if (real) {
-    for (int k = lane; k < d; k += 32) {
-      const float v = row[k];
-      fin = fin && isfinite(v);
-      ss += (double)v * (double)v;
-    }
+    for (int k = lane; k < d; k += 32) ss += (double)row[k] * (double)row[k];
   }
-  ss = warp_sum(ss);
-  fin = __all_sync(kFull, fin);
-  if (!fin && lane == 0) atomicMin(bad, (unsigned long long)i);
+  ss = warp_sum(ss);  // inf / NaN for a non-finite element
+  if (real && !(ss <= kMaxNormSq) && lane == 0) atomicMin(bad, (unsigned long long)i);
   const float inv = real ? inv_norm_from_sq(ss) : 0.0f;
   if (lane == 0) invx[i] = inv;
   for (int k = lane; k < dp; k += 32) {
@@ -75,16 +70,10 @@ __global__ void __launch_bounds__(256) prep_w32(const float* __restrict__ w, int
   if (j >= c) return;
   const float* row = w + j * (int64_t)d;
   double ss = 0.0;
-  bool fin = true;
-  for (int k = lane; k < d; k += 32) {
-    const float v = row[k];
-    fin = fin && isfinite(v);
-    ss += (double)v * (double)v;
-  }
+  for (int k = lane; k < d; k += 32) ss += (double)row[k] * (double)row[k];
   ss = warp_sum(ss);
-  fin = __all_sync(kFull, fin);
   if (lane == 0) {
-    if (!fin) atomicMin(bad, (unsigned long long)j);
+    if (!(ss <= kMaxNormSq)) atomicMin(bad, (unsigned long long)j);  // non-finite, or a norm > 1e30
     invw[j] = inv_norm_from_sq(ss);
   }
 }
@@ -98,23 +87,22 @@ __global__ void __launch_bounds__(256) prep_wbf16(const float* __restrict__ stag
   const int64_t j = j0 + r;
   const float* src = staging + r * (int64_t)d;
   bf16* dst = wb + j * (int64_t)dp;
-  double ss = 0.0;
-  bool fin = true;
+  double raw = 0.0, ss = 0.0;  // Σ of the raw values (the check), Σ of the rounded ones (the norm)
   for (int k = lane; k < dp; k += 32) {
     bf16 b = __float2bfloat16_rn(0.0f);
     if (k < d) {
       const float v = src[k];
-      fin = fin && isfinite(v);
+      raw += (double)v * (double)v;
       b = __float2bfloat16_rn(v);
       const double fb = (double)__bfloat162float(b);
       ss += fb * fb;
     }
     dst[k] = b;
   }
+  raw = warp_sum(raw);
   ss = warp_sum(ss);
-  fin = __all_sync(kFull, fin);
   if (lane == 0) {
-    if (!fin) atomicMin(bad, (unsigned long long)j);
+    if (!(raw <= kMaxNormSq)) atomicMin(bad, (unsigned long long)j);
     invw[j] = inv_norm_from_sq(ss);
   }
 }
@@ -146,17 +134,15 @@ __global__ void __launch_bounds__(256) target_logits(const TargetParams p) {
 
 // Block = 32 rows × 16 warps; lane = row, warp w merges class tiles w, w+16, …
 constexpr int kMergeWarps = 16;
-__global__ void __launch_bounds__(kMergeWarps * 32) merge_lse(const float2* __restrict__ partial, int64_t nct,
-                                                              int64_t n_pad, int64_t n, const int32_t* __restrict__ labels,
-                                                              const float* __restrict__ zt, float* __restrict__ lse,
-                                                              float* __restrict__ per_sample) {
+__global__ void __launch_bounds__(kMergeWarps * 32) merge_lse(const MergeParams p) {
   __shared__ float sm[kMergeWarps][32], sl[kMergeWarps][32];
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   const int64_t i = (int64_t)blockIdx.x * 32 + lane;  // < n_pad (n_pad is a multiple of 32)
+  // Partials cover non-target classes only, so l and o coincide until the target joins.
   LseState st = lse_empty();
-  for (int64_t ct = w; ct < nct; ct += kMergeWarps) {
-    const float2 v = partial[ct * n_pad + i];
-    st = lse_merge(st, LseState{v.x, v.y});
+  for (int64_t ct = w; ct < p.nct; ct += kMergeWarps) {
+    const float2 v = p.partial[ct * p.n_pad + i];
+    st = lse_merge(st, LseState{v.x, v.y, v.y});
   }
   sm[w][lane] = st.m;
   sl[w][lane] = st.l;
@@ -164,10 +150,22 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_lse(const float2* __re
   if (w == 0) {
     LseState a = lse_empty();
 #pragma unroll
-    for (int q = 0; q < kMergeWarps; ++q) a = lse_merge(a, LseState{sm[q][lane], sl[q][lane]});
-    const float v = lse_value(a);
-    lse[i] = v;
-    if (i < n) per_sample[i] = labels[i] >= 0 ? v - zt[i] : 0.0f;
+    for (int q = 0; q < kMergeWarps; ++q) a = lse_merge(a, LseState{sm[q][lane], sl[q][lane], sl[q][lane]});
+    const int32_t y = p.labels[i];
+    const float zt = p.zt[i];
+    float per = 0.0f, ptm1 = 0.0f;
+    if (y >= 0) {
+      a = lse_merge(a, LseState{zt, 1.0f, 0.0f});  // the local target: in l, not in o
+      const TargetTerms tt = target_terms(a, zt);
+      per = tt.per_sample;
+      ptm1 = (p.ptm1_in && i < p.n) ? p.ptm1_in[i] : tt.pt_minus_1;
+    }
+    p.lse[i] = (p.lse_in && i < p.n) ? p.lse_in[i] : lse_value(a);
+    p.ptm1[i] = ptm1;
+    p.per_sample[i] = per;
+    p.row_m[i] = a.m;
+    p.row_l[i] = a.l;
+    p.row_o[i] = a.o;
   }
 }
 
@@ -181,10 +179,10 @@ __global__ void __launch_bounds__(256) filter_mask(const float2* __restrict__ pa
   const int64_t ct = gw / nrt32, rt = gw % nrt32;
   const int64_t i = rt * kTileR + lane;
   const int32_t y = labels[i];
-  const bool counted = y >= 0;
-  const bool has_target = counted && (int64_t)y / kTileC == ct;
-  // Largest p of the row in this tile: exp(max z − LSE). With a target in the
-  // tile the max may be the target's; such a tile is never skipped anyway.
+  const bool counted = y != -1;  // −2: counted, target in another shard
+  const bool has_target = y >= 0 && (int64_t)y / kTileC == ct;
+  // Largest non-target p of the row in this tile: exp(max z − LSE) (the
+  // partial max is over non-target classes; −inf → 0 for an empty tile).
   const float pmax = counted ? expf(partial[ct * n_pad + i].x - lse[i]) : 0.0f;
   const bool skippable = !counted || (!has_target && pmax < grad_filter);
   const bool all_skip = __all_sync(kFull, skippable);
@@ -256,9 +254,8 @@ void launch_target(const TargetParams& p, cudaStream_t s) {
   MS_CUDA_LAUNCHED("target_logits");
 }
 
-void launch_merge(const float2* partial, int64_t nct, int64_t n_pad, int64_t n, const int32_t* labels,
-                  const float* zt, float* lse, float* per_sample, cudaStream_t s) {
-  MS_LAUNCH(merge_lse, (unsigned)(n_pad / 32), kMergeWarps * 32, 0, s, partial, nct, n_pad, n, labels, zt, lse, per_sample);
+void launch_merge(const MergeParams& p, cudaStream_t s) {
+  MS_LAUNCH(merge_lse, (unsigned)(p.n_pad / 32), kMergeWarps * 32, 0, s, p);
   MS_CUDA_LAUNCHED("merge_lse");
 }
 

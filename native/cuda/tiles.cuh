@@ -7,7 +7,7 @@
 //   * CosTile<T, BM, BN, WR, WC>: one BM×BN tile of X̂·Wᵀ on tensor cores
 //     (WMMA), K streamed through shared memory in 128-byte row chunks with a
 //     register prefetch of the next chunk, result left in shared memory as fp32.
-//   * the per-element gradient of the softmax (grad_other / grad_target).
+//   * the per-element gradient of a non-target logit (grad_other).
 //
 // Layout conventions (all kernels):
 //   xop   N_pad × dp operand copy of X̂ (T), zero rows ≥ N and zero columns ≥ d.
@@ -247,12 +247,12 @@ struct CosTile {
 
 // ---- The softmax gradient of one logit ----------------------------------------
 // g_ij = (p_ij − [j = y_i])·dz_ij/dc·rowscale_i, p = exp(z − LSE_i). The target
-// entry uses the row's precomputed (z_t, dz_t); the caller multiplies by the
-// rowscale (1/V for counted rows, 0 otherwise), in the CPU backend's order.
+// entry is (p_y − 1)·dz_t/dc with p_y − 1 from target_terms (merge_lse); the
+// caller multiplies by the rowscale (1/V for counted rows, 0 otherwise), in
+// the CPU backend's order.
 __device__ __forceinline__ float grad_other(float c, float lse, float s, float cvm_m2) {
   return expf(other_z(c, s, cvm_m2) - lse) * other_dz(c, s, cvm_m2);
 }
-__device__ __forceinline__ float grad_target(float zt, float dzt, float lse) { return (expf(zt - lse) - 1.0f) * dzt; }
 
 }  // namespace cu
 }  // namespace ms
