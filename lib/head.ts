@@ -105,7 +105,9 @@ export class MarginHead {
     this.dim = o.dim;
     this.localClasses = o.shard ? o.shard.count : o.classes;
     this.offset = o.shard ? o.shard.offset : 0;
-    this.backend = resolveBackend(o.backend);
+    // The head runs on the CPU backend in this version: 'auto' means 'cpu' here
+    // (even where a GPU is usable), and an explicit 'cuda' is refused.
+    this.backend = o.backend === 'cuda' ? resolveBackend('cuda') : 'cpu';
     if (this.backend === 'cuda') {
       // The fused kernels run on CUDA through lossAndGrad; the stateful head's
       // device-resident centres are not built yet. Refuse rather than silently

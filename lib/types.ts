@@ -107,7 +107,10 @@ export interface LossAndGradResult extends ForwardResult {
   gradEmbeddings: Float32Array;
   /** dLoss/dWeights, C×d (through the L2 normalisation). */
   gradWeights: Float32Array;
-  /** Class blocks skipped by gradient filtering, and the total number of blocks. */
+  /**
+   * Blocks skipped by gradient filtering, and the total number of blocks: class
+   * blocks on the CPU; (128-class × 32-row) tiles on CUDA.
+   */
   skippedBlocks: number;
   totalBlocks: number;
 }
