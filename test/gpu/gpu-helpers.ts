@@ -1,4 +1,4 @@
-/** Problem builders and error measures for the GPU tests (self-contained on purpose). */
+/** Problem builders and error measures for the GPU tests. */
 
 export interface Problem {
   embeddings: Float32Array;
@@ -7,22 +7,9 @@ export interface Problem {
   dim: number;
 }
 
-/** mulberry32: a small, fast, seedable PRNG with uniform output in [0, 1). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Standard normal draws (Box–Muller). */
-export function gaussian(r: () => number): () => number {
-  return () => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
-}
+// The same seeded generators as the CPU suite (identical draws).
+import { gaussian, rng } from '../reference';
+export { gaussian, rng };
 
 /**
  * Random problem: Gaussian embeddings and centres for small sizes, uniform
