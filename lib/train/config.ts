@@ -7,7 +7,8 @@ import type { BackboneConfig } from './model';
 import type { BadImagePolicy } from './data';
 import type { TfBackendName } from './tf';
 
-export interface TrainConfig {
+/** The run configuration; the backbone fields (size, channels, dim, widths, blocks, dropout) come from BackboneConfig. */
+export interface TrainConfig extends BackboneConfig {
   /** Data folder (ImageFolder), or null for the embedded MNIST default. */
   data: string | null;
   /** Output folder of the run. */
@@ -22,14 +23,6 @@ export interface TrainConfig {
   mnistPerClass: number;
   /** MNIST default: images per held-out digit. */
   mnistEvalPerClass: number;
-
-  height: number;
-  width: number;
-  channels: number;
-  dim: number;
-  widths: number[];
-  blocks: number;
-  dropout: number;
 
   margin: Margin;
   scale: number;
