@@ -67,6 +67,11 @@ export interface StepResult {
   gradEmbeddings: Float32Array;
   /** Fraction of non-ignored rows whose margined target logit is the row's largest logit. */
   accuracy: number;
+  /**
+   * cos θ_y per row against the centres before this step's update (NaN for
+   * ignored rows): θ_y can be followed without copying the centres.
+   */
+  targetCos: Float32Array;
   /** Elastic kinds: the per-row margins used. */
   margins?: Float32Array;
 }
@@ -458,7 +463,7 @@ export class MarginHead {
       valid++;
       if (target[i] >= max[i]) hit++;
     }
-    const out: StepResult = { loss: r.loss, gradEmbeddings: r.gradEmbeddings as Float32Array, accuracy: valid ? hit / valid : 0 };
+    const out: StepResult = { loss: r.loss, gradEmbeddings: r.gradEmbeddings as Float32Array, accuracy: valid ? hit / valid : 0, targetCos: r.targetCos };
     if (margins) out.margins = margins;
     return out;
   }

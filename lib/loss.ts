@@ -117,7 +117,7 @@ export function rethrow(err: unknown): never {
 }
 
 function forwardResult(r: NativeLossResult, p: Prepared): ForwardResult {
-  const out: ForwardResult = { loss: r.loss, perSample: r.perSample, validRows: r.validRows, backend: p.backend };
+  const out: ForwardResult = { loss: r.loss, perSample: r.perSample, targetCos: r.targetCos, validRows: r.validRows, backend: p.backend };
   if (p.margins) out.margins = p.margins;
   return out;
 }

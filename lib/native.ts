@@ -34,6 +34,8 @@ export interface NativeLossOptions {
 export interface NativeLossResult {
   loss: number;
   perSample: Float32Array;
+  /** cos θ_y per row (NaN where ignored or, sharded, where the target is not local). */
+  targetCos: Float32Array;
   validRows: number;
   skippedBlocks: number;
   totalBlocks: number;

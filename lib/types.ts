@@ -94,6 +94,12 @@ export interface ForwardResult {
   loss: number;
   /** Per-row loss LSE_i − z_{i,y_i}; 0 for ignored rows. */
   perSample: Float32Array;
+  /**
+   * cos θ_y per row: the target cosine before the margin (x̂·ŵ_y, with the
+   * bf16-rounded centre when weightsDtype is 'bfloat16'); NaN for ignored rows.
+   * θ_y = acos(targetCos) is the angle the margin losses act on.
+   */
+  targetCos: Float32Array;
   /** Elastic kinds only: the margin m_i drawn for each row. */
   margins?: Float32Array;
   /** Number of rows that count in the mean. */

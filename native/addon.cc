@@ -56,7 +56,8 @@ struct Request {
   bool with_grad = false;
   bool with_stats = false;
   Sgd sgd;
-  Napi::Float32Array per_sample, grad_x, grad_w, row_max, row_sumexp, row_sumexp_other, row_target;
+  Napi::Float32Array per_sample, grad_x, grad_w, row_max, row_sumexp, row_sumexp_other, row_target,
+      target_cos;
   LossOutputs out;
 };
 
@@ -147,6 +148,8 @@ Request make_request(const Napi::CallbackInfo& info) {
   };
   r.per_sample = out_or_new("outPerSample", (size_t)p.n);
   r.out.per_sample = r.per_sample.Data();
+  r.target_cos = new_f32(env, (size_t)p.n);  // N floats: always returned
+  r.out.row_target_cos = r.target_cos.Data();
   if (r.with_stats) {
     r.row_max = new_f32(env, (size_t)p.n);
     r.row_sumexp = new_f32(env, (size_t)p.n);
@@ -202,6 +205,7 @@ Napi::Object result(Napi::Env env, Request& r) {
   Napi::Object res = Napi::Object::New(env);
   res.Set("loss", r.out.loss);
   res.Set("perSample", r.per_sample);
+  res.Set("targetCos", r.target_cos);
   res.Set("validRows", (double)r.out.valid_rows);
   res.Set("skippedBlocks", (double)r.out.skipped_blocks);
   res.Set("totalBlocks", (double)r.out.total_blocks);
@@ -236,8 +240,8 @@ class LossWorker : public Napi::AsyncWorker {
     inputs_[3] = Napi::Persistent(info[4].As<Napi::Object>());  // holds rowMargins, classIndex, buffers
     Napi::Float32Array* arrays[] = {&req_.per_sample, &req_.grad_x, &req_.grad_w,
                                     &req_.row_max, &req_.row_sumexp, &req_.row_sumexp_other,
-                                    &req_.row_target};
-    for (int k = 0; k < 7; ++k)
+                                    &req_.row_target, &req_.target_cos};
+    for (int k = 0; k < 8; ++k)
       if (!arrays[k]->IsEmpty()) outputs_[k] = Napi::Persistent(arrays[k]->As<Napi::Object>());
   }
   void Execute() override {
@@ -249,8 +253,8 @@ class LossWorker : public Napi::AsyncWorker {
     // fresh ones from the persistent references.
     Napi::Float32Array* arrays[] = {&req_.per_sample, &req_.grad_x, &req_.grad_w,
                                     &req_.row_max, &req_.row_sumexp, &req_.row_sumexp_other,
-                                    &req_.row_target};
-    for (int k = 0; k < 7; ++k)
+                                    &req_.row_target, &req_.target_cos};
+    for (int k = 0; k < 8; ++k)
       *arrays[k] = outputs_[k].IsEmpty() ? Napi::Float32Array() : outputs_[k].Value().As<Napi::Float32Array>();
     deferred_.Resolve(result(Env(), req_));
   }
@@ -260,7 +264,7 @@ class LossWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   Request req_;
   Napi::ObjectReference inputs_[4];
-  Napi::ObjectReference outputs_[7];
+  Napi::ObjectReference outputs_[8];
 };
 
 Napi::Value LossAsync(const Napi::CallbackInfo& info) {

@@ -231,24 +231,14 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   const thetaRng = new Rng(subSeed(cfg.seed, 'theta'));
   let epochTheta: number[] = [];
   let thetaSeen = 0;
-  const recordTheta = (emb: Float32Array, labels: Int32Array) => {
+  // θ_y from the step's own target cosines (computed in the fused forward
+  // against the centres before the update): no copy of the centres per step.
+  const recordTheta = (targetCos: Float32Array) => {
     if (cfg.thetaSamples <= 0) return;
-    const W = head.getWeights();
-    const d = cfg.dim;
-    for (let i = 0; i < labels.length; i++) {
-      let dot = 0;
-      let ne = 0;
-      let nw = 0;
-      const y = labels[i];
-      for (let k = 0; k < d; k++) {
-        const e = emb[i * d + k];
-        const w = W[y * d + k];
-        dot += e * w;
-        ne += e * e;
-        nw += w * w;
-      }
-      const c = Math.max(-1, Math.min(1, dot / Math.sqrt(ne * nw || 1)));
-      const theta = (Math.acos(c) * 180) / Math.PI;
+    for (let i = 0; i < targetCos.length; i++) {
+      const c = targetCos[i];
+      if (Number.isNaN(c)) continue;
+      const theta = (Math.acos(Math.max(-1, Math.min(1, c))) * 180) / Math.PI;
       thetaSeen++;
       if (epochTheta.length < cfg.thetaSamples) epochTheta.push(theta);
       else {
@@ -262,8 +252,8 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   // before the update) and keeps the StepResult for the accuracy.
   const stepper = {
     step: (emb: Float32Array, labels: Int32Array) => {
-      recordTheta(emb, labels);
       last = head.step(emb, labels, { lr: headLr });
+      recordTheta(last.targetCos);
       return last;
     },
   };

@@ -189,6 +189,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
         const float rm = p.row_margins ? p.row_margins[i] : 0.0f;
         const Logit L = target_logit(p.margin, c, rm);
         tcol[i] = col;
+        if (out.row_target_cos) out.row_target_cos[i] = c;  // each row's target is in one block
         ztb[i] = L.z;
         zt[i] = L.z;
         dzt[i] = L.dz;
@@ -220,6 +221,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
     if (out.row_sumexp) out.row_sumexp[i] = a.l;
     if (out.row_sumexp_other) out.row_sumexp_other[i] = a.o;
     if (out.row_target) out.row_target[i] = p.labels[i] >= 0 ? zt[i] : NAN;
+    if (out.row_target_cos && p.labels[i] < 0) out.row_target_cos[i] = NAN;
     if (p.labels[i] >= 0) {
       const TargetTerms tt = target_terms(a, zt[i]);
       ptm1[i] = p.target_pm1_in ? p.target_pm1_in[i] : tt.pt_minus_1;

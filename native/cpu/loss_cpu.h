@@ -59,6 +59,10 @@ struct LossOutputs {
   float* row_sumexp = nullptr;
   float* row_sumexp_other = nullptr;  // the same sum without the target class
   float* row_target = nullptr;
+  // Optional: cos θ_y, the unmargined target cosine of each row (NaN where
+  // the row is ignored or its target is not among this problem's classes),
+  // so a training loop can follow θ_y without reading the centres.
+  float* row_target_cos = nullptr;
   float* grad_x = nullptr;      // N×d
   float* grad_w = nullptr;      // C×d
   double loss = 0.0;            // mean over non-ignored rows (0 if none)

@@ -67,6 +67,7 @@ class LossRunner {
   const float* row_sumexp() const { return row_l_.get(); }
   const float* row_sumexp_other() const { return row_o_.get(); }
   const float* target_logit() const { return zt_.get(); }
+  const float* target_cos() const { return ctg_.get(); }
   // The filter mask of the last backward (host copy, nct × N_pad/32, kMask*).
   const std::vector<uint8_t>& mask() const { return mask_host_; }
 

@@ -495,6 +495,7 @@ void cuda_loss(const LossProblem& p, LossOutputs& out) {
   download_rows(out.row_sumexp, runner->row_sumexp());
   download_rows(out.row_sumexp_other, runner->row_sumexp_other());
   download_rows(out.row_target, runner->target_logit());
+  download_rows(out.row_target_cos, runner->target_cos());
   out.skipped_blocks = 0;
   out.total_blocks = ceil_div(C, kTileC) * groups_with_rows;
   if (backward) {
@@ -532,13 +533,14 @@ void cuda_loss(const LossProblem& p, LossOutputs& out) {
   stream.sync();
 
   // Mean over counted rows of the local per-row losses, summed in row order in
-  // double (as the CPU backend); the target logit is NaN where not local.
+  // double (as the CPU backend); the target logit and cosine are NaN where not local.
   double total = 0.0;
   for (int64_t i = 0; i < N; ++i) {
     if (p.labels[i] >= 0) {
       total += out.per_sample[i];
-    } else if (out.row_target) {
-      out.row_target[i] = NAN;
+    } else {
+      if (out.row_target) out.row_target[i] = NAN;
+      if (out.row_target_cos) out.row_target_cos[i] = NAN;
     }
   }
   out.valid_rows = V;
