@@ -16,8 +16,13 @@
  * tfjs is an optional peer dependency: pass your tfjs module (recommended, so
  * the adapter uses the same instance and backend as your model), or it is
  * required as '@tensorflow/tfjs'.
+ *
+ * Options: `lr` (a number, or a function read at every step: a schedule) for
+ * the head's centres, and `onStep(result)` called after every step with the
+ * StepResult (loss, accuracy, targetCos, …) for logging.
  */
-import type { MarginHead } from './head';
+import { expected } from './errors';
+import type { MarginHead, StepResult } from './head';
 
 /** The slice of the tfjs API the adapter uses (structural, so tfjs stays optional). */
 export interface TfTensor {
@@ -36,13 +41,32 @@ export interface TfLike {
 
 export type MarginLossFn<T extends TfTensor = TfTensor> = (embeddings: T, labels: TfTensor | Int32Array) => T;
 
+export interface MarginLossOptions {
+  /** Learning rate of the head's centres: a number, or a function read at every step. Default: the head's optimizer.lr. */
+  lr?: number | (() => number);
+  /** Called after every step with its result (the loss, accuracy, per-row cos θ_y, …). */
+  onStep?: (result: StepResult) => void;
+}
+
+function validateLossOptions(o: unknown): MarginLossOptions {
+  if (o === undefined) return {};
+  if (typeof o !== 'object' || o === null) expected('an object', 'marginLoss options', o);
+  const { lr, onStep } = o as MarginLossOptions;
+  if (lr !== undefined && typeof lr !== 'function' && !(typeof lr === 'number' && Number.isFinite(lr) && lr >= 0)) {
+    expected('a finite number ≥ 0 or a function', 'options.lr', lr);
+  }
+  if (onStep !== undefined && typeof onStep !== 'function') expected('a function', 'options.onStep', onStep);
+  return { lr, onStep };
+}
+
 function toInt32(labels: TfTensor | Int32Array): Int32Array {
   if (labels instanceof Int32Array) return labels;
   const data = labels.dataSync();
   return data instanceof Int32Array ? data : Int32Array.from(data);
 }
 
-export function marginLoss<T extends TfTensor = TfTensor>(head: MarginHead, tf?: TfLike): MarginLossFn<T> {
+export function marginLoss<T extends TfTensor = TfTensor>(head: MarginHead, tf?: TfLike, options?: MarginLossOptions): MarginLossFn<T> {
+  const { lr, onStep } = validateLossOptions(options);
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const tfm: TfLike = tf ?? require('@tensorflow/tfjs');
   return (embeddings: T, labels: TfTensor | Int32Array): T => {
@@ -51,7 +75,9 @@ export function marginLoss<T extends TfTensor = TfTensor>(head: MarginHead, tf?:
       const [n, d] = x.shape;
       const data = x.dataSync();
       const emb = data instanceof Float32Array ? data : Float32Array.from(data);
-      const r = head.step(emb, y);
+      // A function's value is checked by step() (typed error for a bad rate).
+      const r = head.step(emb, y, { lr: typeof lr === 'function' ? lr() : lr });
+      onStep?.(r);
       const grad = tfm.tensor2d(r.gradEmbeddings, [n, d]);
       save([grad]);
       return { value: tfm.scalar(r.loss), gradFunc: (dy, saved) => tfm.mul(dy, saved[0]) };

@@ -247,17 +247,16 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       }
     }
   };
-  // The adapter calls head.step(embeddings, labels) once per forward pass; this
-  // stand-in adds the scheduled learning rate, records θ_y (against the centres
-  // before the update) and keeps the StepResult for the accuracy.
-  const stepper = {
-    step: (emb: Float32Array, labels: Int32Array) => {
-      last = head.step(emb, labels, { lr: headLr });
-      recordTheta(last.targetCos);
-      return last;
+  // The adapter calls head.step() once per forward pass, with the scheduled
+  // learning rate; each step's result gives the accuracy and θ_y (against the
+  // centres before the update).
+  const lossFn = marginLoss(head, tf as unknown as TfLike, {
+    lr: () => headLr,
+    onStep: (r) => {
+      last = r;
+      recordTheta(r.targetCos);
     },
-  };
-  const lossFn = marginLoss(stepper as unknown as MarginHead, tf as unknown as TfLike);
+  });
 
   // ---- Ctrl-C ------------------------------------------------------------------------
   let stopRequested = false;
