@@ -10,7 +10,7 @@ import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { configFromArgs, defaultSteps, main, parse, report, UsageError } from '../lib/cli';
 import { CheckpointMismatchError } from '../lib/train/checkpoint';
-import { formatCompare, type CompareCell } from '../lib/train/commands';
+import { formatCompare, pairedTable, type CompareCell } from '../lib/train/commands';
 import { DEFAULT_CONFIG } from '../lib/train/config';
 import { DataError } from '../lib/train/data';
 
@@ -97,6 +97,26 @@ test('the compare table has a row per loss and a column per data set', () => {
   expect(first[0]).toBe('| loss | orl_faces | omniglot |');
   expect(first[2]).toBe('| softmax | 85.00 ± 7.07 | 70.00 ± 0.00 |');
   expect(first[3]).toBe('| adaptive(m1=0.03, m2=0.5) | 91.00 ± 1.41 | 76.00 ± 1.41 |');
+  // Paired by seed: orl 0.9−0.8 = +10, 0.92−0.9 = +2 → +6.00 ± 5.66, won 2/2;
+  // omniglot +5, +7 → +6.00 ± 1.41.
+  const paired = text.split('\n\n').slice(-2).join('\n\n').split('\n');
+  expect(paired[0]).toMatch(/^Paired by seed: verification accuracy of adaptive\(m1=0.03, m2=0.5\) minus each loss/);
+  expect(paired[2]).toBe('| versus | orl_faces | omniglot |');
+  expect(paired[4]).toBe('| softmax | +6.00 ± 5.66 (2/2) | +6.00 ± 1.41 (2/2) |');
+});
+
+test('the paired table reports losses and ties, and is left out for one seed or no adaptive row', () => {
+  const cell = (loss: string, acc: number[], seeds = acc.map((_, i) => i)): CompareCell => ({ loss, dataset: 'd', seeds, accuracy: acc, tar1e2: acc, rank1: acc, mean: 0, std: 0 });
+  const t = pairedTable([cell('adaptive', [0.5, 0.6, 0.7]), cell('arcface', [0.6, 0.6, 0.6])], ['d'], ['arcface', 'adaptive'])!;
+  // −10, 0, +10 → mean 0 (printed +0.00), std 10, one seed won (a tie is not a win).
+  expect(t.split('\n')[4]).toBe('| arcface | +0.00 ± 10.00 (1/3) |');
+  const u = pairedTable([cell('adaptive', [0.5, 0.6]), cell('cosface', [0.7, 0.9])], ['d'], ['cosface', 'adaptive'])!;
+  expect(u.split('\n')[4]).toBe('| cosface | −25.00 ± 7.07 (0/2) |');
+  // Only seeds both losses ran are paired.
+  const v = pairedTable([cell('adaptive', [0.5, 0.6, 0.9], [0, 1, 2]), cell('softmax', [0.4, 0.4], [1, 2])], ['d'], ['softmax', 'adaptive'])!;
+  expect(v.split('\n')[4]).toBe('| softmax | +35.00 ± 21.21 (2/2) |');
+  expect(pairedTable([cell('adaptive', [0.5]), cell('arcface', [0.6])], ['d'], ['arcface', 'adaptive'])).toBeNull();
+  expect(pairedTable([cell('cosface', [0.5, 0.6]), cell('arcface', [0.6, 0.7])], ['d'], ['arcface', 'cosface'])).toBeNull();
 });
 
 const CLI = path.resolve(__dirname, '..', 'dist', 'cli.js');

@@ -236,11 +236,50 @@ export function formatCompare(cells: CompareCell[], untrained: CompareCell[], o:
     });
     return [`${title}`, '', header, sep, ...rows].join('\n');
   };
-  return [
+  const parts = [
     table(`Verification accuracy (%) on held-out identities, mean ± std over seeds ${o.seeds.join(', ')} (${o.base.epochs} epochs each)`, (c) => c.accuracy),
     '',
     table('TAR (%) at FAR = 1e-2', (c) => c.tar1e2),
     '',
     table('Rank-1 identification (%)', (c) => c.rank1),
+  ];
+  const paired = pairedTable(cells, datasets, losses);
+  if (paired) parts.push('', paired);
+  return parts.join('\n');
+}
+
+/**
+ * The adaptive loss minus each other loss, seed by seed: runs with the same
+ * seed share the split, the initialisation and the batch order, so the
+ * per-seed difference removes that shared variation (the spread between seeds
+ * is mostly the held-out identities drawn, not the loss). Null when there is
+ * no adaptive row or fewer than two seeds.
+ */
+export function pairedTable(cells: CompareCell[], datasets: string[], losses: string[]): string | null {
+  const ref = losses.find((l) => l.startsWith('adaptive'));
+  if (!ref || cells.every((c) => c.seeds.length < 2)) return null;
+  const diff = (other: string, d: string): string => {
+    const a = cells.find((c) => c.loss === ref && c.dataset === d);
+    const b = cells.find((c) => c.loss === other && c.dataset === d);
+    if (!a || !b) return '—';
+    const deltas: number[] = [];
+    a.seeds.forEach((s, k) => {
+      const j = b.seeds.indexOf(s);
+      if (j >= 0) deltas.push(a.accuracy[k] - b.accuracy[j]);
+    });
+    if (deltas.length < 2) return 'n/a';
+    const { mean, std } = meanStd(deltas);
+    const wins = deltas.filter((x) => x > 0).length;
+    const shown = (100 * Math.abs(mean)).toFixed(2);
+    const sign = mean < 0 && shown !== '0.00' ? '−' : '+';
+    return `${sign}${shown} ± ${(100 * std).toFixed(2)} (${wins}/${deltas.length})`;
+  };
+  const rows = losses.filter((l) => l !== ref).map((l) => `| ${l} | ${datasets.map((d) => diff(l, d)).join(' | ')} |`);
+  return [
+    `Paired by seed: verification accuracy of ${ref} minus each loss (points; mean ± std of the per-seed differences; seeds won)`,
+    '',
+    `| versus | ${datasets.join(' | ')} |`,
+    `|---|${datasets.map(() => '---:').join('|')}|`,
+    ...rows,
   ].join('\n');
 }

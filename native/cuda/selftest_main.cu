@@ -308,7 +308,7 @@ void head_extras(const std::string& name, bool bf16, const Tol& tol) {
     return lp;
   };
   struct Run {
-    std::vector<float> ps, gx, gw, rmax, rsum, roth, rtgt, hooked;
+    std::vector<float> ps, gx, gw, rmax, rsum, roth, rtgt, rcos, hooked;
     std::vector<int64_t> nulls;
     LossOutputs o;
   };
@@ -317,7 +317,7 @@ void head_extras(const std::string& name, bool bf16, const Tol& tol) {
     r.ps.assign((size_t)full.n, 0);
     r.gx.assign((size_t)(full.n * full.d), 0);
     r.gw.assign((size_t)(C * full.d), 0);
-    for (auto* v : {&r.rmax, &r.rsum, &r.roth, &r.rtgt}) v->assign((size_t)full.n, 0);
+    for (auto* v : {&r.rmax, &r.rsum, &r.roth, &r.rtgt, &r.rcos}) v->assign((size_t)full.n, 0);
     r.o.per_sample = r.ps.data();
     r.o.grad_x = r.gx.data();
     r.o.grad_w = hook ? nullptr : r.gw.data();
@@ -325,6 +325,7 @@ void head_extras(const std::string& name, bool bf16, const Tol& tol) {
     r.o.row_sumexp = r.rsum.data();
     r.o.row_sumexp_other = r.roth.data();
     r.o.row_target = r.rtgt.data();
+    r.o.row_target_cos = r.rcos.data();
     LossProblem lp = make(lse_in, ptm1_in, hook, r.hooked, r.nulls);
     if (cuda) {
       cuda_loss(lp, r.o);
@@ -357,6 +358,9 @@ void head_extras(const std::string& name, bool bf16, const Tol& tol) {
       const bool tgt = full.labels[i] >= 0;
       if (tgt != std::isfinite(got.rtgt[i])) stat_err = 1;
       if (tgt) stat_err = std::fmax(stat_err, std::fabs(got.rtgt[i] - ref.rtgt[i]) / 64.0);
+      // cos θ_y: fp64 dot on the device, fp32 on the CPU (|Δ| ≲ d·2⁻²⁴).
+      if (tgt != std::isfinite(got.rcos[i])) stat_err = 1;
+      if (tgt) stat_err = std::fmax(stat_err, std::fabs((double)got.rcos[i] - ref.rcos[i]));
       // Compare the states as LSE values (m and l are only defined up to a common factor).
       const double a = got.rmax[i] + std::log((double)got.rsum[i]), b = ref.rmax[i] + std::log((double)ref.rsum[i]);
       stat_err = std::fmax(stat_err, std::fabs(a - b) / 64.0);
