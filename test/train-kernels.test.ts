@@ -4,6 +4,7 @@
  * own pure-JS 'cpu' backend on the same inputs.
  */
 import { beforeAll, describe, expect, test } from 'vitest';
+import type { Tensor4D } from '@tensorflow/tfjs';
 import { setupTf, type Tf } from '../lib/train/tf';
 import { permute } from '../lib/train/wasm-kernels';
 
@@ -51,7 +52,7 @@ describe('wasm conv gradients match the cpu backend', () => {
   ];
   for (const [xs, fs, s, pad] of cases) {
     test(`x ${xs} filter ${fs} stride ${s} ${pad}`, async () => {
-      const outShape = tf.tidy(() => tf.conv2d(tf.zeros(xs as [number, number, number, number]), tf.zeros(fs as [number, number, number, number]), s, pad).shape);
+      const outShape = tf.tidy(() => tf.conv2d(tf.zeros(xs as [number, number, number, number]) as Tensor4D, tf.zeros(fs as [number, number, number, number]) as Tensor4D, s, pad).shape);
       const xd = rand(xs.reduce((a, b) => a * b), 1);
       const fd = rand(fs.reduce((a, b) => a * b), 2);
       const dd = rand(outShape.reduce((a, b) => a * b), 3);

@@ -40,6 +40,7 @@ import {
   relMax,
   type Problem,
 } from './gpu-helpers';
+import { ALL_KINDS, label } from '../helpers';
 
 const REQUIRE = process.env.REQUIRE_CUDA === '1';
 const HAVE_CUDA = backends().includes('cuda');
@@ -49,26 +50,10 @@ const TF32 = { loss: 3e-3, l2: 6e-3, max: 2e-2 };
 const BF16 = { loss: 1.5e-2, l2: 3e-2, max: 8e-2 };
 type Tol = typeof TF32;
 
-const KINDS: Margin[] = [
-  { kind: 'softmax' },
-  { kind: 'arcface', m: 0.5 },
-  { kind: 'cosface', m: 0.35 },
-  { kind: 'combined', m1: 0.9, m2: 0.4, m3: 0.15 },
-  { kind: 'adaptive' },
-  { kind: 'adaptive', m1: 0.2, m2: 0.3 },
-  { kind: 'elastic-arc', m: 0.5, sigma: 0.05, seed: 7, counter: 3 },
-  { kind: 'elastic-cos', m: 0.35, sigma: 0.05, seed: 7, counter: 3 },
-  { kind: 'cvm', m1: 0.3, m2: 0.2 },
-];
+// Every kind with typical parameters, named as in the CPU suite.
+const KINDS = ALL_KINDS;
+const name = label;
 const ADAPTIVE: Margin = { kind: 'adaptive' };
-
-function name(m: Margin): string {
-  const params = Object.entries(m)
-    .filter(([k]) => k !== 'kind')
-    .map(([k, v]) => `${k}=${v}`)
-    .join(',');
-  return params ? `${m.kind}{${params}}` : m.kind;
-}
 
 interface Errors {
   loss: number;
