@@ -68,6 +68,8 @@ Runs:
 compare:
   --losses LIST          comma-separated kinds (default: softmax,arcface,cosface,combined,elastic-arc,cvm,adaptive,
                          with the paper's parameters); --seeds 0,1,2
+  --resume               reuse the runs in --out whose config.json matches (finished: read back; interrupted:
+                         continued from the checkpoint); the others are trained afresh
 `;
 
 const OPTIONS = {
@@ -281,7 +283,7 @@ export async function main(argv: string[]): Promise<number> {
       })
     : COMPARE_LOSSES;
   const datasets = values.data && values.data.length ? values.data : [null];
-  const r = await runCompare({ datasets, losses, seeds, base, out: base.out, verbose: false });
+  const r = await runCompare({ datasets, losses, seeds, base, out: base.out, resume: values.resume ?? false, verbose: false });
   process.stdout.write(r.text + '\n\n');
   process.stdout.write(JSON.stringify({ cells: r.cells, untrained: r.untrained, wallSeconds: r.wallSeconds }) + '\n');
   writeJson(values.json, r.json);

@@ -10,7 +10,7 @@ import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { configFromArgs, defaultSteps, main, parse, report, UsageError } from '../lib/cli';
 import { CheckpointMismatchError } from '../lib/train/checkpoint';
-import { formatCompare, pairedTable, type CompareCell } from '../lib/train/commands';
+import { formatCompare, pairedTable, resumableRun, runCompare, type CompareCell } from '../lib/train/commands';
 import { DEFAULT_CONFIG } from '../lib/train/config';
 import { DataError } from '../lib/train/data';
 
@@ -118,6 +118,29 @@ test('the paired table reports losses and ties, and is left out for one seed or 
   expect(pairedTable([cell('adaptive', [0.5]), cell('arcface', [0.6])], ['d'], ['arcface', 'adaptive'])).toBeNull();
   expect(pairedTable([cell('cosface', [0.5, 0.6]), cell('arcface', [0.6, 0.7])], ['d'], ['arcface', 'cosface'])).toBeNull();
 });
+
+test('compare --resume reads back finished runs of the same configuration and retrains changed ones', async () => {
+  const out = path.join(tmp, 'compare');
+  const base = { ...cfg(['--epochs', '1', '--dim', '32', '--widths', '8,16', '--mnist-per-class', '24', '--mnist-eval-per-class', '12'], 'compare'), out };
+  const opts = { datasets: [null], losses: [{ kind: 'softmax' as const }], seeds: [0, 1], base, out };
+  const first = await runCompare({ ...opts, log: () => {} });
+  const runDir = path.join(out, 'mnist_embedded_', 'softmax', 'seed0');
+  expect(resumableRun({ ...base, margin: { kind: 'softmax' }, seed: 0, out: runDir })).toBe(true);
+  // Another learning rate is another configuration: not resumable.
+  expect(resumableRun({ ...base, margin: { kind: 'softmax' }, seed: 0, out: runDir, lr: 0.05 })).toBe(false);
+  expect(resumableRun({ ...base, margin: { kind: 'softmax' }, seed: 0, out: path.join(tmp, 'nowhere') })).toBe(false);
+
+  const lines: string[] = [];
+  const again = await runCompare({ ...opts, resume: true, log: (m) => lines.push(m) });
+  expect(lines.filter((l) => l.includes('resuming the saved run'))).toHaveLength(2);
+  expect(lines.filter((l) => l.includes('no epochs left to train'))).toHaveLength(2);
+  expect(again.cells[0].accuracy).toEqual(first.cells[0].accuracy);
+  expect(again.untrained[0].accuracy).toEqual(first.untrained[0].accuracy);
+
+  const changed: string[] = [];
+  await runCompare({ ...opts, seeds: [0], base: { ...base, lr: 0.05 }, resume: true, log: (m) => changed.push(m) });
+  expect(changed.some((l) => l.includes('resuming'))).toBe(false);
+}, 120_000);
 
 const CLI = path.resolve(__dirname, '..', 'dist', 'cli.js');
 test.skipIf(!fs.existsSync(CLI))('Ctrl-C (SIGINT) stops the built bin cleanly and keeps the last checkpoint', async () => {

@@ -112,8 +112,31 @@ export interface CompareOptions {
   /** Shared training configuration (margin, data, out and seed are set per run). */
   base: TrainConfig;
   out: string;
+  /**
+   * Reuse the runs already in `out` whose config.json equals this run's
+   * configuration: a finished one is read back, an interrupted one continues
+   * from its checkpoint. Any other run is trained afresh. Default false.
+   */
+  resume?: boolean;
   verbose?: boolean;
   log?: (msg: string) => void;
+}
+
+/**
+ * Whether the run folder holds a checkpoint of exactly this configuration
+ * (every field of cfg, `out` aside, equal to the saved config.json): only such
+ * a run can be continued and give what a fresh run of cfg would.
+ */
+export function resumableRun(cfg: TrainConfig): boolean {
+  const file = path.join(cfg.out, 'config.json');
+  if (!fs.existsSync(file) || !readCheckpointState(path.resolve(cfg.out))) return false;
+  let saved: Record<string, unknown>;
+  try {
+    saved = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch {
+    return false;
+  }
+  return Object.entries(cfg).every(([k, v]) => k === 'out' || JSON.stringify(saved[k]) === JSON.stringify(v));
 }
 
 export interface CompareCell {
@@ -171,16 +194,18 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
           margin: m,
           out: path.join(o.out, dname.replace(/[^A-Za-z0-9_.-]+/g, '_'), `${margin.kind}`, `seed${seed}`),
         };
-        fs.rmSync(cfg.out, { recursive: true, force: true });
         done++;
-        log(`[${done}/${total}] ${dname} · ${label} · seed ${seed} (elapsed ${clock((Date.now() - t0) / 1000)})`);
-        const r: TrainResult = await train(cfg, { verbose: o.verbose ?? false, plots: true, log: o.verbose ? undefined : () => {} });
+        const resume = (o.resume ?? false) && resumableRun(cfg);
+        if (!resume) fs.rmSync(cfg.out, { recursive: true, force: true });
+        log(`[${done}/${total}] ${dname} · ${label} · seed ${seed} (elapsed ${clock((Date.now() - t0) / 1000)})${resume ? ' · resuming the saved run' : ''}`);
+        const r: TrainResult = await train(cfg, { verbose: o.verbose ?? false, plots: true, resume, log: o.verbose ? undefined : () => {} });
         if (!r.after) throw new Error(`compare: run ${cfg.out} produced no evaluation (is --eval-every 0?)`);
         cell.seeds.push(seed);
         cell.accuracy.push(r.after.accuracy.mean);
         cell.tar1e2.push(r.after.tar.find((t) => t.far === 0.01)?.tar ?? null);
         cell.rank1.push(r.after.rank1.accuracy);
-        log(`   verification ${(100 * r.after.accuracy.mean).toFixed(2)}% (untrained ${(100 * (r.before?.accuracy.mean ?? NaN)).toFixed(2)}%), ${r.imgPerSec.toFixed(1)} img/s, ${clock(r.wallSeconds)}`);
+        const speed = r.imgPerSec ? `${r.imgPerSec.toFixed(1)} img/s` : 'no epochs left to train';
+        log(`   verification ${(100 * r.after.accuracy.mean).toFixed(2)}% (untrained ${(100 * (r.before?.accuracy.mean ?? NaN)).toFixed(2)}%), ${speed}, ${clock(r.wallSeconds)}`);
         if (margin === o.losses[0] && r.before) {
           before.push(r.before.accuracy.mean);
           beforeTar.push(r.before.tar.find((t) => t.far === 0.01)?.tar ?? null);
