@@ -105,6 +105,17 @@ test('the compare table has a row per loss and a column per data set', () => {
   expect(paired[4]).toBe('| softmax | +6.00 ± 5.66 (2/2) | +6.00 ± 1.41 (2/2) |');
 });
 
+test('the θ_y table: median target angle in degrees, mean ± std over seeds, no untrained row', () => {
+  const cell = (loss: string, acc: number[], theta?: (number | null)[]): CompareCell => ({ loss, dataset: 'd', seeds: acc.map((_, i) => i), accuracy: acc, tar1e2: acc, rank1: acc, thetaP50: theta, mean: 0, std: 0 });
+  const untrained = [cell('untrained backbone', [0.6, 0.6])];
+  const text = formatCompare([cell('softmax', [0.7, 0.8], [60, 64]), cell('adaptive', [0.8, 0.8], [50, null])], untrained, { seeds: [0, 1], base: DEFAULT_CONFIG });
+  const blocks = text.split('\n\n');
+  const theta = blocks[blocks.findIndex((b) => b.startsWith('Median target angle')) + 1].split('\n');
+  expect(theta).toEqual(['| loss | d |', '|---|---:|', '| softmax | 62.00 ± 2.83 |', '| adaptive | 50.00 ± 0.00 |']);
+  // Cells from older compare.json files carry no θ_y: no table.
+  expect(formatCompare([cell('softmax', [0.7, 0.8])], untrained, { seeds: [0, 1], base: DEFAULT_CONFIG })).not.toMatch(/Median target angle/);
+});
+
 test('the paired table reports losses and ties, and is left out for one seed or no adaptive row', () => {
   const cell = (loss: string, acc: number[], seeds = acc.map((_, i) => i)): CompareCell => ({ loss, dataset: 'd', seeds, accuracy: acc, tar1e2: acc, rank1: acc, mean: 0, std: 0 });
   const t = pairedTable([cell('adaptive', [0.5, 0.6, 0.7]), cell('arcface', [0.6, 0.6, 0.6])], ['d'], ['arcface', 'adaptive'])!;

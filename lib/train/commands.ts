@@ -145,6 +145,8 @@ export interface CompareCell {
   seeds: number[];
   accuracy: number[];
   tar1e2: (number | null)[];
+  /** Median target angle θ_y (degrees) over the last epoch's training batches (absent for the untrained row). */
+  thetaP50?: (number | null)[];
   rank1: number[];
   mean: number;
   std: number;
@@ -184,7 +186,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
     const beforeRank: number[] = [];
     for (const margin of o.losses) {
       const label = marginLabel(margin);
-      const cell: CompareCell = { loss: label, dataset: dname, seeds: [], accuracy: [], tar1e2: [], rank1: [], mean: 0, std: 0 };
+      const cell: CompareCell = { loss: label, dataset: dname, seeds: [], accuracy: [], tar1e2: [], rank1: [], thetaP50: [], mean: 0, std: 0 };
       for (const seed of o.seeds) {
         const m = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos' ? { ...margin, seed } : margin;
         const cfg: TrainConfig = {
@@ -203,6 +205,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
         cell.seeds.push(seed);
         cell.accuracy.push(r.after.accuracy.mean);
         cell.tar1e2.push(r.after.tar.find((t) => t.far === 0.01)?.tar ?? null);
+        cell.thetaP50!.push(r.epochs.filter((e) => e.theta).at(-1)?.theta?.p50 ?? null);
         cell.rank1.push(r.after.rank1.accuracy);
         const speed = r.imgPerSec ? `${r.imgPerSec.toFixed(1)} img/s` : 'no epochs left to train';
         log(`   verification ${(100 * r.after.accuracy.mean).toFixed(2)}% (untrained ${(100 * (r.before?.accuracy.mean ?? NaN)).toFixed(2)}%), ${speed}, ${clock(r.wallSeconds)}`);
@@ -245,19 +248,19 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
 export function formatCompare(cells: CompareCell[], untrained: CompareCell[], o: Pick<CompareOptions, 'seeds' | 'base'>): string {
   const datasets = [...new Set(cells.map((c) => c.dataset))];
   const losses = [...new Set(cells.map((c) => c.loss))];
-  const fmt = (c: CompareCell | undefined, pick: (c: CompareCell) => (number | null)[]) => {
+  const fmt = (c: CompareCell | undefined, pick: (c: CompareCell) => (number | null)[] | undefined, unit: number) => {
     if (!c) return '—';
-    const v = pick(c).filter((x): x is number => x !== null);
+    const v = (pick(c) ?? []).filter((x): x is number => x !== null);
     if (!v.length) return 'n/a';
     const { mean, std } = meanStd(v);
-    return `${(100 * mean).toFixed(2)} ± ${(100 * std).toFixed(2)}`;
+    return `${(unit * mean).toFixed(2)} ± ${(unit * std).toFixed(2)}`;
   };
-  const table = (title: string, pick: (c: CompareCell) => (number | null)[]) => {
+  const table = (title: string, pick: (c: CompareCell) => (number | null)[] | undefined, unit = 100, withUntrained = true) => {
     const header = `| loss | ${datasets.join(' | ')} |`;
     const sep = `|---|${datasets.map(() => '---:').join('|')}|`;
-    const rows = [...untrained.length ? ['untrained backbone'] : [], ...losses].map((l) => {
+    const rows = [...untrained.length && withUntrained ? ['untrained backbone'] : [], ...losses].map((l) => {
       const src = l === 'untrained backbone' ? untrained : cells;
-      return `| ${l} | ${datasets.map((d) => fmt(src.find((c) => c.loss === l && c.dataset === d), pick)).join(' | ')} |`;
+      return `| ${l} | ${datasets.map((d) => fmt(src.find((c) => c.loss === l && c.dataset === d), pick, unit)).join(' | ')} |`;
     });
     return [`${title}`, '', header, sep, ...rows].join('\n');
   };
@@ -268,6 +271,11 @@ export function formatCompare(cells: CompareCell[], untrained: CompareCell[], o:
     '',
     table('Rank-1 identification (%)', (c) => c.rank1),
   ];
+  // The paper's argument is about where θ_y lies: the median on the training
+  // batches of the last epoch (against the centres before each step's update).
+  if (cells.some((c) => c.thetaP50?.some((t) => t !== null))) {
+    parts.push('', table('Median target angle θ_y (degrees), last epoch, training batches', (c) => c.thetaP50, 1, false));
+  }
   const paired = pairedTable(cells, datasets, losses);
   if (paired) parts.push('', paired);
   return parts.join('\n');
