@@ -283,10 +283,10 @@ export function formatCompare(cells: CompareCell[], untrained: CompareCell[], o:
 
 /**
  * The adaptive loss minus each other loss, seed by seed: runs with the same
- * seed share the split, the initialisation and the batch order, so the
- * per-seed difference removes that shared variation (the spread between seeds
- * is mostly the held-out identities drawn, not the loss). Null when there is
- * no adaptive row or fewer than two seeds.
+ * seed share the backbone's initialisation, the head's and the batch order
+ * (the identity split is --split-seed's, the same for every seed), so the
+ * per-seed difference removes the part of the spread between seeds that every
+ * loss shares. Null when there is no adaptive row or fewer than two seeds.
  */
 export function pairedTable(cells: CompareCell[], datasets: string[], losses: string[]): string | null {
   const ref = losses.find((l) => l.startsWith('adaptive'));
