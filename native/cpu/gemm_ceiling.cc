@@ -24,6 +24,15 @@ double products_seconds(const float* x, const float* w, int64_t N, int64_t C, in
   const NormalizedRows rows = normalize_rows(K, x, N, D, ldt);
   const float* xt = rows.xt.get();
   BigArray<float> gw(backward ? (size_t)(C * D) : 1);
+  // Fault dW's pages in before the clock starts, each thread its own blocks:
+  // the ceiling is the products alone, not first-touch page faults (2 GB at
+  // C = 10⁶ costs about as much as the products on a VM).
+  if (backward) {
+    parallel(lay.threads, [&](int t) {
+      const int64_t j0 = std::min(C, lay.lo(t) * Bc), j1 = std::min(C, lay.hi(t) * Bc);
+      std::fill(gw.get() + j0 * D, gw.get() + j1 * D, 0.0f);
+    });
+  }
   const auto t0 = std::chrono::steady_clock::now();
   parallel(lay.threads, [&](int t) {
     std::vector<float> tile(Bc * ldt, 0.0f), dx(N * D, 0.0f);
