@@ -59,5 +59,10 @@ for (const C of sizes.length ? sizes : [1e5, 1e6]) {
       `load ${tLoad} ms (RSS ${gib(rssBeforeLoad)} → ${gib(rssAfterLoad)}), file ${gib(fs.statSync(file).size)}`);
     back.dispose();
     fs.rmSync(file);
+  } else {
+    // Free this head before the next size, so the next peak RSS is its own.
+    head.dispose();
+    globalThis.gc?.();
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
