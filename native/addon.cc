@@ -9,6 +9,7 @@
 //          weightsBf16, threads, workspaceBytes, simd, backend: 'cpu'|'cuda' }
 #include <napi.h>
 
+#include <array>
 #include <new>
 #include <string>
 
@@ -238,10 +239,8 @@ class LossWorker : public Napi::AsyncWorker {
       : Napi::AsyncWorker(info.Env(), "margin-softmax:loss"), deferred_(deferred), req_(make_request(info)) {
     for (int k = 0; k < 3; ++k) inputs_[k] = Napi::Persistent(info[k].As<Napi::Object>());
     inputs_[3] = Napi::Persistent(info[4].As<Napi::Object>());  // holds rowMargins, classIndex, buffers
-    Napi::Float32Array* arrays[] = {&req_.per_sample, &req_.grad_x, &req_.grad_w,
-                                    &req_.row_max, &req_.row_sumexp, &req_.row_sumexp_other,
-                                    &req_.row_target, &req_.target_cos};
-    for (int k = 0; k < 8; ++k)
+    const auto arrays = output_arrays();
+    for (size_t k = 0; k < arrays.size(); ++k)
       if (!arrays[k]->IsEmpty()) outputs_[k] = Napi::Persistent(arrays[k]->As<Napi::Object>());
   }
   void Execute() override {
@@ -251,20 +250,25 @@ class LossWorker : public Napi::AsyncWorker {
   void OnOK() override {
     // The handles stored at construction belonged to a closed scope: take
     // fresh ones from the persistent references.
-    Napi::Float32Array* arrays[] = {&req_.per_sample, &req_.grad_x, &req_.grad_w,
-                                    &req_.row_max, &req_.row_sumexp, &req_.row_sumexp_other,
-                                    &req_.row_target, &req_.target_cos};
-    for (int k = 0; k < 8; ++k)
+    const auto arrays = output_arrays();
+    for (size_t k = 0; k < arrays.size(); ++k)
       *arrays[k] = outputs_[k].IsEmpty() ? Napi::Float32Array() : outputs_[k].Value().As<Napi::Float32Array>();
     deferred_.Resolve(result(Env(), req_));
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
+  // Every output array of the request (an empty one when not produced).
+  static constexpr size_t kOutputs = 8;
+  std::array<Napi::Float32Array*, kOutputs> output_arrays() {
+    return {&req_.per_sample, &req_.grad_x,  &req_.grad_w,     &req_.row_max,
+            &req_.row_sumexp, &req_.row_sumexp_other, &req_.row_target, &req_.target_cos};
+  }
+
   Napi::Promise::Deferred deferred_;
   Request req_;
   Napi::ObjectReference inputs_[4];
-  Napi::ObjectReference outputs_[8];
+  Napi::ObjectReference outputs_[kOutputs];
 };
 
 Napi::Value LossAsync(const Napi::CallbackInfo& info) {
