@@ -1,4 +1,4 @@
-// bench/head_step.mjs — MarginHead step time and memory (issue #4's figure).
+// bench/head_step.mjs — MarginHead step time and memory (the README's MarginHead.step table).
 // N = 128, d = 512, adaptive margin, SGD momentum 0.9; C from the command line
 // (default 1e5 and 1e6). Each size runs in this process one after the other;
 // peak RSS is read from /proc (VmHWM) so it includes the centres and momentum.

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// run.mjs — the benchmark suite of issue #6: the fused loss on every backend this
+// run.mjs — the benchmark suite: the fused loss on every backend this
 // machine has against the same loss written naively in tfjs (cpu and wasm backends),
 // N = 128, d = 512, C ∈ {10³, 10⁴, 10⁵, 10⁶}, adaptive margin, s = 64, forward alone
 // and forward + backward, with the GEMM ceiling of the same products in the same run.

@@ -1,7 +1,7 @@
 /**
  * Class sharding: each shard computes per-row partial statistics over its
  * own classes; mergeStats combines them (the online log-sum-exp merge of
- * shared/notes/loss-math.md, in shard order, so every process that merges
+ * docs/numerics.md §4, in shard order, so every process that merges
  * the same list gets bit-identical results). Moving the statistics between
  * processes (an all-gather) and summing the embeddings' gradient shares
  * (an all-reduce) is the caller's job.
@@ -49,8 +49,10 @@ export function mergeStats(parts: ShardStats[]): MergedStats {
   let valid = 0;
   let hits = 0;
   for (let i = 0; i < n; i++) {
-    // Online LSE merge in float32 steps, the same arithmetic as lse_merge in
-    // native/margin_math.h, carrying the target-free sum o beside l.
+    // Online LSE merge in float32 steps, the formula of lse_merge in
+    // native/margin_math.h, carrying the target-free sum o beside l. Math.exp
+    // may differ from expf in the last bit: sharded and unsharded runs agree to
+    // rounding; processes merging the same list agree bit for bit.
     let m = -Infinity;
     let l = 0;
     let o = 0;

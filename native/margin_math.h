@@ -9,8 +9,9 @@
 //
 // What does not: products, reductions, threads. Those are the backends' job.
 //
-// Notation (see shared/notes/loss-math.md): c = cos θ = x̂·ŵ, s = scale,
-// φ(θ) = margined angle for the angular kinds.
+// Notation and derivations: docs/math.md (formulas, derivatives, the π
+// fallback, the norm rules) and docs/numerics.md (the online log-sum-exp).
+// c = cos θ = x̂·ŵ, s = scale, φ(θ) = margined angle for the angular kinds.
 #pragma once
 
 #include <cmath>
@@ -107,9 +108,10 @@ MS_HD Logit other_logit(const MarginParams& p, float c) {
 // Angular kinds: z = s·(cos φ(θ) − m3), dz/dc = s·sin φ·φ'(θ)/sin θ
 // (from d cos φ/dc = −sin φ·φ'·dθ/dc and dθ/dc = −1/sin θ).
 // Where φ > π (and `fallback`), cos φ would rise as θ grows; the fallback
-// z = s·(c − m3 − m2·sin m2), dz/dc = s keeps the logit monotonic. It is
-// continuous with the margined logit at θ = π − m2 for ArcFace (classic
-// th/mm rule) and close to it for the other angular kinds.
+// z = s·(c − m3 − m2·sin m2), dz/dc = s keeps the logit decreasing in θ (the
+// classic ArcFace th/mm rule). It is not continuous: at the switch the logit
+// steps down, by s·(cos m2 + m2·sin m2 − 1) ≈ s·m2²/2 for ArcFace; for
+// combined with m1 > 1 it steps up (docs/math.md §4).
 MS_HD Logit target_logit(const MarginParams& p, float c_raw, float row_m) {
   const float s = p.scale;
   switch (p.kind) {

@@ -311,7 +311,7 @@ describe('adversarial inputs', () => {
   // p_y − 1 = exp(z_y − LSE) − 1. LSE is rounded to ulp(64) ≈ 7.6e−6, so for a row with
   // 1 − p_y ≲ 4e−6 the term is exactly 0 (and perSample is 0), and for 1 − p_y ~ 1e−4 it is off by
   // a few %. The row's gradient then lacks its pull towards w_y: relative error 40–85% per row on an
-  // all-confident batch (the notes expect most rows there late in training). Absolute errors are tiny
+  // all-confident batch (where most rows are late in training). Absolute errors are tiny
   // (≤ (1 − p_y)·|dz/dc|/V), which is why the mixed-batch test above passes. Fix: carry
   // Σ_{j≠y} exp(z_j − m) (or log l and m separately) to the backward and use p_y − 1 = −Σ_{j≠y} p_j,
   // and perSample = log1p(·); the reference does exactly this. Reproduction:

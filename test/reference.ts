@@ -1,6 +1,6 @@
 /**
  * A float64 reference of the whole margin-softmax family, written as plain
- * loops straight from shared/notes/loss-math.md: no fused kernels, no online
+ * loops straight from docs/math.md: no fused kernels, no online
  * log-sum-exp, no tiling, no shortcuts. It is the ground truth of the CPU test
  * suite and of the benchmark's accuracy column.
  *
@@ -14,7 +14,7 @@
  */
 import type { Margin } from '../lib/types';
 
-/** Default clamp of the cosine before arccos (the notes' ε = 1e−7). */
+/** Default clamp of the cosine before arccos (ε = 1e−7, docs/math.md §3). */
 export const COS_EPS = 1e-7;
 /**
  * The clamp bound the fp32 backends actually use: 1 − 1e−7 is not an fp32

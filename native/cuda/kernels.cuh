@@ -15,6 +15,7 @@
 //   backward_dx   recompute tiles, g, dX̂ partial per class group (owned)
 //   finish_dx     Σ over class groups in order, then the normalisation's chain rule
 //   backward_dw   recompute tiles, g, dŴ for an owned class tile, chain rule
+// The formulas and merge orders are derived in docs/math.md and docs/numerics.md.
 #pragma once
 
 #include <cuda_runtime.h>

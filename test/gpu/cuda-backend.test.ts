@@ -20,8 +20,10 @@
  *    max|Δ|/max|ref| ≤ 1.4e−3. Bounds: GRAD_L2 = 6e−3, GRAD_MAX = 2e−2.
  *    A wrong derivative factor is far outside: dropping the adaptive margin's
  *    φ' = 1 + 2·m1·sinθ·cosθ changes the target gradients by ~3% at m1 = 0.03.
- *  - BF16 centres: the GPU rounds X̂, W and G to bf16 (u = 2⁻⁹), the CPU's
- *    emulation rounds W only: about 4× the TF32 errors (measured 2e−3…4e−3).
+ *  - BF16 centres: the GPU rounds X̂, W and G to bf16 (7 explicit mantissa
+ *    bits, u = 2⁻⁸), the CPU's emulation rounds W only, so the difference
+ *    comes from X̂ and G: about 4–6× the TF32 errors (measured 2e−3…4e−3;
+ *    derivation in docs/numerics.md §5).
  *    Bounds ×5: LOSS 1.5e−2, GRAD_L2 3e−2, GRAD_MAX 8e−2.
  *  - Results that must be exactly zero (ignored rows, C = 1, every row ignored)
  *    are checked for exact zeros; repeated calls must agree bit for bit.
