@@ -9,16 +9,16 @@
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { parseArgs } from 'util';
-import { ArgumentError } from './errors';
-import { CheckpointError } from './safetensors';
-import { CheckpointMismatchError } from './train/checkpoint';
-import { COMPARE_LOSSES, runCompare, runEval } from './train/commands';
-import { DEFAULT_CONFIG, makeMargin, marginLabel, type TrainConfig } from './train/config';
-import { DataError } from './train/data';
-import { ImageError } from './train/images';
-import { train } from './train/loop';
-import { formatVerification } from './train/protocol';
-import type { Margin } from './types';
+import { ArgumentError } from 'margin-softmax';
+import { CheckpointError } from 'margin-softmax';
+import { CheckpointMismatchError } from './checkpoint';
+import { COMPARE_LOSSES, runCompare, runEval } from './commands';
+import { DEFAULT_CONFIG, makeMargin, marginLabel, type TrainConfig } from './config';
+import { DataError } from './data';
+import { ImageError } from './images';
+import { train } from './loop';
+import { formatVerification } from './protocol';
+import type { Margin } from 'margin-softmax';
 
 const USAGE = `margin-softmax — train and evaluate face-recognition models with fused margin softmax losses
 

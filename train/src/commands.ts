@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Margin } from '../types';
+import type { Margin } from 'margin-softmax';
 import { checkFingerprint, CheckpointMismatchError, checkpointDir, loadBackbone, readCheckpointState } from './checkpoint';
 import { marginLabel, modelFingerprint, type TrainConfig } from './config';
 import { DataError, type DataSource } from './data';

@@ -8,8 +8,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type * as TF from '@tensorflow/tfjs';
-import { MarginHead, type StepResult } from '../head';
-import { marginLoss, type TfLike } from '../tfjs';
+import { MarginHead, type StepResult } from 'margin-softmax';
+import { marginLoss } from 'margin-softmax/tfjs';
 import {
   checkFingerprint,
   CheckpointMismatchError,
@@ -250,7 +250,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   // The adapter calls head.step() once per forward pass, with the scheduled
   // learning rate; each step's result gives the accuracy and θ_y (against the
   // centres before the update).
-  const lossFn = marginLoss(head, tf as unknown as TfLike, {
+  const lossFn = marginLoss(head, tf, {
     lr: () => headLr,
     onStep: (r) => {
       last = r;
@@ -310,7 +310,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
         const loss = tf.tidy(() => {
           const x = tf.tensor4d(batch.data, [n, cfg.height, cfg.width, cfg.channels]);
           const { value, grads } = tf.variableGrads(
-            () => lossFn(model.apply(x, { training: true }) as TF.Tensor2D, batch.labels) as unknown as TF.Scalar,
+            () => lossFn(model.apply(x, { training: true }) as TF.Tensor2D, batch.labels),
             optimizer.variables,
           );
           optimizer.step(grads, lr);
