@@ -79,6 +79,12 @@ export interface TrainHooks {
   resume?: boolean;
   /** Start afresh in an <out> that already holds a run (its checkpoint, metrics and plots are replaced). */
   overwrite?: boolean;
+  /** A progress bar per epoch on stderr. Default: verbose. */
+  progress?: boolean;
+  /** Put before the progress bar's "epoch i/n" (compare: which run this is). */
+  progressLabel?: string;
+  /** Log the final verification (the CLI prints it on stdout instead). Default true. */
+  logResult?: boolean;
   /** Write SVG plots at the end. Default true. */
   plots?: boolean;
   /** Stop after this many training batches in total (tests of the stop path). */
@@ -285,7 +291,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       const order = rng.shuffle(trainSamples.filter((s) => !badRefs.has(s.ref)));
       // A batch of one would give batch norm a zero variance: fold a single leftover image away.
       const nBatches = Math.max(1, Math.floor(order.length / bs) + (order.length % bs >= 2 ? 1 : 0));
-      const bar = new ProgressBar(`epoch ${epoch}/${cfg.epochs}`, nBatches * bs > order.length ? order.length : nBatches * bs, process.stderr, verbose);
+      const bar = new ProgressBar(`${hooks.progressLabel ?? ''}epoch ${epoch}/${cfg.epochs}`, nBatches * bs > order.length ? order.length : nBatches * bs, process.stderr, hooks.progress ?? verbose);
       epochTheta = [];
       thetaSeen = 0;
       let lossSum = 0;
@@ -389,7 +395,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       }
     }
     if (!stopped && !after && fs.existsSync(evalFile)) after = (JSON.parse(fs.readFileSync(evalFile, 'utf8')).after as VerificationResult) ?? null;
-    if (!stopped && after) log(formatVerification(after, `after epoch ${cfg.epochs}`));
+    if (!stopped && after && (hooks.logResult ?? true)) log(formatVerification(after, `after epoch ${cfg.epochs}`));
     if (hooks.plots ?? true) {
       const files = await writePlots(out, records, thetas, before, after, `${src.name}, ${marginLabel(cfg.margin)}`);
       log(`plots: ${files.join(', ')}`);
