@@ -20,7 +20,8 @@
  */
 import type * as TF from '@tensorflow/tfjs';
 
-type Tf = typeof TF;
+/** The tfjs module (`import * as tf from '@tensorflow/tfjs'`). */
+export type Tf = typeof TF;
 
 interface TensorInfo {
   dataId: object;
