@@ -53,7 +53,8 @@ function prebuiltProblem() {
     console.log(`margin-softmax: using the prebuilt addon ${path.relative(ROOT, r.stdout.trim())}`);
     return null;
   }
-  return (r.stderr || '').split('\n').find((l) => /Error/.test(l)) || `exit status ${r.status}`;
+  const error = (r.stderr || '').split('\n').find((l) => /^\w*Error: /.test(l));
+  return error ? error.trim() : `exit status ${r.status}`;
 }
 
 function hasCmake() {
