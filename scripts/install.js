@@ -99,4 +99,6 @@ function main() {
   return buildFromSource(false);
 }
 
-process.exitCode = main();
+if (require.main === module) process.exitCode = main();
+
+module.exports = { buildFromSourceRequested, cpuOnlyRequested };
