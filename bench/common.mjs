@@ -30,7 +30,7 @@ export function loadPackage() {
 
 /** The raw addon (for productsSeconds, the GEMM ceiling). */
 export function loadAddon() {
-  return require('bindings')({ bindings: 'margin_softmax', module_root: ROOT });
+  return require('node-gyp-build')(ROOT);
 }
 
 // ---------------------------------------------------------------- inputs

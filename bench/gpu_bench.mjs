@@ -93,7 +93,7 @@ function memorySampler() {
 }
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const native = require('bindings')({ bindings: 'margin_softmax', module_root: ROOT });
+const native = require('node-gyp-build')(ROOT);
 const info = native.info();
 const out = { device: info.cuda, n: N, d: D, margin: { kind: 'adaptive', m1: 0.03, m2: 0.5 }, scale: 64, operands: BF16 ? 'bf16' : 'tf32', api: [], kernels: [] };
 if (!info.cuda.usable) {

@@ -13,4 +13,4 @@ export { ArgumentError, BackendUnavailableError, NativeError } from './errors';
 export type * from './types';
 export { MarginHead, type MarginHeadOptions, type StepResult, type SgdOptions, type ShardOptions } from './head';
 export { mergeStats, type ShardStats, type MergedStats } from './shard';
-export { CheckpointError } from './safetensors';
+export { CheckpointError, type SaveHooks } from './safetensors';

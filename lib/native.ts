@@ -1,4 +1,6 @@
 /** The compiled addon and the contract of its functions (see native/addon.cc). */
+import * as path from 'path';
+import { NativeError } from './errors';
 import type { MarginKind } from './types';
 
 export interface NativeLossOptions {
@@ -78,5 +80,25 @@ export const MARGIN_KIND_CODES: Record<MarginKind, number> = {
 
 export const SIMD_CODES = { auto: -1, portable: 4, avx2: 8, avx512: 16 } as const;
 
-// eslint-disable-next-line @typescript-eslint/no-var-requires
-export const native: NativeAddon = require('bindings')('margin_softmax');
+/**
+ * The package root (dist/.. or lib/..): node-gyp-build looks there for a
+ * source build (build/Release, written by cmake-js or node-gyp) first, then for
+ * the prebuilt binary of this platform (prebuilds/<platform>-<arch>/).
+ */
+const PACKAGE_ROOT = path.join(__dirname, '..');
+
+function loadAddon(): NativeAddon {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    return require('node-gyp-build')(PACKAGE_ROOT) as NativeAddon;
+  } catch (err) {
+    throw new NativeError(
+      `margin-softmax: no loadable native addon for ${process.platform}-${process.arch} in ${PACKAGE_ROOT} ` +
+        `(${(err as Error).message.split('\n')[0]}). Build it from source: npm rebuild margin-softmax --build-from-source ` +
+        `(needs a C++17 compiler; see the README's Install section).`,
+      { cause: err },
+    );
+  }
+}
+
+export const native: NativeAddon = loadAddon();

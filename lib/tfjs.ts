@@ -24,13 +24,36 @@
 import { expected } from './errors';
 import type { MarginHead, StepResult } from './head';
 
-/** The slice of the tfjs API the adapter uses (structural, so tfjs stays optional). */
+/** What the adapter reads of a tensor (structural: a `tf.Tensor` is one). */
 export interface TfTensor {
   shape: number[];
   dtype: string;
   dataSync(): ArrayLike<number>;
 }
-export interface TfLike {
+
+/**
+ * The slice of the tfjs API the adapter uses. The real module
+ * (`import * as tf from '@tensorflow/tfjs'`, or tfjs-node) satisfies it as it
+ * is; `S` is what its `scalar()` returns (`tf.Scalar`), and so what the loss
+ * returns, ready for `optimizer.minimize`. The parameters of `customGrad` and
+ * `mul` are left open (`any`) because tfjs declares them with its own Tensor
+ * class, which a structural type cannot name without importing tfjs, an
+ * optional peer dependency.
+ */
+export interface TfLike<S extends TfTensor = TfTensor> {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  customGrad(f: (...args: any[]) => any): (...args: any[]) => any;
+  tensor2d(values: Float32Array, shape: [number, number]): TfTensor;
+  scalar(value: number): S;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  mul(a: any, b: any): TfTensor;
+}
+
+/** The loss function marginLoss returns: embeddings (N×d) and labels (N) → the scalar loss. */
+export type MarginLossFn<S extends TfTensor = TfTensor> = (embeddings: TfTensor, labels: TfTensor | Int32Array) => S;
+
+/** The typed view of TfLike the implementation uses. */
+interface TfOps {
   customGrad(
     f: (x: TfTensor, save: (tensors: TfTensor[]) => void) => { value: TfTensor; gradFunc: (dy: TfTensor, saved: TfTensor[]) => TfTensor },
   ): (x: TfTensor) => TfTensor;
@@ -38,8 +61,6 @@ export interface TfLike {
   scalar(value: number): TfTensor;
   mul(a: TfTensor, b: TfTensor): TfTensor;
 }
-
-export type MarginLossFn<T extends TfTensor = TfTensor> = (embeddings: T, labels: TfTensor | Int32Array) => T;
 
 export interface MarginLossOptions {
   /** Learning rate of the head's centres: a number, or a function read at every step. Default: the head's optimizer.lr. */
@@ -65,11 +86,15 @@ function toInt32(labels: TfTensor | Int32Array): Int32Array {
   return data instanceof Int32Array ? data : Int32Array.from(data);
 }
 
-export function marginLoss<T extends TfTensor = TfTensor>(head: MarginHead, tf?: TfLike, options?: MarginLossOptions): MarginLossFn<T> {
+/**
+ * The head as a tfjs loss: `marginLoss(head, tf)(embeddings, labels)` returns
+ * the loss as a scalar tensor whose gradient is the fused kernel's.
+ */
+export function marginLoss<S extends TfTensor = TfTensor>(head: MarginHead, tf?: TfLike<S>, options?: MarginLossOptions): MarginLossFn<S> {
   const { lr, onStep } = validateLossOptions(options);
   // eslint-disable-next-line @typescript-eslint/no-var-requires
-  const tfm: TfLike = tf ?? require('@tensorflow/tfjs');
-  return (embeddings: T, labels: TfTensor | Int32Array): T => {
+  const tfm = (tf ?? require('@tensorflow/tfjs')) as TfOps;
+  return (embeddings: TfTensor, labels: TfTensor | Int32Array): S => {
     const y = toInt32(labels);
     const f = tfm.customGrad((x, save) => {
       const [n, d] = x.shape;
@@ -82,6 +107,6 @@ export function marginLoss<T extends TfTensor = TfTensor>(head: MarginHead, tf?:
       save([grad]);
       return { value: tfm.scalar(r.loss), gradFunc: (dy, saved) => tfm.mul(dy, saved[0]) };
     });
-    return f(embeddings) as T;
+    return f(embeddings) as S;
   };
 }

@@ -20,7 +20,7 @@ const opts: MarginHeadOptions = {
   optimizer: { lr: 0.1, momentum: 0.9 },
   threads: 1,
 };
-const tfl = tf as unknown as TfLike;
+const tfl: TfLike<tf.Scalar> = tf; // the real module satisfies TfLike without a cast
 
 function batch(seed: number): { x: Float32Array; y: Int32Array } {
   const g = gaussian(rng(seed));

@@ -5,7 +5,7 @@
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.url);
-const native = require('bindings')('margin_softmax');
+const native = require('node-gyp-build')(new URL('../..', import.meta.url).pathname);
 
 function problem(n, c, d, seed) {
   let a = seed >>> 0;

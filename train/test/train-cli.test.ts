@@ -8,11 +8,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { configFromArgs, defaultSteps, main, parse, report, UsageError } from '../lib/cli';
-import { CheckpointMismatchError } from '../lib/train/checkpoint';
-import { formatCompare, pairedTable, resumableRun, runCompare, type CompareCell } from '../lib/train/commands';
-import { DEFAULT_CONFIG } from '../lib/train/config';
-import { DataError } from '../lib/train/data';
+import { configFromArgs, defaultSteps, main, parse, report, UsageError } from '../src/cli';
+import { CheckpointMismatchError } from '../src/checkpoint';
+import { formatCompare, pairedTable, resumableRun, runCompare, type CompareCell } from '../src/commands';
+import { DEFAULT_CONFIG } from '../src/config';
+import { DataError } from '../src/data';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-cli-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

@@ -7,28 +7,36 @@
  *   margin-softmax bench [args for bench/run.mjs]
  */
 import { spawnSync } from 'child_process';
+import * as fs from 'fs';
 import * as path from 'path';
 import { parseArgs } from 'util';
-import { ArgumentError } from './errors';
-import { CheckpointError } from './safetensors';
-import { CheckpointMismatchError } from './train/checkpoint';
-import { COMPARE_LOSSES, runCompare, runEval } from './train/commands';
-import { DEFAULT_CONFIG, makeMargin, marginLabel, type TrainConfig } from './train/config';
-import { DataError } from './train/data';
-import { ImageError } from './train/images';
-import { train } from './train/loop';
-import { formatVerification } from './train/protocol';
-import type { Margin } from './types';
+import { ArgumentError, CheckpointError } from 'margin-softmax';
+import { CheckpointMismatchError } from './checkpoint';
+import { COMPARE_LOSSES, runCompare, runEval } from './commands';
+import { DEFAULT_CONFIG, makeMargin, marginLabel, type TrainConfig } from './config';
+import { DataError } from './data';
+import { ImageError } from './images';
+import { train } from './loop';
+import { formatVerification } from './protocol';
+import type { Margin } from 'margin-softmax';
+
+const COMMANDS = `Commands:
+  train     train the ResNet with a margin loss (default: the embedded MNIST digits)
+  eval      verification (and Rank-1) of a trained run's checkpoint on held-out identities
+  compare   one run per loss and seed, summarised in a Table-3 shaped comparison
+  bench     the library's benchmark suite (needs a checkout of the margin-softmax repository)
+
+Run 'margin-softmax COMMAND --help' for the options of a command.
+Options of every command: --help, -h; without a command: --version, -V.`;
 
 const USAGE = `margin-softmax — train and evaluate face-recognition models with fused margin softmax losses
 
-Usage:
-  margin-softmax train   [--data DIR] [--out runs/NAME] [options]
-  margin-softmax eval    --checkpoint runs/NAME [--data DIR] [--all-identities] [--eval-flip] [--json FILE]
-  margin-softmax compare [--data DIR]... [--losses LIST] [--seeds 0,1,2] [--out runs/compare] [options]
-  margin-softmax bench   [arguments of bench/run.mjs]
+Usage: margin-softmax COMMAND [options]
 
-Data (train, compare):
+${COMMANDS}
+`;
+
+const DATA_HELP = `Data:
   --data DIR             ImageFolder root: one sub-folder of images (PGM, PNG, JPEG) per identity.
                          Without --data: the embedded MNIST default (digits as identities, 7/8/9 held out).
   --val-classes N        identities held out for verification (default: 25 % of them)
@@ -36,25 +44,25 @@ Data (train, compare):
   --size 32 | HxW        input size after resizing (default 32x32)
   --channels 1|3         greyscale or colour input (default 1)
   --on-bad-image stop|skip   an unreadable image stops the run (default) or is skipped with a warning
-  --mnist-per-class N    embedded default: images per training digit (default 300)
+  --mnist-per-class N    embedded default: images per training digit (default 300)`;
 
-Model and loss:
+const MODEL_HELP = `Model and loss:
   --dim N                embedding size (default 512)
   --widths 16,32,64      ResNet stage widths; --blocks N blocks per stage (default 1); --dropout P
   --margin KIND          softmax | arcface | cosface | combined | adaptive | elastic-arc | elastic-cos | cvm (default adaptive)
   --m, --m1, --m2, --m3, --sigma   margin parameters (defaults: arcface m 0.5, cosface m 0.35, combined 1/0.3/0.2,
                          adaptive m1 0.03 m2 0.5, elastic-arc m 0.5 sigma 0.05, elastic-cos m 0.35 sigma 0.05, cvm 0.3/0.2)
-  --scale S              logit scale (default 64)
+  --scale S              logit scale (default 64)`;
 
-Optimisation:
+const OPTIM_HELP = `Optimisation:
   --epochs N (10)  --batch-size N (32)  --lr X (0.1)  --lr-steps 6,9  --lr-factor 0.1
   --momentum 0.9  --weight-decay 5e-4  --head-lr-mult 1
   --flip 0.5             probability of a horizontal flip of a training image; --shift N: random ±N px translation
   --seed N               initialisation, shuffling and augmentation seed (default 0)
   --tf-backend wasm|cpu  tfjs backend (default wasm: the fastest that installs from npm alone)
-  --threads N            CPU threads of the margin head (default all)
+  --threads N            CPU threads of the margin head (default all)`;
 
-Runs:
+const RUNS_HELP = `Runs:
   --out DIR              run folder: config.json, metrics.jsonl, theta.jsonl, eval.json, checkpoint/, plots/
   --resume               continue from DIR/checkpoint (same options)
   --overwrite            start afresh in a DIR that already holds a run
@@ -63,14 +71,68 @@ Runs:
   --eval-seed N          seed of the impostor pairs and the gallery choice (default 0)
   --no-plots             skip the SVG plots
   --quiet                no progress bar
-  --json FILE|-          write the final result as JSON
+  --json FILE|-          write the final result as JSON`;
+
+const HELP: Record<Command, string> = {
+  train: `Usage: margin-softmax train [--data DIR] [--out runs/NAME] [options]
+
+Trains the backbone with the fused margin head; prints the verification of the
+last epoch (stdout) and writes the run folder.
+
+${DATA_HELP}
+
+${MODEL_HELP}
+
+${OPTIM_HELP}
+
+${RUNS_HELP}
+`,
+  eval: `Usage: margin-softmax eval --checkpoint runs/NAME [--data DIR] [options]
+
+Evaluates a run's checkpoint: the LFW-style verification protocol and Rank-1 on
+the identities it held out (or on every identity of --data with --all-identities).
+
+  --checkpoint DIR       run folder (or its checkpoint/ folder) written by train
+  --data DIR             ImageFolder to evaluate on (default: the run's own data)
+  --all-identities       every identity of --data, not only the held-out ones
+  --eval-flip            test-time flip averaging of embeddings
+  --eval-seed N          seed of the impostor pairs and the gallery choice (default 0)
+  --size, --dim, --channels   expected by the checkpoint (checked against it)
+  --tf-backend wasm|cpu  tfjs backend (default wasm)
+  --on-bad-image stop|skip
+  --json FILE|-          write the result as JSON
+`,
+  compare: `Usage: margin-softmax compare [--data DIR]... [--losses LIST] [--seeds 0,1,2] [--out runs/compare] [options]
+
+Trains one run per data set × loss × seed (a progress bar per run on stderr) and
+prints the comparison tables once, at the end (stdout; also DIR/compare.md,
+compare.json, compare.svg).
 
 compare:
   --losses LIST          comma-separated kinds (default: softmax,arcface,cosface,combined,elastic-arc,cvm,adaptive,
                          with the paper's parameters); --seeds 0,1,2
   --resume               reuse the runs in --out whose config.json matches (finished: read back; interrupted:
                          continued from the checkpoint); the others are trained afresh
-`;
+
+${DATA_HELP.replace('Data:', 'Data (each --data is one column):')}
+
+${MODEL_HELP}
+
+${OPTIM_HELP}
+
+${RUNS_HELP}
+`,
+  bench: `Usage: margin-softmax bench [--quick] [arguments of bench/run.mjs]
+
+Runs the library's benchmark suite (bench/run.mjs of the margin-softmax
+repository: the fused loss against the same loss in plain tfjs). The suite is
+not part of the npm packages: run it from a checkout (git clone, npm ci, then
+npm run bench or this command there).
+`,
+};
+
+type Command = 'train' | 'eval' | 'compare' | 'bench';
+const COMMAND_NAMES: Command[] = ['train', 'eval', 'compare', 'bench'];
 
 const OPTIONS = {
   data: { type: 'string', multiple: true },
@@ -150,6 +212,18 @@ function marginFrom(v: Values, seed: number): Margin {
   }
 }
 
+function badImagePolicyFrom(v: Values): 'skip' | 'stop' | undefined {
+  const p = v['on-bad-image'];
+  if (p !== undefined && p !== 'skip' && p !== 'stop') throw new UsageError(`Expected --on-bad-image skip or stop but received ${JSON.stringify(p)}`);
+  return p;
+}
+
+function tfBackendFrom(v: Values): 'wasm' | 'cpu' | undefined {
+  const b = v['tf-backend'];
+  if (b !== undefined && b !== 'wasm' && b !== 'cpu') throw new UsageError(`Expected --tf-backend wasm or cpu but received ${JSON.stringify(b)}`);
+  return b;
+}
+
 export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainConfig {
   const c: TrainConfig = { ...DEFAULT_CONFIG };
   if (v.data && v.data.length > 1 && command === 'train') throw new UsageError('train takes one --data folder');
@@ -170,10 +244,7 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   }
   c.channels = int(v.channels, 'channels', 1) ?? c.channels;
   if (c.channels !== 1 && c.channels !== 3) throw new UsageError(`Expected --channels 1 or 3 but received ${c.channels}`);
-  if (v['on-bad-image'] !== undefined) {
-    if (v['on-bad-image'] !== 'skip' && v['on-bad-image'] !== 'stop') throw new UsageError(`Expected --on-bad-image skip or stop but received ${JSON.stringify(v['on-bad-image'])}`);
-    c.onBadImage = v['on-bad-image'];
-  }
+  c.onBadImage = badImagePolicyFrom(v) ?? c.onBadImage;
   c.dim = int(v.dim, 'dim', 1) ?? c.dim;
   c.widths = list(v.widths, 'widths') ?? c.widths;
   c.blocks = int(v.blocks, 'blocks', 1) ?? c.blocks;
@@ -190,10 +261,7 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.headLrMult = num(v['head-lr-mult'], 'head-lr-mult', (x) => x >= 0, 'a number ≥ 0') ?? c.headLrMult;
   c.flip = num(v.flip, 'flip', (x) => x >= 0 && x <= 1, 'a probability in [0, 1]') ?? c.flip;
   c.shift = int(v.shift, 'shift') ?? c.shift;
-  if (v['tf-backend'] !== undefined) {
-    if (v['tf-backend'] !== 'wasm' && v['tf-backend'] !== 'cpu') throw new UsageError(`Expected --tf-backend wasm or cpu but received ${JSON.stringify(v['tf-backend'])}`);
-    c.tfBackend = v['tf-backend'];
-  }
+  c.tfBackend = tfBackendFrom(v) ?? c.tfBackend;
   c.threads = int(v.threads, 'threads') ?? c.threads;
   c.evalEvery = int(v['eval-every'], 'eval-every') ?? c.evalEvery;
   c.evalFlip = v['eval-flip'] ?? c.evalFlip;
@@ -213,23 +281,80 @@ function writeJson(target: string | undefined, value: unknown): void {
   if (!target) return;
   const text = JSON.stringify(value, null, 2);
   if (target === '-') process.stdout.write(text + '\n');
-  else require('fs').writeFileSync(target, text + '\n');
+  else fs.writeFileSync(target, text + '\n');
+}
+
+/** Options that only some commands read: any other command refuses them (exit code 2). */
+const ONLY_FOR: Partial<Record<keyof typeof OPTIONS, Command[]>> = {
+  checkpoint: ['eval'],
+  'all-identities': ['eval'],
+  losses: ['compare'],
+  seeds: ['compare'],
+};
+const EVAL_OPTIONS = new Set(['checkpoint', 'data', 'all-identities', 'eval-flip', 'eval-seed', 'size', 'dim', 'channels', 'tf-backend', 'on-bad-image', 'json', 'quiet', 'help']);
+
+function checkOptionsOf(command: Command, values: Values): void {
+  for (const name of Object.keys(values) as (keyof typeof OPTIONS)[]) {
+    const only = ONLY_FOR[name];
+    if ((only && !only.includes(command)) || (command === 'eval' && !EVAL_OPTIONS.has(name))) {
+      throw new UsageError(`--${name} is not an option of ${command} (see 'margin-softmax ${command} --help')`);
+    }
+  }
+}
+
+function versions(): string {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const own = require(path.join(__dirname, '..', 'package.json')) as { name: string; version: string };
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const lib = require('margin-softmax/package.json') as { version: string };
+  return `${own.name} ${own.version} (margin-softmax ${lib.version}, node ${process.version})`;
+}
+
+/** bench/run.mjs of the library's checkout, or null where the library is an installed package (bench/ is not shipped). */
+export function benchScript(libraryRoot: string): string | null {
+  const script = path.join(libraryRoot, 'bench', 'run.mjs');
+  return fs.existsSync(script) ? script : null;
+}
+
+function libraryRoot(): string {
+  return path.dirname(require.resolve('margin-softmax/package.json'));
 }
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  if (command === '--version' || command === '-V') {
+    process.stdout.write(versions() + '\n');
+    return 0;
+  }
+  if (command === 'help' && rest.length) {
+    const topic = rest[0] as Command;
+    if (!COMMAND_NAMES.includes(topic)) throw new UsageError(`Unknown command ${JSON.stringify(rest[0])}: expected ${COMMAND_NAMES.join(', ')}`);
+    process.stdout.write(HELP[topic]);
+    return 0;
+  }
   if (!command || command === '--help' || command === '-h' || command === 'help') {
-    process.stdout.write(USAGE);
+    (command ? process.stdout : process.stderr).write(USAGE);
     return command ? 0 : 2;
   }
+  if (!(COMMAND_NAMES as string[]).includes(command)) {
+    throw new UsageError(`Unknown command ${JSON.stringify(command)}: expected ${COMMAND_NAMES.join(', ')}`);
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(HELP[command as Command]);
+    return 0;
+  }
   if (command === 'bench') {
-    const script = path.join(__dirname, '..', 'bench', 'run.mjs');
+    const script = benchScript(libraryRoot());
+    if (!script) {
+      process.stderr.write(
+        `margin-softmax: bench needs a checkout of the margin-softmax repository: its bench/ folder is not part of the npm package ` +
+          `(looked in ${libraryRoot()}). Clone the repository, run npm ci there, then npm run bench.\n`,
+      );
+      return 1;
+    }
     const r = spawnSync(process.execPath, [script, ...rest], { stdio: 'inherit' });
     if (r.error) throw r.error;
     return r.status ?? 1;
-  }
-  if (command !== 'train' && command !== 'eval' && command !== 'compare') {
-    throw new UsageError(`Unknown command ${JSON.stringify(command)}: expected train, eval, compare or bench`);
   }
   let values: Values;
   try {
@@ -237,13 +362,11 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
+  checkOptionsOf(command as Command, values);
   if (command === 'train') {
     const cfg = configFromArgs(values, 'train');
-    const r = await train(cfg, { verbose: !values.quiet, handleSignals: true, resume: values.resume, overwrite: values.overwrite, plots: !values['no-plots'] });
+    // The final verification goes to stdout here, once (the loop's log would repeat it on stderr).
+    const r = await train(cfg, { verbose: !values.quiet, handleSignals: true, resume: values.resume, overwrite: values.overwrite, plots: !values['no-plots'], logResult: false });
     if (r.after) process.stdout.write(formatVerification(r.after, `${marginLabel(cfg.margin)} after epoch ${r.epochs[r.epochs.length - 1]?.epoch}`) + '\n');
     if (r.before && r.after) {
       process.stdout.write(`untrained backbone: ${(100 * r.before.accuracy.mean).toFixed(2)} % → trained: ${(100 * r.after.accuracy.mean).toFixed(2)} %; training ${r.imgPerSec.toFixed(1)} img/s; wall ${r.wallSeconds.toFixed(0)} s\n`);
@@ -265,8 +388,8 @@ export async function main(argv: string[]): Promise<number> {
       allIdentities: values['all-identities'],
       flip: values['eval-flip'],
       seed: int(values['eval-seed'], 'eval-seed'),
-      tfBackend: values['tf-backend'] as 'wasm' | 'cpu' | undefined,
-      onBadImage: values['on-bad-image'] as 'skip' | 'stop' | undefined,
+      tfBackend: tfBackendFrom(values),
+      onBadImage: badImagePolicyFrom(values),
       expect: { ...expectSize, dim: int(values.dim, 'dim', 1), channels: int(values.channels, 'channels', 1) },
     });
     process.stdout.write(out.text + '\n');
@@ -279,22 +402,29 @@ export async function main(argv: string[]): Promise<number> {
   const losses = values.losses
     ? values.losses.split(',').map((k) => {
         const kind = k.trim();
-        return COMPARE_LOSSES.find((m) => m.kind === kind) ?? makeMargin(kind, {}, 0);
+        return COMPARE_LOSSES.find((m) => m.kind === kind) ?? marginOrUsage(kind);
       })
     : COMPARE_LOSSES;
   const datasets = values.data && values.data.length ? values.data : [null];
-  const r = await runCompare({ datasets, losses, seeds, base, out: base.out, resume: values.resume ?? false, verbose: false });
-  process.stdout.write(r.text + '\n\n');
-  process.stdout.write(JSON.stringify({ cells: r.cells, untrained: r.untrained, wallSeconds: r.wallSeconds }) + '\n');
+  const r = await runCompare({ datasets, losses, seeds, base, out: base.out, resume: values.resume ?? false, verbose: false, progress: !values.quiet });
+  process.stdout.write(r.text + '\n');
   writeJson(values.json, r.json);
   return 0;
+}
+
+function marginOrUsage(kind: string): Margin {
+  try {
+    return makeMargin(kind, {}, 0);
+  } catch (err) {
+    throw new UsageError(`--losses: ${(err as Error).message.replace('--margin ', '')}`);
+  }
 }
 
 function report(err: unknown): number {
   const known = err instanceof UsageError || err instanceof DataError || err instanceof ImageError || err instanceof CheckpointMismatchError || err instanceof CheckpointError || err instanceof ArgumentError;
   const msg = err instanceof Error ? err.message : String(err);
   process.stderr.write(`margin-softmax: error: ${msg}\n`);
-  if (err instanceof UsageError) process.stderr.write(`Run 'margin-softmax --help' for the options.\n`);
+  if (err instanceof UsageError) process.stderr.write(`Run 'margin-softmax COMMAND --help' for the options of a command.\n`);
   if (!known && err instanceof Error && process.env.MS_DEBUG) process.stderr.write(`${err.stack}\n`);
   return err instanceof UsageError ? 2 : 1;
 }

@@ -7,10 +7,10 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { DataError, loadBatch, mnistSource, scanImageFolder, splitByIdentity, subset } from '../lib/train/data';
-import { decodeImage, flipHorizontal, ImageError, readImage, toTensorData } from '../lib/train/images';
+import { DataError, loadBatch, mnistSource, scanImageFolder, splitByIdentity, subset } from '../src/data';
+import { decodeImage, flipHorizontal, ImageError, readImage, toTensorData } from '../src/images';
 
-const DATA = path.resolve(__dirname, '..', '..', 'shared', 'data');
+const DATA = path.resolve(__dirname, '..', '..', '..', 'shared', 'data');
 const ORL = path.join(DATA, 'orl_faces');
 const OMNIGLOT = path.join(DATA, 'omniglot_background');
 const haveOrl = fs.existsSync(ORL);

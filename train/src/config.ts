@@ -2,7 +2,7 @@
  * Training configuration: defaults, margin parsing, and the fingerprint that
  * ties a checkpoint to the configuration that produced it.
  */
-import type { Margin, MarginKind } from '../types';
+import type { Margin, MarginKind } from 'margin-softmax';
 import type { BackboneConfig } from './model';
 import type { BadImagePolicy } from './data';
 import type { TfBackendName } from './tf';

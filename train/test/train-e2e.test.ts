@@ -10,13 +10,13 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { main } from '../lib/cli';
-import { runEval } from '../lib/train/commands';
-import { CheckpointMismatchError } from '../lib/train/checkpoint';
-import { DEFAULT_CONFIG, makeMargin, type TrainConfig } from '../lib/train/config';
-import { train, type TrainResult } from '../lib/train/loop';
+import { main } from '../src/cli';
+import { runEval } from '../src/commands';
+import { CheckpointMismatchError } from '../src/checkpoint';
+import { DEFAULT_CONFIG, makeMargin, type TrainConfig } from '../src/config';
+import { train, type TrainResult } from '../src/loop';
 
-const ORL = path.resolve(__dirname, '..', '..', 'shared', 'data', 'orl_faces');
+const ORL = path.resolve(__dirname, '..', '..', '..', 'shared', 'data', 'orl_faces');
 const haveOrl = fs.existsSync(ORL);
 if (!haveOrl) console.warn(`skipping the end-to-end ORL test: ${ORL} not found`);
 

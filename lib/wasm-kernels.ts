@@ -18,7 +18,10 @@
  * NHWC, dilation 1 (what the backbone uses); other cases fall back to the
  * backend's own kernel, or throw for Conv2DBackpropFilter.
  */
-import type { Tf } from './tf';
+import type * as TF from '@tensorflow/tfjs';
+
+/** The tfjs module (`import * as tf from '@tensorflow/tfjs'`). */
+export type Tf = typeof TF;
 
 interface TensorInfo {
   dataId: object;

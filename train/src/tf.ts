@@ -25,7 +25,7 @@
  * the same formula without a full-size tile() (broadcasting instead).
  */
 import type * as TF from '@tensorflow/tfjs';
-import { registerWasmKernels } from './wasm-kernels';
+import { registerWasmKernels } from 'margin-softmax/wasm-kernels';
 
 export type TfBackendName = 'cpu' | 'wasm';
 export type Tf = typeof TF;

@@ -3,7 +3,7 @@
 # split and seeds 0, 1, 2. ORL faces: 8 epochs (about 25 min here); Omniglot:
 # 5 epochs (about 1 h 50 min on 2 cores). Extra arguments are passed on
 # (for example --resume to reuse finished runs after an interruption).
-# Uses ../shared/data relative to the project root; skips a set that is absent.
+# Uses ../../shared/data relative to the training package (train/); skips a set that is absent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run() {  # data dir, epochs, out
@@ -13,5 +13,5 @@ run() {  # data dir, epochs, out
     echo "skipping $1: not found"
   fi
 }
-run ../shared/data/orl_faces "${ORL_EPOCHS:-8}" runs/compare-orl "$@"
-run ../shared/data/omniglot_background "${OMNIGLOT_EPOCHS:-5}" runs/compare-omniglot "$@"
+run ../../shared/data/orl_faces "${ORL_EPOCHS:-8}" runs/compare-orl "$@"
+run ../../shared/data/omniglot_background "${OMNIGLOT_EPOCHS:-5}" runs/compare-omniglot "$@"

@@ -1,7 +1,9 @@
 /**
  * A progress bar on stderr: loss, accuracy, images/s and ETA. On a terminal
- * it redraws one line (at most every 100 ms); otherwise it prints a line at
- * every 25 % of the epoch, so logs stay readable.
+ * it redraws one line (at most every 100 ms), fitted to the terminal's width
+ * (the bar shrinks first, then the line is cut: a line longer than the
+ * terminal would wrap and every redraw would add a line); otherwise it prints
+ * a line at every 25 % of the epoch, so logs stay readable.
  */
 export interface ProgressStats {
   loss: number;
@@ -23,6 +25,12 @@ export class ProgressBar {
     this.tty = Boolean(stream.isTTY);
   }
 
+  /** The terminal's width, read at every redraw (it can change), or Infinity when unknown. */
+  private columns(): number {
+    const c = this.tty ? this.stream.columns : undefined;
+    return typeof c === 'number' && c > 0 ? c : Infinity;
+  }
+
   update(done: number, s: ProgressStats, force = false): void {
     if (!this.enabled) return;
     const now = Date.now();
@@ -30,12 +38,12 @@ export class ProgressBar {
     if (this.tty) {
       if (!force && now - this.lastDraw < 100 && done < this.total) return;
       this.lastDraw = now;
-      this.stream.write(`\r\x1b[K${this.line(done, frac, s, now)}`);
+      this.stream.write(`\r\x1b[K${this.fitted(done, frac, s, now, this.columns() - 1)}`);
     } else {
       const q = Math.floor(frac * 4);
       if (q === this.lastQuarter && !force) return;
       this.lastQuarter = q;
-      this.stream.write(`${this.line(done, frac, s, now)}\n`);
+      this.stream.write(`${this.line(done, frac, s, now, 24)}\n`);
     }
   }
 
@@ -43,8 +51,15 @@ export class ProgressBar {
     if (this.enabled && this.tty) this.stream.write('\n');
   }
 
-  private line(done: number, frac: number, s: ProgressStats, now: number): string {
-    const width = 24;
+  /** The line in at most `max` characters: the bar from 24 down to 8 wide, then cut. */
+  private fitted(done: number, frac: number, s: ProgressStats, now: number, max: number): string {
+    const full = this.line(done, frac, s, now, 24);
+    if (full.length <= max) return full;
+    const narrower = this.line(done, frac, s, now, Math.max(8, 24 - (full.length - max)));
+    return narrower.length <= max ? narrower : narrower.slice(0, Math.max(0, max));
+  }
+
+  private line(done: number, frac: number, s: ProgressStats, now: number, width: number): string {
     const filled = Math.round(frac * width);
     const bar = '='.repeat(Math.max(0, filled - 1)) + (filled > 0 ? (frac < 1 ? '>' : '=') : '') + ' '.repeat(width - filled);
     const elapsed = (now - this.start) / 1000;

@@ -4,7 +4,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Margin } from '../types';
+import type { Margin } from 'margin-softmax';
 import { checkFingerprint, CheckpointMismatchError, checkpointDir, loadBackbone, readCheckpointState } from './checkpoint';
 import { marginLabel, modelFingerprint, type TrainConfig } from './config';
 import { DataError, type DataSource } from './data';
@@ -119,6 +119,8 @@ export interface CompareOptions {
    */
   resume?: boolean;
   verbose?: boolean;
+  /** A progress bar per run and epoch on stderr (labelled with the run). Default false. */
+  progress?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -200,7 +202,14 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
         const resume = (o.resume ?? false) && resumableRun(cfg);
         if (!resume) fs.rmSync(cfg.out, { recursive: true, force: true });
         log(`[${done}/${total}] ${dname} · ${label} · seed ${seed} (elapsed ${clock((Date.now() - t0) / 1000)})${resume ? ' · resuming the saved run' : ''}`);
-        const r: TrainResult = await train(cfg, { verbose: o.verbose ?? false, plots: true, resume, log: o.verbose ? undefined : () => {} });
+        const r: TrainResult = await train(cfg, {
+          verbose: o.verbose ?? false,
+          progress: o.progress ?? o.verbose ?? false,
+          progressLabel: `[${done}/${total}] ${margin.kind} seed ${seed} · `,
+          plots: true,
+          resume,
+          log: o.verbose ? undefined : () => {},
+        });
         if (!r.after) throw new Error(`compare: run ${cfg.out} produced no evaluation (is --eval-every 0?)`);
         cell.seeds.push(seed);
         cell.accuracy.push(r.after.accuracy.mean);

@@ -5,8 +5,8 @@
  */
 import { beforeAll, describe, expect, test } from 'vitest';
 import type { Tensor4D } from '@tensorflow/tfjs';
-import { setupTf, type Tf } from '../lib/train/tf';
-import { permute } from '../lib/train/wasm-kernels';
+import { setupTf, type Tf } from '../src/tf';
+import { permute } from 'margin-softmax/wasm-kernels';
 
 let tf: Tf;
 beforeAll(async () => {

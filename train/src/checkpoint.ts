@@ -11,7 +11,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type * as TF from '@tensorflow/tfjs';
-import { MarginHead } from '../head';
+import { MarginHead } from 'margin-softmax';
 import { fingerprintDiff } from './config';
 import type { BackboneSgd } from './optimizer';
 import type { Tf } from './tf';

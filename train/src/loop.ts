@@ -8,8 +8,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type * as TF from '@tensorflow/tfjs';
-import { MarginHead, type StepResult } from '../head';
-import { marginLoss, type TfLike } from '../tfjs';
+import { MarginHead, type StepResult } from 'margin-softmax';
+import { marginLoss } from 'margin-softmax/tfjs';
 import {
   checkFingerprint,
   CheckpointMismatchError,
@@ -79,6 +79,12 @@ export interface TrainHooks {
   resume?: boolean;
   /** Start afresh in an <out> that already holds a run (its checkpoint, metrics and plots are replaced). */
   overwrite?: boolean;
+  /** A progress bar per epoch on stderr. Default: verbose. */
+  progress?: boolean;
+  /** Put before the progress bar's "epoch i/n" (compare: which run this is). */
+  progressLabel?: string;
+  /** Log the final verification (the CLI prints it on stdout instead). Default true. */
+  logResult?: boolean;
   /** Write SVG plots at the end. Default true. */
   plots?: boolean;
   /** Stop after this many training batches in total (tests of the stop path). */
@@ -250,7 +256,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   // The adapter calls head.step() once per forward pass, with the scheduled
   // learning rate; each step's result gives the accuracy and θ_y (against the
   // centres before the update).
-  const lossFn = marginLoss(head, tf as unknown as TfLike, {
+  const lossFn = marginLoss(head, tf, {
     lr: () => headLr,
     onStep: (r) => {
       last = r;
@@ -285,7 +291,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       const order = rng.shuffle(trainSamples.filter((s) => !badRefs.has(s.ref)));
       // A batch of one would give batch norm a zero variance: fold a single leftover image away.
       const nBatches = Math.max(1, Math.floor(order.length / bs) + (order.length % bs >= 2 ? 1 : 0));
-      const bar = new ProgressBar(`epoch ${epoch}/${cfg.epochs}`, nBatches * bs > order.length ? order.length : nBatches * bs, process.stderr, verbose);
+      const bar = new ProgressBar(`${hooks.progressLabel ?? ''}epoch ${epoch}/${cfg.epochs}`, nBatches * bs > order.length ? order.length : nBatches * bs, process.stderr, hooks.progress ?? verbose);
       epochTheta = [];
       thetaSeen = 0;
       let lossSum = 0;
@@ -310,7 +316,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
         const loss = tf.tidy(() => {
           const x = tf.tensor4d(batch.data, [n, cfg.height, cfg.width, cfg.channels]);
           const { value, grads } = tf.variableGrads(
-            () => lossFn(model.apply(x, { training: true }) as TF.Tensor2D, batch.labels) as unknown as TF.Scalar,
+            () => lossFn(model.apply(x, { training: true }) as TF.Tensor2D, batch.labels),
             optimizer.variables,
           );
           optimizer.step(grads, lr);
@@ -389,7 +395,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       }
     }
     if (!stopped && !after && fs.existsSync(evalFile)) after = (JSON.parse(fs.readFileSync(evalFile, 'utf8')).after as VerificationResult) ?? null;
-    if (!stopped && after) log(formatVerification(after, `after epoch ${cfg.epochs}`));
+    if (!stopped && after && (hooks.logResult ?? true)) log(formatVerification(after, `after epoch ${cfg.epochs}`));
     if (hooks.plots ?? true) {
       const files = await writePlots(out, records, thetas, before, after, `${src.name}, ${marginLabel(cfg.margin)}`);
       log(`plots: ${files.join(', ')}`);

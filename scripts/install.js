@@ -1,0 +1,104 @@
+#!/usr/bin/env node
+/**
+ * The package's install step. The tarball carries a prebuilt addon for
+ * linux-x64 (prebuilds/, the node-gyp-build layout: CPU backend + CUDA kernels,
+ * cudart linked statically, so it loads with or without an NVIDIA driver).
+ * When it loads here, nothing is compiled. Otherwise, or when asked, the addon
+ * is built from source:
+ *
+ *   npm install margin-softmax --build-from-source        (or MARGIN_SOFTMAX_BUILD_FROM_SOURCE=1)
+ *   npm install margin-softmax --margin-softmax-cpu-only  (or MARGIN_SOFTMAX_CPU_ONLY=1): no CUDA
+ *
+ * The source build uses cmake-js (CPU + CUDA where nvcc exists) when cmake-js
+ * is installed and CMake is on the PATH, else npm's own node-gyp (CPU only).
+ * The result goes to build/Release, which node-gyp-build prefers at load time.
+ */
+'use strict';
+const { spawnSync } = require('child_process');
+const path = require('path');
+
+const ROOT = path.join(__dirname, '..');
+
+const truthy = (v) => v !== undefined && v !== '' && v !== '0' && v !== 'false';
+
+/** npm turns `--build-from-source[=margin-softmax]` into npm_config_build_from_source. */
+function buildFromSourceRequested(env) {
+  const flag = env.npm_config_build_from_source;
+  return truthy(env.MARGIN_SOFTMAX_BUILD_FROM_SOURCE) || flag === 'true' || flag === 'margin-softmax';
+}
+
+function cpuOnlyRequested(env) {
+  return truthy(env.MARGIN_SOFTMAX_CPU_ONLY) || truthy(env.npm_config_margin_softmax_cpu_only);
+}
+
+function resolveFrom(request) {
+  try {
+    return require.resolve(request, { paths: [ROOT] });
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Loads the prebuilt binary of this platform in a child process (so that a
+ * binary that cannot be loaded here, e.g. for an older glibc, is a fallback
+ * to a source build rather than a crash). Returns null when it loads, else why not.
+ */
+function prebuiltProblem() {
+  const loader = resolveFrom('node-gyp-build');
+  if (!loader) return 'node-gyp-build is not installed';
+  const script = `const p = require(${JSON.stringify(loader)}).resolve(${JSON.stringify(ROOT)}); require(p); console.log(p);`;
+  const r = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, PREBUILDS_ONLY: '1' }, encoding: 'utf8' });
+  if (r.status === 0) {
+    console.log(`margin-softmax: using the prebuilt addon ${path.relative(ROOT, r.stdout.trim())}`);
+    return null;
+  }
+  const error = (r.stderr || '').split('\n').find((l) => /^\w*Error: /.test(l));
+  return error ? error.trim() : `exit status ${r.status}`;
+}
+
+function hasCmake() {
+  const r = spawnSync('cmake', ['--version'], { stdio: 'ignore' });
+  return r.status === 0;
+}
+
+function run(args) {
+  console.log(`margin-softmax: ${path.basename(args[0])} ${args.slice(1).join(' ')}`);
+  const r = spawnSync(process.execPath, args, { cwd: ROOT, stdio: 'inherit' });
+  if (r.error) throw r.error;
+  return r.status ?? 1;
+}
+
+function buildFromSource(cpuOnly) {
+  const cmakeJs = resolveFrom('cmake-js/bin/cmake-js');
+  if (cmakeJs && hasCmake()) {
+    return run([cmakeJs, 'compile', ...(cpuOnly ? ['--CDMS_DISABLE_CUDA=ON'] : [])]);
+  }
+  const nodeGyp = process.env.npm_config_node_gyp || resolveFrom('node-gyp/bin/node-gyp.js');
+  if (nodeGyp) {
+    if (!cpuOnly) console.log('margin-softmax: cmake-js or CMake not found: building the CPU backend only with node-gyp');
+    return run([nodeGyp, 'rebuild']);
+  }
+  console.error(
+    'margin-softmax: cannot build the addon from source: it needs cmake-js (npm install cmake-js) and CMake ≥ 3.18, ' +
+      'or node-gyp (bundled with npm), and a C++17 compiler',
+  );
+  return 1;
+}
+
+function main() {
+  const env = process.env;
+  const cpuOnly = cpuOnlyRequested(env);
+  if (buildFromSourceRequested(env) || cpuOnly) {
+    console.log(`margin-softmax: building from source as requested${cpuOnly ? ' (CPU only)' : ''}`);
+    return buildFromSource(cpuOnly);
+  }
+  const problem = prebuiltProblem();
+  if (problem === null) return 0;
+  console.log(`margin-softmax: no usable prebuilt addon for ${process.platform}-${process.arch} (${problem}); building from source`);
+  return buildFromSource(false);
+}
+
+if (require.main === module) process.exitCode = main();
+
+module.exports = { buildFromSourceRequested, cpuOnlyRequested };

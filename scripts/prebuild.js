@@ -1,0 +1,47 @@
+#!/usr/bin/env node
+/**
+ * `npm pack` / `npm publish` (prepack): puts the addon built in build/Release
+ * into the tarball as this platform's prebuilt binary, in the node-gyp-build
+ * layout prebuilds/<platform>-<arch>/node.napi.<libc>.node (an N-API binary:
+ * one file serves every Node version ≥ 18). `--clean` (postpack) removes it
+ * again, so that a checkout keeps loading its own build/Release.
+ *
+ * Release the package from a machine with nvcc, so that the binary carries
+ * the CUDA kernels too; MARGIN_SOFTMAX_REQUIRE_CUDA=1 makes that a check.
+ */
+'use strict';
+const fs = require('fs');
+const path = require('path');
+
+const ROOT = path.join(__dirname, '..');
+const BUILT = path.join(ROOT, 'build', 'Release', 'margin_softmax.node');
+const PREBUILDS = path.join(ROOT, 'prebuilds');
+
+function libcTag() {
+  if (process.platform !== 'linux') return '';
+  const report = process.report?.getReport?.();
+  return report?.header?.glibcVersionRuntime ? '.glibc' : '.musl';
+}
+
+function main(args) {
+  fs.rmSync(PREBUILDS, { recursive: true, force: true });
+  if (args.includes('--clean')) return 0;
+  if (!fs.existsSync(BUILT)) {
+    console.error(`prebuild: ${path.relative(ROOT, BUILT)} is missing: build the addon first (npm run build:native)`);
+    return 1;
+  }
+  const dir = path.join(PREBUILDS, `${process.platform}-${process.arch}`);
+  const target = path.join(dir, `node.napi${libcTag()}.node`);
+  fs.mkdirSync(dir, { recursive: true });
+  fs.copyFileSync(BUILT, target);
+  const info = require(target).info();
+  const mb = (fs.statSync(target).size / 1e6).toFixed(1);
+  console.log(`prebuild: ${path.relative(ROOT, target)} (${mb} MB, CUDA kernels ${info.cuda.compiled ? 'included' : 'NOT included'})`);
+  if (!info.cuda.compiled && process.env.MARGIN_SOFTMAX_REQUIRE_CUDA === '1') {
+    console.error('prebuild: MARGIN_SOFTMAX_REQUIRE_CUDA=1 but the addon was built without CUDA (no nvcc, or MS_DISABLE_CUDA)');
+    return 1;
+  }
+  return 0;
+}
+
+process.exitCode = main(process.argv.slice(2));
