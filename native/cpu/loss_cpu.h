@@ -75,6 +75,10 @@ struct CpuOptions {
   int threads = 0;                         // 0 = all hardware threads
   size_t workspace_bytes = 64u << 20;      // cosine tiles kept between passes
   int simd = -1;                           // −1 best available, 0 portable, 8 AVX2, 16 AVX-512
+  // With weights_bf16: the bf16 product path (MatrixPath in bf16_gemm.h),
+  // −1 the best available, 0 none (rounded operands, fp32 kernels), 1
+  // AVX512-BF16, 2 AMX-BF16; a path the CPU lacks falls back to the best below.
+  int matrix = -1;
 };
 
 // Thrown for problems the caller can fix (bad values found while streaming).
