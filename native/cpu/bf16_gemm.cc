@@ -23,18 +23,16 @@
 
 namespace ms {
 
-uint16_t to_bf16(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-
-float bf16_round(float v) {
-  const uint32_t u = (uint32_t)to_bf16(v) << 16;
-  float r;
-  std::memcpy(&r, &u, 4);
-  return r;
+void round_bf16_array(const float* src, float* dst, int64_t n) {
+  typedef uint32_t v4u __attribute__((vector_size(16)));
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    v4u u;
+    std::memcpy(&u, src + k, 16);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    std::memcpy(dst + k, &u, 16);
+  }
+  for (; k < n; ++k) dst[k] = bf16_round(src[k]);
 }
 
 const char* matrix_path_name(MatrixPath p) {

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 namespace ms {
 
@@ -48,8 +49,22 @@ inline int64_t pair_packed_size(int64_t Kp, int64_t NN) { return Kp * round_up(N
 // ---- Conversions (round to nearest even; inputs are finite) ----
 // The pack_* functions run only where a matrix path is available (both imply
 // AVX-512), and use it.
-uint16_t to_bf16(float v);
-float bf16_round(float v);  // v rounded to bf16, as a float
+// Inline so that loops over arrays vectorise.
+inline uint16_t to_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+inline float bf16_round(float v) {  // v rounded to bf16, as a float
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+// dst[k] = bf16_round(src[k]), k < n (vectorised; src == dst or disjoint).
+void round_bf16_array(const float* src, float* dst, int64_t n);
 // dst[m·ldd + k] = bf16(src[m·lds + k]) for k < K, 0 for K ≤ k < Kp.
 void pack_rows_bf16(const float* src, long lds, int M, int K, int Kp, uint16_t* dst, long ldd);
 // Pair-packs the K×NN matrix whose element (k, n) is src[k·sk + n] (rows k

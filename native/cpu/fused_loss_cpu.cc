@@ -41,7 +41,7 @@ std::unique_ptr<T[]> uninit(size_t n) {
 
 std::unique_ptr<float[]> rounded_copy(const float* src, size_t n) {
   auto r = uninit<float>(n);
-  for (size_t k = 0; k < n; ++k) r[k] = bf16_round(src[k]);
+  round_bf16_array(src, r.get(), (int64_t)n);
   return r;
 }
 
@@ -159,7 +159,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
       const float* src = wrow(j0 + j);
       float* dst = scratch + j * D;
       if (p.weights_bf16) {
-        for (int64_t q = 0; q < D; ++q) dst[q] = bf16_round(src[q]);
+        round_bf16_array(src, dst, D);
       } else {
         std::memcpy(dst, src, sizeof(float) * D);
       }
@@ -331,7 +331,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
         pack_rows_bf16_t(gt.get(), (long)ldt, (int)N, (int)bc, (int)Bcp, gT.get(), (long)Bcp);
         pack_pairs_bf16(wb, (long)D, (int)bc, (int)D, (int)Bcp, wp.get());
       } else if (p.weights_bf16) {
-        for (int64_t k = 0; k < bc * ldt; ++k) gt[k] = bf16_round(gt[k]);
+        round_bf16_array(gt.get(), gt.get(), bc * ldt);
       }
       // dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term.
       if (packed) {
