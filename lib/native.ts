@@ -60,7 +60,7 @@ export interface NativeAddon {
   /** Seconds for the three products alone (the GEMM ceiling); see native/cpu/gemm_ceiling.cc. */
   productsSeconds(x: Float32Array, w: Float32Array, dim: number, threads: number, simd: number, backward: boolean): number;
   /** GFLOP/s of a register-only loop on all threads: kind 0 fp32 FMA, 1 VDPBF16PS, 2 TDPBF16PS; 0 where the CPU lacks it. */
-  _peakGflops(kind: 0 | 1 | 2, threads: number, simd: number): number;
+  _peakGflops(kind: 0 | 1 | 2, threads: number, simd: number, seconds?: number): number;
   topk(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): { classes: Int32Array; scores: Float32Array };
   info(simd?: number): {
     cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number; matrix: 'amx-bf16' | 'avx512-bf16' | 'none' };

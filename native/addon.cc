@@ -341,13 +341,14 @@ Napi::Value ProductsSeconds(const Napi::CallbackInfo& info) {
   }
 }
 
-// _peakGflops(kind, threads, simd): register-only peak loops (peak_cpu.cc),
+// _peakGflops(kind, threads, simd, seconds?): register-only peak loops (peak_cpu.cc),
 // kind 0 fp32, 1 avx512-bf16, 2 amx-bf16; 0 where the CPU lacks it. For the benchmarks.
 Napi::Value PeakGflops(const Napi::CallbackInfo& info) {
   const int kind = info[0].As<Napi::Number>().Int32Value();
   const int threads = info[1].As<Napi::Number>().Int32Value();
   const int simd = info[2].As<Napi::Number>().Int32Value();
-  return Napi::Number::New(info.Env(), peak_gflops((PeakKind)std::clamp(kind, 0, 2), threads, simd));
+  const double seconds = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0.2;
+  return Napi::Number::New(info.Env(), peak_gflops((PeakKind)std::clamp(kind, 0, 2), threads, simd, seconds));
 }
 
 // topk(x, w, dim, k, threads) → { classes: Int32Array N×k, scores: Float32Array N×k }

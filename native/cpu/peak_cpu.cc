@@ -7,7 +7,7 @@
 //              to hide the FMA latency on two FMA ports (4–5 cycles × 2)
 //   avx512-bf16  VDPBF16PS (16 lanes × 2 products + 2 adds = 64 flops)
 //   amx-bf16   TDPBF16PS on four accumulator tiles (16×16×32×2 flops each)
-// Each is timed over a run of about 0.2 s after a calibration run; the best
+// Each is timed over runs of about 0.2 s (by default) after calibration; the best
 // of three runs is reported (other load only ever slows a run down).
 #include "peak_cpu.h"
 
@@ -174,19 +174,20 @@ double run_seconds(const Loop& L, int T, long iters) {
 
 }  // namespace
 
-double peak_gflops(PeakKind kind, int threads, int simd) {
+double peak_gflops(PeakKind kind, int threads, int simd, double seconds) {
   const Loop L = loop_for(kind, simd);
   if (!L.fn) return 0.0;
   const int T = threads > 0 ? threads : cpu_default_threads();
-  // Calibrate: grow the iteration count until a run takes ≥ 20 ms, then
-  // size the timed runs to about 0.2 s.
+  // Calibrate: grow the iteration count until a run takes a tenth of the
+  // target (at least 1 ms), then size the timed runs to about `seconds`.
+  const double target = std::clamp(seconds, 1e-3, 10.0);
   long iters = 1000;
   double t = run_seconds(L, T, iters);
-  while (t < 0.02 && iters < (1L << 40)) {
+  while (t < std::max(1e-3, target / 10) && iters < (1L << 40)) {
     iters *= 4;
     t = run_seconds(L, T, iters);
   }
-  iters = std::max<long>(1, (long)(iters * (0.2 / t)));
+  iters = std::max<long>(1, (long)(iters * (target / t)));
   double best = 1e300;
   for (int r = 0; r < 3; ++r) best = std::min(best, run_seconds(L, T, iters));
   return L.flops_per_iter * (double)iters * T / best / 1e9;
