@@ -209,17 +209,18 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
     }
     for (int64_t b = b_lo[t]; b < b_hi[t]; ++b) {
       const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
+      // Norms of the rows as the kernels see them (bf16: the rounded rows; a
+      // finite value rounds to a finite one, or to ±inf beyond bf16's range,
+      // which the norm check below then reports).
+      const float* wb = block_weights(j0, bc, wscratch.get());
+      const float* wn = p.weights_bf16 ? wb : nullptr;
       for (int64_t j = 0; j < bc; ++j) {
-        const double sq = K.sumsq(wrow(j0 + j), (int)D);
+        const double sq = K.sumsq(wn ? wn + j * D : wrow(j0 + j), (int)D);
         if (!(sq <= kMaxNormSq)) {  // non-finite, or a norm the fp32 products would overflow
           bad_w[t] = p.class_index ? p.class_index[j0 + j] : j0 + j;
           return;
         }
         invw[j0 + j] = inv_norm_from_sq(sq);
-      }
-      const float* wb = block_weights(j0, bc, wscratch.get());
-      if (p.weights_bf16) {  // norms of the rounded rows, as the kernels see them
-        for (int64_t j = 0; j < bc; ++j) invw[j0 + j] = inv_norm_from_sq(K.sumsq(wb + j * D, (int)D));
       }
       float* tile = (b - b_lo[t] < cached[t]) ? cache[t].get() + (b - b_lo[t]) * tile_floats : tile_own.get();
       cos_tile(wb, j0, bc, tile, wa.get());
