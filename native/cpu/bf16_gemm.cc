@@ -237,74 +237,12 @@ void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t*
 
 #pragma GCC pop_options
 
-// ---- AMX GEMM (TDPBF16PS) ------------------------------------------------
-// Blocks of 32 rows × 32 columns in four accumulator tiles (tmm0–3), A in
-// tmm4–5 (16 rows × 32 k each), B in tmm6–7 (16 k-pairs × 16 columns each,
-// straight from the panel: its 128-byte rows are the tile's stride). Row
-// edges go through a zero-padded copy of A, results through a 32×32 buffer.
+// ---- AMX GEMM (TDPBF16PS): amx_gemm.inc ------------------------------------
 #pragma GCC push_options
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 
 namespace {
-
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-void gemm_amx_bf16(int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C, long ldc,
-                   bool accumulate) {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
-  _tile_loadconfig(&cfg);
-  alignas(64) float cbuf[32 * 32];
-  std::vector<uint16_t> apad;
-  for (int m0 = 0; m0 < M; m0 += 32) {
-    const int rows = std::min(32, M - m0);
-    const uint16_t* Ab = A + (long)m0 * lda;
-    long la = lda;
-    if (rows < 32) {
-      apad.assign((size_t)32 * Kp, 0);
-      for (int r = 0; r < rows; ++r) std::memcpy(apad.data() + (long)r * Kp, Ab + (long)r * lda, 2 * (size_t)Kp);
-      Ab = apad.data();
-      la = Kp;
-    }
-    for (int n0 = 0; n0 < NN; n0 += 32) {
-      const uint16_t* panel = Bp + (long)(n0 / 32) * 32 * Kp;
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int k0 = 0; k0 < Kp; k0 += 32) {
-        _tile_loadd(4, Ab + k0, la * 2);
-        _tile_loadd(5, Ab + 16 * la + k0, la * 2);
-        _tile_loadd(6, panel + (long)k0 * 32, 128);
-        _tile_loadd(7, panel + (long)k0 * 32 + 32, 128);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
-      }
-      _tile_stored(0, cbuf, 128);
-      _tile_stored(1, cbuf + 16, 128);
-      _tile_stored(2, cbuf + 16 * 32, 128);
-      _tile_stored(3, cbuf + 16 * 32 + 16, 128);
-      const int nc = std::min(32, NN - n0);
-      for (int r = 0; r < rows; ++r) {
-        float* cr = C + (long)(m0 + r) * ldc + n0;
-        for (int q = 0; q < nc; ++q) cr[q] = (accumulate ? cr[q] : 0.0f) + cbuf[r * 32 + q];
-      }
-    }
-  }
-  _tile_release();
-}
-
+#include "amx_gemm.inc"
 }  // namespace
 
 #pragma GCC pop_options
