@@ -177,8 +177,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
     }
     for (int64_t j = 0; j < bc; ++j) {
       float* row = tile + j * ldt;
-      const float inv = invw[j0 + j];
-      for (int64_t i = 0; i < N; ++i) row[i] *= inv;
+      K.scale(row, invw[j0 + j], (int)N);
       for (int64_t i = N; i < ldt; ++i) row[i] = 0.0f;
     }
   };
@@ -343,10 +342,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
       for (int64_t j = 0; j < bc; ++j) {
         // w·invn² underflows for huge norms: form it as (invn·t)·(invn·w).
         const float inv = invw[j0 + j];
-        const float k = inv * tj[j];
-        const float* wr = wb + j * D;
-        float* gr = gw + j * D;
-        for (int64_t q = 0; q < D; ++q) gr[q] -= k * (inv * wr[q]);
+        K.sub_scaled(gw + j * D, wb + j * D, inv * tj[j], inv, (int)D);
       }
       // dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).
       if (packed) {
