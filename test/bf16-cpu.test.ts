@@ -145,6 +145,20 @@ describe('bf16 paths of this CPU', () => {
     });
   }
 
+  test("'none' on every SIMD level of the CPU: the same rounding, fp32 kernels of each width", () => {
+    const p = randomProblem(20, 900, 72, 37);
+    const m: Margin = { kind: 'arcface', m: 0.5 };
+    const widest = lossAndGrad(p, { margin: m, ...bf16('none') });
+    for (const simd of ['avx2', 'portable'] as const) {
+      const r = lossAndGrad(p, { margin: m, ...bf16('none', { simd }) });
+      // fp32 summation order only (bf16 rounding of G can flip: see above).
+      expect(Math.abs(r.loss - widest.loss)).toBeLessThanOrEqual(1e-6 * widest.loss);
+      expect(relMaxErr(r.gradEmbeddings, widest.gradEmbeddings)).toBeLessThan(U / 8);
+      expect(relMaxErr(r.gradWeights, widest.gradWeights)).toBeLessThan(U / 8);
+      expectSameResult(r, lossAndGrad(p, { margin: m, ...bf16('none', { simd }) }));
+    }
+  });
+
   test('a path the CPU lacks falls back to the best one it has', () => {
     const p = randomProblem(8, 400, 32, 35);
     const m: Margin = { kind: 'adaptive' };
