@@ -49,8 +49,10 @@ describe('bf16 paths of this CPU', () => {
       flags = null; // not Linux: nothing to compare with
     }
     if (flags) {
+      // A path is never claimed without its flags. (The converse needs a compiler that
+      // knows the instructions, GCC ≥ 11 or Clang ≥ 12: an older one builds 'none' only.)
       const dp = ['avx512f', 'avx512bw', 'avx512vl', 'avx512_bf16'].every((f) => flags!.includes(f));
-      expect(best !== 'none').toBe(dp);
+      if (best !== 'none') expect(dp).toBe(true);
       if (best === 'amx-bf16') expect(flags.includes('amx_bf16') && flags.includes('amx_tile')).toBe(true);
     }
   });

@@ -23,8 +23,10 @@ struct LossProblem {
   // below this value (and that holds no target) is skipped in the backward
   // pass. 0 disables it (exact gradients).
   float grad_filter = 0.0f;
-  // Emulate bfloat16 class centres: W is rounded to bf16 (round-to-nearest-
-  // even) as it is read; products still accumulate in fp32.
+  // bfloat16 class centres: W is rounded to bf16 (round-to-nearest-even) as
+  // it is read, and the three products take bf16 operands (X̂, W, G) with fp32
+  // accumulation on the matrix path of CpuOptions::matrix; the target cosine,
+  // norms and chain rule stay fp32 (fused_loss_cpu.cc).
   bool weights_bf16 = false;
 
   // ---- Used by MarginHead (class sampling, sharding, fused update) ----
