@@ -12,7 +12,7 @@
  */
 import fs from 'node:fs';
 import { describe, expect, test } from 'vitest';
-import { ArgumentError, deviceInfo, forward, lossAndGrad } from '../lib/index';
+import { ArgumentError, MarginHead, deviceInfo, forward, lossAndGrad } from '../lib/index';
 import type { CpuMatrixPath, LossOptions, Margin } from '../lib/types';
 import { randomProblem, referenceLoss, relMaxErr, roundBf16 } from './reference';
 
@@ -159,6 +159,33 @@ describe('bf16 paths of this CPU', () => {
       expect(relMaxErr(r.gradWeights, widest.gradWeights)).toBeLessThan(U / 8);
       expectSameResult(r, lossAndGrad(p, { margin: m, ...bf16('none', { simd }) }));
     }
+  });
+
+  test("MarginHead with weightsDtype 'bfloat16' steps on the same bf16 products as lossAndGrad", () => {
+    // The head's fused update consumes each block's gradient inside the backward pass
+    // (and, with sampling, reads the centres through a class index): the products it
+    // sees must be the ones lossAndGrad returns for the same centres.
+    const C = 700, d = 48;
+    const p = randomProblem(30, C, d, 38);
+    const lr = 0.05;
+    const head = new MarginHead({ classes: C, dim: d, margin: { kind: 'adaptive' }, weightsDtype: 'bfloat16', threads: 2, optimizer: { lr }, init: p.weights });
+    const ref = lossAndGrad(p, { margin: { kind: 'adaptive' }, weightsDtype: 'bfloat16', threads: 2 });
+    const r = head.step(p.embeddings, p.labels);
+    expect(r.loss).toBe(ref.loss);
+    expect(Buffer.compare(Buffer.from(r.gradEmbeddings.buffer), Buffer.from(ref.gradEmbeddings.buffer))).toBe(0);
+    const w = head.getWeights();
+    let worst = 0, scale = 1;
+    for (let k = 0; k < w.length; k++) {
+      worst = Math.max(worst, Math.abs(w[k] - (p.weights[k] - lr * ref.gradWeights[k])));
+      scale = Math.max(scale, Math.abs(w[k]));
+    }
+    // The native update is fp32, this one float64: a few fp32 ulps of the values' scale.
+    expect(worst).toBeLessThanOrEqual(1e-6 * scale);
+    // Partial FC sampling (the class-index path): fewer classes in every row's log-sum-exp.
+    const sampled = new MarginHead({ classes: C, dim: d, margin: { kind: 'adaptive' }, weightsDtype: 'bfloat16', threads: 2, sampleRate: 0.5, init: p.weights });
+    const s = sampled.step(p.embeddings, p.labels);
+    expect(Number.isFinite(s.loss) && s.loss > 0).toBe(true);
+    expect(s.loss).toBeLessThan(ref.loss);
   });
 
   test('a path the CPU lacks falls back to the best one it has', () => {
