@@ -9,6 +9,8 @@
         "native/cpu/topk_cpu.cc",
         "native/cpu/thread_pool.cc",
         "native/cpu/simd_dispatch.cc",
+        "native/cpu/bf16_gemm.cc",
+        "native/cpu/peak_cpu.cc",
         "native/cuda_stub.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -158,7 +158,9 @@ export function machineDescription(pkg) {
   try {
     const txt = require('node:fs').readFileSync('/proc/cpuinfo', 'utf8');
     const flags = (txt.match(/^flags\s*:\s*(.*)$/m) || [])[1] || '';
-    cpuFlags = ['avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl'].filter((f) => flags.split(' ').includes(f)).join(' ');
+    const have = new Set(flags.split(' '));
+    cpuFlags = ['avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni', 'avx512_bf16', 'amx_tile', 'amx_bf16']
+      .filter((f) => have.has(f)).join(' ');
   } catch {}
   return {
     cpuModel: cpus[0]?.model?.trim() ?? 'unknown',
@@ -170,7 +172,7 @@ export function machineDescription(pkg) {
     os: `${os.type()} ${os.release()} ${os.arch()}`,
     node: process.version,
     ...tfjsVersions(),
-    fused: { threads: info.cpu.threads, simd: info.cpu.simd, simdWidth: info.cpu.simdWidth },
+    fused: { threads: info.cpu.threads, simd: info.cpu.simd, simdWidth: info.cpu.simdWidth, matrix: info.cpu.matrix },
     backends: pkg.backends(),
     gpu: cuda.usable
       ? { name: cuda.name, computeCapability: cuda.computeCapability, totalMemoryBytes: cuda.totalMemory, driverVersion: cuda.driverVersion, runtimeVersion: cuda.runtimeVersion }

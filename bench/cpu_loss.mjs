@@ -1,22 +1,27 @@
 #!/usr/bin/env node
-// cpu_loss.mjs — issue #2's CPU figure: the fused adaptive-margin loss on the CPU
-// backend, N = 128, d = 512, C ∈ {10⁴, 10⁵, 10⁶}, s = 64, forward and forward +
-// backward, against the GEMM ceiling (the same products with the project's own
-// kernel and blocking, no epilogue) measured in the same process, its calls
-// alternating with the loss's calls. Also: peak RSS and the memory beyond inputs and
-// outputs (one child process per size and pass, so each peak is clean), and the tile
-// workspace's effect (default 64 MiB vs 0 = always recompute) at C = 10⁵, and the
-// effect of reusing the output arrays (options.out) instead of fresh ones per call.
+// cpu_loss.mjs — the fused adaptive-margin loss on the CPU backend, N = 128,
+// d = 512, C ∈ {10⁴, 10⁵, 10⁶}, s = 64, forward and forward + backward, against
+// two yardsticks measured in the same run:
+//   - the machine's arithmetic peaks (register-only loops in the addon on all
+//     threads: fp32 FMA, and where the CPU has them VDPBF16PS and AMX TDPBF16PS),
+//     measured before and after the loss rows (the better of the two is kept:
+//     other load only lowers it);
+//   - the GEMM ceiling (the same products with the project's own fp32 kernel and
+//     blocking, no epilogue), its calls alternating with the loss's calls.
+// Rows: fp32 and weightsDtype 'bfloat16' (the bf16 product path deviceInfo().cpu.matrix
+// names), fresh outputs and options.out; peak RSS and the memory beyond inputs and
+// outputs (one child process per row, so each peak is clean); and the tile
+// workspace's effect (default 64 MiB vs 0 = always recompute) at C = 10⁵.
 //
 //   npm run bench:cpu
-//   node bench/cpu_loss.mjs --reps=9 --sizes=10000,100000 --threads=2
+//   node bench/cpu_loss.mjs --reps=9 --sizes=10000,100000 --threads=2 [--no-bf16]
 //
 // Prints a Markdown table and writes bench/results/cpu.json.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  MARGIN, MiB, RESULTS_DIR, SCALE, fmtBytes, fmtC, fmtGflops, fmtTime, loadPackage, machineDescription, runChild,
+  MARGIN, RESULTS_DIR, SCALE, fmtBytes, fmtC, fmtGflops, fmtTime, loadAddon, loadPackage, machineDescription, runChild,
 } from './common.mjs';
 
 const argv = process.argv.slice(2);
@@ -30,14 +35,29 @@ const sizes = opt('sizes', '10000,100000,1000000').split(',').map(Number);
 const reps = Number(opt('reps', 7));
 const threads = opt('threads', null);
 const outFile = path.resolve(opt('out', path.join(RESULTS_DIR, 'cpu.json')));
-const TARGET_GFLOPS = 100; // issue #2: forward + backward at C = 10⁵
-const TARGET_EXTRA_BYTES = 100e6; // issue #2: extra memory at C = 10⁶
+const withBf16 = !argv.includes('--no-bf16');
+const TARGET_PEAK_FRACTION = 0.8; // forward + backward at C = 10⁵ and 10⁶, fp32, AVX-512
+const TARGET_EXTRA_BYTES = 100e6; // extra memory at C = 10⁶
 
 const t0 = Date.now();
 const log = (...a) => console.error(`[${((Date.now() - t0) / 1e3).toFixed(0).padStart(4)} s]`, ...a);
 const pkg = loadPackage();
 const machine = machineDescription(pkg);
-log(`fused cpu loss: ${machine.cpuModel}, ${machine.logicalCores} cores, ${machine.fused.simd} × ${threads ?? machine.fused.threads} threads, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+log(`fused cpu loss: ${machine.cpuModel}, ${machine.logicalCores} cores, ${machine.fused.simd} × ${threads ?? machine.fused.threads} threads, bf16 path ${machine.fused.matrix}, flags ${machine.cpuFlags}, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`);
+
+// ---------------------------------------------------------------- peaks
+const addon = loadAddon();
+const PEAK_KINDS = [['fp32', 0], ['avx512-bf16', 1], ['amx-bf16', 2]];
+function measurePeaks() {
+  const r = {};
+  for (const [name, code] of PEAK_KINDS) {
+    const g = addon._peakGflops(code, threads ? Number(threads) : 0, -1);
+    r[name] = g > 0 ? g : null;
+  }
+  return { gflops: r, loadAverage: os.loadavg() };
+}
+const peaksBefore = measurePeaks();
+log(`peaks (GFLOP/s, all threads): ${PEAK_KINDS.map(([n]) => `${n} ${peaksBefore.gflops[n] == null ? 'not on this CPU' : fmtGflops(peaksBefore.gflops[n])}`).join(', ')}`);
 
 const runs = [];
 const baseOptions = threads ? { threads: Number(threads) } : {};
@@ -45,6 +65,12 @@ const plan = [];
 for (const C of sizes) for (const mode of ['fwd', 'fwdbwd']) plan.push({ C, mode, options: { ...baseOptions }, variant: 'default workspace (64 MiB)' });
 if (sizes.includes(100000)) plan.push({ C: 100000, mode: 'fwdbwd', options: { ...baseOptions, workspaceBytes: 0 }, variant: 'workspaceBytes: 0 (recompute every tile)' });
 for (const C of sizes) plan.push({ C, mode: 'fwdbwd', options: { ...baseOptions, reuseOut: true }, variant: 'outputs reused (options.out)' });
+if (withBf16) {
+  const bf16 = { ...baseOptions, weightsDtype: 'bfloat16' };
+  for (const C of sizes) plan.push({ C, mode: 'fwd', options: { ...bf16 }, variant: `bf16 (${machine.fused.matrix})` });
+  for (const C of sizes) plan.push({ C, mode: 'fwdbwd', options: { ...bf16 }, variant: `bf16 (${machine.fused.matrix})` });
+  for (const C of sizes) plan.push({ C, mode: 'fwdbwd', options: { ...bf16, reuseOut: true }, variant: `bf16 (${machine.fused.matrix}), outputs reused` });
+}
 
 for (const p of plan) {
   const job = { kind: 'time', impl: 'fused', backend: 'cpu', mode: p.mode, N, d, C: p.C, seed: 1, warmup: 2, reps, minReps: reps, ceiling: true, options: p.options };
@@ -59,6 +85,22 @@ for (const p of plan) {
   log(`C=${fmtC(p.C)} ${p.mode} ${p.variant}: ${fmtTime(r.medianS)} [${fmtTime(r.minS)}–${fmtTime(r.maxS)}] ${fmtGflops(r.gflops)} GFLOP/s; ceiling ${fmtTime(r.ceiling.medianS)} ${fmtGflops(r.ceiling.gflops)} GFLOP/s; peak RSS ${fmtBytes(r.peakRssBytes)}, extra ${fmtBytes(r.extraBytes)}`);
 }
 
+const peaksAfter = measurePeaks();
+const peaks = {};
+for (const [name] of PEAK_KINDS) {
+  const a = peaksBefore.gflops[name], b = peaksAfter.gflops[name];
+  peaks[name] = a == null && b == null ? null : Math.max(a ?? 0, b ?? 0);
+}
+log(`peaks after the rows: ${PEAK_KINDS.map(([n]) => `${n} ${peaksAfter.gflops[n] == null ? '–' : fmtGflops(peaksAfter.gflops[n])}`).join(', ')}`);
+const pct = (x) => (x == null || !Number.isFinite(x) ? '–' : `${(100 * x).toFixed(0)} %`);
+const isBf16 = (r) => r.options?.weightsDtype === 'bfloat16';
+const bf16Peak = peaks['amx-bf16'] ?? peaks['avx512-bf16'];
+for (const r of runs) {
+  if (r.status !== 'ok') continue;
+  r.fractionOfFp32Peak = r.gflops / peaks.fp32;
+  if (isBf16(r) && bf16Peak) r.fractionOfBf16Peak = r.gflops / bf16Peak;
+}
+
 // ---------------------------------------------------------------- report
 const L = [];
 L.push(`## Fused CPU loss (adaptive margin, N = ${N}, d = ${d}, s = ${SCALE})`, '');
@@ -67,29 +109,52 @@ L.push(`${machine.cpuModel}, ${machine.logicalCores} logical cores, ${machine.fu
   `The ceiling is productsSeconds: the same products with the same kernel, blocking and threads and no epilogue, its calls alternating with the loss's; ` +
   `loss / ceiling is the median over those adjacent pairs of ceiling time / loss time (the fraction of attainable GEMM speed the fused loss keeps). ` +
   `Load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at the end (a shared machine: other work was running).`, '');
-L.push('| C | pass | variant | time | GFLOP/s | ceiling time | ceiling GFLOP/s | loss / ceiling | peak RSS | extra beyond inputs + outputs |');
-L.push('|---|---|---|---|---|---|---|---|---|---|');
+L.push(`CPU flags: ${machine.cpuFlags}. bf16 product path (deviceInfo().cpu.matrix): ${machine.fused.matrix}.`, '');
+L.push('Peaks (register-only loops on all threads, the better of a run before and one after the rows; load average then ' +
+  `${peaksBefore.loadAverage[0].toFixed(1)} and ${peaksAfter.loadAverage[0].toFixed(1)}):`, '');
+L.push('| peak | GFLOP/s | × fp32 peak |', '|---|---|---|');
+for (const [name] of PEAK_KINDS) {
+  L.push(`| ${name === 'fp32' ? `fp32 FMA (${machine.fused.simd})` : name === 'avx512-bf16' ? 'bf16 VDPBF16PS (AVX512-BF16)' : 'bf16 TDPBF16PS (AMX-BF16)'} | ` +
+    `${peaks[name] == null ? 'not on this CPU / OS' : fmtGflops(peaks[name])} | ${peaks[name] == null ? '–' : (peaks[name] / peaks.fp32).toFixed(2)} |`);
+}
+L.push('');
+L.push('| C | pass | variant | time | GFLOP/s | of fp32 peak | of bf16 peak | fp32 ceiling time | ceiling GFLOP/s | loss / ceiling | peak RSS | extra beyond inputs + outputs |');
+L.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of runs) {
   const ws = r.options?.reuseOut ? 'outputs reused' : r.options?.workspaceBytes === 0 ? 'workspace 0' : 'default';
+  const variant = isBf16(r) ? `bf16 ${machine.fused.matrix}, ${ws}` : ws;
   if (r.status !== 'ok') {
-    L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${ws} | ${r.status} | | | | | | |`);
+    L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${variant} | ${r.status} | | | | | | | | |`);
     continue;
   }
-  L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${ws} | ` +
+  L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${variant} | ` +
     `${fmtTime(r.medianS)} [${fmtTime(r.minS)}–${fmtTime(r.maxS)}] | ${fmtGflops(r.gflops)} (best ${fmtGflops(r.gflopsBest)}) | ` +
+    `${pct(r.fractionOfFp32Peak)} | ${pct(r.fractionOfBf16Peak)} | ` +
     `${fmtTime(r.ceiling.medianS)} [${fmtTime(r.ceiling.minS)}–${fmtTime(r.ceiling.maxS)}] | ${fmtGflops(r.ceiling.gflops)} | ${(100 * r.fractionOfCeilingPaired).toFixed(0)} % | ` +
     `${fmtBytes(r.peakRssBytes)} | ${fmtBytes(r.extraBytes)} |`);
 }
 L.push('');
 
-const find = (C, mode, ws0 = false, reuse = false) =>
-  runs.find((r) => r.C === C && r.mode === mode && (r.options?.workspaceBytes === 0) === ws0 && !!r.options?.reuseOut === reuse && r.status === 'ok');
-const summary = {};
+const find = (C, mode, ws0 = false, reuse = false, bf16 = false) =>
+  runs.find((r) => r.C === C && r.mode === mode && (r.options?.workspaceBytes === 0) === ws0 && !!r.options?.reuseOut === reuse && isBf16(r) === bf16 && r.status === 'ok');
+const summary = { peaks };
 const at1e5 = find(100000, 'fwdbwd');
-if (at1e5) {
-  summary.gflopsAt1e5 = at1e5.gflops;
-  summary.targetGflopsMet = at1e5.gflops >= TARGET_GFLOPS;
-  L.push(`- Target (issue #2): forward + backward at C = 10⁵ ≥ ${TARGET_GFLOPS} GFLOP/s: ${fmtGflops(at1e5.gflops)} GFLOP/s median (${fmtGflops(at1e5.gflopsBest)} best) — ${summary.targetGflopsMet ? 'met' : 'not met'} on this run; the ceiling beside it: ${fmtGflops(at1e5.ceiling.gflops)} GFLOP/s.`);
+for (const C of [100000, 1000000]) {
+  for (const reuse of [false, true]) {
+    const r = find(C, 'fwdbwd', false, reuse);
+    if (!r) continue;
+    const key = `fp32FractionOfPeak_${C}${reuse ? '_outReused' : ''}`;
+    summary[key] = r.fractionOfFp32Peak;
+    L.push(`- fp32, C = ${fmtC(C)}, forward + backward${reuse ? ' (options.out)' : ''}: ${fmtGflops(r.gflops)} GFLOP/s = ${pct(r.fractionOfFp32Peak)} of the fp32 peak (target ≥ ${pct(TARGET_PEAK_FRACTION)} on AVX-512: ${r.fractionOfFp32Peak >= TARGET_PEAK_FRACTION ? 'met' : 'not met'} on this run), ${pct(r.fractionOfCeilingPaired)} of the GEMM ceiling.`);
+  }
+}
+for (const C of sizes) {
+  for (const reuse of [false, true]) {
+    const f = find(C, 'fwdbwd', false, reuse), b = find(C, 'fwdbwd', false, reuse, true);
+    if (!f || !b) continue;
+    summary[`bf16Speedup_${C}${reuse ? '_outReused' : ''}`] = f.medianS / b.medianS;
+    L.push(`- bf16 (${machine.fused.matrix}), C = ${fmtC(C)}, forward + backward${reuse ? ' (options.out)' : ''}: ${fmtTime(b.medianS)} vs ${fmtTime(f.medianS)} fp32 = ${(f.medianS / b.medianS).toFixed(2)}× (${pct(b.fractionOfFp32Peak)} of the fp32 peak${b.fractionOfBf16Peak ? `, ${pct(b.fractionOfBf16Peak)} of the bf16 peak` : ''}).`);
+  }
 }
 const ws0 = find(100000, 'fwdbwd', true);
 if (at1e5 && ws0) {
@@ -124,6 +189,7 @@ fs.writeFileSync(outFile, JSON.stringify({
   config: { N, d, sizes, reps, warmup: 2, margin: MARGIN, scale: SCALE, threads: threads ? Number(threads) : 'all',
     flops: '2·N·d·C forward, 3·2·N·d·C forward + backward' },
   machine: { ...machine, loadAverageAtEnd: os.loadavg() },
+  peaks: { best: peaks, before: peaksBefore, after: peaksAfter },
   summary,
   runs,
   markdown: md,

@@ -3,7 +3,7 @@
  * the fused native kernels. N = labels.length, C = weights.length / dim.
  */
 import { ArgumentError, BackendUnavailableError, NativeError } from './errors';
-import { MARGIN_KIND_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';
+import { MARGIN_KIND_CODES, MATRIX_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';
 import type { BackendName, DeviceInfo, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
 import { validateInput, validateOptions, validateOut, type Shape } from './validate';
 
@@ -90,6 +90,7 @@ export function nativeOptions(options: LossOptions, backend: BackendName, margin
     threads: options.threads ?? 0,
     workspaceBytes: options.workspaceBytes ?? DEFAULT_WORKSPACE_BYTES,
     simd: SIMD_CODES[options.simd ?? 'auto'],
+    matrix: MATRIX_CODES[options.matrix ?? 'auto'],
     backend,
   };
 }

@@ -26,6 +26,8 @@ export interface NativeLossOptions {
   threads: number;
   workspaceBytes: number;
   simd: number;
+  /** MATRIX_CODES: the CPU's bf16 product path (with weightsBf16). */
+  matrix: number;
   backend: 'cpu' | 'cuda';
   /** Caller-provided output arrays (lengths checked in TypeScript). */
   outPerSample?: Float32Array;
@@ -59,9 +61,11 @@ export interface NativeAddon {
   targetLogit(params: Partial<NativeLossOptions>, cos: number, rowMargin: number): { z: number; dz: number };
   /** Seconds for the three products alone (the GEMM ceiling); see native/cpu/gemm_ceiling.cc. */
   productsSeconds(x: Float32Array, w: Float32Array, dim: number, threads: number, simd: number, backward: boolean): number;
+  /** GFLOP/s of a register-only loop on all threads: kind 0 fp32 FMA, 1 VDPBF16PS, 2 TDPBF16PS; 0 where the CPU lacks it. */
+  _peakGflops(kind: 0 | 1 | 2, threads: number, simd: number, seconds?: number): number;
   topk(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): { classes: Int32Array; scores: Float32Array };
   info(simd?: number): {
-    cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number };
+    cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number; matrix: 'amx-bf16' | 'avx512-bf16' | 'none' };
     cuda: { compiled: boolean; usable: boolean; reason?: string; [key: string]: unknown };
   };
 }
@@ -79,6 +83,8 @@ export const MARGIN_KIND_CODES: Record<MarginKind, number> = {
 };
 
 export const SIMD_CODES = { auto: -1, portable: 4, avx2: 8, avx512: 16 } as const;
+/** Must match ms::MatrixPath in native/cpu/bf16_gemm.h. */
+export const MATRIX_CODES = { auto: -1, none: 0, 'avx512-bf16': 1, 'amx-bf16': 2 } as const;
 
 /**
  * The package root (dist/.. or lib/..): node-gyp-build looks there for a

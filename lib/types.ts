@@ -70,8 +70,22 @@ export interface LossOptions {
    * 0 (default) = exact gradients. See the README for the measured error.
    */
   gradFilter?: number;
-  /** Class-centre precision. 'bfloat16' rounds W to bf16 as it is read (emulated on the CPU). Default 'float32'. */
+  /**
+   * Class-centre precision. 'bfloat16': the centres are rounded to bf16 as they
+   * are read, and the cosine tiles and both gradient products take bf16 operands
+   * (X̂, the centres, the softmax gradient) with fp32 accumulation: tensor cores on
+   * CUDA; AMX or AVX512-BF16 on the CPU where it has them (`deviceInfo().cpu.matrix`,
+   * forced by `matrix`), else the same rounding with the fp32 kernels. Norms, the
+   * target cosine (so the margin) and the chain rule stay fp32. Error bound: README,
+   * "bf16 on the CPU". Default 'float32'.
+   */
   weightsDtype?: 'float32' | 'bfloat16';
+  /**
+   * CPU, weightsDtype 'bfloat16' only: the bf16 product path. 'auto' (default) is
+   * `deviceInfo().cpu.matrix`; a path the CPU lacks falls back to the best one below
+   * it (amx-bf16 → avx512-bf16 → none), as `simd` does.
+   */
+  matrix?: 'auto' | CpuMatrixPath;
   /** CPU threads (default: all hardware threads). Results are bit-identical for a fixed thread count. */
   threads?: number;
   /**
@@ -121,11 +135,16 @@ export interface LossAndGradResult extends ForwardResult {
   totalBlocks: number;
 }
 
+/** The CPU's bf16 product paths, best first: AMX tiles, AVX512-BF16 dot products, none (rounded operands, fp32 kernels). */
+export type CpuMatrixPath = 'amx-bf16' | 'avx512-bf16' | 'none';
+
 export interface CpuInfo {
   threads: number;
   simd: 'avx512' | 'avx2' | 'portable';
   /** Floats per vector register (16, 8 or 4). */
   simdWidth: number;
+  /** The path weightsDtype 'bfloat16' uses here: 'amx-bf16' needs AMX-BF16 and the OS's tile permission. */
+  matrix: CpuMatrixPath;
 }
 
 export interface CudaInfo {

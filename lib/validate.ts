@@ -126,6 +126,9 @@ export function validateOptions(options: LossOptions): void {
   if (o.simd !== undefined && !['auto', 'avx512', 'avx2', 'portable'].includes(o.simd as string)) {
     expected(`'auto', 'avx512', 'avx2' or 'portable'`, 'options.simd', o.simd);
   }
+  if (o.matrix !== undefined && !['auto', 'amx-bf16', 'avx512-bf16', 'none'].includes(o.matrix as string)) {
+    expected(`'auto', 'amx-bf16', 'avx512-bf16' or 'none'`, 'options.matrix', o.matrix);
+  }
 }
 
 export { describe };

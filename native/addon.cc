@@ -9,13 +9,16 @@
 //          weightsBf16, threads, workspaceBytes, simd, backend: 'cpu'|'cuda' }
 #include <napi.h>
 
+#include <algorithm>
 #include <array>
 #include <new>
 #include <string>
 
 #include "cpu/big_alloc.h"
+#include "cpu/bf16_gemm.h"
 #include "cpu/gemm_ceiling.h"
 #include "cpu/loss_cpu.h"
+#include "cpu/peak_cpu.h"
 #include "cpu/topk_cpu.h"
 #include "cuda/loss_cuda.h"
 
@@ -138,6 +141,7 @@ Request make_request(const Napi::CallbackInfo& info) {
   r.cpu.threads = (int)num(o, "threads", 0);
   r.cpu.workspace_bytes = (size_t)num(o, "workspaceBytes", (double)(64u << 20));
   r.cpu.simd = (int)num(o, "simd", -1);
+  r.cpu.matrix = (int)num(o, "matrix", -1);
   r.use_cuda = o.Get("backend").ToString().Utf8Value() == "cuda";
 
   // Outputs: new arrays, or the caller's (options.out, checked in lib/loss.ts)
@@ -337,6 +341,16 @@ Napi::Value ProductsSeconds(const Napi::CallbackInfo& info) {
   }
 }
 
+// _peakGflops(kind, threads, simd, seconds?): register-only peak loops (peak_cpu.cc),
+// kind 0 fp32, 1 avx512-bf16, 2 amx-bf16; 0 where the CPU lacks it. For the benchmarks.
+Napi::Value PeakGflops(const Napi::CallbackInfo& info) {
+  const int kind = info[0].As<Napi::Number>().Int32Value();
+  const int threads = info[1].As<Napi::Number>().Int32Value();
+  const int simd = info[2].As<Napi::Number>().Int32Value();
+  const double seconds = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 0.2;
+  return Napi::Number::New(info.Env(), peak_gflops((PeakKind)std::clamp(kind, 0, 2), threads, simd, seconds));
+}
+
 // topk(x, w, dim, k, threads) → { classes: Int32Array N×k, scores: Float32Array N×k }
 Napi::Value TopK(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -370,6 +384,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   cpu.Set("threads", cpu_default_threads());
   cpu.Set("simd", cpu_simd_name(width));
   cpu.Set("simdWidth", width);
+  cpu.Set("matrix", matrix_path_name(best_matrix_path()));
   res.Set("cpu", cpu);
   std::string why;
   const bool usable = cuda_usable(&why);
@@ -400,6 +415,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("topk", Napi::Function::New(env, TopK));
   exports.Set("productsSeconds", Napi::Function::New(env, ProductsSeconds));
+  exports.Set("_peakGflops", Napi::Function::New(env, PeakGflops));
   return exports;
 }
 

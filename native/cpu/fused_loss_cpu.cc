@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "bf16_gemm.h"
 #include "big_alloc.h"
 #include "class_blocks.h"
 #include "loss_cpu.h"
@@ -38,13 +39,16 @@ std::unique_ptr<T[]> uninit(size_t n) {
   return std::unique_ptr<T[]>(new T[n == 0 ? 1 : n]);
 }
 
-float round_bf16(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  u &= 0xffff0000u;
-  std::memcpy(&v, &u, 4);
-  return v;
+std::unique_ptr<float[]> rounded_copy(const float* src, size_t n) {
+  auto r = uninit<float>(n);
+  round_bf16_array(src, r.get(), (int64_t)n);
+  return r;
+}
+
+double dot_f64(const float* a, const float* b, int64_t n) {
+  double s = 0.0;
+  for (int64_t k = 0; k < n; ++k) s += (double)a[k] * b[k];
+  return s;
 }
 
 }  // namespace
@@ -79,6 +83,31 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   const float* xn = rows.xn.get();
   const float* xt = rows.xt.get();
   const float* invx = rows.invx.get();
+  // bf16 compute (weightsDtype 'bfloat16'): the three products take bf16
+  // operands (X̂, the bf16 centres, G) and accumulate in fp32, on the matrix
+  // path chosen at run time; 'none' rounds the operands and uses the fp32
+  // kernels (the same products up to summation order: a product of two bf16
+  // values is exact in fp32). Norms, the target cosine (hence the margin) and
+  // the chain rule stay in fp32. Error bound: README, "bf16 on the CPU".
+  const MatrixPath mp = p.weights_bf16 ? resolve_matrix_path(opt.matrix) : MatrixPath::None;
+  const bool packed = mp != MatrixPath::None;
+  const int64_t Dp = round_up(D, kBf16KPad), ldtp = round_up(ldt, kBf16KPad), Bcp = round_up(Bc, kBf16KPad);
+  std::unique_ptr<float[]> xt_r, xn_r;
+  std::unique_ptr<uint16_t[]> xt_p, xn_p;
+  if (p.weights_bf16 && !packed) {
+    xt_r = rounded_copy(xt, (size_t)(D * ldt));
+    xn_r = rounded_copy(xn, (size_t)(N * D));
+  } else if (packed) {
+    xt_p.reset(new uint16_t[pair_packed_size(Dp, ldt)]);
+    pack_pairs_bf16(xt, ldt, (int)D, (int)ldt, (int)Dp, xt_p.get());  // element (k, i) = x̂_ik
+    xn_p.reset(new uint16_t[pair_packed_size(ldtp, D)]);
+    pack_pairs_bf16(xn, D, (int)N, (int)D, (int)ldtp, xn_p.get());  // element (i, k) = x̂_ik
+  }
+  const float* xt_op = xt_r ? xt_r.get() : xt;  // the fp32 kernels' X̂ operands
+  const float* xn_op = xn_r ? xn_r.get() : xn;
+  // bf16 compute: each row's target cosine in fp32 (x̂_i·w_y·invn_y), patched
+  // into the tiles so the margin and t_j see full precision.
+  auto tcos = std::unique_ptr<float[]>(new float[ldt]());
   // Per-row arrays padded to ldt lanes (padding: ignored rows).
   auto rowscale = std::unique_ptr<float[]>(new float[ldt]());
   auto zt = std::unique_ptr<float[]>(new float[ldt]());
@@ -130,7 +159,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
       const float* src = wrow(j0 + j);
       float* dst = scratch + j * D;
       if (p.weights_bf16) {
-        for (int64_t q = 0; q < D; ++q) dst[q] = round_bf16(src[q]);
+        round_bf16_array(src, dst, D);
       } else {
         std::memcpy(dst, src, sizeof(float) * D);
       }
@@ -138,20 +167,31 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
     return scratch;
   };
   // Cosine tile of a block: tile[j·ldt + i] = invn_j·(w_j·x̂_i); padding lanes 0.
-  auto cos_tile = [&](const float* wb, int64_t j0, int64_t bc, float* tile) {
-    K.gemm((int)bc, (int)N, (int)D, wb, (long)D, 1, xt, (long)ldt, tile, (long)ldt, false);
+  // wa: per-thread scratch for the block's bf16 rows (Bc×Dp) on a matrix path.
+  auto cos_tile = [&](const float* wb, int64_t j0, int64_t bc, float* tile, uint16_t* wa) {
+    if (packed) {
+      pack_rows_bf16(wb, (long)D, (int)bc, (int)D, (int)Dp, wa, (long)Dp);
+      bf16_gemm(mp, (int)bc, (int)ldt, (int)Dp, wa, (long)Dp, xt_p.get(), tile, (long)ldt, false);
+    } else {
+      K.gemm((int)bc, (int)N, (int)D, wb, (long)D, 1, xt_op, (long)ldt, tile, (long)ldt, false);
+    }
     for (int64_t j = 0; j < bc; ++j) {
       float* row = tile + j * ldt;
-      const float inv = invw[j0 + j];
-      for (int64_t i = 0; i < N; ++i) row[i] *= inv;
+      K.scale(row, invw[j0 + j], (int)N);
       for (int64_t i = N; i < ldt; ++i) row[i] = 0.0f;
     }
+  };
+  auto patch_target_cos = [&](float* tile, int64_t j0, int64_t j1) {
+    if (!p.weights_bf16) return;
+    auto [lo, hi] = targets_in(j0, j1);
+    for (auto it = lo; it != hi; ++it) tile[(it->first - j0) * ldt + it->second] = tcos[it->second];
   };
 
   // ---- Forward: stream class blocks, online LSE per row. ----
   parallel(T, [&](int t) {
     auto tile_own = uninit<float>(tile_floats);
     auto wscratch = uninit<float>(gather ? Bc * D : 1);
+    auto wa = uninit<uint16_t>(packed ? Bc * Dp : 1);
     auto tcol = uninit<int32_t>(ldt);
     auto ztb = std::unique_ptr<float[]>(new float[ldt]());
     auto bm = uninit<float>(ldt);
@@ -168,21 +208,29 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
     }
     for (int64_t b = b_lo[t]; b < b_hi[t]; ++b) {
       const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
+      // Norms of the rows as the kernels see them (bf16: the rounded rows; a
+      // finite value rounds to a finite one, or to ±inf beyond bf16's range,
+      // which the norm check below then reports).
+      const float* wb = block_weights(j0, bc, wscratch.get());
+      const float* wn = p.weights_bf16 ? wb : nullptr;
       for (int64_t j = 0; j < bc; ++j) {
-        const double sq = K.sumsq(wrow(j0 + j), (int)D);
+        const double sq = K.sumsq(wn ? wn + j * D : wrow(j0 + j), (int)D);
         if (!(sq <= kMaxNormSq)) {  // non-finite, or a norm the fp32 products would overflow
           bad_w[t] = p.class_index ? p.class_index[j0 + j] : j0 + j;
           return;
         }
         invw[j0 + j] = inv_norm_from_sq(sq);
       }
-      const float* wb = block_weights(j0, bc, wscratch.get());
-      if (p.weights_bf16) {  // norms of the rounded rows, as the kernels see them
-        for (int64_t j = 0; j < bc; ++j) invw[j0 + j] = inv_norm_from_sq(K.sumsq(wb + j * D, (int)D));
-      }
       float* tile = (b - b_lo[t] < cached[t]) ? cache[t].get() + (b - b_lo[t]) * tile_floats : tile_own.get();
-      cos_tile(wb, j0, bc, tile);
+      cos_tile(wb, j0, bc, tile, wa.get());
       auto [lo, hi] = targets_in(j0, j0 + bc);
+      if (p.weights_bf16) {
+        for (auto it = lo; it != hi; ++it) {
+          const int32_t i = it->second, col = it->first - (int32_t)j0;
+          tcos[i] = (float)(invw[j0 + col] * dot_f64(xn + (int64_t)i * D, wb + (int64_t)col * D, D));
+        }
+        patch_target_cos(tile, j0, j0 + bc);
+      }
       for (auto it = lo; it != hi; ++it) {
         const int32_t i = it->second, col = it->first - (int32_t)j0;
         const float c = tile[col * ldt + i];
@@ -243,6 +291,10 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
     auto tj = uninit<float>(Bc);
     auto wscratch = uninit<float>(gather ? Bc * D : 1);
     auto gblock = uninit<float>(p.block_update ? Bc * D : 1);
+    auto wa = uninit<uint16_t>(packed ? Bc * Dp : 1);
+    auto ga = uninit<uint16_t>(packed ? Bc * ldtp : 1);       // G, class-major (A of dŴ)
+    auto gT = uninit<uint16_t>(packed ? N * Bcp : 1);         // G, row-major (A of dX̂)
+    auto wp = uninit<uint16_t>(packed ? pair_packed_size(Bcp, D) : 1);  // the block's centres (B of dX̂)
     auto tcol = uninit<int32_t>(ldt);
     for (int64_t i = 0; i < ldt; ++i) tcol[i] = -1;
     dxh[t] = std::unique_ptr<float[]>(new float[N * D]());
@@ -254,7 +306,8 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
       if (b - b_lo[t] < cached[t]) {
         tile = cache[t].get() + (b - b_lo[t]) * tile_floats;
       } else {
-        cos_tile(wb, j0, bc, tile_own.get());
+        cos_tile(wb, j0, bc, tile_own.get(), wa.get());
+        patch_target_cos(tile_own.get(), j0, j0 + bc);
         tile = tile_own.get();
       }
       auto [lo, hi] = targets_in(j0, j0 + bc);
@@ -272,18 +325,31 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
         ++skipped[t];
         continue;
       }
+      // The backward products' G operand in bf16.
+      if (packed) {
+        pack_rows_bf16(gt.get(), (long)ldt, (int)bc, (int)ldt, (int)ldtp, ga.get(), (long)ldtp);
+        pack_rows_bf16_t(gt.get(), (long)ldt, (int)N, (int)bc, (int)Bcp, gT.get(), (long)Bcp);
+        pack_pairs_bf16(wb, (long)D, (int)bc, (int)D, (int)Bcp, wp.get());
+      } else if (p.weights_bf16) {
+        round_bf16_array(gt.get(), gt.get(), bc * ldt);
+      }
       // dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term.
-      K.gemm((int)bc, (int)D, (int)N, gt.get(), (long)ldt, 1, xn, (long)D, gw, (long)D, false);
+      if (packed) {
+        bf16_gemm(mp, (int)bc, (int)D, (int)ldtp, ga.get(), (long)ldtp, xn_p.get(), gw, (long)D, false);
+      } else {
+        K.gemm((int)bc, (int)D, (int)N, gt.get(), (long)ldt, 1, xn_op, (long)D, gw, (long)D, false);
+      }
       for (int64_t j = 0; j < bc; ++j) {
         // w·invn² underflows for huge norms: form it as (invn·t)·(invn·w).
         const float inv = invw[j0 + j];
-        const float k = inv * tj[j];
-        const float* wr = wb + j * D;
-        float* gr = gw + j * D;
-        for (int64_t q = 0; q < D; ++q) gr[q] -= k * (inv * wr[q]);
+        K.sub_scaled(gw + j * D, wb + j * D, inv * tj[j], inv, (int)D);
       }
       // dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).
-      K.gemm((int)N, (int)D, (int)bc, gt.get(), 1, (long)ldt, wb, (long)D, dx, (long)D, true);
+      if (packed) {
+        bf16_gemm(mp, (int)N, (int)D, (int)Bcp, gT.get(), (long)Bcp, wp.get(), dx, (long)D, true);
+      } else {
+        K.gemm((int)N, (int)D, (int)bc, gt.get(), 1, (long)ldt, wb, (long)D, dx, (long)D, true);
+      }
       if (p.block_update) p.block_update(j0, bc, gw);
     }
   });

@@ -23,8 +23,10 @@ struct LossProblem {
   // below this value (and that holds no target) is skipped in the backward
   // pass. 0 disables it (exact gradients).
   float grad_filter = 0.0f;
-  // Emulate bfloat16 class centres: W is rounded to bf16 (round-to-nearest-
-  // even) as it is read; products still accumulate in fp32.
+  // bfloat16 class centres: W is rounded to bf16 (round-to-nearest-even) as
+  // it is read, and the three products take bf16 operands (X̂, W, G) with fp32
+  // accumulation on the matrix path of CpuOptions::matrix; the target cosine,
+  // norms and chain rule stay fp32 (fused_loss_cpu.cc).
   bool weights_bf16 = false;
 
   // ---- Used by MarginHead (class sampling, sharding, fused update) ----
@@ -75,6 +77,10 @@ struct CpuOptions {
   int threads = 0;                         // 0 = all hardware threads
   size_t workspace_bytes = 64u << 20;      // cosine tiles kept between passes
   int simd = -1;                           // −1 best available, 0 portable, 8 AVX2, 16 AVX-512
+  // With weights_bf16: the bf16 product path (MatrixPath in bf16_gemm.h),
+  // −1 the best available, 0 none (rounded operands, fp32 kernels), 1
+  // AVX512-BF16, 2 AMX-BF16; a path the CPU lacks falls back to the best below.
+  int matrix = -1;
 };
 
 // Thrown for problems the caller can fix (bad values found while streaming).

@@ -18,6 +18,10 @@ struct KernelSet {
                       const int32_t* tcol, const float* ptm1, const float* dzt, const float* lse,
                       const float* rowscale, const float* invn, float* gout, float* t);
   double (*sumsq)(const float* v, int d);
+  // y[q] −= a·(b·x[q]) for q < n (x, y disjoint): the normalisation term of dW.
+  void (*sub_scaled)(float* y, const float* x, float a, float b, int n);
+  // v[q] *= a for q < n.
+  void (*scale)(float* v, float a, int n);
 };
 
 // width: 16 (AVX-512), 8 (AVX2+FMA), 4 (portable); −1 = best supported.

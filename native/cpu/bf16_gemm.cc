@@ -1,0 +1,265 @@
+// bf16_gemm.cc — see bf16_gemm.h. Every kernel here is compiled on every
+// x86-64 GCC/Clang build (inside `#pragma GCC target` regions, so the rest of
+// the addon keeps the baseline ISA) and runs only where best_matrix_path()
+// found the CPU able to.
+#include "bf16_gemm.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && (defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11)
+#define MS_HAVE_BF16_ISA 1
+#include <cpuid.h>
+#include <immintrin.h>
+// GCC 12 warns about the intrinsics' own _mm512_undefined_*() placeholders.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#endif
+
+namespace ms {
+
+#ifdef MS_HAVE_BF16_ISA
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+static void round_bf16_array_avx512(const float* src, float* dst, int64_t n) {
+  typedef uint32_t v16u __attribute__((vector_size(64)));
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    v16u u;
+    std::memcpy(&u, src + k, 64);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    std::memcpy(dst + k, &u, 64);
+  }
+  for (; k < n; ++k) dst[k] = bf16_round(src[k]);
+}
+#pragma GCC pop_options
+#endif
+
+void round_bf16_array(const float* src, float* dst, int64_t n) {
+#ifdef MS_HAVE_BF16_ISA
+  static const bool avx512 = (__builtin_cpu_init(), __builtin_cpu_supports("avx512f"));
+  if (avx512) return round_bf16_array_avx512(src, dst, n);
+#endif
+  typedef uint32_t v4u __attribute__((vector_size(16)));
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    v4u u;
+    std::memcpy(&u, src + k, 16);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    std::memcpy(dst + k, &u, 16);
+  }
+  for (; k < n; ++k) dst[k] = bf16_round(src[k]);
+}
+
+const char* matrix_path_name(MatrixPath p) {
+  return p == MatrixPath::AmxBf16 ? "amx-bf16" : p == MatrixPath::Avx512Bf16 ? "avx512-bf16" : "none";
+}
+
+#ifdef MS_HAVE_BF16_ISA
+
+bool cpu_has_avx512_bf16() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512vl"))
+      return false;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+    return ((a >> 5) & 1u) != 0;  // CPUID.(7,1):EAX[5] = AVX512_BF16
+  }();
+  return has;
+}
+
+bool amx_bf16_usable() {
+  static const bool usable = [] {
+    // The AMX kernels convert with AVX512-BF16, which every AMX CPU has.
+    if (!cpu_has_avx512_bf16()) return false;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!((d >> 22) & 1u) || !((d >> 24) & 1u)) return false;  // EDX[22] AMX-BF16, EDX[24] AMX-TILE
+#if defined(__linux__)
+    // Linux hands out the 8 KiB tile-data state only on request (5.16+).
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & (3u << 17)) == (3u << 17);  // XCR0: XTILECFG and XTILEDATA enabled
+#else
+    return false;
+#endif
+  }();
+  return usable;
+}
+
+#else
+
+bool cpu_has_avx512_bf16() { return false; }
+bool amx_bf16_usable() { return false; }
+
+#endif
+
+MatrixPath best_matrix_path() {
+  if (amx_bf16_usable()) return MatrixPath::AmxBf16;
+  if (cpu_has_avx512_bf16()) return MatrixPath::Avx512Bf16;
+  return MatrixPath::None;
+}
+
+MatrixPath resolve_matrix_path(int requested) {
+  const MatrixPath best = best_matrix_path();
+  if (requested < 0 || requested > (int)best) return best;
+  if (requested == (int)MatrixPath::AmxBf16 && !amx_bf16_usable()) return best;
+  return (MatrixPath)requested;
+}
+
+#ifdef MS_HAVE_BF16_ISA
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
+
+namespace {
+
+// 16 floats → their bf16 bit patterns in the low halves of 16 words (RNE,
+// the same integer rounding as to_bf16, so every path rounds alike).
+inline __m512i bf16_bits(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  return _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+}
+// Masked load of up to 16 floats (lanes beyond n read as 0).
+inline __m512 load_n(const float* p, int n) {
+  return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps((__mmask16)((1u << std::max(n, 0)) - 1u), p);
+}
+inline __mmask16 lanes(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << std::max(n, 0)) - 1u); }
+
+// ---- VDPBF16PS GEMM ------------------------------------------------------
+// Register tile R×32 (2·R accumulators): per k-pair two 64-byte rows of the
+// B panel and R 32-bit broadcasts of A. K blocked by kKC so the panel slice
+// (kKC/2 rows × 128 bytes = 16 KiB) stays in L1 across the row tiles.
+constexpr int kMR = 8;
+constexpr int kKC = 256;
+
+template <int R>
+inline void dp_micro(int kpairs, const uint16_t* A, long lda, const uint16_t* B, float* C, long ldc, bool acc,
+                     int nc) {
+  __m512 c0[R], c1[R];
+  const __mmask16 m0 = lanes(nc), m1 = lanes(nc - 16);
+  for (int r = 0; r < R; ++r) {
+    c0[r] = acc ? _mm512_maskz_loadu_ps(m0, C + r * ldc) : _mm512_setzero_ps();
+    c1[r] = acc ? _mm512_maskz_loadu_ps(m1, C + r * ldc + 16) : _mm512_setzero_ps();
+  }
+  for (int p = 0; p < kpairs; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B + p * 64);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + p * 64 + 32);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, A + r * lda + 2 * p, 4);
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+      c0[r] = _mm512_dpbf16_ps(c0[r], a, b0);
+      c1[r] = _mm512_dpbf16_ps(c1[r], a, b1);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_mask_storeu_ps(C + r * ldc, m0, c0[r]);
+    _mm512_mask_storeu_ps(C + r * ldc + 16, m1, c1[r]);
+  }
+}
+
+template <int R>
+void dp_micro_rows(int rows, int kpairs, const uint16_t* A, long lda, const uint16_t* B, float* C, long ldc,
+                   bool acc, int nc) {
+  if constexpr (R > 1) {
+    if (rows < R) return dp_micro_rows<R - 1>(rows, kpairs, A, lda, B, C, ldc, acc, nc);
+  }
+  dp_micro<R>(kpairs, A, lda, B, C, ldc, acc, nc);
+}
+
+void gemm_avx512_bf16(int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C, long ldc,
+                      bool accumulate) {
+  for (int k0 = 0; k0 < Kp; k0 += kKC) {
+    const int kc = std::min(kKC, Kp - k0);
+    const bool acc = accumulate || k0 > 0;
+    for (int n0 = 0; n0 < NN; n0 += 32) {
+      const uint16_t* panel = Bp + (long)(n0 / 32) * 32 * Kp + (long)k0 * 32;
+      for (int m0 = 0; m0 < M; m0 += kMR)
+        dp_micro_rows<kMR>(std::min(kMR, M - m0), kc / 2, A + (long)m0 * lda + k0, lda, panel,
+                           C + (long)m0 * ldc + n0, ldc, acc, NN - n0);
+    }
+  }
+}
+
+}  // namespace
+
+void pack_rows_bf16(const float* src, long lds, int M, int K, int Kp, uint16_t* dst, long ldd) {
+  for (int m = 0; m < M; ++m) {
+    const float* s = src + (long)m * lds;
+    uint16_t* o = dst + (long)m * ldd;
+    for (int k = 0; k < Kp; k += 16) {
+      const __m512i b = bf16_bits(load_n(s + k, K - k));
+      _mm256_storeu_si256((__m256i*)(o + k), _mm512_cvtepi32_epi16(b));
+    }
+  }
+}
+
+void pack_rows_bf16_t(const float* src, long sk, int M, int K, int Kp, uint16_t* dst, long ldd) {
+  // Words of two source rows (k, k+1), vectorised along m, then scattered
+  // into the rows of dst: the transpose of a 32-bit (Kp/2)×M matrix.
+  std::vector<uint32_t> words((size_t)M);
+  for (int k = 0; k < Kp; k += 2) {
+    for (int m = 0; m < M; m += 16) {
+      const int n = M - m;
+      const __m512i lo = k < K ? bf16_bits(load_n(src + (long)k * sk + m, n)) : _mm512_setzero_si512();
+      const __m512i hi = k + 1 < K ? bf16_bits(load_n(src + (long)(k + 1) * sk + m, n)) : _mm512_setzero_si512();
+      _mm512_mask_storeu_epi32(words.data() + m, lanes(n), _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+    for (int m = 0; m < M; ++m) std::memcpy(dst + (long)m * ldd + k, &words[m], 4);
+  }
+}
+
+void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t* dst) {
+  const int Np = (int)round_up(NN, kBf16NPad);
+  for (int n0 = 0; n0 < Np; n0 += 32) {
+    uint16_t* panel = dst + (long)(n0 / 32) * 32 * Kp;
+    for (int k = 0; k < Kp; k += 2) {
+      for (int h = 0; h < 32; h += 16) {
+        const int n = NN - n0 - h;
+        const __m512i lo = k < K ? bf16_bits(load_n(src + (long)k * sk + n0 + h, n)) : _mm512_setzero_si512();
+        const __m512i hi = k + 1 < K ? bf16_bits(load_n(src + (long)(k + 1) * sk + n0 + h, n)) : _mm512_setzero_si512();
+        _mm512_storeu_si512(panel + (long)k * 32 + 2 * h, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+      }
+    }
+  }
+}
+
+#pragma GCC pop_options
+
+// ---- AMX GEMM (TDPBF16PS): amx_gemm.inc ------------------------------------
+#pragma GCC push_options
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+
+namespace {
+#include "amx_gemm.inc"
+}  // namespace
+
+#pragma GCC pop_options
+
+void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C,
+               long ldc, bool accumulate) {
+  if (path == MatrixPath::AmxBf16) return gemm_amx_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
+  gemm_avx512_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
+}
+
+#else  // no x86 matrix instructions in this build: never selected.
+
+void pack_rows_bf16(const float*, long, int, int, int, uint16_t*, long) {}
+void pack_rows_bf16_t(const float*, long, int, int, int, uint16_t*, long) {}
+void pack_pairs_bf16(const float*, long, int, int, int, uint16_t*) {}
+void bf16_gemm(MatrixPath, int, int, int, const uint16_t*, long, const uint16_t*, float*, long, bool) {}
+
+#endif
+
+}  // namespace ms

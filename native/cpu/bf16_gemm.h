@@ -1,0 +1,76 @@
+// bf16_gemm.h — products from bfloat16 operands with fp32 accumulation, on
+// the CPU's matrix instructions: AMX tiles (TDPBF16PS) or AVX512-BF16
+// (VDPBF16PS). Which one runs is decided at run time (CPUID, and for AMX the
+// kernel's permission to use the tile state); 'none' means neither, and the
+// loss then rounds its operands to bf16 and uses the fp32 kernels (see
+// fused_loss_cpu.cc), which gives the same products up to fp32 summation order
+// (a product of two bf16 values is exact in fp32).
+//
+// Operand layouts (bf16 values stored as uint16_t, zero padded):
+//   A  row-major M×Kp, row stride lda (bf16 elements, ≥ Kp, even)
+//   Bp pair-packed Kp×Np in panels of 32 columns: element (k, n) at
+//      Bp[(n/32)·32·Kp + (k/2)·64 + 2·(n%32) + (k&1)]. Each 32-bit word holds
+//      rows k and k+1 of one column (the operand form of both VDPBF16PS and
+//      TDPBF16PS); a panel is contiguous, so the kernels read 128-byte rows
+//      without the cache-set conflicts of power-of-two strides.
+// Kp is a multiple of kBf16KPad, Np a multiple of kBf16NPad (the padding is
+// zero, so it adds nothing); the product writes exactly M×NN of C.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace ms {
+
+enum class MatrixPath : int { None = 0, Avx512Bf16 = 1, AmxBf16 = 2 };
+
+constexpr int kBf16KPad = 32;  // one AMX tile row: 32 bf16
+constexpr int kBf16NPad = 32;  // two AVX-512 vectors / AMX tiles of columns
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// The best path this CPU (and, for AMX, the OS) allows; computed once.
+MatrixPath best_matrix_path();
+// requested: −1 = best; otherwise the path asked for, or the best one below it
+// where the CPU lacks it (as the SIMD option falls back).
+MatrixPath resolve_matrix_path(int requested);
+const char* matrix_path_name(MatrixPath p);
+bool cpu_has_avx512_bf16();
+// CPUID says AMX-TILE and AMX-BF16, and the kernel granted the tile-data
+// permission to this process (arch_prctl(ARCH_REQ_XCOMP_PERM), asked once).
+bool amx_bf16_usable();
+
+// C[m·ldc + n] = (accumulate ? C : 0) + Σ_k A[m][k]·B[k][n], m < M, n < NN.
+// path must be Avx512Bf16 or AmxBf16 (and available).
+void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp,
+               float* C, long ldc, bool accumulate);
+inline int64_t pair_packed_size(int64_t Kp, int64_t NN) { return Kp * round_up(NN, kBf16NPad); }
+
+// ---- Conversions (round to nearest even; inputs are finite) ----
+// The pack_* functions run only where a matrix path is available (both imply
+// AVX-512), and use it.
+// Inline so that loops over arrays vectorise.
+inline uint16_t to_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+inline float bf16_round(float v) {  // v rounded to bf16, as a float
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+// dst[k] = bf16_round(src[k]), k < n (vectorised; src == dst or disjoint).
+void round_bf16_array(const float* src, float* dst, int64_t n);
+// dst[m·ldd + k] = bf16(src[m·lds + k]) for k < K, 0 for K ≤ k < Kp.
+void pack_rows_bf16(const float* src, long lds, int M, int K, int Kp, uint16_t* dst, long ldd);
+// Pair-packs the K×NN matrix whose element (k, n) is src[k·sk + n] (rows k
+// contiguous in n) into dst (pair_packed_size(Kp, NN) elements), zero padded.
+void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t* dst);
+// The row-major form of a transposed source: dst[m·ldd + k] = bf16(src[k·sk + m]).
+void pack_rows_bf16_t(const float* src, long sk, int M, int K, int Kp, uint16_t* dst, long ldd);
+
+}  // namespace ms
