@@ -18,6 +18,7 @@ import { DataError } from './data';
 import { ImageError } from './images';
 import { train } from './loop';
 import { formatVerification } from './protocol';
+import { parseLosses } from './sweep';
 import type { Margin } from 'margin-softmax';
 
 const USAGE = `margin-softmax — train and evaluate face-recognition models with fused margin softmax losses
@@ -67,7 +68,10 @@ Runs:
 
 compare:
   --losses LIST          comma-separated kinds (default: softmax,arcface,cosface,combined,elastic-arc,cvm,adaptive,
-                         with the paper's parameters); --seeds 0,1,2
+                         with the paper's parameters); --seeds 0,1,2. An entry may set parameters, kind:name=value…
+                         (arcface:m=0.4), and list alternatives with | for a sweep, every combination trained:
+                         'adaptive:m1=0.01|0.03|0.05:m2=0.45|0.5|0.55' (the m1 = 0 baseline of each m2 is added)
+                         prints the table m1 × m2 and the per-seed differences against m1 = 0
   --resume               reuse the runs in --out whose config.json matches (finished: read back; interrupted:
                          continued from the checkpoint); the others are trained afresh
 `;
@@ -140,6 +144,15 @@ function num(v: string | undefined, name: string, check: (x: number) => boolean 
 const int = (v: string | undefined, name: string, min = 0) => num(v, name, (x) => Number.isSafeInteger(x) && x >= min, `an integer ≥ ${min}`);
 const list = (v: string | undefined, name: string): number[] | undefined =>
   v === undefined ? undefined : v.trim() === '' ? [] : v.split(',').map((s) => num(s.trim(), name) as number);
+
+/** Runs a parser whose errors are usage errors. */
+function usage<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
 
 function marginFrom(v: Values, seed: number): Margin {
   const params = { m: num(v.m, 'm'), m1: num(v.m1, 'm1'), m2: num(v.m2, 'm2'), m3: num(v.m3, 'm3'), sigma: num(v.sigma, 'sigma') };
@@ -276,12 +289,7 @@ export async function main(argv: string[]): Promise<number> {
   // compare
   const base = configFromArgs(values, 'compare');
   const seeds = list(values.seeds, 'seeds') ?? [0, 1, 2];
-  const losses = values.losses
-    ? values.losses.split(',').map((k) => {
-        const kind = k.trim();
-        return COMPARE_LOSSES.find((m) => m.kind === kind) ?? makeMargin(kind, {}, 0);
-      })
-    : COMPARE_LOSSES;
+  const losses = values.losses !== undefined ? usage(() => parseLosses(values.losses as string)) : COMPARE_LOSSES;
   const datasets = values.data && values.data.length ? values.data : [null];
   const r = await runCompare({ datasets, losses, seeds, base, out: base.out, resume: values.resume ?? false, verbose: false });
   process.stdout.write(r.text + '\n\n');

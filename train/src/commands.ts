@@ -13,6 +13,7 @@ import { openSource, train, type TrainResult } from './loop';
 import { compareSpec, writeSvg } from './plots';
 import { clock } from './progress';
 import { formatVerification, type VerificationResult } from './protocol';
+import { formatSweep, lossFolder, meanStd } from './sweep';
 import { setupTf, type TfBackendName } from './tf';
 
 export interface EvalOptions {
@@ -141,6 +142,8 @@ export function resumableRun(cfg: TrainConfig): boolean {
 
 export interface CompareCell {
   loss: string;
+  /** The loss with its parameters (absent for the untrained row and in older compare.json files). */
+  margin?: Margin;
   dataset: string;
   seeds: number[];
   accuracy: number[];
@@ -158,13 +161,6 @@ export interface CompareOutput {
   text: string;
   json: Record<string, unknown>;
   wallSeconds: number;
-}
-
-function meanStd(v: number[]): { mean: number; std: number } {
-  const mean = v.reduce((a, b) => a + b, 0) / Math.max(1, v.length);
-  // Sample std over seeds (n − 1), 0 for a single seed.
-  const std = v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - mean) ** 2, 0) / (v.length - 1)) : 0;
-  return { mean, std };
 }
 
 function datasetName(d: string | null): string {
@@ -186,7 +182,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
     const beforeRank: number[] = [];
     for (const margin of o.losses) {
       const label = marginLabel(margin);
-      const cell: CompareCell = { loss: label, dataset: dname, seeds: [], accuracy: [], tar1e2: [], rank1: [], thetaP50: [], mean: 0, std: 0 };
+      const cell: CompareCell = { loss: label, margin, dataset: dname, seeds: [], accuracy: [], tar1e2: [], rank1: [], thetaP50: [], mean: 0, std: 0 };
       for (const seed of o.seeds) {
         const m = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos' ? { ...margin, seed } : margin;
         const cfg: TrainConfig = {
@@ -194,7 +190,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
           data,
           seed,
           margin: m,
-          out: path.join(o.out, dname.replace(/[^A-Za-z0-9_.-]+/g, '_'), `${margin.kind}`, `seed${seed}`),
+          out: path.join(o.out, dname.replace(/[^A-Za-z0-9_.-]+/g, '_'), lossFolder(margin), `seed${seed}`),
         };
         done++;
         const resume = (o.resume ?? false) && resumableRun(cfg);
@@ -278,6 +274,8 @@ export function formatCompare(cells: CompareCell[], untrained: CompareCell[], o:
   }
   const paired = pairedTable(cells, datasets, losses);
   if (paired) parts.push('', paired);
+  const sweep = formatSweep(cells);
+  if (sweep) parts.push('', sweep);
   return parts.join('\n');
 }
 
