@@ -19,6 +19,7 @@ import { ImageError } from './images';
 import { train } from './loop';
 import { formatVerification } from './protocol';
 import { parseLosses } from './sweep';
+import { isToolCommand, parseToolArgs, runTool, TOOLS_USAGE } from './tools';
 import type { Margin } from 'margin-softmax';
 
 const USAGE = `margin-softmax — train and evaluate face-recognition models with fused margin softmax losses
@@ -27,8 +28,7 @@ Usage:
   margin-softmax train   [--data DIR] [--out runs/NAME] [options]
   margin-softmax eval    --checkpoint runs/NAME [--data DIR] [--all-identities] [--eval-flip] [--json FILE]
   margin-softmax compare [--data DIR]... [--losses LIST] [--seeds 0,1,2] [--out runs/compare] [options]
-  margin-softmax bench   [arguments of bench/run.mjs]
-
+  margin-softmax bench   [arguments of bench/run.mjs]${TOOLS_USAGE}
 Data (train, compare):
   --data DIR             ImageFolder root: one sub-folder of images (PGM, PNG, JPEG) per identity.
                          Without --data: the embedded MNIST default (digits as identities, 7/8/9 held out).
@@ -241,6 +241,7 @@ export async function main(argv: string[]): Promise<number> {
     if (r.error) throw r.error;
     return r.status ?? 1;
   }
+  if (isToolCommand(command)) return runTool(usage(() => parseToolArgs(command, rest)));
   if (command !== 'train' && command !== 'eval' && command !== 'compare') {
     throw new UsageError(`Unknown command ${JSON.stringify(command)}: expected train, eval, compare or bench`);
   }
