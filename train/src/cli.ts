@@ -27,6 +27,7 @@ const USAGE = `margin-softmax — train and evaluate face-recognition models wit
 Usage:
   margin-softmax train   [--data DIR] [--out runs/NAME] [options]
   margin-softmax eval    --checkpoint runs/NAME [--data DIR] [--all-identities] [--eval-flip] [--json FILE]
+                         [--n-way N [--k-shot 1] [--episodes 1000] [--queries 1]]   N-way K-shot classification too
   margin-softmax compare [--data DIR]... [--losses LIST] [--seeds 0,1,2] [--out runs/compare] [options]
   margin-softmax bench   [arguments of bench/run.mjs]${TOOLS_USAGE}
 Data (train, compare):
@@ -124,6 +125,10 @@ const OPTIONS = {
   json: { type: 'string' },
   losses: { type: 'string' },
   seeds: { type: 'string' },
+  'n-way': { type: 'string' },
+  'k-shot': { type: 'string' },
+  episodes: { type: 'string' },
+  queries: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -215,6 +220,16 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   return c;
 }
 
+/** eval's N-way K-shot options: --n-way N turns it on (--k-shot 1, --episodes 1000, --queries 1 by default). */
+function oneShotFrom(v: Values): { ways: number; shots: number; episodes: number; queries: number } | undefined {
+  const ways = int(v['n-way'], 'n-way', 2);
+  if (ways === undefined) {
+    for (const k of ['k-shot', 'episodes', 'queries'] as const) if (v[k] !== undefined) throw new UsageError(`--${k} needs --n-way N`);
+    return undefined;
+  }
+  return { ways, shots: int(v['k-shot'], 'k-shot', 1) ?? 1, episodes: int(v.episodes, 'episodes', 1) ?? 1000, queries: int(v.queries, 'queries', 1) ?? 1 };
+}
+
 /** The schedule's shape for a given length: ×0.1 at 60 % and 90 % of the epochs (as 6, 9 of 10). */
 export function defaultSteps(epochs: number): number[] {
   const a = Math.max(2, Math.round(epochs * 0.6));
@@ -282,9 +297,10 @@ export async function main(argv: string[]): Promise<number> {
       tfBackend: values['tf-backend'] as 'wasm' | 'cpu' | undefined,
       onBadImage: values['on-bad-image'] as 'skip' | 'stop' | undefined,
       expect: { ...expectSize, dim: int(values.dim, 'dim', 1), channels: int(values.channels, 'channels', 1) },
+      oneShot: oneShotFrom(values),
     });
     process.stdout.write(out.text + '\n');
-    writeJson(values.json, { checkpoint: path.resolve(values.checkpoint), epoch: out.epoch, identities: out.identities, result: out.result });
+    writeJson(values.json, { checkpoint: path.resolve(values.checkpoint), epoch: out.epoch, identities: out.identities, result: out.result, oneShot: out.oneShot });
     return 0;
   }
   // compare

@@ -8,11 +8,12 @@ import type { Margin } from 'margin-softmax';
 import { checkFingerprint, CheckpointMismatchError, checkpointDir, loadBackbone, readCheckpointState } from './checkpoint';
 import { marginLabel, modelFingerprint, type TrainConfig } from './config';
 import { DataError, type DataSource } from './data';
-import { evaluateVerification } from './evaluate';
+import { embed } from './evaluate';
 import { openSource, train, type TrainResult } from './loop';
 import { compareSpec, writeSvg } from './plots';
 import { clock } from './progress';
-import { formatVerification, type VerificationResult } from './protocol';
+import { nWayKShot, formatOneShot, type OneShotOptions, type OneShotResult } from './oneshot';
+import { formatVerification, verify, type VerificationResult } from './protocol';
 import { formatSweep, lossFolder, meanStd } from './sweep';
 import { setupTf, type TfBackendName } from './tf';
 
@@ -29,11 +30,14 @@ export interface EvalOptions {
   onBadImage?: 'skip' | 'stop';
   /** Options given on the command line that must agree with the checkpoint. */
   expect?: Partial<Pick<TrainConfig, 'height' | 'width' | 'channels' | 'dim'>>;
+  /** Also N-way K-shot classification on the same embeddings (seed: `seed`). */
+  oneShot?: Omit<OneShotOptions, 'seed'>;
   log?: (msg: string) => void;
 }
 
 export interface EvalOutput {
   result: VerificationResult;
+  oneShot?: OneShotResult;
   identities: string[];
   text: string;
   epoch: number;
@@ -76,18 +80,21 @@ export async function runEval(o: EvalOptions): Promise<EvalOutput> {
     throw new CheckpointMismatchError(`Backbone in ${checkpointDir(run)} has input ${inShape.slice(1).join('×')} and dim ${model.outputs[0].shape[1]}, but config.json says ${cfg.height}×${cfg.width}×${cfg.channels} and dim ${cfg.dim}`);
   }
   try {
-    const result = evaluateVerification(tf, model, src, identities, {
+    const seed = o.seed ?? cfg.evalSeed;
+    const { emb, labels, dim } = embed(tf, model, src, identities, {
       height: cfg.height,
       width: cfg.width,
       channels: cfg.channels,
       batchSize: 64,
       flip: o.flip ?? cfg.evalFlip,
-      seed: o.seed ?? cfg.evalSeed,
       onBadImage: o.onBadImage ?? cfg.onBadImage,
       warn: o.log,
     });
-    const text = formatVerification(result, `checkpoint ${run} (epoch ${state.epoch}) on ${src.name}`);
-    return { result, identities, text, epoch: state.epoch };
+    const result = verify(emb, dim, labels, { seed });
+    let text = formatVerification(result, `checkpoint ${run} (epoch ${state.epoch}) on ${src.name}`);
+    const oneShot = o.oneShot ? nWayKShot(emb, dim, labels, { ...o.oneShot, seed }) : undefined;
+    if (oneShot) text += '\n' + formatOneShot(oneShot, seed);
+    return { result, oneShot, identities, text, epoch: state.epoch };
   } finally {
     model.dispose();
   }

@@ -28,3 +28,4 @@ export { readGallery, writeGallery, GALLERY_FORMAT, type Gallery, type GalleryMo
 export { figure1Data, figure2Data, writeFigures, type Figure1Data, type BoundaryRow } from './figures';
 export { targetLogits, otherLogits, marginedAngles } from './margin-math';
 export { verify, type VerificationResult } from './protocol';
+export { nWayKShot, formatOneShot, type OneShotOptions, type OneShotResult } from './oneshot';
