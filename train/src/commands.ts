@@ -294,7 +294,9 @@ export function formatCompare(cells: CompareCell[], untrained: CompareCell[], o:
  * loss shares. Null when there is no adaptive row or fewer than two seeds.
  */
 export function pairedTable(cells: CompareCell[], datasets: string[], losses: string[]): string | null {
-  const ref = losses.find((l) => l.startsWith('adaptive'));
+  // With several adaptive rows (a sweep), the paper's setting is the reference where present.
+  const paper = marginLabel(COMPARE_LOSSES.find((m) => m.kind === 'adaptive') as Margin);
+  const ref = losses.find((l) => l === paper) ?? losses.find((l) => l.startsWith('adaptive'));
   if (!ref || cells.every((c) => c.seeds.length < 2)) return null;
   const diff = (other: string, d: string): string => {
     const a = cells.find((c) => c.loss === ref && c.dataset === d);

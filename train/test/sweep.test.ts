@@ -10,7 +10,7 @@ import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { ArgumentError, type Margin } from 'margin-softmax';
 import { main, UsageError } from '../src/cli';
-import { COMPARE_LOSSES } from '../src/commands';
+import { COMPARE_LOSSES, pairedTable, type CompareCell } from '../src/commands';
 import { formatSweep, lossFolder, pairedDifferences, parseLossEntry, parseLosses, type SweepCell } from '../src/sweep';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-sweep-'));
@@ -167,3 +167,11 @@ test('a tiny sweep end to end: the grid trains m1 = 0 baselines and prints the t
   expect(table).toMatch(new RegExp(`\\| 0\\.05 \\| .* \\| [+−]${(100 * Math.abs((d0 + d1) / 2)).toFixed(2)} ± ${(100 * Math.abs(d0 - d1) / Math.SQRT2).toFixed(2)} \\(${wins}/2\\) \\|`));
   expect(fs.readFileSync(path.join(out, 'compare.md'), 'utf8')).toContain('Adaptive margin sweep on mnist (embedded)');
 }, 240_000);
+
+test('with several adaptive rows the paired table takes the paper’s setting as its reference', () => {
+  const cell = (loss: string, acc: number[]): CompareCell => ({ loss, dataset: 'd', seeds: [0, 1], accuracy: acc, tar1e2: acc, rank1: acc, mean: 0, std: 0 });
+  const losses = ['adaptive(m1=0, m2=0.5)', 'adaptive(m1=0.03, m2=0.5)', 'softmax'];
+  const t = pairedTable([cell(losses[0], [0.5, 0.5]), cell(losses[1], [0.7, 0.8]), cell(losses[2], [0.6, 0.6])], ['d'], losses)!;
+  expect(t.split('\n')[0]).toMatch(/of adaptive\(m1=0.03, m2=0.5\) minus each loss/);
+  expect(t.split('\n').slice(4)).toEqual(['| adaptive(m1=0, m2=0.5) | +25.00 ± 7.07 (2/2) |', '| softmax | +15.00 ± 7.07 (2/2) |']);
+});
