@@ -14,16 +14,26 @@ import { checkImagesExist, embedFolder, identify, verifyPair } from './embed';
 import { writeFigures } from './figures';
 import type { TfBackendName } from './tf';
 
-export const TOOLS_USAGE = `
-  margin-softmax figures  --out DIR       the paper's Figures 1 and 2 as SVG (margin function; two-class boundaries)
-  margin-softmax embed    --checkpoint RUN --data DIR --out FILE.safetensors [--on-bad-image skip|stop]
-                          L2-normalised embeddings of every image of an ImageFolder, paths and identities in the metadata
-  margin-softmax verify   --checkpoint RUN [--threshold T] IMAGE IMAGE
-                          cosine of two images; same identity above the threshold of the run's evaluation
-  margin-softmax identify --checkpoint RUN --gallery FILE.safetensors [--top K] IMAGE...
-                          the K (default 5) closest identities of each image in a gallery written by embed
-  (embed, verify, identify: --eval-flip / --no-flip override the run's test-time flip; --tf-backend; --json FILE|-)
-`;
+const MODEL_NOTE = '  (embed, verify, identify: --eval-flip / --no-flip override the run\'s test-time flip; --tf-backend; --json FILE|-)';
+
+/** Each command's lines of the usage text. */
+const TOOL_HELP: Record<ToolCommand, string> = {
+  figures: "  margin-softmax figures  --out DIR       the paper's Figures 1 and 2 as SVG (margin function; two-class boundaries)",
+  embed: [
+    '  margin-softmax embed    --checkpoint RUN --data DIR --out FILE.safetensors [--on-bad-image skip|stop]',
+    '                          L2-normalised embeddings of every image of an ImageFolder, paths and identities in the metadata',
+  ].join('\n'),
+  verify: [
+    '  margin-softmax verify   --checkpoint RUN [--threshold T] IMAGE IMAGE',
+    "                          cosine of two images; same identity above the threshold of the run's evaluation",
+  ].join('\n'),
+  identify: [
+    '  margin-softmax identify --checkpoint RUN --gallery FILE.safetensors [--top K] IMAGE...',
+    '                          the K (default 5) closest identities of each image in a gallery written by embed',
+  ].join('\n'),
+};
+
+export const TOOLS_USAGE = `\n${Object.values(TOOL_HELP).join('\n')}\n${MODEL_NOTE}\n`;
 
 export const TOOL_COMMANDS = ['figures', 'embed', 'verify', 'identify'] as const;
 export type ToolCommand = (typeof TOOL_COMMANDS)[number];
@@ -40,6 +50,7 @@ interface ModelArgs {
 }
 
 export type ToolArgs =
+  | { command: 'help'; of: ToolCommand }
   | { command: 'figures'; out: string }
   | (ModelArgs & { command: 'embed'; data: string; out: string; onBadImage: 'skip' | 'stop' })
   | (ModelArgs & { command: 'verify'; images: [string, string]; threshold?: number })
@@ -87,6 +98,7 @@ function number(v: unknown, name: string, ok: (x: number) => boolean, what: stri
 }
 
 export function parseToolArgs(command: ToolCommand, args: string[]): ToolArgs {
+  if (args.includes('--help') || args.includes('-h')) return { command: 'help', of: command };
   if (command === 'figures') {
     const { values } = parse(command, args, { out: { type: 'string' } }, false);
     return { command, out: (values.out as string | undefined) ?? 'figures' };
@@ -133,6 +145,10 @@ function writeJson(target: string | undefined, value: unknown, write: (s: string
 }
 
 export async function runTool(a: ToolArgs, write: (s: string) => void = (s) => process.stdout.write(s)): Promise<number> {
+  if (a.command === 'help') {
+    write(`Usage:\n${TOOL_HELP[a.of]}\n${a.of === 'figures' ? '' : MODEL_NOTE + '\n'}`);
+    return 0;
+  }
   if (a.command === 'figures') {
     write(writeFigures(a.out).join('\n') + '\n');
     return 0;

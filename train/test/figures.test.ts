@@ -10,7 +10,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { ArgumentError, forward, type Margin } from 'margin-softmax';
-import { main } from '../src/cli';
+import { main, UsageError } from '../src/cli';
 import { COMPARE_LOSSES } from '../src/commands';
 import { crossing, figure1Data, figure2Data, FIGURE1_SETTINGS } from '../src/figures';
 import { marginedAngles, otherLogits, targetLogits } from '../src/margin-math';
@@ -141,4 +141,14 @@ test('margin-softmax figures --out DIR writes both SVGs', async () => {
     expect(svg.length).toBeGreaterThan(5000);
   }
   expect(fs.readFileSync(path.join(out, 'margin-function.svg'), 'utf8')).toContain('0.530');
+});
+
+test('each tool command has its own --help (exit 0); unknown options are usage errors', async () => {
+  const { parseToolArgs, runTool } = await import('../src/tools');
+  let text = '';
+  expect(await runTool(parseToolArgs('identify', ['--help']), (s) => (text += s))).toBe(0);
+  expect(text).toMatch(/^Usage:\n {2}margin-softmax identify --checkpoint RUN --gallery FILE.safetensors \[--top K\] IMAGE\.\.\./);
+  expect(text).not.toContain('margin-softmax verify');
+  expect(() => parseToolArgs('figures', ['--bogus'])).toThrow(/figures: Unknown option '--bogus'/);
+  await expect(main(['figures', '--bogus'])).rejects.toThrow(UsageError);
 });
