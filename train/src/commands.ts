@@ -5,9 +5,10 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type { Margin } from 'margin-softmax';
-import { checkFingerprint, CheckpointMismatchError, checkpointDir, loadBackbone, readCheckpointState } from './checkpoint';
-import { marginLabel, modelFingerprint, type TrainConfig } from './config';
+import { CheckpointMismatchError, readCheckpointState } from './checkpoint';
+import { marginLabel, type TrainConfig } from './config';
 import { DataError, type DataSource } from './data';
+import { loadModel, readRun } from './embed';
 import { embed } from './evaluate';
 import { openSource, train, type TrainResult } from './loop';
 import { compareSpec, writeSvg } from './plots';
@@ -15,7 +16,7 @@ import { clock } from './progress';
 import { nWayKShot, formatOneShot, type OneShotOptions, type OneShotResult } from './oneshot';
 import { formatVerification, verify, type VerificationResult } from './protocol';
 import { formatSweep, lossFolder, meanStd } from './sweep';
-import { setupTf, type TfBackendName } from './tf';
+import type { TfBackendName } from './tf';
 
 export interface EvalOptions {
   /** The run folder (holding config.json and checkpoint/). */
@@ -44,15 +45,8 @@ export interface EvalOutput {
 }
 
 export async function runEval(o: EvalOptions): Promise<EvalOutput> {
-  const run = path.resolve(o.checkpoint);
-  const cfgFile = path.join(run, 'config.json');
-  if (!fs.existsSync(run)) throw new CheckpointMismatchError(`Checkpoint folder not found: ${run}`);
-  if (!fs.existsSync(cfgFile)) throw new CheckpointMismatchError(`${run} is not a margin-softmax run folder (no config.json)`);
-  const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as TrainConfig & { dataId: string };
-  const state = readCheckpointState(run);
-  if (!state) throw new CheckpointMismatchError(`No checkpoint in ${checkpointDir(run)}`);
-  // The configuration file and the checkpoint must agree (a checkpoint copied from another run does not).
-  checkFingerprint(state, modelFingerprint(cfg, state.trainClasses.length), checkpointDir(run));
+  const info = readRun(o.checkpoint);
+  const { run, cfg, state } = info;
   for (const [k, v] of Object.entries(o.expect ?? {})) {
     if (v !== undefined && (cfg as unknown as Record<string, unknown>)[k] !== v) {
       throw new CheckpointMismatchError(`Checkpoint ${run} comes from another configuration: ${k} is ${(cfg as unknown as Record<string, unknown>)[k]} there, ${v} on the command line`);
@@ -72,13 +66,7 @@ export async function runEval(o: EvalOptions): Promise<EvalOutput> {
     const overlap = src.id === state.dataId ? identities.filter((c) => seen.has(c)) : [];
     if (overlap.length) (o.log ?? console.error)(`warning: ${overlap.length} of the ${identities.length} identities were training identities of this checkpoint`);
   }
-  const tf = await setupTf(o.tfBackend ?? cfg.tfBackend);
-  const model = await loadBackbone(tf, run);
-  const inShape = model.inputs[0].shape;
-  if (inShape[1] !== cfg.height || inShape[2] !== cfg.width || inShape[3] !== cfg.channels || model.outputs[0].shape[1] !== cfg.dim) {
-    model.dispose();
-    throw new CheckpointMismatchError(`Backbone in ${checkpointDir(run)} has input ${inShape.slice(1).join('×')} and dim ${model.outputs[0].shape[1]}, but config.json says ${cfg.height}×${cfg.width}×${cfg.channels} and dim ${cfg.dim}`);
-  }
+  const { tf, model } = await loadModel(info, o);
   try {
     const seed = o.seed ?? cfg.evalSeed;
     const { emb, labels, dim } = embed(tf, model, src, identities, {

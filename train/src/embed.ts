@@ -23,18 +23,22 @@ import type { VerificationResult } from './protocol';
 import { setupTf, type Tf, type TfBackendName } from './tf';
 
 /** A run's backbone, ready to embed, with what the run says about it. */
-export interface TrainedModel {
-  run: string;
-  cfg: TrainConfig;
-  state: CheckpointState;
-  fingerprint: Record<string, unknown>;
+export interface TrainedModel extends RunInfo {
   tf: Tf;
   model: TF.LayersModel;
   dispose(): void;
 }
 
-/** Opens a run folder (config.json + checkpoint/), checking that the two agree. */
-export async function openModel(checkpoint: string, o: { tfBackend?: TfBackendName } = {}): Promise<TrainedModel> {
+/** What a run folder says about its model, before anything is loaded. */
+export interface RunInfo {
+  run: string;
+  cfg: TrainConfig;
+  state: CheckpointState;
+  fingerprint: Record<string, unknown>;
+}
+
+/** Reads a run folder's config.json and checkpoint state, checking that the two agree. */
+export function readRun(checkpoint: string): RunInfo {
   const run = path.resolve(checkpoint);
   const cfgFile = path.join(run, 'config.json');
   if (!fs.existsSync(run)) throw new CheckpointMismatchError(`Checkpoint folder not found: ${run}`);
@@ -42,11 +46,28 @@ export async function openModel(checkpoint: string, o: { tfBackend?: TfBackendNa
   const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as TrainConfig;
   const state = readCheckpointState(run);
   if (!state) throw new CheckpointMismatchError(`No checkpoint in ${checkpointDir(run)}`);
+  // The configuration file and the checkpoint must agree (a checkpoint copied from another run does not).
   const fingerprint = modelFingerprint(cfg, state.trainClasses.length);
   checkFingerprint(state, fingerprint, checkpointDir(run));
+  return { run, cfg, state, fingerprint };
+}
+
+/** Loads the run's backbone (on its tfjs backend unless told otherwise) and checks its shapes against config.json. */
+export async function loadModel(info: RunInfo, o: { tfBackend?: TfBackendName } = {}): Promise<TrainedModel> {
+  const { run, cfg } = info;
   const tf = await setupTf(o.tfBackend ?? cfg.tfBackend);
   const model = await loadBackbone(tf, run);
-  return { run, cfg, state, fingerprint, tf, model, dispose: () => model.dispose() };
+  const inShape = model.inputs[0].shape;
+  if (inShape[1] !== cfg.height || inShape[2] !== cfg.width || inShape[3] !== cfg.channels || model.outputs[0].shape[1] !== cfg.dim) {
+    model.dispose();
+    throw new CheckpointMismatchError(`Backbone in ${checkpointDir(run)} has input ${inShape.slice(1).join('×')} and dim ${model.outputs[0].shape[1]}, but config.json says ${cfg.height}×${cfg.width}×${cfg.channels} and dim ${cfg.dim}`);
+  }
+  return { ...info, tf, model, dispose: () => model.dispose() };
+}
+
+/** readRun, then loadModel. */
+export async function openModel(checkpoint: string, o: { tfBackend?: TfBackendName } = {}): Promise<TrainedModel> {
+  return loadModel(readRun(checkpoint), o);
 }
 
 export interface EmbedFilesOptions {

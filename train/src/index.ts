@@ -10,6 +10,9 @@ export { runEval, runCompare, COMPARE_LOSSES, type EvalOptions, type EvalOutput,
 export { parseLosses, parseLossEntry, formatSweep, type SweepCell } from './sweep';
 export {
   openModel,
+  readRun,
+  loadModel,
+  type RunInfo,
   embedFiles,
   embedFolder,
   verifyPair,
