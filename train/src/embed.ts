@@ -210,45 +210,66 @@ export interface Match {
 
 /**
  * The top-k identities of each probe (rows of `probes`, L2-normalised), an
- * identity scored by its closest gallery image. The gallery rows are the
- * "classes" of a MarginHead, whose top-k streams over them in blocks; the
- * k best identities are among the (k − 1)·m + 1 best rows, m the most images
- * of one identity, so asking for that many rows is exact.
+ * identity scored by its closest gallery image. The k best identities are
+ * among the (k − 1)·m + 1 best rows, m the most images of one identity, so
+ * finding that many rows is exact. The gallery is searched in chunks of
+ * `chunkRows` rows, each chunk the "classes" of a MarginHead whose top-k
+ * streams over them in blocks: memory beyond the gallery is one chunk's copy
+ * and probes × rows candidates, never probes × gallery scores.
  */
-export function topIdentities(gallery: Gallery, probes: Float32Array, k: number, o: { threads?: number } = {}): Match[][] {
+export function topIdentities(gallery: Gallery, probes: Float32Array, k: number, o: { threads?: number; chunkRows?: number } = {}): Match[][] {
   const G = gallery.paths.length;
+  const dim = gallery.dim;
   if (!G) throw new ArgumentError(`Expected a non-empty gallery but received 0 images`);
-  if (probes.length % gallery.dim !== 0) throw new ArgumentError(`Expected probes of dim ${gallery.dim} but received ${probes.length} values`);
-  const identities = [...new Set(gallery.labels)];
+  if (probes.length % dim !== 0) throw new ArgumentError(`Expected probes of dim ${dim} but received ${probes.length} values`);
   if (!Number.isInteger(k) || k < 1) throw new ArgumentError(`Expected an integer k ≥ 1 for the number of identities but received ${k}`);
-  const kIds = Math.min(k, identities.length);
+  const chunkRows = o.chunkRows ?? 1 << 16;
+  if (!Number.isInteger(chunkRows) || chunkRows < 1) throw new ArgumentError(`Expected an integer ≥ 1 for chunkRows but received ${chunkRows}`);
   const perIdentity = new Map<string, number>();
-  for (const l of gallery.labels) perIdentity.set(l, (perIdentity.get(l) ?? 0) + 1);
-  const most = Math.max(...perIdentity.values());
-  const rows = Math.min(G, (kIds - 1) * most + 1);
-  const head = new MarginHead({ classes: G, dim: gallery.dim, margin: { kind: 'softmax' }, init: gallery.embeddings, optimizer: { lr: 0 }, threads: o.threads });
-  try {
-    const n = probes.length / gallery.dim;
-    if (!n) return [];
-    const top = head.predict(probes, rows);
-    const out: Match[][] = [];
-    for (let i = 0; i < n; i++) {
-      const matches: Match[] = [];
-      const seen = new Set<string>();
-      for (let j = 0; j < rows && matches.length < kIds; j++) {
-        const g = top.classes[i * rows + j];
-        if (g < 0) continue;
-        const identity = gallery.labels[g];
-        if (seen.has(identity)) continue;
-        seen.add(identity);
-        matches.push({ identity, score: top.scores[i * rows + j], path: gallery.paths[g] });
-      }
-      out.push(matches);
-    }
-    return out;
-  } finally {
-    head.dispose();
+  let most = 0;
+  for (const l of gallery.labels) {
+    const c = (perIdentity.get(l) ?? 0) + 1;
+    perIdentity.set(l, c);
+    if (c > most) most = c;
   }
+  const kIds = Math.min(k, perIdentity.size);
+  const rows = Math.min(G, (kIds - 1) * most + 1);
+  const n = probes.length / dim;
+  // Per probe the best `rows` (score, gallery row) found so far, best first.
+  const best: { score: number; row: number }[][] = Array.from({ length: n }, () => []);
+  for (let start = 0; start < G && n; start += chunkRows) {
+    const count = Math.min(chunkRows, G - start);
+    const kc = Math.min(rows, count);
+    const head = new MarginHead({ classes: count, dim, margin: { kind: 'softmax' }, init: gallery.embeddings.subarray(start * dim, (start + count) * dim), optimizer: { lr: 0 }, threads: o.threads });
+    let top: { classes: Int32Array; scores: Float32Array };
+    try {
+      top = head.predict(probes, kc);
+    } finally {
+      head.dispose();
+    }
+    for (let i = 0; i < n; i++) {
+      const merged = best[i];
+      for (let j = 0; j < kc; j++) {
+        const c = top.classes[i * kc + j];
+        if (c >= 0) merged.push({ score: top.scores[i * kc + j], row: start + c });
+      }
+      // Ties by gallery order, so the result does not depend on the chunking.
+      merged.sort((a, b) => b.score - a.score || a.row - b.row);
+      merged.length = Math.min(merged.length, rows);
+    }
+  }
+  return best.map((cands) => {
+    const matches: Match[] = [];
+    const seen = new Set<string>();
+    for (const { score, row } of cands) {
+      const identity = gallery.labels[row];
+      if (seen.has(identity)) continue;
+      seen.add(identity);
+      matches.push({ identity, score, path: gallery.paths[row] });
+      if (matches.length === kIds) break;
+    }
+    return matches;
+  });
 }
 
 export interface IdentifyOptions extends EmbedFilesOptions {

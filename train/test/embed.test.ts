@@ -78,14 +78,38 @@ describe('top-k identities over a gallery (no model)', () => {
       top[p].forEach((m, j) => expect(m.score).toBeCloseTo(expected[j].score, 5));
       expect(top[p][0].identity).toBe('crowd');
     }
+    // Searched in chunks of 37 rows (merged across chunks): the same answer.
+    expect(topIdentities(g, probes, 4, { chunkRows: 37 })).toEqual(top);
+    expect(topIdentities(g, probes, 4, { chunkRows: 1 })).toEqual(top);
     // k beyond the identities: all of them, once each.
     expect(topIdentities(g, probes.slice(0, dim), 100)[0]).toHaveLength(41);
+    expect(topIdentities(g, probes.slice(0, dim), 100, { chunkRows: 50 })[0]).toHaveLength(41);
+  });
+
+  test('a gallery of 300,000 identities (no argument-list limits on the way)', () => {
+    const G = 300_000;
+    const emb = new Float32Array(2 * G);
+    for (let i = 0; i < G; i++) {
+      emb[2 * i] = Math.cos(i * 1e-5);
+      emb[2 * i + 1] = Math.sin(i * 1e-5);
+    }
+    const labels = Array.from({ length: G }, (_, i) => `id${i}`);
+    const g: Gallery = { embeddings: emb, dim: 2, paths: labels, labels, model: { run: 'r', epoch: 1, fingerprint: {} } };
+    const probe = Float32Array.from([Math.cos(1.234567), Math.sin(1.234567)]);
+    const [m] = topIdentities(g, probe, 3);
+    // Rows i ≈ 123457 are the closest angles (fp32 cosines do not resolve 1e−5 rad steps near 1: a few rows tie).
+    expect(new Set(m.map((x) => x.identity)).size).toBe(3);
+    for (const x of m) {
+      expect(Math.abs(Number(x.identity.slice(2)) - 123457)).toBeLessThan(100);
+      expect(x.score).toBeGreaterThan(0.9999);
+    }
   });
 
   test('bad arguments are refused', () => {
     const g: Gallery = { embeddings: new Float32Array(4), dim: 2, paths: ['a', 'b'], labels: ['x', 'y'], model: { run: 'r', epoch: 1, fingerprint: {} } };
     expect(() => topIdentities(g, new Float32Array(3), 1)).toThrow(/Expected probes of dim 2 but received 3 values/);
     expect(() => topIdentities(g, new Float32Array(2), 0)).toThrow(/Expected an integer k ≥ 1/);
+    expect(() => topIdentities(g, new Float32Array(2), 1, { chunkRows: 0 })).toThrow(/Expected an integer ≥ 1 for chunkRows/);
   });
 });
 
