@@ -18,6 +18,8 @@ import { DataError } from './data';
 import { ImageError } from './images';
 import { train } from './loop';
 import { formatVerification } from './protocol';
+import { parseLosses } from './sweep';
+import { isToolCommand, parseToolArgs, runTool, TOOL_COMMANDS } from './tools';
 import type { Margin } from 'margin-softmax';
 
 const COMMANDS = `Commands:
@@ -25,6 +27,10 @@ const COMMANDS = `Commands:
   eval      verification (and Rank-1) of a trained run's checkpoint on held-out identities
   compare   one run per loss and seed, summarised in a Table-3 shaped comparison
   bench     the library's benchmark suite (needs a checkout of the margin-softmax repository)
+  figures   the paper's Figures 1 and 2 (margin function; two-class boundaries) as SVG
+  embed     L2-normalised embeddings of an ImageFolder into a safetensors gallery
+  verify    cosine of two images; same identity above the run's threshold
+  identify  the closest identities of images in a gallery written by embed
 
 Run 'margin-softmax COMMAND --help' for the options of a command.
 Options of every command: --help, -h; without a command: --version, -V.`;
@@ -101,6 +107,8 @@ the identities it held out (or on every identity of --data with --all-identities
   --tf-backend wasm|cpu  tfjs backend (default wasm)
   --on-bad-image stop|skip
   --json FILE|-          write the result as JSON
+  --n-way N              also N-way K-shot classification by nearest prototype on the same embeddings
+  --k-shot K, --episodes E, --queries Q   with --n-way (defaults 1, 1000, 1)
 `,
   compare: `Usage: margin-softmax compare [--data DIR]... [--losses LIST] [--seeds 0,1,2] [--out runs/compare] [options]
 
@@ -110,7 +118,10 @@ compare.json, compare.svg).
 
 compare:
   --losses LIST          comma-separated kinds (default: softmax,arcface,cosface,combined,elastic-arc,cvm,adaptive,
-                         with the paper's parameters); --seeds 0,1,2
+                         with the paper's parameters); --seeds 0,1,2. An entry may set parameters, kind:name=value…
+                         (arcface:m=0.4), and list alternatives with | for a sweep, every combination trained:
+                         'adaptive:m1=0.01|0.03|0.05:m2=0.45|0.5|0.55' (the m1 = 0 baseline of each m2 is added)
+                         prints the table m1 × m2 and the per-seed differences against m1 = 0
   --resume               reuse the runs in --out whose config.json matches (finished: read back; interrupted:
                          continued from the checkpoint); the others are trained afresh
 
@@ -182,6 +193,10 @@ const OPTIONS = {
   json: { type: 'string' },
   losses: { type: 'string' },
   seeds: { type: 'string' },
+  'n-way': { type: 'string' },
+  'k-shot': { type: 'string' },
+  episodes: { type: 'string' },
+  queries: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -202,6 +217,15 @@ function num(v: string | undefined, name: string, check: (x: number) => boolean 
 const int = (v: string | undefined, name: string, min = 0) => num(v, name, (x) => Number.isSafeInteger(x) && x >= min, `an integer ≥ ${min}`);
 const list = (v: string | undefined, name: string): number[] | undefined =>
   v === undefined ? undefined : v.trim() === '' ? [] : v.split(',').map((s) => num(s.trim(), name) as number);
+
+/** Runs a parser whose errors are usage errors. */
+function usage<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
 
 function marginFrom(v: Values, seed: number): Margin {
   const params = { m: num(v.m, 'm'), m1: num(v.m1, 'm1'), m2: num(v.m2, 'm2'), m3: num(v.m3, 'm3'), sigma: num(v.sigma, 'sigma') };
@@ -270,6 +294,16 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   return c;
 }
 
+/** eval's N-way K-shot options: --n-way N turns it on (--k-shot 1, --episodes 1000, --queries 1 by default). */
+function oneShotFrom(v: Values): { ways: number; shots: number; episodes: number; queries: number } | undefined {
+  const ways = int(v['n-way'], 'n-way', 2);
+  if (ways === undefined) {
+    for (const k of ['k-shot', 'episodes', 'queries'] as const) if (v[k] !== undefined) throw new UsageError(`--${k} needs --n-way N`);
+    return undefined;
+  }
+  return { ways, shots: int(v['k-shot'], 'k-shot', 1) ?? 1, episodes: int(v.episodes, 'episodes', 1) ?? 1000, queries: int(v.queries, 'queries', 1) ?? 1 };
+}
+
 /** The schedule's shape for a given length: ×0.1 at 60 % and 90 % of the epochs (as 6, 9 of 10). */
 export function defaultSteps(epochs: number): number[] {
   const a = Math.max(2, Math.round(epochs * 0.6));
@@ -290,8 +324,12 @@ const ONLY_FOR: Partial<Record<keyof typeof OPTIONS, Command[]>> = {
   'all-identities': ['eval'],
   losses: ['compare'],
   seeds: ['compare'],
+  'n-way': ['eval'],
+  'k-shot': ['eval'],
+  episodes: ['eval'],
+  queries: ['eval'],
 };
-const EVAL_OPTIONS = new Set(['checkpoint', 'data', 'all-identities', 'eval-flip', 'eval-seed', 'size', 'dim', 'channels', 'tf-backend', 'on-bad-image', 'json', 'quiet', 'help']);
+const EVAL_OPTIONS = new Set(['checkpoint', 'data', 'all-identities', 'eval-flip', 'eval-seed', 'size', 'dim', 'channels', 'tf-backend', 'on-bad-image', 'json', 'quiet', 'help', 'n-way', 'k-shot', 'episodes', 'queries']);
 
 function checkOptionsOf(command: Command, values: Values): void {
   for (const name of Object.keys(values) as (keyof typeof OPTIONS)[]) {
@@ -326,9 +364,10 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(versions() + '\n');
     return 0;
   }
+  if (command === 'help' && rest.length && isToolCommand(rest[0])) return runTool({ command: 'help', of: rest[0] });
   if (command === 'help' && rest.length) {
     const topic = rest[0] as Command;
-    if (!COMMAND_NAMES.includes(topic)) throw new UsageError(`Unknown command ${JSON.stringify(rest[0])}: expected ${COMMAND_NAMES.join(', ')}`);
+    if (!COMMAND_NAMES.includes(topic)) throw new UsageError(`Unknown command ${JSON.stringify(rest[0])}: expected ${[...COMMAND_NAMES, ...TOOL_COMMANDS].join(', ')}`);
     process.stdout.write(HELP[topic]);
     return 0;
   }
@@ -336,8 +375,9 @@ export async function main(argv: string[]): Promise<number> {
     (command ? process.stdout : process.stderr).write(USAGE);
     return command ? 0 : 2;
   }
+  if (isToolCommand(command)) return runTool(usage(() => parseToolArgs(command, rest)));
   if (!(COMMAND_NAMES as string[]).includes(command)) {
-    throw new UsageError(`Unknown command ${JSON.stringify(command)}: expected ${COMMAND_NAMES.join(', ')}`);
+    throw new UsageError(`Unknown command ${JSON.stringify(command)}: expected ${[...COMMAND_NAMES, ...TOOL_COMMANDS].join(', ')}`);
   }
   if (rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(HELP[command as Command]);
@@ -391,20 +431,16 @@ export async function main(argv: string[]): Promise<number> {
       tfBackend: tfBackendFrom(values),
       onBadImage: badImagePolicyFrom(values),
       expect: { ...expectSize, dim: int(values.dim, 'dim', 1), channels: int(values.channels, 'channels', 1) },
+      oneShot: oneShotFrom(values),
     });
     process.stdout.write(out.text + '\n');
-    writeJson(values.json, { checkpoint: path.resolve(values.checkpoint), epoch: out.epoch, identities: out.identities, result: out.result });
+    writeJson(values.json, { checkpoint: path.resolve(values.checkpoint), epoch: out.epoch, identities: out.identities, result: out.result, oneShot: out.oneShot });
     return 0;
   }
   // compare
   const base = configFromArgs(values, 'compare');
   const seeds = list(values.seeds, 'seeds') ?? [0, 1, 2];
-  const losses = values.losses
-    ? values.losses.split(',').map((k) => {
-        const kind = k.trim();
-        return COMPARE_LOSSES.find((m) => m.kind === kind) ?? marginOrUsage(kind);
-      })
-    : COMPARE_LOSSES;
+  const losses = values.losses !== undefined ? usage(() => parseLosses(values.losses as string)) : COMPARE_LOSSES;
   const datasets = values.data && values.data.length ? values.data : [null];
   const r = await runCompare({ datasets, losses, seeds, base, out: base.out, resume: values.resume ?? false, verbose: false, progress: !values.quiet });
   process.stdout.write(r.text + '\n');

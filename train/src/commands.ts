@@ -5,15 +5,18 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type { Margin } from 'margin-softmax';
-import { checkFingerprint, CheckpointMismatchError, checkpointDir, loadBackbone, readCheckpointState } from './checkpoint';
-import { marginLabel, modelFingerprint, type TrainConfig } from './config';
+import { CheckpointMismatchError, readCheckpointState } from './checkpoint';
+import { marginLabel, type TrainConfig } from './config';
 import { DataError, type DataSource } from './data';
-import { evaluateVerification } from './evaluate';
+import { loadModel, readRun } from './embed';
+import { embed } from './evaluate';
 import { openSource, train, type TrainResult } from './loop';
 import { compareSpec, writeSvg } from './plots';
 import { clock } from './progress';
-import { formatVerification, type VerificationResult } from './protocol';
-import { setupTf, type TfBackendName } from './tf';
+import { nWayKShot, formatOneShot, type OneShotOptions, type OneShotResult } from './oneshot';
+import { formatVerification, verify, type VerificationResult } from './protocol';
+import { formatSweep, lossFolder, meanStd } from './sweep';
+import type { TfBackendName } from './tf';
 
 export interface EvalOptions {
   /** The run folder (holding config.json and checkpoint/). */
@@ -28,26 +31,22 @@ export interface EvalOptions {
   onBadImage?: 'skip' | 'stop';
   /** Options given on the command line that must agree with the checkpoint. */
   expect?: Partial<Pick<TrainConfig, 'height' | 'width' | 'channels' | 'dim'>>;
+  /** Also N-way K-shot classification on the same embeddings (seed: `seed`). */
+  oneShot?: Omit<OneShotOptions, 'seed'>;
   log?: (msg: string) => void;
 }
 
 export interface EvalOutput {
   result: VerificationResult;
+  oneShot?: OneShotResult;
   identities: string[];
   text: string;
   epoch: number;
 }
 
 export async function runEval(o: EvalOptions): Promise<EvalOutput> {
-  const run = path.resolve(o.checkpoint);
-  const cfgFile = path.join(run, 'config.json');
-  if (!fs.existsSync(run)) throw new CheckpointMismatchError(`Checkpoint folder not found: ${run}`);
-  if (!fs.existsSync(cfgFile)) throw new CheckpointMismatchError(`${run} is not a margin-softmax run folder (no config.json)`);
-  const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as TrainConfig & { dataId: string };
-  const state = readCheckpointState(run);
-  if (!state) throw new CheckpointMismatchError(`No checkpoint in ${checkpointDir(run)}`);
-  // The configuration file and the checkpoint must agree (a checkpoint copied from another run does not).
-  checkFingerprint(state, modelFingerprint(cfg, state.trainClasses.length), checkpointDir(run));
+  const info = readRun(o.checkpoint);
+  const { run, cfg, state } = info;
   for (const [k, v] of Object.entries(o.expect ?? {})) {
     if (v !== undefined && (cfg as unknown as Record<string, unknown>)[k] !== v) {
       throw new CheckpointMismatchError(`Checkpoint ${run} comes from another configuration: ${k} is ${(cfg as unknown as Record<string, unknown>)[k]} there, ${v} on the command line`);
@@ -67,26 +66,23 @@ export async function runEval(o: EvalOptions): Promise<EvalOutput> {
     const overlap = src.id === state.dataId ? identities.filter((c) => seen.has(c)) : [];
     if (overlap.length) (o.log ?? console.error)(`warning: ${overlap.length} of the ${identities.length} identities were training identities of this checkpoint`);
   }
-  const tf = await setupTf(o.tfBackend ?? cfg.tfBackend);
-  const model = await loadBackbone(tf, run);
-  const inShape = model.inputs[0].shape;
-  if (inShape[1] !== cfg.height || inShape[2] !== cfg.width || inShape[3] !== cfg.channels || model.outputs[0].shape[1] !== cfg.dim) {
-    model.dispose();
-    throw new CheckpointMismatchError(`Backbone in ${checkpointDir(run)} has input ${inShape.slice(1).join('×')} and dim ${model.outputs[0].shape[1]}, but config.json says ${cfg.height}×${cfg.width}×${cfg.channels} and dim ${cfg.dim}`);
-  }
+  const { tf, model } = await loadModel(info, o);
   try {
-    const result = evaluateVerification(tf, model, src, identities, {
+    const seed = o.seed ?? cfg.evalSeed;
+    const { emb, labels, dim } = embed(tf, model, src, identities, {
       height: cfg.height,
       width: cfg.width,
       channels: cfg.channels,
       batchSize: 64,
       flip: o.flip ?? cfg.evalFlip,
-      seed: o.seed ?? cfg.evalSeed,
       onBadImage: o.onBadImage ?? cfg.onBadImage,
       warn: o.log,
     });
-    const text = formatVerification(result, `checkpoint ${run} (epoch ${state.epoch}) on ${src.name}`);
-    return { result, identities, text, epoch: state.epoch };
+    const result = verify(emb, dim, labels, { seed });
+    let text = formatVerification(result, `checkpoint ${run} (epoch ${state.epoch}) on ${src.name}`);
+    const oneShot = o.oneShot ? nWayKShot(emb, dim, labels, { ...o.oneShot, seed }) : undefined;
+    if (oneShot) text += '\n' + formatOneShot(oneShot, seed);
+    return { result, oneShot, identities, text, epoch: state.epoch };
   } finally {
     model.dispose();
   }
@@ -143,6 +139,8 @@ export function resumableRun(cfg: TrainConfig): boolean {
 
 export interface CompareCell {
   loss: string;
+  /** The loss with its parameters (absent for the untrained row and in older compare.json files). */
+  margin?: Margin;
   dataset: string;
   seeds: number[];
   accuracy: number[];
@@ -160,13 +158,6 @@ export interface CompareOutput {
   text: string;
   json: Record<string, unknown>;
   wallSeconds: number;
-}
-
-function meanStd(v: number[]): { mean: number; std: number } {
-  const mean = v.reduce((a, b) => a + b, 0) / Math.max(1, v.length);
-  // Sample std over seeds (n − 1), 0 for a single seed.
-  const std = v.length > 1 ? Math.sqrt(v.reduce((a, b) => a + (b - mean) ** 2, 0) / (v.length - 1)) : 0;
-  return { mean, std };
 }
 
 function datasetName(d: string | null): string {
@@ -188,7 +179,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
     const beforeRank: number[] = [];
     for (const margin of o.losses) {
       const label = marginLabel(margin);
-      const cell: CompareCell = { loss: label, dataset: dname, seeds: [], accuracy: [], tar1e2: [], rank1: [], thetaP50: [], mean: 0, std: 0 };
+      const cell: CompareCell = { loss: label, margin, dataset: dname, seeds: [], accuracy: [], tar1e2: [], rank1: [], thetaP50: [], mean: 0, std: 0 };
       for (const seed of o.seeds) {
         const m = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos' ? { ...margin, seed } : margin;
         const cfg: TrainConfig = {
@@ -196,7 +187,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
           data,
           seed,
           margin: m,
-          out: path.join(o.out, dname.replace(/[^A-Za-z0-9_.-]+/g, '_'), `${margin.kind}`, `seed${seed}`),
+          out: path.join(o.out, dname.replace(/[^A-Za-z0-9_.-]+/g, '_'), lossFolder(margin), `seed${seed}`),
         };
         done++;
         const resume = (o.resume ?? false) && resumableRun(cfg);
@@ -287,6 +278,8 @@ export function formatCompare(cells: CompareCell[], untrained: CompareCell[], o:
   }
   const paired = pairedTable(cells, datasets, losses);
   if (paired) parts.push('', paired);
+  const sweep = formatSweep(cells);
+  if (sweep) parts.push('', sweep);
   return parts.join('\n');
 }
 
@@ -298,7 +291,9 @@ export function formatCompare(cells: CompareCell[], untrained: CompareCell[], o:
  * loss shares. Null when there is no adaptive row or fewer than two seeds.
  */
 export function pairedTable(cells: CompareCell[], datasets: string[], losses: string[]): string | null {
-  const ref = losses.find((l) => l.startsWith('adaptive'));
+  // With several adaptive rows (a sweep), the paper's setting is the reference where present.
+  const paper = marginLabel(COMPARE_LOSSES.find((m) => m.kind === 'adaptive') as Margin);
+  const ref = losses.find((l) => l === paper) ?? losses.find((l) => l.startsWith('adaptive'));
   if (!ref || cells.every((c) => c.seeds.length < 2)) return null;
   const diff = (other: string, d: string): string => {
     const a = cells.find((c) => c.loss === ref && c.dataset === d);
