@@ -58,6 +58,10 @@ export interface NativeAddon {
   /** Seconds for the three products alone (the GEMM ceiling); see native/cpu/gemm_ceiling.cc. */
   productsSeconds(x: Float32Array, w: Float32Array, dim: number, threads: number, simd: number, backward: boolean): number;
   topk(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): { classes: Int32Array; scores: Float32Array };
+  /** topk on the libuv thread pool. */
+  topkAsync(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): Promise<{ classes: Int32Array; scores: Float32Array }>;
+  /** Bytes the addon's large allocations hold now (big_alloc minus big_free). */
+  liveNativeBytes(): number;
   info(simd?: number): {
     cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number };
     cuda: { compiled: boolean; usable: boolean; reason?: string; [key: string]: unknown };
