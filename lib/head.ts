@@ -143,17 +143,21 @@ export class MarginHead {
       workspaceBytes: o.workspaceBytes,
     };
     const n = this.localClasses * this.dim;
-    if (o.init instanceof Float32Array) {
-      this.weights = native.zeros(n);
-      this.weights.set(o.init);
-    } else if ((o.init as unknown) === 'skip') {
-      this.weights = native.zeros(n);
-    } else {
-      // Keyed by the global element index, so shards draw exactly the rows
-      // the unsharded head would.
-      this.weights = native.gaussian(0, NORMAL_INIT_STD, this.config.seed, INIT_COUNTER, n, this.offset * this.dim);
+    try {
+      if (o.init instanceof Float32Array) {
+        this.weights = native.zeros(n);
+        this.weights.set(o.init);
+      } else if ((o.init as unknown) === 'skip') {
+        this.weights = native.zeros(n);
+      } else {
+        // Keyed by the global element index, so shards draw exactly the rows
+        // the unsharded head would.
+        this.weights = native.gaussian(0, NORMAL_INIT_STD, this.config.seed, INIT_COUNTER, n, this.offset * this.dim);
+      }
+      this.momentum = (this.config.optimizer.momentum ?? 0) > 0 ? native.zeros(n) : null;
+    } catch (err) {
+      rethrow(err); // an allocation failure: NativeError with the bytes asked for
     }
-    this.momentum = (this.config.optimizer.momentum ?? 0) > 0 ? native.zeros(n) : null;
   }
 
   // ---- Training ----------------------------------------------------------

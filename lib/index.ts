@@ -11,6 +11,7 @@
 export { lossAndGrad, lossAndGradAsync, forward, forwardAsync, backends, deviceInfo, DEFAULT_SCALE, ADAPTIVE_DEFAULTS } from './loss';
 export { ArgumentError, BackendUnavailableError, NativeError } from './errors';
 export type * from './types';
-export { MarginHead, type MarginHeadOptions, type StepResult, type SgdOptions, type ShardOptions } from './head';
+export { MAX_THREADS, MAX_PARAMETER } from './validate';
+export { MarginHead, MAX_TOP_K, type MarginHeadOptions, type StepResult, type SgdOptions, type ShardOptions } from './head';
 export { mergeStats, type ShardStats, type MergedStats } from './shard';
 export { CheckpointError } from './safetensors';
