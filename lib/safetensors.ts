@@ -77,7 +77,9 @@ function escapeRegExp(s: string): string {
 
 /** A save that failed: the message names the target file, not the temporary. */
 function saveError(file: string, err: unknown): CheckpointError {
-  return new CheckpointError(`Cannot save checkpoint ${file}: ${(err as Error).message}`);
+  // Node's message ends with ", <syscall> '<temporary path>'": keep the reason only.
+  const reason = (err as Error).message.replace(/, \w+ '[^']*'( -> '[^']*')?$/, '');
+  return new CheckpointError(`Cannot save checkpoint ${file}: ${reason}`);
 }
 
 export function saveSafetensors(
