@@ -184,61 +184,84 @@ export function readHeader(file: string): SafetensorsHeader {
   }
   try {
     const size = fs.fstatSync(fd).size;
-    if (size < 8) throw new CheckpointError(`Not a safetensors file: ${file} is ${size} bytes, shorter than the 8-byte header length`);
-    const prefix = Buffer.alloc(8);
-    fs.readSync(fd, prefix, 0, 8, 0);
-    const hlen = Number(prefix.readBigUInt64LE());
-    if (hlen < 2 || hlen > MAX_HEADER || 8 + hlen > size) {
-      throw new CheckpointError(`Not a safetensors file: ${file} declares a ${hlen}-byte header but the file is ${size} bytes`);
-    }
-    const hbuf = Buffer.alloc(hlen);
-    fs.readSync(fd, hbuf, 0, hlen, 8);
-    let parsed: Record<string, unknown>;
-    try {
-      parsed = JSON.parse(hbuf.toString('utf8'));
-    } catch {
-      throw new CheckpointError(`Not a safetensors file: the header of ${file} is not valid JSON`);
-    }
-    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-      throw new CheckpointError(`Not a safetensors file: the header of ${file} is not a JSON object`);
-    }
-    const out: SafetensorsHeader = { metadata: {}, tensors: {}, dataStart: 8 + hlen };
-    for (const [name, v] of Object.entries(parsed)) {
-      if (name === '__metadata__') {
-        out.metadata = checkMetadata(file, v);
-        continue;
-      }
-      const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-      if (typeof e?.dtype !== 'string' || !Array.isArray(e.shape) || !Array.isArray(e.data_offsets) || e.data_offsets.length !== 2) {
-        throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' has no valid dtype, shape and data_offsets`);
-      }
-      const [begin, end] = e.data_offsets as number[];
-      const shape = e.shape as number[];
-      if (!shape.every((n) => Number.isSafeInteger(n) && n >= 0)) {
-        throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' has shape ${JSON.stringify(shape)}, not a list of non-negative integers`);
-      }
-      const width = e.dtype === 'F32' || e.dtype === 'I32' ? 4 : e.dtype === 'BF16' || e.dtype === 'F16' ? 2 : 0;
-      const count = shape.reduce((a, b) => a * b, 1);
-      if (Number.isSafeInteger(begin) && Number.isSafeInteger(end) && begin >= 0 && end < begin) {
-        throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' has data_offsets [${begin}, ${end}] out of order (end before begin)`);
-      }
-      if (!Number.isSafeInteger(begin) || !Number.isSafeInteger(end) || begin < 0 || (width && end - begin !== count * width)) {
-        throw new CheckpointError(
-          `Corrupted checkpoint ${file}: tensor '${name}' (${e.dtype} ${JSON.stringify(shape)}) has data_offsets [${begin}, ${end}] that do not match its shape`,
-        );
-      }
-      out.tensors[name] = { dtype: e.dtype, shape, begin, end };
-    }
-    const maxEnd = checkLayout(file, out.tensors);
-    if (out.dataStart + maxEnd !== size) {
-      throw new CheckpointError(
-        `Truncated or corrupted checkpoint ${file}: the header describes ${out.dataStart + maxEnd} bytes but the file has ${size}`,
-      );
-    }
-    return out;
+    const prefix = Buffer.alloc(Math.min(8, size));
+    fs.readSync(fd, prefix, 0, prefix.length, 0);
+    const hlen = headerLength(file, prefix, size);
+    const bytes = Buffer.alloc(8 + hlen);
+    fs.readSync(fd, bytes, 0, bytes.length, 0);
+    return parseHeader(file, bytes, size);
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** The header length the 8-byte prefix declares, checked against the file size. */
+function headerLength(file: string, prefix: Uint8Array, size: number): number {
+  if (size < 8 || prefix.length < 8) throw new CheckpointError(`Not a safetensors file: ${file} is ${size} bytes, shorter than the 8-byte header length`);
+  const hlen = Number(Buffer.from(prefix.buffer, prefix.byteOffset, 8).readBigUInt64LE());
+  if (hlen < 2 || hlen > MAX_HEADER || 8 + hlen > size) {
+    throw new CheckpointError(`Not a safetensors file: ${file} declares a ${hlen}-byte header but the file is ${size} bytes`);
+  }
+  return hlen;
+}
+
+/**
+ * Parses and checks a header: `bytes` starts with the file's first 8 + header
+ * length bytes (more is ignored), `size` is the whole file's size. Pure (no
+ * I/O), so the fuzz target calls it directly.
+ */
+export function parseHeader(file: string, bytes: Uint8Array, size: number): SafetensorsHeader {
+  const hlen = headerLength(file, bytes, size);
+  if (bytes.length < 8 + hlen) throw new CheckpointError(`Truncated checkpoint ${file}: the header is cut short`);
+  const hbuf = Buffer.from(bytes.buffer, bytes.byteOffset + 8, hlen);
+  let parsed: Record<string, unknown>;
+  try {
+    parsed = JSON.parse(hbuf.toString('utf8'));
+  } catch {
+    throw new CheckpointError(`Not a safetensors file: the header of ${file} is not valid JSON`);
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new CheckpointError(`Not a safetensors file: the header of ${file} is not a JSON object`);
+  }
+  const out: SafetensorsHeader = { metadata: {}, tensors: {}, dataStart: 8 + hlen };
+  for (const [name, v] of Object.entries(parsed)) {
+    if (name === '__metadata__') {
+      out.metadata = checkMetadata(file, v);
+      continue;
+    }
+    out.tensors[name] = checkEntry(file, name, v);
+  }
+  const maxEnd = checkLayout(file, out.tensors);
+  if (out.dataStart + maxEnd !== size) {
+    throw new CheckpointError(
+      `Truncated or corrupted checkpoint ${file}: the header describes ${out.dataStart + maxEnd} bytes but the file has ${size}`,
+    );
+  }
+  return out;
+}
+
+/** One tensor's entry: dtype, a shape of non-negative integers, and offsets that match it. */
+function checkEntry(file: string, name: string, v: unknown): SafetensorsHeader['tensors'][string] {
+  const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+  if (typeof e?.dtype !== 'string' || !Array.isArray(e.shape) || !Array.isArray(e.data_offsets) || e.data_offsets.length !== 2) {
+    throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' has no valid dtype, shape and data_offsets`);
+  }
+  const [begin, end] = e.data_offsets as number[];
+  const shape = e.shape as number[];
+  if (!shape.every((n) => Number.isSafeInteger(n) && n >= 0)) {
+    throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' has shape ${JSON.stringify(shape)}, not a list of non-negative integers`);
+  }
+  const width = e.dtype === 'F32' || e.dtype === 'I32' ? 4 : e.dtype === 'BF16' || e.dtype === 'F16' ? 2 : 0;
+  const count = shape.reduce((a, b) => a * b, 1);
+  if (Number.isSafeInteger(begin) && Number.isSafeInteger(end) && begin >= 0 && end < begin) {
+    throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' has data_offsets [${begin}, ${end}] out of order (end before begin)`);
+  }
+  if (!Number.isSafeInteger(begin) || !Number.isSafeInteger(end) || begin < 0 || (width && end - begin !== count * width)) {
+    throw new CheckpointError(
+      `Corrupted checkpoint ${file}: tensor '${name}' (${e.dtype} ${JSON.stringify(shape)}) has data_offsets [${begin}, ${end}] that do not match its shape`,
+    );
+  }
+  return { dtype: e.dtype, shape, begin, end };
 }
 
 /** __metadata__ must be an object of strings (the format's rule; the head reads its fields as strings). */

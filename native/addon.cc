@@ -287,6 +287,12 @@ Request make_request(const Napi::CallbackInfo& info) {
     inputs.push_back(span_of("classIndex", ci));
     r.arrays.push_back({ci, false});
   }
+  // Labels index rows of W (of the class subset): checked against the count
+  // read here (−1 ignores a row; −2, in a shard, marks another shard's class).
+  for (int64_t i = 0; i < p.n; ++i) {
+    const int32_t y = p.labels[i];
+    if (y < -2 || y >= p.c) arg_error(env, "labels in [-1, " + std::to_string(p.c - 1) + "]", "labels[" + std::to_string(i) + "]", std::to_string(y));
+  }
   p.lse_in = per_row("lseIn");
   p.target_pm1_in = per_row("targetPm1In");
   p.valid_rows = (int64_t)num(o, "validRows", 0);
@@ -322,7 +328,7 @@ Request make_request(const Napi::CallbackInfo& info) {
   // fresh one every call.
   auto out_or_new = [&](const char* key, const char* name, size_t n) {
     auto a = opt_array<Napi::Float32Array>(env, o, key);
-    if (a.IsEmpty()) return new_f32(env, n, name);
+    if (a.IsEmpty()) return new_f32(env, n, std::string(name).substr(std::strlen("options.out.")));
     expect_length(env, a, n, name);
     outputs.push_back(span_of(name, a));
     r.arrays.push_back({a, true});

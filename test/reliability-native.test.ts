@@ -115,6 +115,13 @@ describe('lengths are read natively, not from JavaScript properties', () => {
     expect(() => head.predict(new Float32Array(8), 1)).not.toThrow();
   });
 
+  test('a weights array with a shadowed length: labels are checked against the class count V8 holds', () => {
+    const w = new Float32Array(8).fill(0.5); // one class of d = 8
+    Object.defineProperty(w, 'length', { value: 80 }); // claiming ten
+    const input = { embeddings: new Float32Array(8).fill(1), weights: w, labels: Int32Array.from([5]), dim: 8 };
+    expect(() => lossAndGrad(input, opts)).toThrow(/^Expected labels in \[-1, 0\] for labels\[0\] but received 5$/);
+  });
+
   test('class indices out of range are refused natively', () => {
     const p = randomProblem(2, 10, 8, 5);
     const o = { kind: 0, scale: 64, classIndex: new Int32Array([0, 10]) };
@@ -188,7 +195,7 @@ describe('allocation failures are NativeErrors naming the bytes', () => {
     const r = spawnSync('bash', ['-c', `ulimit -v ${limitKb}; exec "${process.execPath}" -e "$0"`, script], { encoding: 'utf8' });
     expect(r.signal).toBeNull();
     expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/NativeError: Out of memory: could not allocate \d+ bytes/);
+    expect(r.stdout).toMatch(/NativeError: Out of memory: could not allocate \d+ bytes for /);
     expect(r.stdout).toContain('alive');
   });
 });
