@@ -97,7 +97,7 @@ export function nativeOptions(options: LossOptions, backend: BackendName, margin
 function prepare(input: LossInput, options: LossOptions): Prepared {
   validateOptions(options);
   const shape = validateInput(input);
-  validateOut(options, input, shape);
+  validateOut(options, shape);
   const backend = resolveBackend(options.backend);
   const margins = elasticMargins(options.margin, shape.n);
   const opts = nativeOptions(options, backend, margins);
@@ -162,7 +162,11 @@ export function forward(input: LossInput, options: LossOptions): ForwardResult {
 
 /**
  * {@link lossAndGrad} on the libuv thread pool: the event loop stays free.
- * Do not modify the input arrays until the promise settles.
+ * Do not modify the input arrays until the promise settles. The call keeps
+ * what it reads and writes alive even if an ArrayBuffer is transferred
+ * meanwhile: arrays the addon allocated are pinned, others are copied for the
+ * duration of the call (an options.out array transferred before the call
+ * settles makes it reject).
  */
 export async function lossAndGradAsync(input: LossInput, options: LossOptions): Promise<LossAndGradResult> {
   const p = prepare(input, options);

@@ -104,7 +104,7 @@ export interface Shape {
 }
 
 /** Caller-provided output arrays must be Float32Arrays of the right length (and not overlap: see native/addon.cc). */
-export function validateOut(options: LossOptions, input: LossInput, shape: Shape): void {
+export function validateOut(options: LossOptions, shape: Shape): void {
   const out = options.out;
   if (out === undefined) return;
   if (out === null || typeof out !== 'object') expected('an object { perSample?, gradEmbeddings?, gradWeights? }', 'options.out', out);
@@ -117,7 +117,6 @@ export function validateOut(options: LossOptions, input: LossInput, shape: Shape
   }
   // Overlap between the out arrays, the inputs (labels included) and each
   // other is checked natively, on the addresses and lengths V8 holds.
-  void input;
 }
 
 export function validateInput(input: LossInput): Shape {

@@ -25,7 +25,8 @@ async function collect(): Promise<void> {
 
 /** Detaches the array's buffer the way a postMessage transfer does; the new owner is dropped at once. */
 function transfer(a: Float32Array | Int32Array): void {
-  structuredClone(a.buffer, { transfer: [a.buffer] });
+  const buffer = a.buffer as ArrayBuffer;
+  structuredClone(buffer, { transfer: [buffer] });
 }
 
 describe('async calls keep their arrays alive', () => {
