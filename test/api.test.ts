@@ -6,6 +6,7 @@
 import { describe, expect, test } from 'vitest';
 import {
   ArgumentError,
+  allocFloat32,
   BackendUnavailableError,
   NativeError,
   backends,
@@ -85,7 +86,12 @@ describe('determinism and the async variants', () => {
   });
 
   test('the event loop keeps ticking during lossAndGradAsync (N = 256, C = 60000, d = 128)', async () => {
-    const big = randomProblem(256, 60000, 128, 42);
+    const problem = randomProblem(256, 60000, 128, 42);
+    // Weights in the addon's memory: used in place (V8-allocated ones are
+    // copied on this thread first, which is not what this test measures).
+    const weights = allocFloat32(problem.weights.length);
+    weights.set(problem.weights);
+    const big = { ...problem, weights };
     const opts: LossOptions = { margin: { kind: 'adaptive' } };
     let ticks = 0;
     let maxGap = 0;
