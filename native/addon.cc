@@ -247,6 +247,7 @@ Request make_request(const Napi::CallbackInfo& info) {
   LossProblem& p = r.problem;
   p.n = (int64_t)labels.ElementLength();
   const int64_t w_rows = (int64_t)(w.ElementLength() / (size_t)d);
+  if (p.n > 0 && d > std::numeric_limits<int64_t>::max() / p.n) arg_error(env, "a dim whose product with labels.length fits in 64 bits", "dim", std::to_string(d));
   expect_length(env, x, (size_t)(p.n * d), "embeddings (labels.length × dim)");
   if (w.ElementLength() == 0 || w.ElementLength() % (size_t)d != 0) {
     arg_error(env, "a non-empty array whose length is a multiple of dim = " + std::to_string(d), "weights",
