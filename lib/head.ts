@@ -11,7 +11,7 @@ import { CheckpointError, readHeader, readTensor, saveSafetensors, type SaveHook
 import { classSample } from './sampling';
 import type { ShardStats, MergedStats } from './shard';
 import type { BackendName, Margin } from './types';
-import { validateMargin, validateOptions } from './validate';
+import { checkFloat32, rejectUnknownKeys, validateMargin, validateOptions } from './validate';
 
 export interface SgdOptions {
   /** Learning rate (> 0). */
@@ -76,6 +76,14 @@ export interface StepResult {
   margins?: Float32Array;
 }
 
+/** Largest k of predict(): each row keeps a heap of k entries per thread. */
+export const MAX_TOP_K = 1024;
+
+const HEAD_OPTION_NAMES = [
+  'classes', 'dim', 'margin', 'scale', 'backend', 'weightsDtype', 'gradFilter', 'init', 'seed', 'optimizer', 'sampleRate', 'shard', 'threads', 'workspaceBytes',
+] as const;
+const STEP_OPTION_NAMES = ['lr'] as const;
+
 const NORMAL_INIT_STD = 0.01;
 const INIT_COUNTER = 0x1417;
 const FORMAT = 'margin-softmax/head';
@@ -135,17 +143,21 @@ export class MarginHead {
       workspaceBytes: o.workspaceBytes,
     };
     const n = this.localClasses * this.dim;
-    if (o.init instanceof Float32Array) {
-      this.weights = native.zeros(n);
-      this.weights.set(o.init);
-    } else if ((o.init as unknown) === 'skip') {
-      this.weights = native.zeros(n);
-    } else {
-      // Keyed by the global element index, so shards draw exactly the rows
-      // the unsharded head would.
-      this.weights = native.gaussian(0, NORMAL_INIT_STD, this.config.seed, INIT_COUNTER, n, this.offset * this.dim);
+    try {
+      if (o.init instanceof Float32Array) {
+        this.weights = native.zeros(n);
+        this.weights.set(o.init);
+      } else if ((o.init as unknown) === 'skip') {
+        this.weights = native.zeros(n);
+      } else {
+        // Keyed by the global element index, so shards draw exactly the rows
+        // the unsharded head would.
+        this.weights = native.gaussian(0, NORMAL_INIT_STD, this.config.seed, INIT_COUNTER, n, this.offset * this.dim);
+      }
+      this.momentum = (this.config.optimizer.momentum ?? 0) > 0 ? native.zeros(n) : null;
+    } catch (err) {
+      rethrow(err); // an allocation failure: NativeError with the bytes asked for
     }
-    this.momentum = (this.config.optimizer.momentum ?? 0) > 0 ? native.zeros(n) : null;
   }
 
   // ---- Training ----------------------------------------------------------
@@ -207,22 +219,38 @@ export class MarginHead {
     return { loss: r.loss, accuracy: valid ? hit / valid : 0 };
   }
 
-  /** Top-k classes by cosine for each row (N×k, descending), streamed over class blocks: no N×C buffer. */
+  /**
+   * Top-k classes by cosine for each row (N×k, descending), streamed over
+   * class blocks with a heap of k per row: O(N·C·(d + log k)), no N×C buffer.
+   * k ≤ min(localClasses, MAX_TOP_K = 1024). Synchronous: use
+   * {@link predictAsync} for large N·C.
+   */
   predict(embeddings: Float32Array, k: number): { classes: Int32Array; scores: Float32Array } {
     this.ensureUsable('predict');
-    if (!Number.isInteger(k) || k < 1 || k > this.localClasses) expected(`an integer in [1, ${this.localClasses}]`, 'k', k);
-    if (!(embeddings instanceof Float32Array) || embeddings.length % this.dim !== 0 || embeddings.length === 0) {
-      expected(`a non-empty Float32Array whose length is a multiple of dim = ${this.dim}`, 'embeddings', embeddings);
-    }
-    checkFinite(embeddings, 'embeddings');
+    this.checkPredict(embeddings, k);
     let r: { classes: Int32Array; scores: Float32Array };
     try {
       r = native.topk(embeddings, this.weights as Float32Array, this.dim, k, this.config.threads ?? 0);
     } catch (err) {
       rethrow(err);
     }
-    if (this.offset) for (let i = 0; i < r.classes.length; i++) if (r.classes[i] >= 0) r.classes[i] += this.offset;
-    return r;
+    return this.globalClasses(r);
+  }
+
+  /** {@link predict} on the libuv thread pool: the event loop stays free. The head refuses other calls until it settles. */
+  async predictAsync(embeddings: Float32Array, k: number): Promise<{ classes: Int32Array; scores: Float32Array }> {
+    this.ensureUsable('predictAsync');
+    this.checkPredict(embeddings, k);
+    this.busy = true;
+    let r: { classes: Int32Array; scores: Float32Array };
+    try {
+      r = await native.topkAsync(embeddings, this.weights as Float32Array, this.dim, k, this.config.threads ?? 0);
+    } catch (err) {
+      rethrow(err);
+    } finally {
+      this.busy = false;
+    }
+    return this.globalClasses(r);
   }
 
   // ---- Sharding ------------------------------------------------------------
@@ -268,7 +296,7 @@ export class MarginHead {
         expected(`Float32Array of length ${p.labels.length}`, `merged.${key}`, merged?.[key]);
       }
     }
-    const lr = this.checkLr(opts.lr);
+    const lr = this.checkStepOptions(opts);
     const o: NativeLossOptions = {
       ...this.baseOptions(p.margins),
       classIndex: p.classIndex,
@@ -347,11 +375,20 @@ export class MarginHead {
     } catch {
       throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not valid JSON`);
     }
+    if (config === null || typeof config !== 'object') throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not an object`);
+    const steps = parseSteps(file, header.metadata.steps);
     const local = config.shard ? config.shard.count : config.classes;
+    const withMomentum = (config.optimizer?.momentum ?? 0) > 0;
+    for (const name of Object.keys(header.tensors)) {
+      if (name !== 'weight' && !(name === 'momentum' && withMomentum)) {
+        const why = name === 'momentum' ? 'its configuration has no momentum' : `a head checkpoint holds only 'weight'${withMomentum ? " and 'momentum'" : ''}`;
+        throw new CheckpointError(`Checkpoint ${file} has an unexpected tensor '${name}' (${why})`);
+      }
+    }
     for (const name of ['weight', 'momentum']) {
       const t = header.tensors[name];
       if (!t) {
-        if (name === 'weight' || (config.optimizer?.momentum ?? 0) > 0) throw new CheckpointError(`Checkpoint ${file} has no tensor '${name}'`);
+        if (name === 'weight' || withMomentum) throw new CheckpointError(`Checkpoint ${file} has no tensor '${name}'`);
         continue;
       }
       if (t.dtype !== 'F32') throw new CheckpointError(`Checkpoint ${file}: expected dtype F32 for '${name}' but found ${t.dtype}`);
@@ -359,10 +396,18 @@ export class MarginHead {
         throw new CheckpointError(`Checkpoint ${file}: expected shape [${local}, ${config.dim}] for '${name}' but found ${JSON.stringify(t.shape)}`);
       }
     }
-    const head = new MarginHead({ ...config, backend: options.backend ?? config.backend, init: 'skip' as unknown as 'normal' });
-    readTensor(file, header, 'weight', head.weights as Float32Array);
-    if (head.momentum) readTensor(file, header, 'momentum', head.momentum);
-    head.steps = Number(header.metadata.steps ?? 0) || 0;
+    let head: MarginHead;
+    try {
+      head = new MarginHead({ ...config, backend: options.backend ?? config.backend, init: 'skip' as unknown as 'normal' });
+    } catch (err) {
+      // A configuration the constructor refuses is a corrupted checkpoint (an allocation failure is not).
+      if (err instanceof ArgumentError) throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is invalid: ${err.message}`);
+      throw err;
+    }
+    // Non-finite centres or momentum would poison every later step.
+    readTensor(file, header, 'weight', head.weights as Float32Array, { finite: true });
+    if (head.momentum) readTensor(file, header, 'momentum', head.momentum, { finite: true });
+    head.steps = steps;
     return head;
   }
 
@@ -394,10 +439,30 @@ export class MarginHead {
     }
   }
 
+  private checkPredict(embeddings: Float32Array, k: number): void {
+    const kMax = Math.min(this.localClasses, MAX_TOP_K);
+    if (!Number.isInteger(k) || k < 1 || k > kMax) expected(`an integer in [1, ${kMax}] (at most min(classes, ${MAX_TOP_K}))`, 'k', k);
+    if (!(embeddings instanceof Float32Array) || embeddings.length % this.dim !== 0 || embeddings.length === 0) {
+      expected(`a non-empty Float32Array whose length is a multiple of dim = ${this.dim}`, 'embeddings', embeddings);
+    }
+    checkFinite(embeddings, 'embeddings');
+  }
+
+  /** Shard-local class indices → global ones. */
+  private globalClasses(r: { classes: Int32Array; scores: Float32Array }) {
+    if (this.offset) for (let i = 0; i < r.classes.length; i++) if (r.classes[i] >= 0) r.classes[i] += this.offset;
+    return r;
+  }
+
+  private checkStepOptions(opts: { lr?: number }): number {
+    if (opts === null || typeof opts !== 'object') expected('an options object { lr? }', 'step options', opts);
+    rejectUnknownKeys(opts, STEP_OPTION_NAMES, 'step options');
+    return this.checkLr(opts.lr);
+  }
+
   private checkLr(lr: number | undefined): number {
     if (lr === undefined) return this.config.optimizer.lr;
-    if (typeof lr !== 'number' || !Number.isFinite(lr) || lr < 0) expected('a finite non-negative number', 'lr', lr);
-    return lr;
+    return checkFloat32(lr, 'lr', {});
   }
 
   private checkBatch(embeddings: Float32Array, labels: Int32Array, allowRemote: boolean): void {
@@ -445,7 +510,7 @@ export class MarginHead {
   }
 
   private prepareStep(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number }) {
-    const lr = this.checkLr(opts.lr);
+    const lr = this.checkStepOptions(opts);
     this.checkBatch(embeddings, labels, false);
     const sample = this.sample(labels);
     const margins = elasticMargins(this.config.margin, labels.length);
@@ -469,6 +534,16 @@ export class MarginHead {
   }
 }
 
+/** metadata.steps: absent (0), or the decimal digits of a non-negative safe integer. */
+function parseSteps(file: string, text: string | undefined): number {
+  if (text === undefined) return 0;
+  const n = Number(text);
+  if (!/^[0-9]+$/.test(text) || !Number.isSafeInteger(n)) {
+    throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.steps = ${JSON.stringify(text)} is not a non-negative integer step count`);
+  }
+  return n;
+}
+
 function checkFinite(a: Float32Array, what: string): void {
   for (let i = 0; i < a.length; i++) {
     if (!Number.isFinite(a[i])) expected('finite values', what, a, `${a[i]} at index ${i}`);
@@ -477,6 +552,7 @@ function checkFinite(a: Float32Array, what: string): void {
 
 function validateHeadOptions(o: MarginHeadOptions): void {
   if (o === null || typeof o !== 'object') expected('an options object { classes, dim, margin, … }', 'MarginHead options', o);
+  rejectUnknownKeys(o, HEAD_OPTION_NAMES, 'MarginHead options');
   if (!Number.isSafeInteger(o.classes) || o.classes < 1 || o.classes > 0x7fffffff) expected('a positive integer', 'classes', o.classes);
   if (!Number.isSafeInteger(o.dim) || o.dim < 1) expected('a positive integer', 'dim', o.dim);
   validateMargin(o.margin);
@@ -488,17 +564,15 @@ function validateHeadOptions(o: MarginHeadOptions): void {
   const opt = o.optimizer;
   if (opt !== undefined) {
     if (typeof opt !== 'object' || opt === null) expected('an object { lr, momentum?, weightDecay? }', 'optimizer', opt);
-    if (typeof opt.lr !== 'number' || !Number.isFinite(opt.lr) || opt.lr < 0) expected('a finite non-negative number', 'optimizer.lr', opt.lr);
-    if (opt.momentum !== undefined && (typeof opt.momentum !== 'number' || !(opt.momentum >= 0 && opt.momentum < 1))) {
-      expected('a number in [0, 1)', 'optimizer.momentum', opt.momentum);
-    }
-    if (opt.weightDecay !== undefined && (typeof opt.weightDecay !== 'number' || !Number.isFinite(opt.weightDecay) || opt.weightDecay < 0)) {
-      expected('a finite non-negative number', 'optimizer.weightDecay', opt.weightDecay);
-    }
+    rejectUnknownKeys(opt, ['lr', 'momentum', 'weightDecay'], 'optimizer');
+    checkFloat32(opt.lr, 'optimizer.lr', {});
+    if (opt.momentum !== undefined) checkFloat32(opt.momentum, 'optimizer.momentum', { below: 1 });
+    if (opt.weightDecay !== undefined) checkFloat32(opt.weightDecay, 'optimizer.weightDecay', {});
   }
   const s = o.shard;
   if (s !== undefined) {
     if (typeof s !== 'object' || s === null) expected('an object { offset, count, total }', 'shard', s);
+    rejectUnknownKeys(s, ['offset', 'count', 'total'], 'shard');
     if (s.total !== o.classes) expected(`shard.total equal to classes = ${o.classes}`, 'shard.total', s.total);
     if (!Number.isSafeInteger(s.offset) || s.offset < 0) expected('a non-negative integer', 'shard.offset', s.offset);
     if (!Number.isSafeInteger(s.count) || s.count < 1 || s.offset + s.count > s.total) {

@@ -8,9 +8,10 @@
  *   { margin: { kind: 'adaptive', m1: 0.03, m2: 0.5 }, scale: 64 });
  * ```
  */
-export { lossAndGrad, lossAndGradAsync, forward, forwardAsync, backends, deviceInfo, DEFAULT_SCALE, ADAPTIVE_DEFAULTS } from './loss';
+export { lossAndGrad, lossAndGradAsync, forward, forwardAsync, allocFloat32, backends, deviceInfo, DEFAULT_SCALE, ADAPTIVE_DEFAULTS } from './loss';
 export { ArgumentError, BackendUnavailableError, NativeError } from './errors';
 export type * from './types';
-export { MarginHead, type MarginHeadOptions, type StepResult, type SgdOptions, type ShardOptions } from './head';
+export { MAX_THREADS, MAX_PARAMETER } from './validate';
+export { MarginHead, MAX_TOP_K, type MarginHeadOptions, type StepResult, type SgdOptions, type ShardOptions } from './head';
 export { mergeStats, type ShardStats, type MergedStats } from './shard';
-export { CheckpointError, type SaveHooks } from './safetensors';
+export { CheckpointError, removeStaleTemporaries, type SaveHooks } from './safetensors';

@@ -2,7 +2,7 @@
  * The loss functions: argument validation, backend choice, and the call into
  * the fused native kernels. N = labels.length, C = weights.length / dim.
  */
-import { ArgumentError, BackendUnavailableError, NativeError } from './errors';
+import { ArgumentError, BackendUnavailableError, NativeError, expected } from './errors';
 import { MARGIN_KIND_CODES, MATRIX_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';
 import type { BackendName, DeviceInfo, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
 import { validateInput, validateOptions, validateOut, type Shape } from './validate';
@@ -37,6 +37,21 @@ export function resolveBackend(requested: LossOptions['backend']): BackendName {
     throw new BackendUnavailableError(`Expected a usable CUDA device for backend 'cuda' but ${cuda.reason ?? 'none was found'}`);
   }
   return cuda.usable ? 'cuda' : 'cpu';
+}
+
+/**
+ * A zeroed Float32Array of n floats in the addon's memory (huge-page backed
+ * when large). The async calls use such arrays in place (pinned) where they
+ * copy arrays that V8 allocated, on the calling thread, for the duration of
+ * the call: allocate large weights with this for lossAndGradAsync.
+ */
+export function allocFloat32(n: number): Float32Array {
+  if (!Number.isSafeInteger(n) || n < 0) expected('a non-negative safe integer', 'n', n);
+  try {
+    return native.zeros(n);
+  } catch (err) {
+    rethrow(err);
+  }
 }
 
 /** Draws the per-row elastic margins, or returns undefined for the other kinds. */
@@ -98,7 +113,7 @@ export function nativeOptions(options: LossOptions, backend: BackendName, margin
 function prepare(input: LossInput, options: LossOptions): Prepared {
   validateOptions(options);
   const shape = validateInput(input);
-  validateOut(options, input, shape);
+  validateOut(options, shape);
   const backend = resolveBackend(options.backend);
   const margins = elasticMargins(options.margin, shape.n);
   const opts = nativeOptions(options, backend, margins);
@@ -163,7 +178,12 @@ export function forward(input: LossInput, options: LossOptions): ForwardResult {
 
 /**
  * {@link lossAndGrad} on the libuv thread pool: the event loop stays free.
- * Do not modify the input arrays until the promise settles.
+ * Do not modify the input arrays until the promise settles. The call keeps
+ * what it reads and writes alive even if an ArrayBuffer is transferred
+ * meanwhile: arrays the addon allocated are pinned, others are copied for the
+ * duration of the call, on the calling thread (allocate large weights with
+ * {@link allocFloat32} to avoid that copy; an options.out array transferred
+ * before the call settles makes it reject).
  */
 export async function lossAndGradAsync(input: LossInput, options: LossOptions): Promise<LossAndGradResult> {
   const p = prepare(input, options);

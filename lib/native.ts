@@ -64,6 +64,10 @@ export interface NativeAddon {
   /** GFLOP/s of a register-only loop on all threads: kind 0 fp32 FMA, 1 VDPBF16PS, 2 TDPBF16PS; 0 where the CPU lacks it. */
   _peakGflops(kind: 0 | 1 | 2, threads: number, simd: number, seconds?: number): number;
   topk(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): { classes: Int32Array; scores: Float32Array };
+  /** topk on the libuv thread pool. */
+  topkAsync(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): Promise<{ classes: Int32Array; scores: Float32Array }>;
+  /** Bytes the addon's large allocations hold now (big_alloc minus big_free). */
+  liveNativeBytes(): number;
   info(simd?: number): {
     cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number; matrix: 'amx-bf16' | 'avx512-bf16' | 'none' };
     cuda: { compiled: boolean; usable: boolean; reason?: string; [key: string]: unknown };

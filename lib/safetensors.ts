@@ -39,12 +39,61 @@ export interface SaveHooks {
   afterChunk?: (bytesWritten: number) => void;
 }
 
+/** Whether a process with this id runs now (an id we may not signal counts as alive). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Removes the temporaries of earlier saves in `dir` whose name matches
+ * `pattern` (group 1: the writer's pid) and whose writer is dead or is this
+ * process (saves are synchronous here, so none of ours is in progress). A
+ * temporary of a live process is another save in progress: left alone.
+ */
+export function removeStaleTemporaries(dir: string, pattern: RegExp): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = pattern.exec(name);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid !== process.pid && processAlive(pid)) continue;
+    fs.rmSync(path.join(dir, name), { recursive: true, force: true });
+  }
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+/** A save that failed: the message names the target file, not the temporary. */
+function saveError(file: string, err: unknown): CheckpointError {
+  // Node's message ends with ", <syscall> '<temporary path>'": keep the reason only.
+  const reason = (err as Error).message.replace(/, \w+ '[^']*'( -> '[^']*')?$/, '');
+  return new CheckpointError(`Cannot save checkpoint ${file}: ${reason}`);
+}
+
 export function saveSafetensors(
   file: string,
   tensors: Record<string, TensorEntry>,
   metadata: Record<string, string>,
   hooks: SaveHooks = {},
 ): void {
+  if (typeof file !== 'string' || file === '' || file.endsWith('/') || file.endsWith(path.sep)) {
+    throw new CheckpointError(`Cannot save checkpoint ${JSON.stringify(file)}: expected a file path`);
+  }
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
+    throw new CheckpointError(`Cannot save checkpoint ${file}: it is a directory`);
+  }
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   const names = Object.keys(tensors);
@@ -62,8 +111,16 @@ export function saveSafetensors(
   prefix.writeBigUInt64LE(BigInt(headerBytes.length));
 
   const dir = path.dirname(path.resolve(file));
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
-  const fd = fs.openSync(tmp, 'w');
+  const base = path.basename(file);
+  // Temporaries are `.<name>.<pid>.<time>.tmp`: the pid says whether their writer still runs.
+  removeStaleTemporaries(dir, new RegExp(`^\\.${escapeRegExp(base)}\\.(\\d+)\\.\\d+\\.tmp$`));
+  const tmp = path.join(dir, `.${base}.${process.pid}.${Date.now()}.tmp`);
+  let fd: number;
+  try {
+    fd = fs.openSync(tmp, 'w');
+  } catch (err) {
+    throw saveError(file, err);
+  }
   let ok = false;
   try {
     let written = 0;
@@ -82,11 +139,19 @@ export function saveSafetensors(
     }
     fs.fsyncSync(fd);
     ok = true;
+  } catch (err) {
+    // A write error names the target; anything else (a test hook) passes as it is.
+    throw (err as NodeJS.ErrnoException).code ? saveError(file, err) : err;
   } finally {
     fs.closeSync(fd);
     if (!ok) fs.rmSync(tmp, { force: true });
   }
-  fs.renameSync(tmp, file);
+  try {
+    fs.renameSync(tmp, file);
+  } catch (err) {
+    fs.rmSync(tmp, { force: true });
+    throw saveError(file, err);
+  }
   // Make the rename itself durable.
   try {
     const dfd = fs.openSync(dir, 'r');
@@ -94,6 +159,12 @@ export function saveSafetensors(
     fs.closeSync(dfd);
   } catch {
     /* directories cannot be opened for fsync on every platform */
+  }
+}
+
+function checkChunkFinite(file: string, name: string, a: Float32Array | Int32Array, lo: number, hi: number): void {
+  for (let i = lo; i < hi; i++) {
+    if (!Number.isFinite(a[i])) throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' holds ${a[i]} at element ${i}`);
   }
 }
 
@@ -113,60 +184,124 @@ export function readHeader(file: string): SafetensorsHeader {
   }
   try {
     const size = fs.fstatSync(fd).size;
-    if (size < 8) throw new CheckpointError(`Not a safetensors file: ${file} is ${size} bytes, shorter than the 8-byte header length`);
-    const prefix = Buffer.alloc(8);
-    fs.readSync(fd, prefix, 0, 8, 0);
-    const hlen = Number(prefix.readBigUInt64LE());
-    if (hlen < 2 || hlen > MAX_HEADER || 8 + hlen > size) {
-      throw new CheckpointError(`Not a safetensors file: ${file} declares a ${hlen}-byte header but the file is ${size} bytes`);
-    }
-    const hbuf = Buffer.alloc(hlen);
-    fs.readSync(fd, hbuf, 0, hlen, 8);
-    let parsed: Record<string, unknown>;
-    try {
-      parsed = JSON.parse(hbuf.toString('utf8'));
-    } catch {
-      throw new CheckpointError(`Not a safetensors file: the header of ${file} is not valid JSON`);
-    }
-    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-      throw new CheckpointError(`Not a safetensors file: the header of ${file} is not a JSON object`);
-    }
-    const out: SafetensorsHeader = { metadata: {}, tensors: {}, dataStart: 8 + hlen };
-    let maxEnd = 0;
-    for (const [name, v] of Object.entries(parsed)) {
-      if (name === '__metadata__') {
-        out.metadata = (v ?? {}) as Record<string, string>;
-        continue;
-      }
-      const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-      if (typeof e?.dtype !== 'string' || !Array.isArray(e.shape) || !Array.isArray(e.data_offsets) || e.data_offsets.length !== 2) {
-        throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' has no valid dtype, shape and data_offsets`);
-      }
-      const [begin, end] = e.data_offsets as number[];
-      const shape = e.shape as number[];
-      const width = e.dtype === 'F32' || e.dtype === 'I32' ? 4 : e.dtype === 'BF16' || e.dtype === 'F16' ? 2 : 0;
-      const count = shape.reduce((a, b) => a * b, 1);
-      if (!Number.isSafeInteger(begin) || !Number.isSafeInteger(end) || begin < 0 || end < begin || (width && end - begin !== count * width)) {
-        throw new CheckpointError(
-          `Corrupted checkpoint ${file}: tensor '${name}' (${e.dtype} ${JSON.stringify(shape)}) has data_offsets [${begin}, ${end}] that do not match its shape`,
-        );
-      }
-      maxEnd = Math.max(maxEnd, end);
-      out.tensors[name] = { dtype: e.dtype, shape, begin, end };
-    }
-    if (out.dataStart + maxEnd !== size) {
-      throw new CheckpointError(
-        `Truncated or corrupted checkpoint ${file}: the header describes ${out.dataStart + maxEnd} bytes but the file has ${size}`,
-      );
-    }
-    return out;
+    const prefix = Buffer.alloc(Math.min(8, size));
+    fs.readSync(fd, prefix, 0, prefix.length, 0);
+    const hlen = headerLength(file, prefix, size);
+    const bytes = Buffer.alloc(8 + hlen);
+    fs.readSync(fd, bytes, 0, bytes.length, 0);
+    return parseHeader(file, bytes, size);
   } finally {
     fs.closeSync(fd);
   }
 }
 
+/** The header length the 8-byte prefix declares, checked against the file size. */
+function headerLength(file: string, prefix: Uint8Array, size: number): number {
+  if (size < 8 || prefix.length < 8) throw new CheckpointError(`Not a safetensors file: ${file} is ${size} bytes, shorter than the 8-byte header length`);
+  const hlen = Number(Buffer.from(prefix.buffer, prefix.byteOffset, 8).readBigUInt64LE());
+  if (hlen < 2 || hlen > MAX_HEADER || 8 + hlen > size) {
+    throw new CheckpointError(`Not a safetensors file: ${file} declares a ${hlen}-byte header but the file is ${size} bytes`);
+  }
+  return hlen;
+}
+
+/**
+ * Parses and checks a header: `bytes` starts with the file's first 8 + header
+ * length bytes (more is ignored), `size` is the whole file's size. Pure (no
+ * I/O), so the fuzz target calls it directly.
+ */
+export function parseHeader(file: string, bytes: Uint8Array, size: number): SafetensorsHeader {
+  const hlen = headerLength(file, bytes, size);
+  if (bytes.length < 8 + hlen) throw new CheckpointError(`Truncated checkpoint ${file}: the header is cut short`);
+  const hbuf = Buffer.from(bytes.buffer, bytes.byteOffset + 8, hlen);
+  let parsed: Record<string, unknown>;
+  try {
+    parsed = JSON.parse(hbuf.toString('utf8'));
+  } catch {
+    throw new CheckpointError(`Not a safetensors file: the header of ${file} is not valid JSON`);
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new CheckpointError(`Not a safetensors file: the header of ${file} is not a JSON object`);
+  }
+  const out: SafetensorsHeader = { metadata: {}, tensors: {}, dataStart: 8 + hlen };
+  for (const [name, v] of Object.entries(parsed)) {
+    if (name === '__metadata__') {
+      out.metadata = checkMetadata(file, v);
+      continue;
+    }
+    out.tensors[name] = checkEntry(file, name, v);
+  }
+  const maxEnd = checkLayout(file, out.tensors);
+  if (out.dataStart + maxEnd !== size) {
+    throw new CheckpointError(
+      `Truncated or corrupted checkpoint ${file}: the header describes ${out.dataStart + maxEnd} bytes but the file has ${size}`,
+    );
+  }
+  return out;
+}
+
+/** One tensor's entry: dtype, a shape of non-negative integers, and offsets that match it. */
+function checkEntry(file: string, name: string, v: unknown): SafetensorsHeader['tensors'][string] {
+  const e = v as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+  if (typeof e?.dtype !== 'string' || !Array.isArray(e.shape) || !Array.isArray(e.data_offsets) || e.data_offsets.length !== 2) {
+    throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' has no valid dtype, shape and data_offsets`);
+  }
+  const [begin, end] = e.data_offsets as number[];
+  const shape = e.shape as number[];
+  if (!shape.every((n) => Number.isSafeInteger(n) && n >= 0)) {
+    throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' has shape ${JSON.stringify(shape)}, not a list of non-negative integers`);
+  }
+  const width = e.dtype === 'F32' || e.dtype === 'I32' ? 4 : e.dtype === 'BF16' || e.dtype === 'F16' ? 2 : 0;
+  const count = shape.reduce((a, b) => a * b, 1);
+  if (Number.isSafeInteger(begin) && Number.isSafeInteger(end) && begin >= 0 && end < begin) {
+    throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' has data_offsets [${begin}, ${end}] out of order (end before begin)`);
+  }
+  if (!Number.isSafeInteger(begin) || !Number.isSafeInteger(end) || begin < 0 || (width && end - begin !== count * width)) {
+    throw new CheckpointError(
+      `Corrupted checkpoint ${file}: tensor '${name}' (${e.dtype} ${JSON.stringify(shape)}) has data_offsets [${begin}, ${end}] that do not match its shape`,
+    );
+  }
+  return { dtype: e.dtype, shape, begin, end };
+}
+
+/** __metadata__ must be an object of strings (the format's rule; the head reads its fields as strings). */
+function checkMetadata(file: string, v: unknown): Record<string, string> {
+  if (v === null || typeof v !== 'object' || Array.isArray(v) || !Object.values(v).every((x) => typeof x === 'string')) {
+    throw new CheckpointError(`Corrupted checkpoint ${file}: __metadata__ is not an object of strings`);
+  }
+  return v as Record<string, string>;
+}
+
+/**
+ * The tensors' byte ranges, sorted, must tile the data section from 0 with no
+ * overlap and no gap (as the safetensors format requires); returns its end.
+ */
+function checkLayout(file: string, tensors: SafetensorsHeader['tensors']): number {
+  const ranges = Object.entries(tensors).sort((a, b) => a[1].begin - b[1].begin || a[1].end - b[1].end);
+  let end = 0;
+  let prev = '';
+  for (const [name, t] of ranges) {
+    if (t.begin < end) {
+      throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' [${t.begin}, ${t.end}] overlaps tensor '${prev}' (which ends at ${end})`);
+    }
+    if (t.begin > end) {
+      const after = prev ? `after tensor '${prev}'` : 'at the start of the data';
+      throw new CheckpointError(`Corrupted checkpoint ${file}: a gap of ${t.begin - end} bytes ${after}, before tensor '${name}' at ${t.begin}`);
+    }
+    end = t.end;
+    prev = name;
+  }
+  return end;
+}
+
 /** Reads one F32/I32 tensor straight into `into` (which must have the right length). */
-export function readTensor(file: string, header: SafetensorsHeader, name: string, into: Float32Array | Int32Array): void {
+export function readTensor(
+  file: string,
+  header: SafetensorsHeader,
+  name: string,
+  into: Float32Array | Int32Array,
+  { finite = false }: { finite?: boolean } = {},
+): void {
   const t = header.tensors[name];
   if (!t) throw new CheckpointError(`Checkpoint ${file} has no tensor '${name}'`);
   if (t.end - t.begin !== into.byteLength) {
@@ -183,6 +318,7 @@ export function readTensor(file: string, header: SafetensorsHeader, name: string
         if (n === 0) throw new CheckpointError(`Truncated checkpoint ${file} while reading '${name}'`);
         done += n;
       }
+      if (finite) checkChunkFinite(file, name, into, b / into.BYTES_PER_ELEMENT, e / into.BYTES_PER_ELEMENT);
     }
   } finally {
     fs.closeSync(fd);

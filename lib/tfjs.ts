@@ -22,6 +22,7 @@
  * StepResult (loss, accuracy, targetCos, …) for logging.
  */
 import { expected } from './errors';
+import { rejectUnknownKeys } from './validate';
 import type { MarginHead, StepResult } from './head';
 
 /** What the adapter reads of a tensor (structural: a `tf.Tensor` is one). */
@@ -72,6 +73,7 @@ export interface MarginLossOptions {
 function validateLossOptions(o: unknown): MarginLossOptions {
   if (o === undefined) return {};
   if (typeof o !== 'object' || o === null) expected('an object', 'marginLoss options', o);
+  rejectUnknownKeys(o, ['lr', 'onStep'], 'marginLoss options');
   const { lr, onStep } = o as MarginLossOptions;
   if (lr !== undefined && typeof lr !== 'function' && !(typeof lr === 'number' && Number.isFinite(lr) && lr >= 0)) {
     expected('a finite number ≥ 0 or a function', 'options.lr', lr);
@@ -80,8 +82,11 @@ function validateLossOptions(o: unknown): MarginLossOptions {
   return { lr, onStep };
 }
 
+/** Labels as Int32Array: an Int32Array, or an int32 tensor (a float tensor is refused, not truncated: [0.7, 1.9] is no label). */
 function toInt32(labels: TfTensor | Int32Array): Int32Array {
   if (labels instanceof Int32Array) return labels;
+  if (labels === null || typeof labels !== 'object' || typeof labels.dataSync !== 'function') expected('an int32 tensor or an Int32Array', 'labels', labels);
+  if (labels.dtype !== 'int32') expected('an int32 tensor or an Int32Array', 'labels', labels, `a ${labels.dtype} tensor (cast it with tf.cast(labels, 'int32') if its values are integers)`);
   const data = labels.dataSync();
   return data instanceof Int32Array ? data : Int32Array.from(data);
 }

@@ -55,7 +55,7 @@ export interface LossInput {
 
 export interface LossOptions {
   margin: Margin;
-  /** Scale s of the logits. Default 64. */
+  /** Scale s of the logits, in (0, MAX_PARAMETER = 1e4] (beyond, the float32 loss overflows). Default 64. */
   scale?: number;
   /** 'auto' (default) picks 'cuda' when a GPU is usable, else 'cpu'. */
   backend?: 'auto' | BackendName;
@@ -86,7 +86,10 @@ export interface LossOptions {
    * it (amx-bf16 → avx512-bf16 → none), as `simd` does.
    */
   matrix?: 'auto' | CpuMatrixPath;
-  /** CPU threads (default: all hardware threads). Results are bit-identical for a fixed thread count. */
+  /**
+   * CPU threads (default: all hardware threads), at most MAX_THREADS = 256: the
+   * pool keeps every thread it starts. Results are bit-identical for a fixed thread count.
+   */
   threads?: number;
   /**
    * CPU: bytes of cosine tiles kept from the forward pass for the backward pass

@@ -5,6 +5,7 @@
 // transparent huge pages). Memory comes back zeroed.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdlib>
 #include <memory>
@@ -18,24 +19,42 @@ namespace ms {
 
 constexpr size_t kBigAllocThreshold = size_t(2) << 20;
 
+// A failed big_alloc: a bad_alloc that says how many bytes were asked for,
+// so the addon can report them.
+struct AllocFailure : std::bad_alloc {
+  size_t bytes;
+  explicit AllocFailure(size_t b) : bytes(b) {}
+  const char* what() const noexcept override { return "big_alloc failed"; }
+};
+
+// Bytes currently held by big_alloc (allocated and not yet freed): the addon
+// exposes it so tests can check that native buffers are released.
+inline std::atomic<int64_t>& big_live_bytes() {
+  static std::atomic<int64_t> live{0};
+  return live;
+}
+
 inline void* big_alloc(size_t bytes) {
   if (bytes == 0) bytes = 1;
 #if defined(__linux__)
   if (bytes >= kBigAllocThreshold) {
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
+    if (p == MAP_FAILED) throw AllocFailure(bytes);
     madvise(p, bytes, MADV_HUGEPAGE);
+    big_live_bytes() += (int64_t)bytes;
     return p;
   }
 #endif
   void* p = std::calloc(bytes, 1);
-  if (!p) throw std::bad_alloc();
+  if (!p) throw AllocFailure(bytes);
+  big_live_bytes() += (int64_t)bytes;
   return p;
 }
 
 inline void big_free(void* p, size_t bytes) {
   if (!p) return;
   if (bytes == 0) bytes = 1;
+  big_live_bytes() -= (int64_t)bytes;
 #if defined(__linux__)
   if (bytes >= kBigAllocThreshold) {
     munmap(p, bytes);

@@ -1,7 +1,8 @@
 // topk_cpu.cc — top-k classes by cosine for each row (MarginHead.predict),
 // streaming over class blocks like the loss: one GEMM per block gives the
-// cosine tile, each thread keeps a sorted top-k per row, and the threads'
-// lists are merged in thread order. No N×C buffer exists.
+// cosine tile, each thread keeps a bounded heap of the k best per row
+// (O(log k) per candidate, so k near C costs O(N·C·log k), not O(N·C·k)),
+// and the threads' heaps are merged and sorted at the end. No N×C buffer exists.
 #include "topk_cpu.h"
 
 #include <algorithm>
@@ -15,17 +16,32 @@
 namespace ms {
 
 namespace {
-// Inserts (score, cls) into a descending list of k entries (ties: lower class first).
-void insert_topk(float* sc, int32_t* cl, int k, float score, int32_t cls) {
-  if (!(score > sc[k - 1] || (score == sc[k - 1] && cls < cl[k - 1]))) return;
-  int pos = k - 1;
-  while (pos > 0 && (score > sc[pos - 1] || (score == sc[pos - 1] && cls < cl[pos - 1]))) {
-    sc[pos] = sc[pos - 1];
-    cl[pos] = cl[pos - 1];
-    --pos;
+// a ranks before b: the higher score, ties to the lower class.
+inline bool before(float sa, int32_t ca, float sb, int32_t cb) { return sa > sb || (sa == sb && ca < cb); }
+
+// Offers (score, cls) to a heap of the k best so far with the worst at the
+// root (entries start at (−inf, −1)).
+void heap_offer(float* sc, int32_t* cl, int k, float score, int32_t cls) {
+  if (!before(score, cls, sc[0], cl[0])) return;
+  int i = 0;
+  for (;;) {
+    int worst = i;
+    float ws = score;
+    int32_t wc = cls;
+    for (int ch = 2 * i + 1; ch <= 2 * i + 2 && ch < k; ++ch) {
+      if (before(ws, wc, sc[ch], cl[ch])) {
+        worst = ch;
+        ws = sc[ch];
+        wc = cl[ch];
+      }
+    }
+    if (worst == i) break;
+    sc[i] = sc[worst];
+    cl[i] = cl[worst];
+    i = worst;
   }
-  sc[pos] = score;
-  cl[pos] = cls;
+  sc[i] = score;
+  cl[i] = cls;
 }
 }  // namespace
 
@@ -52,7 +68,7 @@ void cpu_topk(const float* x, const float* w, int64_t N, int64_t C, int64_t D, i
         }
         const float inv = inv_norm_from_sq(sq);
         for (int64_t i = 0; i < N; ++i)
-          insert_topk(&sc[t][i * k], &cl[t][i * k], k, tile[j * ldt + i] * inv, (int32_t)(j0 + j));
+          heap_offer(&sc[t][i * k], &cl[t][i * k], k, tile[j * ldt + i] * inv, (int32_t)(j0 + j));
       }
     }
   });
@@ -61,6 +77,7 @@ void cpu_topk(const float* x, const float* w, int64_t N, int64_t C, int64_t D, i
       throw InputError{"Expected finite values with row norms at most 1e30 for weights but received a "
                        "non-finite value or a larger norm in row " +
                        std::to_string(bad[t])};
+  std::vector<std::pair<float, int32_t>> row(k);
   for (int64_t i = 0; i < N; ++i) {
     float* s = scores + i * k;
     int32_t* c = classes + i * k;
@@ -70,7 +87,14 @@ void cpu_topk(const float* x, const float* w, int64_t N, int64_t C, int64_t D, i
     }
     for (int t = 0; t < T; ++t)
       for (int q = 0; q < k; ++q)
-        if (cl[t][i * k + q] >= 0) insert_topk(s, c, k, sc[t][i * k + q], cl[t][i * k + q]);
+        if (cl[t][i * k + q] >= 0) heap_offer(s, c, k, sc[t][i * k + q], cl[t][i * k + q]);
+    for (int q = 0; q < k; ++q) row[q] = {s[q], c[q]};
+    std::sort(row.begin(), row.end(), [](const auto& a, const auto& b) {
+      if (b.second < 0) return a.second >= 0;  // unfilled entries last
+      if (a.second < 0) return false;
+      return before(a.first, a.second, b.first, b.second);
+    });
+    for (int q = 0; q < k; ++q) s[q] = row[q].first, c[q] = row[q].second;
   }
 }
 

@@ -11,7 +11,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type * as TF from '@tensorflow/tfjs';
-import { MarginHead } from 'margin-softmax';
+import { MarginHead, removeStaleTemporaries } from 'margin-softmax';
 import { fingerprintDiff } from './config';
 import type { BackboneSgd } from './optimizer';
 import type { Tf } from './tf';
@@ -111,6 +111,14 @@ export function checkpointDir(out: string): string {
   return path.join(out, 'checkpoint');
 }
 
+/**
+ * Removes the `checkpoint.tmp-<pid>` folders of runs that were killed mid-save
+ * (each can be as large as a whole checkpoint), never one whose process still runs.
+ */
+function removeStaleCheckpointFolders(out: string): void {
+  removeStaleTemporaries(out, /^checkpoint\.tmp-(\d+)$/);
+}
+
 export async function saveCheckpoint(
   tf: Tf,
   out: string,
@@ -118,7 +126,7 @@ export async function saveCheckpoint(
 ): Promise<void> {
   const final = checkpointDir(out);
   const tmp = `${final}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
+  removeStaleCheckpointFolders(out); // ours included
   fs.mkdirSync(tmp, { recursive: true });
   await parts.model.save(fileSaveHandler(tf, tmp, { marginSoftmax: { fingerprint: parts.state.fingerprint, epoch: parts.state.epoch } }));
   parts.head.save(path.join(tmp, 'head.safetensors'));
@@ -137,6 +145,7 @@ export async function saveCheckpoint(
 export function readCheckpointState(out: string): CheckpointState | null {
   const final = checkpointDir(out);
   const old = `${final}.old`;
+  removeStaleCheckpointFolders(out);
   if (!fs.existsSync(final) && fs.existsSync(old)) fs.renameSync(old, final);
   const file = path.join(final, 'state.json');
   if (!fs.existsSync(file)) return null;

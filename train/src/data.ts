@@ -39,6 +39,22 @@ export interface DataSource {
 // ---- ImageFolder -----------------------------------------------------------------
 
 /**
+ * A folder entry as the scan sees it: symbolic links are followed (a linked
+ * image or class folder counts as one); a dangling link is an error.
+ */
+function entryKind(dir: string, e: fs.Dirent): 'file' | 'dir' | 'other' {
+  if (!e.isSymbolicLink()) return e.isFile() ? 'file' : e.isDirectory() ? 'dir' : 'other';
+  const p = path.join(dir, e.name);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(p);
+  } catch (err) {
+    throw new DataError(`Broken symbolic link in the data folder: ${p} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  }
+  return st.isFile() ? 'file' : st.isDirectory() ? 'dir' : 'other';
+}
+
+/**
  * Scans an ImageFolder root: every folder that directly holds image files is
  * one class, named by its path relative to the root (`s7`, `Greek/character03`);
  * folders that only hold folders are containers. A leaf folder without images
@@ -56,10 +72,16 @@ export function scanImageFolder(root: string): DataSource {
   if (!st.isDirectory()) throw new DataError(`Expected a data folder (one sub-folder per identity) but ${abs} is a file`);
   const classes: string[] = [];
   const samples: Sample[] = [];
+  const scanned = new Set<string>();
   const walk = (dir: string, rel: string) => {
+    // Followed links could lead back into a folder already scanned (a loop, or one class twice).
+    const real = fs.realpathSync(dir);
+    if (scanned.has(real)) throw new DataError(`Symbolic link loop or duplicate folder in the data folder: ${dir} is ${real}, already scanned`);
+    scanned.add(real);
     const entries = fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    const images = entries.filter((e) => e.isFile() && isImageFile(e.name));
-    const subdirs = entries.filter((e) => e.isDirectory() && !e.name.startsWith('.'));
+    const kinds = entries.map((e) => entryKind(dir, e));
+    const images = entries.filter((e, i) => kinds[i] === 'file' && isImageFile(e.name));
+    const subdirs = entries.filter((e, i) => kinds[i] === 'dir' && !e.name.startsWith('.'));
     if (rel !== '' && images.length === 0 && subdirs.length === 0) {
       throw new DataError(`Empty class: ${path.join(dir)} holds no image files (.pgm, .ppm, .png, .jpg); remove it or add images`);
     }

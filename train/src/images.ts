@@ -3,6 +3,7 @@
  * normalisation to [−1, 1] for the backbone.
  */
 import * as fs from 'fs';
+import * as zlib from 'zlib';
 
 export interface RawImage {
   width: number;
@@ -20,6 +21,18 @@ export class ImageError extends Error {
   }
 }
 
+/**
+ * Default largest image, in pixels, that is decoded (4096 × 4096): far above
+ * the training sizes (faces of ~100 × 100 to a few hundred pixels a side),
+ * and it bounds the decoder's memory (≤ 64 MB RGBA) whatever a header claims.
+ */
+export const MAX_IMAGE_PIXELS = 4096 * 4096;
+
+export interface DecodeOptions {
+  /** Largest width × height decoded; larger images are refused from their header, before decoding. Default MAX_IMAGE_PIXELS. */
+  maxPixels?: number;
+}
+
 export const IMAGE_EXTENSIONS = ['.pgm', '.pnm', '.ppm', '.png', '.jpg', '.jpeg'];
 
 export function isImageFile(name: string): boolean {
@@ -28,12 +41,19 @@ export function isImageFile(name: string): boolean {
 }
 
 /** Decodes by content (magic bytes), not by extension. */
-export function decodeImage(buf: Uint8Array, file = '<buffer>'): RawImage {
+export function decodeImage(buf: Uint8Array, file = '<buffer>', opts: DecodeOptions = {}): RawImage {
+  const maxPixels = opts.maxPixels ?? MAX_IMAGE_PIXELS;
   if (buf.length < 4) throw new ImageError(file, `file too short (${buf.length} bytes)`);
+  const checkSize = (width: number, height: number) => {
+    if (!(width > 0 && height > 0)) throw new ImageError(file, `bad image size ${width}×${height}`);
+    if (width * height > maxPixels) {
+      throw new ImageError(file, `${width}×${height} = ${width * height} pixels is more than the ${maxPixels} allowed (maxPixels)`);
+    }
+  };
   try {
-    if (buf[0] === 0x50 && buf[1] >= 0x31 && buf[1] <= 0x36) return decodePnm(buf, file);
-    if (buf[0] === 0x89 && buf[1] === 0x50 && buf[2] === 0x4e && buf[3] === 0x47) return decodePng(buf);
-    if (buf[0] === 0xff && buf[1] === 0xd8) return decodeJpeg(buf);
+    if (buf[0] === 0x50 && buf[1] >= 0x31 && buf[1] <= 0x36) return decodePnm(buf, file, checkSize);
+    if (buf[0] === 0x89 && buf[1] === 0x50 && buf[2] === 0x4e && buf[3] === 0x47) return decodePng(buf, file, checkSize);
+    if (buf[0] === 0xff && buf[1] === 0xd8) return decodeJpeg(buf, file, checkSize, maxPixels);
   } catch (err) {
     if (err instanceof ImageError) throw err;
     throw new ImageError(file, (err as Error).message);
@@ -41,19 +61,21 @@ export function decodeImage(buf: Uint8Array, file = '<buffer>'): RawImage {
   throw new ImageError(file, 'not a PGM/PPM, PNG or JPEG file (unknown signature)');
 }
 
-export function readImage(file: string): RawImage {
+export function readImage(file: string, opts: DecodeOptions = {}): RawImage {
   let buf: Buffer;
   try {
     buf = fs.readFileSync(file);
   } catch (err) {
     throw new ImageError(file, (err as Error).message);
   }
-  return decodeImage(buf, file);
+  return decodeImage(buf, file, opts);
 }
+
+type SizeCheck = (width: number, height: number) => void;
 
 // ---- PNM (P1–P6) ----------------------------------------------------------------
 
-function decodePnm(buf: Uint8Array, file: string): RawImage {
+function decodePnm(buf: Uint8Array, file: string, checkSize: SizeCheck): RawImage {
   const kind = buf[1] - 0x30; // 1..6
   let pos = 2;
   const token = (): number => {
@@ -75,6 +97,7 @@ function decodePnm(buf: Uint8Array, file: string): RawImage {
   const height = token();
   const maxval = token();
   if (!(width > 0 && height > 0)) throw new ImageError(file, `bad PNM size ${width}×${height}`);
+  checkSize(width, height);
   if (!(maxval > 0 && maxval < 65536)) throw new ImageError(file, `bad PNM maxval ${maxval}`);
   const channels = kind === 3 || kind === 6 ? 3 : 1;
   const n = width * height * channels;
@@ -112,7 +135,73 @@ interface PngSync {
   sync: { read(buf: Buffer, opts?: object): { width: number; height: number; data: Buffer; colorType?: number; alpha?: boolean } };
 }
 
-function decodePng(buf: Uint8Array): RawImage {
+/** Channels of each PNG colour type (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA). */
+const PNG_CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
+/** Adam7 passes: x0, y0, dx, dy. */
+const ADAM7 = [
+  [0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2],
+];
+
+/**
+ * Checks a PNG before decoding it: the size from IHDR (against maxPixels),
+ * every chunk within the file, an IEND, and compressed data that inflates to
+ * exactly the bytes the size needs (a truncated stream, or one holding fewer
+ * rows than the header claims, would otherwise decode "fine").
+ */
+function checkPng(buf: Uint8Array, file: string, checkSize: SizeCheck): void {
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  let pos = 8;
+  const idat: Uint8Array[] = [];
+  let header: { width: number; height: number; bits: number; channels: number; interlace: number } | null = null;
+  let ended = false;
+  while (pos + 8 <= buf.length && !ended) {
+    const len = view.getUint32(pos);
+    const type = String.fromCharCode(buf[pos + 4], buf[pos + 5], buf[pos + 6], buf[pos + 7]);
+    if (pos + 12 + len > buf.length) throw new ImageError(file, `truncated: chunk ${type} of ${len} bytes at byte ${pos} runs past the end of the file (${buf.length} bytes)`);
+    const data = buf.subarray(pos + 8, pos + 8 + len);
+    if (!header && type !== 'IHDR') throw new ImageError(file, 'corrupt PNG: the first chunk is not IHDR');
+    if (type === 'IHDR') {
+      if (len !== 13) throw new ImageError(file, 'corrupt PNG: IHDR is not 13 bytes');
+      const width = view.getUint32(pos + 8);
+      const height = view.getUint32(pos + 12);
+      checkSize(width, height);
+      const channels = PNG_CHANNELS[data[9]];
+      if (!channels || ![1, 2, 4, 8, 16].includes(data[8])) throw new ImageError(file, `corrupt PNG: colour type ${data[9]} with bit depth ${data[8]}`);
+      header = { width, height, bits: data[8] * channels, channels, interlace: data[12] };
+    } else if (type === 'IDAT') {
+      idat.push(data);
+    } else if (type === 'IEND') {
+      ended = true;
+    }
+    pos += 12 + len;
+  }
+  if (!header) throw new ImageError(file, 'truncated: no IHDR chunk');
+  if (!ended) throw new ImageError(file, `truncated: no IEND chunk (the file ends at byte ${buf.length})`);
+  const rowBytes = (w: number) => Math.ceil((w * header!.bits) / 8);
+  const { width: W, height: H } = header;
+  let expected = 0;
+  if (header.interlace === 1) {
+    for (const [x0, y0, dx, dy] of ADAM7) {
+      const pw = Math.ceil((W - x0) / dx);
+      const ph = Math.ceil((H - y0) / dy);
+      if (pw > 0 && ph > 0) expected += ph * (1 + rowBytes(pw));
+    }
+  } else {
+    expected = H * (1 + rowBytes(W));
+  }
+  let raw: Buffer;
+  try {
+    raw = zlib.inflateSync(Buffer.concat(idat), { maxOutputLength: expected + 1 });
+  } catch (err) {
+    throw new ImageError(file, `truncated or corrupt image data (${(err as Error).message})`);
+  }
+  if (raw.length !== expected) {
+    throw new ImageError(file, `truncated: the image data holds ${raw.length} bytes where ${W}×${H} needs ${expected}${raw.length < expected ? ` (about ${Math.floor(raw.length / (1 + rowBytes(W)))} of ${H} rows)` : ''}`);
+  }
+}
+
+function decodePng(buf: Uint8Array, file: string, checkSize: SizeCheck): RawImage {
+  checkPng(buf, file, checkSize);
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { PNG } = require('pngjs') as { PNG: PngSync };
   const png = PNG.sync.read(Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength));
@@ -130,12 +219,48 @@ function decodePng(buf: Uint8Array): RawImage {
   return { width, height, channels, data: out };
 }
 
-function decodeJpeg(buf: Uint8Array): RawImage {
+/**
+ * Checks a JPEG before decoding it: the frame size from its SOF marker
+ * (against maxPixels), every segment within the file, and an EOI marker after
+ * the scan data (jpeg-js fills a truncated scan in silently).
+ */
+function checkJpeg(buf: Uint8Array, file: string, checkSize: SizeCheck): void {
+  let pos = 2;
+  let sized = false;
+  for (;;) {
+    if (pos >= buf.length) throw new ImageError(file, `truncated: no EOI marker (the file ends at byte ${buf.length})`);
+    if (buf[pos] !== 0xff) throw new ImageError(file, `corrupt JPEG: expected a marker at byte ${pos}`);
+    while (pos < buf.length && buf[pos] === 0xff) pos++; // fill bytes
+    if (pos >= buf.length) continue;
+    const m = buf[pos++];
+    if (m === 0xd9) break; // EOI
+    if (m === 0x01 || (m >= 0xd0 && m <= 0xd8)) continue; // no payload
+    if (pos + 2 > buf.length) continue;
+    const len = (buf[pos] << 8) | buf[pos + 1];
+    if (len < 2 || pos + len > buf.length) throw new ImageError(file, `truncated: marker 0x${m.toString(16)} of ${len} bytes at byte ${pos - 2} runs past the end of the file`);
+    const isSof = m >= 0xc0 && m <= 0xcf && m !== 0xc4 && m !== 0xc8 && m !== 0xcc;
+    if (isSof) {
+      if (len < 8) throw new ImageError(file, 'corrupt JPEG: short SOF segment');
+      checkSize((buf[pos + 5] << 8) | buf[pos + 6], (buf[pos + 3] << 8) | buf[pos + 4]);
+      sized = true;
+    }
+    pos += len;
+    if (m === 0xda) {
+      // Entropy-coded data: up to the next marker that is not a stuffed 0x00 or a restart.
+      while (pos + 1 < buf.length && !(buf[pos] === 0xff && buf[pos + 1] !== 0x00 && !(buf[pos + 1] >= 0xd0 && buf[pos + 1] <= 0xd7))) pos++;
+      if (pos + 1 >= buf.length) throw new ImageError(file, `truncated: the scan data runs to the end of the file with no EOI marker`);
+    }
+  }
+  if (!sized) throw new ImageError(file, 'corrupt JPEG: no SOF marker (frame size)');
+}
+
+function decodeJpeg(buf: Uint8Array, file: string, checkSize: SizeCheck, maxPixels: number): RawImage {
+  checkJpeg(buf, file, checkSize);
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const jpeg = require('jpeg-js') as {
     decode(b: Uint8Array, o: object): { width: number; height: number; data: Uint8Array };
   };
-  const img = jpeg.decode(buf, { useTArray: true, formatAsRGBA: true, maxMemoryUsageInMB: 256 });
+  const img = jpeg.decode(buf, { useTArray: true, formatAsRGBA: true, maxMemoryUsageInMB: 256, maxResolutionInMP: maxPixels / 1e6 });
   const { width, height, data } = img;
   let grey = true;
   for (let p = 0; p < data.length && grey; p += 4) if (data[p] !== data[p + 1] || data[p] !== data[p + 2]) grey = false;

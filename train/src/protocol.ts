@@ -17,6 +17,7 @@
  * TAR is the fraction of genuine pairs above it. When ⌊f·I⌋ < 1 the FAR
  * cannot be resolved and TAR is reported as null.
  */
+import { DataError } from './data';
 import { Rng, subSeed } from './rng';
 
 export interface Pairs {
@@ -102,6 +103,12 @@ export function makePairs(labels: Int32Array, seed: number, maxFolds = 10): Pair
         genuinePerFold[f]++;
       }
     }
+  }
+  if (A.length === 0) {
+    // Accuracy and AUC over no genuine pair are not computable: refuse rather than report 0 %.
+    throw new DataError(
+      `Verification needs genuine pairs (two images of one identity) but the ${ids.length} held-out identities have one image each (${labels.length} images): hold out identities with at least 2 images`,
+    );
   }
   const n = labels.length;
   const seen = new Set<number>();
