@@ -17,6 +17,8 @@
 #include "cpu/gemm_ceiling.h"
 #include "cpu/loss_cpu.h"
 #include "cpu/topk_cpu.h"
+#include "cuda/head_addon.h"
+#include "cuda/head_cuda.h"
 #include "cuda/loss_cuda.h"
 
 namespace {
@@ -387,6 +389,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     cuda.Set("runtimeVersion", di.runtime_version);
     cuda.Set("multiprocessors", di.multiprocessors);
   }
+  cuda.Set("headBytes", (double)head_device_bytes_all());  // held by MarginHeads on the device
   res.Set("cuda", cuda);
   return res;
 }
@@ -400,6 +403,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("topk", Napi::Function::New(env, TopK));
   exports.Set("productsSeconds", Napi::Function::New(env, ProductsSeconds));
+  register_head_functions(env, exports);  // MarginHead on the device (none without CUDA)
   return exports;
 }
 

@@ -33,11 +33,13 @@ import {
   allFinite,
   bitwiseEqual,
   cluster,
+  gpuOnlyTest,
   lossErr,
   nearParallel,
   randomProblem,
   relL2,
   relMax,
+  SMALL,
   type Problem,
 } from './gpu-helpers';
 import { ALL_KINDS, label } from '../helpers';
@@ -141,16 +143,16 @@ suite('CUDA backend', () => {
   describe('the face-recognition shape N=512, C=100003, d=512', () => {
     let cached: Problem | undefined; // 51 M weights: drawn on first use, not at collection
     const face = () => (cached ??= randomProblem(512, 100003, 512, 31));
-    test('adaptive (TF32)', () => {
+    gpuOnlyTest('adaptive (TF32)', () => {
       expectClose(face(), { margin: ADAPTIVE }, TF32, 'adaptive');
     });
-    test('arcface (TF32)', () => {
+    gpuOnlyTest('arcface (TF32)', () => {
       expectClose(face(), { margin: { kind: 'arcface', m: 0.5 } }, TF32, 'arcface');
     });
-    test('adaptive with bfloat16 centres', () => {
+    gpuOnlyTest('adaptive with bfloat16 centres', () => {
       expectClose(face(), { margin: ADAPTIVE, weightsDtype: 'bfloat16' }, BF16, 'adaptive bf16');
     });
-    test('bit-identical results on repeated calls', () => {
+    gpuOnlyTest('bit-identical results on repeated calls', () => {
       const p = face();
       const a = lossAndGrad(p, { margin: ADAPTIVE, backend: 'cuda' });
       const b = lossAndGrad(p, { margin: ADAPTIVE, backend: 'cuda' });
@@ -175,7 +177,7 @@ suite('CUDA backend', () => {
       expect(r.perSample.every((v) => v === 0)).toBe(true);
       expect(r.gradWeights.every((v) => v === 0)).toBe(true);
     });
-    test('N=1, C=100003, d=513', () => {
+    gpuOnlyTest('N=1, C=100003, d=513', () => {
       expectClose(randomProblem(1, 100003, 513, 43), { margin: ADAPTIVE }, TF32, 'N=1');
     });
     test('ignored rows and zero vectors', () => {
@@ -224,7 +226,7 @@ suite('CUDA backend', () => {
     let cached: Problem | undefined;
     const clustered = () => {
       if (!cached) {
-        cached = randomProblem(512, 20000, 128, 71);
+        cached = randomProblem(512, SMALL ? 4000 : 20000, 128, 71); // 4000: the emulation's size
         cluster(cached, 0.8, 72);
       }
       return cached;
