@@ -26,7 +26,7 @@
  *  - Results that must be exactly zero (ignored rows, C = 1, every row ignored)
  *    are checked for exact zeros; repeated calls must agree bit for bit.
  */
-import { describe, expect, test } from 'vitest';
+import { afterEach, describe, expect, test } from 'vitest';
 import { ArgumentError, backends, deviceInfo, forward, lossAndGrad, lossAndGradAsync } from '../../lib/index';
 import type { LossAndGradResult, LossOptions, Margin } from '../../lib/types';
 import {
@@ -41,6 +41,7 @@ import {
   relMax,
   SMALL,
   type Problem,
+  yieldToEventLoop,
 } from './gpu-helpers';
 import { ALL_KINDS, label } from '../helpers';
 
@@ -112,6 +113,8 @@ function expectClose(p: Problem, options: LossOptions, tol: Tol, label: string):
 }
 
 suite('CUDA backend', () => {
+  afterEach(yieldToEventLoop);
+
   test('a CUDA device is usable (REQUIRE_CUDA=1 makes its absence a failure)', () => {
     const info = deviceInfo();
     if (!info.cuda.usable) throw new Error(`CUDA backend not usable: ${info.cuda.reason ?? 'no reason given'}`);

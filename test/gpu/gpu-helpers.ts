@@ -24,6 +24,14 @@ export const SMALL = EMULATED && process.env.EMU_FULL !== '1';
 export const gpuOnlyTest: (name: string, fn: () => void) => void = SMALL ? test.skip : test;
 
 /**
+ * For afterEach: lets the event loop turn between tests. Back-to-back
+ * synchronous tests only chain microtasks, so under the emulation the worker
+ * could block for over a minute with a vitest RPC outstanding, and that RPC
+ * then times out ("Timeout calling onTaskUpdate") although it was answered.
+ */
+export const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/**
  * Random problem: Gaussian embeddings and centres for small sizes, uniform
  * [−1, 1) above a million weights (faster to draw; the loss normalises anyway).
  */

@@ -15,10 +15,10 @@ import os from 'node:os';
 import path from 'node:path';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { afterAll, describe, expect, test } from 'vitest';
+import { afterAll, afterEach, describe, expect, test } from 'vitest';
 import { ArgumentError, MarginHead, NativeError, backends, deviceInfo, mergeStats } from '../../lib/index';
 import type { MarginHeadOptions } from '../../lib/index';
-import { EMULATED, bitwiseEqual, lossErr, randomProblem, relL2, relMax } from './gpu-helpers';
+import { EMULATED, bitwiseEqual, lossErr, randomProblem, relL2, relMax, yieldToEventLoop } from './gpu-helpers';
 
 const REQUIRE = process.env.REQUIRE_CUDA === '1';
 const suite = backends().includes('cuda') || REQUIRE ? describe : describe.skip;
@@ -77,6 +77,8 @@ function stepBoth(cpu: MarginHead, gpu: MarginHead, w0: Float32Array, steps: num
 const OPT = { lr: 0.2, momentum: 0.9, weightDecay: 5e-4 };
 
 suite('MarginHead on CUDA against the CPU head', () => {
+  afterEach(yieldToEventLoop);
+
   test("backend 'auto' picks CUDA; deviceInfo reports the device bytes heads hold", () => {
     const before = deviceInfo().cuda.headBytes ?? 0;
     const head = new MarginHead({ classes: 300, dim: 40, margin: { kind: 'adaptive' }, optimizer: OPT });
