@@ -272,7 +272,7 @@ suite('CUDA backend', () => {
   });
 
   describe('API paths', () => {
-    const p = randomProblem(100, 3000, 256, 81);
+    const p = randomProblem(100, SMALL ? 1000 : 3000, 256, 81);
     test('forward() gives the same loss as lossAndGrad()', () => {
       const f = forward(p, { margin: ADAPTIVE, backend: 'cuda' });
       const g = lossAndGrad(p, { margin: ADAPTIVE, backend: 'cuda' });
