@@ -397,7 +397,7 @@ export class MarginHead {
 
   /** Releases the centres and the momentum (device memory too); any later call throws. */
   dispose(): void {
-    if (this.busy) {
+    if (this.busy && this.device) {
       this.disposeWhenSettled = true; // the running stepAsync still uses the device buffers
       return;
     }

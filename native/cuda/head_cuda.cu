@@ -301,21 +301,21 @@ void head_set_rows(DeviceHead* h, int which, int64_t row0, int64_t rows, const f
     h->stream.sync();
     return;
   }
-  DeviceBuffer<unsigned long long> bad(1, "non-finite flag");
-  MS_CUDA_CHECK(cudaMemsetAsync(bad.get(), 0xff, sizeof(unsigned long long), s));
+  // Checked on the host first, so that a bad chunk leaves the centres unchanged.
+  for (int64_t r = 0; r < rows; ++r) {
+    double ss = 0.0;
+    for (int q = 0; q < d; ++q) ss += (double)src[r * d + q] * (double)src[r * d + q];
+    if (!(ss <= kMaxNormSq)) throw_bad_rows("weights", row0 + r);
+  }
   if (h->bf16) {
+    DeviceBuffer<unsigned long long> bad(1, "non-finite flag");
+    MS_CUDA_CHECK(cudaMemsetAsync(bad.get(), 0xff, sizeof(unsigned long long), s));
     DeviceBuffer<float> staging((size_t)rows * d, "bf16 conversion staging");
     MS_CUDA_CHECK(cudaMemcpyAsync(staging.get(), src, (size_t)rows * d * sizeof(float), cudaMemcpyHostToDevice, s));
     launch_prep_wbf16(staging.get(), row0, rows, d, h->w.dp, h->w.wb.get(), h->w.invw.get(), bad.get(), s);
     const int64_t b = read_flag(bad, s);  // synchronises before `staging` is freed
     if (b >= 0) throw_bad_rows("weights", b);
   } else {
-    // Checked on the host side of the copy first, so that a bad chunk leaves the centres unchanged.
-    for (int64_t r = 0; r < rows; ++r) {
-      double ss = 0.0;
-      for (int q = 0; q < d; ++q) ss += (double)src[r * d + q] * (double)src[r * d + q];
-      if (!(ss <= kMaxNormSq)) throw_bad_rows("weights", row0 + r);
-    }
     MS_CUDA_CHECK(cudaMemcpyAsync(h->w.w32.get() + row0 * d, src, (size_t)rows * d * sizeof(float), cudaMemcpyHostToDevice, s));
     h->stream.sync();
   }
