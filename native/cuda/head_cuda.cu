@@ -93,10 +93,13 @@ __global__ void __launch_bounds__(256) bf16_rows_to_f32(const bf16* __restrict__
   for (int k = lane; k < d; k += 32) dst[r * (int64_t)d + k] = __bfloat162float(wb[r * (int64_t)dp + k]);
 }
 
-// Top-k by cosine. A CTA owns kTopkRows rows; warp w scans classes w, w+8, …
-// (fp32 dot products of x̂ with the raw centre, times 1/‖w‖, lanes summed by
-// a fixed butterfly) keeping a sorted list per row in shared memory; the 8
-// lists are merged in warp order. Ties go to the lower class, as on the CPU.
+// Top-k by cosine, in two kernels. topk_rows: a CTA owns kTopkRows rows and
+// one of gridDim.y class chunks (enough CTAs to fill the device at N = 512);
+// warp w scans the chunk's classes w, w+8, … (fp32 dot products of x̂ with the
+// raw centre, times 1/‖w‖, lanes summed by a fixed butterfly) keeping a sorted
+// list per row in shared memory, and the 8 lists are merged in warp order
+// into the chunk's list. topk_merge: one thread per row merges the chunks'
+// lists in chunk order. Ties go to the lower class, as on the CPU.
 constexpr int kTopkRows = 16;
 constexpr int kTopkWarps = 8;
 
@@ -112,20 +115,24 @@ __device__ __forceinline__ void insert_sorted(float* sc, int32_t* cl, int k, flo
   cl[pos] = cls;
 }
 
+// Chunk lists: (chunk g, row i) at [(g·n + i)·k, +k).
 __global__ void __launch_bounds__(kTopkWarps * 32) topk_rows(const float* __restrict__ xh, int64_t n, const WView w,
-                                                             int k, int32_t* __restrict__ classes,
-                                                             float* __restrict__ scores) {
+                                                             int k, int32_t* __restrict__ chunk_classes,
+                                                             float* __restrict__ chunk_scores) {
   __shared__ float sc[kTopkWarps][kTopkRows][kHeadMaxTopK];
   __shared__ int32_t cl[kTopkWarps][kTopkRows][kHeadMaxTopK];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t i0 = (int64_t)blockIdx.x * kTopkRows;
   const int rows = (int)(n - i0 < kTopkRows ? n - i0 : kTopkRows);
+  const int64_t per = (w.c + gridDim.y - 1) / gridDim.y;
+  const int64_t j_begin = (int64_t)blockIdx.y * per;
+  const int64_t j_end = j_begin + per < w.c ? j_begin + per : w.c;
   for (int e = lane; e < kTopkRows * kHeadMaxTopK; e += 32) {
     sc[warp][e / kHeadMaxTopK][e % kHeadMaxTopK] = -INFINITY;
     cl[warp][e / kHeadMaxTopK][e % kHeadMaxTopK] = -1;
   }
   __syncwarp();
-  for (int64_t j = warp; j < w.c; j += kTopkWarps) {
+  for (int64_t j = j_begin + warp; j < j_end; j += kTopkWarps) {
     float acc[kTopkRows];
 #pragma unroll
     for (int r = 0; r < kTopkRows; ++r) acc[r] = 0.0f;
@@ -148,10 +155,33 @@ __global__ void __launch_bounds__(kTopkWarps * 32) topk_rows(const float* __rest
     const int r = threadIdx.x;
     for (int v = 1; v < kTopkWarps; ++v)
       for (int m = 0; m < k; ++m) insert_sorted(sc[0][r], cl[0][r], k, sc[v][r][m], cl[v][r][m]);
+    const int64_t o = ((int64_t)blockIdx.y * n + i0 + r) * k;
     for (int m = 0; m < k; ++m) {
-      classes[(i0 + r) * k + m] = cl[0][r][m];
-      scores[(i0 + r) * k + m] = sc[0][r][m];
+      chunk_classes[o + m] = cl[0][r][m];
+      chunk_scores[o + m] = sc[0][r][m];
     }
+  }
+}
+
+__global__ void __launch_bounds__(128) topk_merge(const int32_t* __restrict__ chunk_classes,
+                                                  const float* __restrict__ chunk_scores, int64_t n, int chunks, int k,
+                                                  int32_t* __restrict__ classes, float* __restrict__ scores) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float sc[kHeadMaxTopK];
+  int32_t cl[kHeadMaxTopK];
+  for (int m = 0; m < k; ++m) {
+    sc[m] = chunk_scores[i * k + m];  // chunk 0's list is sorted already
+    cl[m] = chunk_classes[i * k + m];
+  }
+  for (int g = 1; g < chunks; ++g)
+    for (int m = 0; m < k; ++m) {
+      const int64_t e = ((int64_t)g * n + i) * k + m;
+      insert_sorted(sc, cl, k, chunk_scores[e], chunk_classes[e]);
+    }
+  for (int m = 0; m < k; ++m) {
+    classes[i * k + m] = cl[m];
+    scores[i * k + m] = sc[m];
   }
 }
 
@@ -426,8 +456,12 @@ void head_topk(DeviceHead* h, const float* x, int64_t n, int k, int32_t* classes
   const int64_t n_pad = round_up(n, kRowPad);
   const int dp = (int)round_up(d, kDPad);
   DeviceBuffer<float> xd, x32, invx, xop;
-  DeviceBuffer<int32_t> cl;
-  DeviceBuffer<float> sc;
+  // Class chunks: ~8 CTAs per multiprocessor in all, at least 256 classes each.
+  const int64_t row_blocks = ceil_div(n, kTopkRows);
+  const int chunks = (int)std::max<int64_t>(
+      1, std::min<int64_t>({ceil_div(h->c, 256), ceil_div(8LL * device_multiprocessors(), row_blocks), 65535}));
+  DeviceBuffer<int32_t> cl, ccl;
+  DeviceBuffer<float> sc, csc;
   DeviceBuffer<unsigned long long> bad;
   SyncOnExit sync_guard{s};
   upload(xd, x, (size_t)n * d, "X", s);
@@ -436,14 +470,19 @@ void head_topk(DeviceHead* h, const float* x, int64_t n, int k, int32_t* classes
   xop.allocate((size_t)n_pad * dp, "embedding operand");
   cl.allocate((size_t)n * k, "top-k classes");
   sc.allocate((size_t)n * k, "top-k scores");
+  ccl.allocate((size_t)chunks * n * k, "top-k classes per class chunk");
+  csc.allocate((size_t)chunks * n * k, "top-k scores per class chunk");
   bad.allocate(1, "non-finite flag");
   MS_CUDA_CHECK(cudaMemsetAsync(bad.get(), 0xff, sizeof(unsigned long long), s));
   launch_prep_x<float>(xd.get(), n, d, dp, n_pad, x32.get(), invx.get(), xop.get(), bad.get(), s);
   const int64_t bx = read_flag(bad, s);
   if (bx >= 0) throw_bad_rows("embeddings", bx);
   ensure_norms(h);
-  MS_LAUNCH(topk_rows, (unsigned)ceil_div(n, kTopkRows), kTopkWarps * 32, 0, s, x32.get(), n, h->w.view(), k, cl.get(), sc.get());
+  MS_LAUNCH(topk_rows, dim3((unsigned)row_blocks, (unsigned)chunks), kTopkWarps * 32, 0, s, x32.get(), n, h->w.view(), k,
+            ccl.get(), csc.get());
   MS_CUDA_LAUNCHED("topk_rows");
+  MS_LAUNCH(topk_merge, (unsigned)ceil_div(n, 128), 128, 0, s, ccl.get(), csc.get(), n, chunks, k, cl.get(), sc.get());
+  MS_CUDA_LAUNCHED("topk_merge");
   MS_CUDA_CHECK(cudaMemcpyAsync(classes, cl.get(), (size_t)n * k * sizeof(int32_t), cudaMemcpyDeviceToHost, s));
   MS_CUDA_CHECK(cudaMemcpyAsync(scores, sc.get(), (size_t)n * k * sizeof(float), cudaMemcpyDeviceToHost, s));
   h->stream.sync();
