@@ -9,6 +9,11 @@
 //           gradients, the device→host copy of dW in every call.
 //           Peak device memory: nvidia-smi sampled every 20 ms (MiB), above
 //           the level before the first call.
+//  head     MarginHead.step on the device: the native calls MarginHead makes
+//           (lib/head-cuda.ts), without its TypeScript argument checks:
+//           centres and momentum resident, SGD (μ = 0.9, λ = 5e-4) fused into
+//           dŴ, X up and dX down per step. Median step time, the head's
+//           resident device bytes (exact) and the sampled peak above idle.
 //  kernels  the kernels alone on device-resident data (the ms_cuda_bench
 //           program, when --native PATH is given): forward, backward,
 //           forward+backward, effective TFLOP/s and peak device memory (exact).
@@ -16,7 +21,7 @@
 // two backward) over the forward+backward time.
 //
 //   node --expose-gc bench/gpu_bench.mjs [--c 100000,1000000] [--iters 20] [--warmup 3]
-//                                        [--bf16] [--native build/ms_cuda_bench] [--json out.json]
+//                                        [--bf16] [--native build/ms_cuda_bench] [--json out.json] [--no-head]
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -95,7 +100,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const native = require('node-gyp-build')(ROOT);
 const info = native.info();
-const out = { device: info.cuda, n: N, d: D, margin: { kind: 'adaptive', m1: 0.03, m2: 0.5 }, scale: 64, operands: BF16 ? 'bf16' : 'tf32', api: [], kernels: [] };
+const out = { device: info.cuda, n: N, d: D, margin: { kind: 'adaptive', m1: 0.03, m2: 0.5 }, scale: 64, operands: BF16 ? 'bf16' : 'tf32', api: [], head: [], kernels: [] };
 if (!info.cuda.usable) {
   out.error = `CUDA not usable: ${info.cuda.reason}`;
   console.log(JSON.stringify(out, null, 1));
@@ -157,6 +162,54 @@ for (const C of CS) {
   };
   out.api.push(row);
   console.error(JSON.stringify(row));
+}
+
+/** MarginHead.step at C classes on the device (see the header). */
+async function benchHead(C) {
+  const x = fill(N * D, 1);
+  const labels = new Int32Array(N);
+  for (let i = 0; i < N; i++) labels[i] = (i * 2654435761) % C;
+  global.gc?.();
+  await sleep(100);
+  const base = mem.now();
+  mem.reset();
+  const h = native.headCreate(C, D, BF16, true);
+  try {
+    const rowsPer = Math.max(1, Math.floor((16 << 20) / (4 * D))); // lib/head-cuda.ts's chunk
+    for (let r0 = 0; r0 < C; r0 += rowsPer) native.headSetRows(h, 0, r0, fill(Math.min(rowsPer, C - r0) * D, 3 + r0), D);
+    const stepOpts = { ...opts, stats: true, sgd: { lr: 0.1, momentum: 0.9, weightDecay: 5e-4 } };
+    for (let k = 0; k < WARMUP; k++) native.headLoss(h, x, labels, stepOpts, true);
+    const ts = [];
+    let loss = 0;
+    for (let k = 0; k < ITERS; k++) {
+      const t0 = performance.now();
+      loss = native.headLoss(h, x, labels, stepOpts, true).loss;
+      ts.push(performance.now() - t0);
+    }
+    await sleep(100);
+    const ms = median(ts);
+    return {
+      c: C,
+      step_ms: +ms.toFixed(3),
+      tflops_step: +((6 * N * D * C) / (ms * 1e-3) / 1e12).toFixed(3),
+      resident_device_bytes: native.headBytes(h),
+      peak_device_mib_above_idle: base ? mem.peak() - base : null,
+      loss,
+    };
+  } finally {
+    native.headFree(h);
+  }
+}
+if (typeof native.headCreate === 'function' && arg('no-head', false) !== true) {
+  for (const C of CS) {
+    try {
+      const row = await benchHead(C);
+      out.head.push(row);
+      console.error(JSON.stringify(row));
+    } catch (e) {
+      out.head.push({ c: C, error: String(e?.message ?? e) });
+    }
+  }
 }
 mem.stop();
 

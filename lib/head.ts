@@ -4,10 +4,11 @@
  * backward pass, samples classes (Partial FC), shards classes across
  * devices or processes, predicts top-k classes and checkpoints to safetensors.
  */
-import { ArgumentError, expected } from './errors';
+import { ArgumentError, BackendUnavailableError, expected } from './errors';
 import { elasticMargins, nativeOptions, resolveBackend, rethrow } from './loss';
 import { native, type NativeLossOptions, type NativeLossResult } from './native';
-import { CheckpointError, readHeader, readTensor, saveSafetensors, type SaveHooks, type TensorEntry } from './safetensors';
+import { CENTRES, DeviceCentres, MOMENTUM, deviceHeadCompiled } from './head-cuda';
+import { CheckpointError, checkChunkFinite, readHeader, readTensor, readTensorChunks, saveSafetensors, type SaveHooks, type TensorEntry } from './safetensors';
 import { classSample } from './sampling';
 import type { ShardStats, MergedStats } from './shard';
 import type { BackendName, Margin } from './types';
@@ -39,7 +40,10 @@ export interface MarginHeadOptions {
   margin: Margin;
   /** Logit scale s. Default 64. */
   scale?: number;
-  /** 'auto' (default), 'cpu' or 'cuda'. The head currently runs on the CPU backend (see README). */
+  /**
+   * 'auto' (default: CUDA where usable, else the CPU), 'cpu' or 'cuda'. On CUDA the
+   * centres and the momentum live in device memory (see README, "MarginHead on CUDA").
+   */
   backend?: 'auto' | BackendName;
   weightsDtype?: 'float32' | 'bfloat16';
   /** See LossOptions.gradFilter. Default 0 (exact). */
@@ -107,6 +111,9 @@ export class MarginHead {
     Pick<MarginHeadOptions, 'shard' | 'threads' | 'workspaceBytes'>;
   private weights: Float32Array | null;
   private momentum: Float32Array | null;
+  /** backend 'cuda': the centres and momentum on the device (weights and momentum stay null). */
+  private device: DeviceCentres | null = null;
+  private disposeWhenSettled = false;
   private steps = 0;
   private busy = false;
   private pending: Pending | null = null;
@@ -118,15 +125,7 @@ export class MarginHead {
     this.dim = o.dim;
     this.localClasses = o.shard ? o.shard.count : o.classes;
     this.offset = o.shard ? o.shard.offset : 0;
-    // The head runs on the CPU backend in this version: 'auto' means 'cpu' here
-    // (even where a GPU is usable), and an explicit 'cuda' is refused.
-    this.backend = o.backend === 'cuda' ? resolveBackend('cuda') : 'cpu';
-    if (this.backend === 'cuda') {
-      // The fused kernels run on CUDA through lossAndGrad; the stateful head's
-      // device-resident centres are not built yet. Refuse rather than silently
-      // running somewhere else.
-      throw new ArgumentError(`Expected backend 'cpu' or 'auto' for MarginHead but received 'cuda' (the head runs on the CPU backend in this version)`);
-    }
+    this.backend = headBackend(o.backend);
     this.config = {
       classes: o.classes,
       dim: o.dim,
@@ -143,6 +142,12 @@ export class MarginHead {
       workspaceBytes: o.workspaceBytes,
     };
     const n = this.localClasses * this.dim;
+    if (this.backend === 'cuda') {
+      this.weights = null;
+      this.momentum = null;
+      this.device = this.initDevice(o.init);
+      return;
+    }
     try {
       if (o.init instanceof Float32Array) {
         this.weights = native.zeros(n);
@@ -169,7 +174,9 @@ export class MarginHead {
     const call = this.prepareStep(embeddings, labels, opts);
     let r: NativeLossResult;
     try {
-      r = native.loss(embeddings, this.weights as Float32Array, call.labels, this.dim, call.opts, true);
+      r = this.device
+        ? this.device.loss(embeddings, call.labels, call.opts, true)
+        : native.loss(embeddings, this.weights as Float32Array, call.labels, this.dim, call.opts, true);
     } catch (err) {
       rethrow(err);
     }
@@ -185,11 +192,14 @@ export class MarginHead {
     this.busy = true;
     let r: NativeLossResult;
     try {
-      r = await native.lossAsync(embeddings, this.weights as Float32Array, call.labels, this.dim, call.opts, true);
+      r = this.device
+        ? await this.device.lossAsync(embeddings, call.labels, call.opts, true)
+        : await native.lossAsync(embeddings, this.weights as Float32Array, call.labels, this.dim, call.opts, true);
     } catch (err) {
       rethrow(err);
     } finally {
       this.busy = false;
+      if (this.disposeWhenSettled) this.dispose();
     }
     this.steps++;
     return this.stepResult(r, call.margins);
@@ -204,7 +214,9 @@ export class MarginHead {
     const opts = this.baseOptions(margins);
     let r: NativeLossResult;
     try {
-      r = native.loss(embeddings, this.weights as Float32Array, labels, this.dim, opts, false);
+      r = this.device
+        ? this.device.loss(embeddings, labels, opts, false)
+        : native.loss(embeddings, this.weights as Float32Array, labels, this.dim, opts, false);
     } catch (err) {
       rethrow(err);
     }
@@ -230,7 +242,9 @@ export class MarginHead {
     this.checkPredict(embeddings, k);
     let r: { classes: Int32Array; scores: Float32Array };
     try {
-      r = native.topk(embeddings, this.weights as Float32Array, this.dim, k, this.config.threads ?? 0);
+      r = this.device
+        ? this.device.topk(embeddings, k)
+        : native.topk(embeddings, this.weights as Float32Array, this.dim, k, this.config.threads ?? 0);
     } catch (err) {
       rethrow(err);
     }
@@ -269,7 +283,9 @@ export class MarginHead {
     const opts = { ...this.baseOptions(margins), classIndex: sample.classIndex, stats: true };
     let r: NativeLossResult;
     try {
-      r = native.loss(embeddings, this.weights as Float32Array, sample.labels, this.dim, opts, false);
+      r = this.device
+        ? this.device.loss(embeddings, sample.labels, opts, false)
+        : native.loss(embeddings, this.weights as Float32Array, sample.labels, this.dim, opts, false);
     } catch (err) {
       rethrow(err);
     }
@@ -306,7 +322,9 @@ export class MarginHead {
     };
     let r: NativeLossResult;
     try {
-      r = native.loss(p.embeddings, this.weights as Float32Array, p.labels, this.dim, o, true);
+      r = this.device
+        ? this.device.loss(p.embeddings, p.labels, o, true)
+        : native.loss(p.embeddings, this.weights as Float32Array, p.labels, this.dim, o, true);
     } catch (err) {
       rethrow(err);
     }
@@ -320,6 +338,7 @@ export class MarginHead {
   /** A copy of this head's centres (localClasses×dim). */
   getWeights(): Float32Array {
     this.ensureUsable('getWeights');
+    if (this.device) return this.device.getAll(CENTRES);
     return (this.weights as Float32Array).slice();
   }
 
@@ -329,12 +348,14 @@ export class MarginHead {
     const n = this.localClasses * this.dim;
     if (!(weights instanceof Float32Array) || weights.length !== n) expected(`Float32Array of length ${n}`, 'weights', weights);
     checkFinite(weights, 'weights');
-    (this.weights as Float32Array).set(weights);
+    if (this.device) this.device.setAll(CENTRES, weights);
+    else (this.weights as Float32Array).set(weights);
   }
 
   /** A copy of the momentum buffer, or null when momentum is 0. */
   getMomentum(): Float32Array | null {
     this.ensureUsable('getMomentum');
+    if (this.device) return this.device.hasMomentum ? this.device.getAll(MOMENTUM) : null;
     return this.momentum ? this.momentum.slice() : null;
   }
 
@@ -350,10 +371,13 @@ export class MarginHead {
    */
   save(file: string, hooks?: SaveHooks): void {
     this.ensureUsable('save');
+    const shape = [this.localClasses, this.dim];
+    const dev = this.device;
     const tensors: Record<string, TensorEntry> = {
-      weight: { dtype: 'F32', shape: [this.localClasses, this.dim], data: this.weights as Float32Array },
+      weight: { dtype: 'F32', shape, data: dev ? dev.streamed(CENTRES) : (this.weights as Float32Array) },
     };
-    if (this.momentum) tensors.momentum = { dtype: 'F32', shape: [this.localClasses, this.dim], data: this.momentum };
+    if (dev?.hasMomentum) tensors.momentum = { dtype: 'F32', shape, data: dev.streamed(MOMENTUM) };
+    else if (this.momentum) tensors.momentum = { dtype: 'F32', shape, data: this.momentum };
     const metadata = {
       format: FORMAT,
       version: FORMAT_VERSION,
@@ -405,14 +429,25 @@ export class MarginHead {
       throw err;
     }
     // Non-finite centres or momentum would poison every later step.
-    readTensor(file, header, 'weight', head.weights as Float32Array, { finite: true });
-    if (head.momentum) readTensor(file, header, 'momentum', head.momentum, { finite: true });
+    if (head.device) {
+      head.loadDeviceTensor(file, header, 'weight', CENTRES);
+      if (head.device.hasMomentum) head.loadDeviceTensor(file, header, 'momentum', MOMENTUM);
+    } else {
+      readTensor(file, header, 'weight', head.weights as Float32Array, { finite: true });
+      if (head.momentum) readTensor(file, header, 'momentum', head.momentum, { finite: true });
+    }
     head.steps = steps;
     return head;
   }
 
-  /** Releases the centres and the momentum; any later call throws. */
+  /** Releases the centres and the momentum (device memory too); any later call throws. */
   dispose(): void {
+    if (this.busy && this.device) {
+      this.disposeWhenSettled = true; // the running stepAsync still uses the device buffers
+      return;
+    }
+    this.device?.free();
+    this.device = null;
     this.weights = null;
     this.momentum = null;
     this.pending = null;
@@ -423,14 +458,58 @@ export class MarginHead {
   }
 
   get disposed(): boolean {
-    return this.weights === null;
+    return this.weights === null && this.device === null;
+  }
+
+  /** Device bytes this head holds (0 on the CPU backend). */
+  get deviceBytes(): number {
+    return this.device ? this.device.bytes : 0;
   }
 
   // ---- Internals -----------------------------------------------------------
 
   private ensureUsable(what: string): void {
-    if (this.weights === null) throw new Error(`MarginHead.${what}: the head has been disposed`);
+    if (this.disposed || this.disposeWhenSettled) throw new Error(`MarginHead.${what}: the head has been disposed`);
     if (this.busy) throw new Error(`MarginHead.${what}: a stepAsync() call is still running on this head`);
+  }
+
+  /** The device centres, initialised as the CPU head's would be (the same values; rounded to bf16 when so stored). */
+  private initDevice(init: MarginHeadOptions['init']): DeviceCentres {
+    const c = this.config;
+    const dev = new DeviceCentres(this.localClasses, this.dim, c.weightsDtype === 'bfloat16', (c.optimizer.momentum ?? 0) > 0);
+    try {
+      if (init instanceof Float32Array) {
+        dev.setAll(CENTRES, init);
+      } else if ((init as unknown) !== 'skip') {
+        // Drawn chunk by chunk, keyed by the global element index as on the CPU.
+        dev.fillRows(CENTRES, (row0, chunk) => {
+          chunk.set(native.gaussian(0, NORMAL_INIT_STD, c.seed, INIT_COUNTER, chunk.length, (this.offset + row0) * this.dim));
+        });
+      }
+    } catch (err) {
+      dev.free();
+      throw err;
+    }
+    return dev;
+  }
+
+  private loadDeviceTensor(file: string, header: ReturnType<typeof readHeader>, name: string, which: typeof CENTRES): void {
+    const dev = this.device as DeviceCentres;
+    const rowBytes = 4 * this.dim;
+    const buf = new Float32Array(dev.chunkRows * this.dim);
+    readTensorChunks(
+      file,
+      header,
+      name,
+      this.localClasses * rowBytes,
+      dev.chunkRows * rowBytes,
+      (b, e) => new Uint8Array(buf.buffer, 0, e - b),
+      (b, chunk) => {
+        const rows = new Float32Array(chunk.buffer, chunk.byteOffset, chunk.byteLength / 4);
+        checkChunkFinite(file, name, rows, 0, rows.length, b / 4); // non-finite values would poison every later step
+        dev.setRows(which, b / rowBytes, rows);
+      },
+    );
   }
 
   private ensureUnsharded(what: string): void {
@@ -542,6 +621,13 @@ function parseSteps(file: string, text: string | undefined): number {
     throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.steps = ${JSON.stringify(text)} is not a non-negative integer step count`);
   }
   return n;
+}
+
+/** 'auto' picks CUDA where it is usable (an addon built with CUDA has the device head); 'cuda' demands it. */
+function headBackend(requested: MarginHeadOptions['backend']): BackendName {
+  const b = resolveBackend(requested);
+  if (b === 'cuda' && !deviceHeadCompiled()) throw new BackendUnavailableError('Expected an addon with the CUDA device head but this one has none');
+  return b;
 }
 
 function checkFinite(a: Float32Array, what: string): void {

@@ -24,7 +24,17 @@ export class CheckpointError extends Error {
 export interface TensorEntry {
   dtype: 'F32' | 'I32';
   shape: number[];
-  data: Float32Array | Int32Array;
+  data: Float32Array | Int32Array | StreamedTensor;
+}
+
+/**
+ * A tensor whose bytes are produced a bounded chunk at a time (centres held
+ * on a device): `chunks()` yields them in order; each chunk is written before
+ * the next is asked for, so one buffer may be reused.
+ */
+export interface StreamedTensor {
+  byteLength: number;
+  chunks(): Iterable<Uint8Array>;
 }
 
 const CHUNK = 64 * 1024 * 1024;
@@ -32,6 +42,14 @@ const MAX_HEADER = 100 * 1024 * 1024;
 
 function bytesOf(a: Float32Array | Int32Array, begin: number, end: number): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset + begin, end - begin);
+}
+
+function* chunksOf(data: TensorEntry['data']): Iterable<Uint8Array> {
+  if (!ArrayBuffer.isView(data)) {
+    yield* data.chunks();
+    return;
+  }
+  for (let b = 0; b < data.byteLength; b += CHUNK) yield bytesOf(data, b, Math.min(data.byteLength, b + CHUNK));
 }
 
 /** Test hook: called after each chunk written; throwing simulates a crash mid-save. */
@@ -100,7 +118,7 @@ export function saveSafetensors(
   for (const name of names) {
     const t = tensors[name];
     const n = t.shape.reduce((a, b) => a * b, 1);
-    if (n !== t.data.length) throw new Error(`tensor ${name}: shape ${JSON.stringify(t.shape)} does not match length ${t.data.length}`);
+    if (n * 4 !== t.data.byteLength) throw new Error(`tensor ${name}: shape ${JSON.stringify(t.shape)} does not match ${t.data.byteLength} bytes`);
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
     offset += t.data.byteLength;
   }
@@ -127,10 +145,7 @@ export function saveSafetensors(
     written += fs.writeSync(fd, prefix);
     written += fs.writeSync(fd, headerBytes);
     for (const name of names) {
-      const data = tensors[name].data;
-      for (let b = 0; b < data.byteLength; b += CHUNK) {
-        const e = Math.min(data.byteLength, b + CHUNK);
-        const view = bytesOf(data, b, e);
+      for (const view of chunksOf(tensors[name].data)) {
         let done = 0;
         while (done < view.length) done += fs.writeSync(fd, view, done, view.length - done);
         written += view.length;
@@ -162,9 +177,10 @@ export function saveSafetensors(
   }
 }
 
-function checkChunkFinite(file: string, name: string, a: Float32Array | Int32Array, lo: number, hi: number): void {
+/** Throws CheckpointError at the first non-finite element of a[lo, hi); `base` is a[0]'s index in the tensor. */
+export function checkChunkFinite(file: string, name: string, a: Float32Array | Int32Array, lo: number, hi: number, base = 0): void {
   for (let i = lo; i < hi; i++) {
-    if (!Number.isFinite(a[i])) throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' holds ${a[i]} at element ${i}`);
+    if (!Number.isFinite(a[i])) throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' holds ${a[i]} at element ${base + i}`);
   }
 }
 
@@ -302,25 +318,49 @@ export function readTensor(
   into: Float32Array | Int32Array,
   { finite = false }: { finite?: boolean } = {},
 ): void {
+  const per = into.BYTES_PER_ELEMENT;
+  readTensorChunks(file, header, name, into.byteLength, CHUNK, (b, e) => bytesOf(into, b, e),
+    finite ? (b, chunk) => checkChunkFinite(file, name, into, b / per, (b + chunk.length) / per) : undefined);
+}
+
+/**
+ * Reads one tensor of `byteLength` bytes in chunks of at most `chunkBytes`:
+ * `view(begin, end)` gives the buffer for bytes [begin, end), and `done`, if
+ * given, is called once it is filled (a device-resident destination copies
+ * it on, reusing one bounded host buffer; a check can look at it first).
+ */
+export function readTensorChunks(
+  file: string,
+  header: SafetensorsHeader,
+  name: string,
+  byteLength: number,
+  chunkBytes: number,
+  view: (begin: number, end: number) => Uint8Array,
+  done?: (begin: number, chunk: Uint8Array) => void,
+): void {
   const t = header.tensors[name];
   if (!t) throw new CheckpointError(`Checkpoint ${file} has no tensor '${name}'`);
-  if (t.end - t.begin !== into.byteLength) {
-    throw new CheckpointError(`Checkpoint ${file}: tensor '${name}' has ${t.end - t.begin} bytes, expected ${into.byteLength}`);
+  if (t.end - t.begin !== byteLength) {
+    throw new CheckpointError(`Checkpoint ${file}: tensor '${name}' has ${t.end - t.begin} bytes, expected ${byteLength}`);
   }
   const fd = fs.openSync(file, 'r');
   try {
-    for (let b = 0; b < into.byteLength; b += CHUNK) {
-      const e = Math.min(into.byteLength, b + CHUNK);
-      const view = bytesOf(into, b, e);
-      let done = 0;
-      while (done < view.length) {
-        const n = fs.readSync(fd, view, done, view.length - done, header.dataStart + t.begin + b + done);
-        if (n === 0) throw new CheckpointError(`Truncated checkpoint ${file} while reading '${name}'`);
-        done += n;
-      }
-      if (finite) checkChunkFinite(file, name, into, b / into.BYTES_PER_ELEMENT, e / into.BYTES_PER_ELEMENT);
+    for (let b = 0; b < byteLength; b += chunkBytes) {
+      const e = Math.min(byteLength, b + chunkBytes);
+      const chunk = view(b, e);
+      readRange(fd, file, name, header.dataStart + t.begin + b, chunk);
+      done?.(b, chunk);
     }
   } finally {
     fs.closeSync(fd);
+  }
+}
+
+function readRange(fd: number, file: string, name: string, position: number, view: Uint8Array): void {
+  let done = 0;
+  while (done < view.length) {
+    const n = fs.readSync(fd, view, done, view.length - done, position + done);
+    if (n === 0) throw new CheckpointError(`Truncated checkpoint ${file} while reading '${name}'`);
+    done += n;
   }
 }

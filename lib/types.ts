@@ -164,6 +164,8 @@ export interface CudaInfo {
   driverVersion?: number;
   runtimeVersion?: number;
   multiprocessors?: number;
+  /** Device bytes held by MarginHeads on CUDA (centres, norms, momentum) in this process. */
+  headBytes?: number;
 }
 
 export interface DeviceInfo {

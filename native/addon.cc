@@ -34,6 +34,8 @@
 #include "cpu/loss_cpu.h"
 #include "cpu/peak_cpu.h"
 #include "cpu/topk_cpu.h"
+#include "cuda/head_addon.h"
+#include "cuda/head_cuda.h"
 #include "cuda/loss_cuda.h"
 
 namespace {
@@ -750,6 +752,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     cuda.Set("runtimeVersion", di.runtime_version);
     cuda.Set("multiprocessors", di.multiprocessors);
   }
+  cuda.Set("headBytes", (double)head_device_bytes_all());  // held by MarginHeads on the device
   res.Set("cuda", cuda);
   return res;
 }
@@ -786,6 +789,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("liveNativeBytes", Napi::Function::New(env, guarded<LiveNativeBytes>));
   exports.Set("productsSeconds", Napi::Function::New(env, guarded<ProductsSeconds>));
   exports.Set("_peakGflops", Napi::Function::New(env, guarded<PeakGflops>));
+  register_head_functions(env, exports);  // MarginHead on the device (none without CUDA)
   return exports;
 }
 

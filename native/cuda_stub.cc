@@ -1,5 +1,7 @@
 // cuda_stub.cc — the CUDA entry points for a build without nvcc: the addon
 // links and loads, and reports why the cuda backend is unavailable.
+#include "cuda/head_addon.h"
+#include "cuda/head_cuda.h"
 #include "cuda/loss_cuda.h"
 
 namespace ms {
@@ -16,5 +18,9 @@ bool cuda_device_info(CudaDeviceInfo*) { return false; }
 void cuda_loss(const LossProblem&, LossOutputs&) {
   throw CudaError{"margin-softmax was built without CUDA (nvcc was not found at build time)"};
 }
+
+// No device head: its functions are not registered, and no head holds device memory.
+void register_head_functions(Napi::Env, Napi::Object) {}
+size_t head_device_bytes_all() { return 0; }
 
 }  // namespace ms

@@ -27,7 +27,7 @@
 #   addon_build   cmake-js build of the addon with CUDA (this GPU's architecture only)
 #   vitest        REQUIRE_CUDA=1 npx vitest run test/gpu
 #   sanitize_node compute-sanitizer memcheck + racecheck on a tiny Node script
-#   bench_js      bench/gpu_bench.mjs (API-level timings, host copies included)
+#   bench_js      bench/gpu_bench.mjs (API-level loss timings, host copies included; MarginHead.step on the device)
 # STEPS="selftest bench_native" runs a subset (native_build is implied when needed).
 set -uo pipefail
 

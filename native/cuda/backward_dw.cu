@@ -71,6 +71,25 @@ __device__ __forceinline__ void fetch_x_chunk(uint4 (&rx)[DwCfg<T>::NVX], const 
   }
 }
 
+// One element of the fused SGD step (see SgdParams): the same operations in
+// the same order as the CPU head's Sgd::apply, in fp32.
+__device__ __forceinline__ void sgd_update(const SgdParams& s, int64_t j, int q, int d, int dp, float g) {
+  const int64_t r = s.class_index ? (int64_t)s.class_index[j] : j;
+  const float w = s.wb ? __bfloat162float(s.wb[r * dp + q]) : s.w32[r * d + q];
+  float gq = g + s.weight_decay * w;
+  if (s.mom) {
+    float& b = s.mom[r * d + q];
+    b = s.momentum * b + gq;
+    gq = b;
+  }
+  const float nw = w - s.lr * gq;
+  if (s.wb) {
+    s.wb[r * dp + q] = __float2bfloat16_rn(nw);
+  } else {
+    s.w32[r * d + q] = nw;
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
   using Cfg = DwCfg<T>;
@@ -191,8 +210,14 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
           const int jl = a * 16 + (e >> 4);
           const int64_t j = j0 + jl;
           const int q = wq + b * 16 + (e & 15);
-          if (j < p.w.c && q < p.w.d)
-            p.grad_w[j * (int64_t)p.w.d + q] = stage[e] - coef[jl] * (invs[jl] * w_value(p.w, j, q));
+          if (j < p.w.c && q < p.w.d) {
+            const float g = stage[e] - coef[jl] * (invs[jl] * w_value(p.w, j, q));
+            if (p.sgd.on()) {
+              sgd_update(p.sgd, j, q, p.w.d, p.w.dp, g);
+            } else {
+              p.grad_w[j * (int64_t)p.w.d + q] = g;
+            }
+          }
         }
         __syncwarp();  // stage is rewritten by the next fragment
       }

@@ -44,6 +44,19 @@ void upload_weights(DeviceWeights& w, const float* src, int64_t c, int d, bool b
 // InputError for a non-finite value. Synchronises the stream.
 void refresh_norms(DeviceWeights& w, cudaStream_t s);
 
+struct SgdParams;  // kernels.cuh
+
+// Counted rows of a batch (label ≠ −1; −2 counts, its target is in another
+// shard) and the number of 32-row groups that hold one.
+struct RowCount {
+  int64_t valid = 0, groups_with_rows = 0;
+};
+RowCount count_rows(const int32_t* labels, int64_t n);
+// After the stream is synchronised: the mean loss over V counted rows (the
+// local per-row losses summed in row order in double, as the CPU backend) and
+// NaN target logits / cosines where the target is not local.
+void finish_outputs(const int32_t* labels, int64_t n, int64_t valid, LossOutputs& out);
+
 // One batch shape against one weight shape: the per-call workspace.
 class LossRunner {
  public:
@@ -74,7 +87,10 @@ class LossRunner {
   // After forward(): gradients into device buffers grad_x (N×d) and grad_w (C×d).
   // Returns the number of (128-class, 32-row) tiles skipped by the filter;
   // total_tiles() is the number of tiles holding a counted row.
-  int64_t backward(const DeviceWeights& w, const MarginParams& m, float grad_filter, float* grad_x, float* grad_w);
+  // With sgd (on()), backward_dw applies the fused update instead of writing
+  // grad_w (which may then be null).
+  int64_t backward(const DeviceWeights& w, const MarginParams& m, float grad_filter, float* grad_x, float* grad_w,
+                   const SgdParams* sgd = nullptr);
   int64_t total_tiles() const { return total_tiles_; }
 
   // Extra device memory one call of this shape needs (beyond X, W and dW).

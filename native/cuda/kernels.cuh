@@ -47,6 +47,22 @@ struct FwdParams {
   float2* partial;
 };
 
+// The SGD update fused into backward_dw's epilogue (MarginHead on the device):
+// torch.optim.SGD with dampening 0, no Nesterov, as the CPU head's Sgd:
+//   g ← dw + λ·w;  b ← μ·b + g;  w ← w − lr·b
+// applied to master row class_index[j] (or j) of w32 / wb and mom, in place of
+// writing dW. Race-free only when no other CTA reads those rows while the
+// kernel runs: one column slice (dp ≤ kSlice), or weights read from a gathered
+// copy (class_index set).
+struct SgdParams {
+  float lr = 0, momentum = 0, weight_decay = 0;
+  float* w32 = nullptr;   // TF32 path: master centres, row stride d
+  bf16* wb = nullptr;     // BF16 path: master centres, row stride dp (rounded to nearest even)
+  float* mom = nullptr;   // momentum, row stride d (null when μ = 0)
+  const int32_t* class_index = nullptr;  // device; null: problem class j is master row j
+  __host__ __device__ bool on() const { return w32 != nullptr || wb != nullptr; }
+};
+
 struct BwdParams {
   const void* xop;
   WView w;
@@ -64,8 +80,10 @@ struct BwdParams {
   // goes to dxp[g] (groups × N_pad × dp floats).
   int64_t tiles_per_group;
   float* dxp;
-  // backward_dw: the gradient of W (C × d, row-major).
+  // backward_dw: the gradient of W (C × d, row-major), or, when sgd.on(), the
+  // fused update instead (grad_w unused).
   float* grad_w;
+  SgdParams sgd;
 };
 
 // ---- Small kernels (small_kernels.cu) ----------------------------------------

@@ -287,7 +287,7 @@ void LossRunner::forward(const DeviceWeights& w, const MarginParams& m) {
 }
 
 int64_t LossRunner::backward(const DeviceWeights& w, const MarginParams& m, float grad_filter, float* grad_x,
-                             float* grad_w) {
+                             float* grad_w, const SgdParams* sgd) {
   if (w.c != c_ || w.d != d_ || w.bf16_path != bf16_) throw CudaError{"LossRunner::backward: weight shape mismatch"};
   if (!mask_) mask_.allocate((size_t)(nct_ * nrt32_), "filter mask");
   launch_mask(partial_.get(), lse_.get(), labels_.get(), nct_, n_pad_, nrt32_, grad_filter, mask_.get(), s_);
@@ -317,6 +317,7 @@ int64_t LossRunner::backward(const DeviceWeights& w, const MarginParams& m, floa
   bp.tiles_per_group = tpg;
   bp.dxp = dxp_.get();
   bp.grad_w = grad_w;
+  if (sgd) bp.sgd = *sgd;
   if (bf16_) {
     launch_backward_dx<bf16>(bp, groups, slices_, s_);
     launch_finish_dx(dxp_.get(), groups, n_pad_, dp_, n_, d_, x32_.get(), invx_.get(), grad_x, s_);
@@ -338,6 +339,33 @@ int64_t LossRunner::backward(const DeviceWeights& w, const MarginParams& m, floa
   }
   total_tiles_ = total;
   return skipped;
+}
+
+RowCount count_rows(const int32_t* labels, int64_t n) {
+  RowCount rc;
+  std::vector<uint8_t> group_has_row((size_t)ceil_div(n, kTileR), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    if (labels[i] != -1) {
+      ++rc.valid;
+      group_has_row[(size_t)(i / kTileR)] = 1;
+    }
+  }
+  for (uint8_t g : group_has_row) rc.groups_with_rows += g;
+  return rc;
+}
+
+void finish_outputs(const int32_t* labels, int64_t n, int64_t valid, LossOutputs& out) {
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (labels[i] >= 0) {
+      total += out.per_sample[i];
+    } else {
+      if (out.row_target) out.row_target[i] = NAN;
+      if (out.row_target_cos) out.row_target_cos[i] = NAN;
+    }
+  }
+  out.valid_rows = valid;
+  out.loss = valid > 0 ? total / (double)valid : 0.0;
 }
 
 // ---- Discovery --------------------------------------------------------------------
@@ -441,19 +469,10 @@ void cuda_loss(const LossProblem& p, LossOutputs& out) {
   const int d = (int)p.d;
   const bool backward = out.grad_x != nullptr && (out.grad_w != nullptr || p.block_update);
 
-  // Counted rows: label ≠ −1 (−2 counts, its target is in another shard); V
-  // may be given (the global count when sharded).
-  int64_t V = 0;
-  std::vector<uint8_t> group_has_row((size_t)ceil_div(N, kTileR), 0);
-  for (int64_t i = 0; i < N; ++i) {
-    if (p.labels[i] != -1) {
-      ++V;
-      group_has_row[(size_t)(i / kTileR)] = 1;
-    }
-  }
-  if (p.valid_rows > 0) V = p.valid_rows;
-  int64_t groups_with_rows = 0;
-  for (uint8_t g : group_has_row) groups_with_rows += g;
+  // V may be given (the global count when sharded).
+  const RowCount rc = count_rows(p.labels, N);
+  const int64_t V = p.valid_rows > 0 ? p.valid_rows : rc.valid;
+  const int64_t groups_with_rows = rc.groups_with_rows;
 
   // Declaration order matters: `stream` is declared last, so it is destroyed
   // first and its destructor waits for the kernels before any buffer is freed.
@@ -531,20 +550,7 @@ void cuda_loss(const LossProblem& p, LossOutputs& out) {
     }
   }
   stream.sync();
-
-  // Mean over counted rows of the local per-row losses, summed in row order in
-  // double (as the CPU backend); the target logit and cosine are NaN where not local.
-  double total = 0.0;
-  for (int64_t i = 0; i < N; ++i) {
-    if (p.labels[i] >= 0) {
-      total += out.per_sample[i];
-    } else {
-      if (out.row_target) out.row_target[i] = NAN;
-      if (out.row_target_cos) out.row_target_cos[i] = NAN;
-    }
-  }
-  out.valid_rows = V;
-  out.loss = V > 0 ? total / (double)V : 0.0;
+  finish_outputs(p.labels, N, V, out);
 }
 
 }  // namespace ms

@@ -28,19 +28,22 @@
  *  - Results that must be exactly zero (ignored rows, C = 1, every row ignored)
  *    are checked for exact zeros; repeated calls must agree bit for bit.
  */
-import { describe, expect, test } from 'vitest';
+import { afterEach, describe, expect, test } from 'vitest';
 import { ArgumentError, backends, deviceInfo, forward, lossAndGrad, lossAndGradAsync } from '../../lib/index';
 import type { LossAndGradResult, LossOptions, Margin } from '../../lib/types';
 import {
   allFinite,
   bitwiseEqual,
   cluster,
+  gpuOnlyTest,
   lossErr,
   nearParallel,
   randomProblem,
   relL2,
   relMax,
+  SMALL,
   type Problem,
+  yieldToEventLoop,
 } from './gpu-helpers';
 import { ALL_KINDS, label } from '../helpers';
 
@@ -112,6 +115,8 @@ function expectClose(p: Problem, options: LossOptions, tol: Tol, label: string):
 }
 
 suite('CUDA backend', () => {
+  afterEach(yieldToEventLoop);
+
   test('a CUDA device is usable (REQUIRE_CUDA=1 makes its absence a failure)', () => {
     const info = deviceInfo();
     if (!info.cuda.usable) throw new Error(`CUDA backend not usable: ${info.cuda.reason ?? 'no reason given'}`);
@@ -143,16 +148,16 @@ suite('CUDA backend', () => {
   describe('the face-recognition shape N=512, C=100003, d=512', () => {
     let cached: Problem | undefined; // 51 M weights: drawn on first use, not at collection
     const face = () => (cached ??= randomProblem(512, 100003, 512, 31));
-    test('adaptive (TF32)', () => {
+    gpuOnlyTest('adaptive (TF32)', () => {
       expectClose(face(), { margin: ADAPTIVE }, TF32, 'adaptive');
     });
-    test('arcface (TF32)', () => {
+    gpuOnlyTest('arcface (TF32)', () => {
       expectClose(face(), { margin: { kind: 'arcface', m: 0.5 } }, TF32, 'arcface');
     });
-    test('adaptive with bfloat16 centres', () => {
+    gpuOnlyTest('adaptive with bfloat16 centres', () => {
       expectClose(face(), { margin: ADAPTIVE, weightsDtype: 'bfloat16' }, BF16, 'adaptive bf16');
     });
-    test('bit-identical results on repeated calls', () => {
+    gpuOnlyTest('bit-identical results on repeated calls', () => {
       const p = face();
       const a = lossAndGrad(p, { margin: ADAPTIVE, backend: 'cuda' });
       const b = lossAndGrad(p, { margin: ADAPTIVE, backend: 'cuda' });
@@ -177,7 +182,7 @@ suite('CUDA backend', () => {
       expect(r.perSample.every((v) => v === 0)).toBe(true);
       expect(r.gradWeights.every((v) => v === 0)).toBe(true);
     });
-    test('N=1, C=100003, d=513', () => {
+    gpuOnlyTest('N=1, C=100003, d=513', () => {
       expectClose(randomProblem(1, 100003, 513, 43), { margin: ADAPTIVE }, TF32, 'N=1');
     });
     test('ignored rows and zero vectors', () => {
@@ -226,7 +231,7 @@ suite('CUDA backend', () => {
     let cached: Problem | undefined;
     const clustered = () => {
       if (!cached) {
-        cached = randomProblem(512, 20000, 128, 71);
+        cached = randomProblem(512, SMALL ? 4000 : 20000, 128, 71); // 4000: the emulation's size
         cluster(cached, 0.8, 72);
       }
       return cached;
@@ -269,7 +274,7 @@ suite('CUDA backend', () => {
   });
 
   describe('API paths', () => {
-    const p = randomProblem(100, 3000, 256, 81);
+    const p = randomProblem(100, SMALL ? 1000 : 3000, 256, 81);
     test('forward() gives the same loss as lossAndGrad()', () => {
       const f = forward(p, { margin: ADAPTIVE, backend: 'cuda' });
       const g = lossAndGrad(p, { margin: ADAPTIVE, backend: 'cuda' });

@@ -8,8 +8,28 @@ export interface Problem {
 }
 
 // The same seeded generators as the CPU suite (identical draws).
+import { test } from 'vitest';
+import { deviceInfo } from '../../lib/index';
 import { gaussian, rng } from '../reference';
 export { gaussian, rng };
+
+/** The CUDA backend is the CPU emulation of the kernels (test/gpu/emu), not a GPU. */
+export const EMULATED = deviceInfo().cuda.name === 'CPU emulation';
+/**
+ * Under the emulation every CTA runs on the CPU: cases sized for a GPU (10⁵
+ * classes) take minutes each there, so they run on a real GPU only, unless
+ * EMU_FULL=1 (test/gpu/README.md lists them).
+ */
+export const SMALL = EMULATED && process.env.EMU_FULL !== '1';
+export const gpuOnlyTest: (name: string, fn: () => void) => void = SMALL ? test.skip : test;
+
+/**
+ * For afterEach: lets the event loop turn between tests. Back-to-back
+ * synchronous tests only chain microtasks, so under the emulation the worker
+ * could block for over a minute with a vitest RPC outstanding, and that RPC
+ * then times out ("Timeout calling onTaskUpdate") although it was answered.
+ */
+export const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /**
  * Random problem: Gaussian embeddings and centres for small sizes, uniform
