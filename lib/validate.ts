@@ -94,7 +94,7 @@ export function checkFloat32(v: unknown, what: string, range: { min?: number; mi
   return v;
 }
 
-const LOSS_OPTION_NAMES = ['margin', 'scale', 'backend', 'fallback', 'gradFilter', 'weightsDtype', 'threads', 'workspaceBytes', 'simd', 'out'] as const;
+const LOSS_OPTION_NAMES = ['margin', 'scale', 'backend', 'fallback', 'gradFilter', 'weightsDtype', 'threads', 'workspaceBytes', 'simd', 'matrix', 'out'] as const;
 const OUT_NAMES = ['perSample', 'gradEmbeddings', 'gradWeights'] as const;
 
 export interface Shape {

@@ -74,7 +74,7 @@ describe('usage errors exit with code 2, other user errors with 1, neither with 
     [['eval', '--checkpoint', 'runs/a', '--tf-backend', 'webgl'], /Expected --tf-backend wasm or cpu but received "webgl"/],
     [['eval', '--checkpoint', 'runs/a', '--on-bad-image', 'ignore'], /Expected --on-bad-image skip or stop/],
     [['eval'], /eval needs --checkpoint/],
-    [['compare', '--losses', 'sphereface'], /--losses: Expected one of .* but received "sphereface"/],
+    [['compare', '--losses', 'sphereface'], /Expected a loss kind \(one of .*\) in --losses entry "sphereface"/],
     [['compare', '--seeds', '0,x'], /Expected a number for --seeds but received "x"/],
   ])('%j', async (args, message) => {
     const r = await cli(args as string[]);
