@@ -169,8 +169,8 @@ export async function loadBackbone(tf: Tf, out: string): Promise<TF.LayersModel>
   return tf.loadLayersModel(fileLoadHandler(checkpointDir(out)));
 }
 
-export function loadHead(out: string): MarginHead {
-  return MarginHead.load(path.join(checkpointDir(out), 'head.safetensors'));
+export function loadHead(out: string, backend: 'auto' | 'cpu' | 'cuda' = 'auto'): MarginHead {
+  return MarginHead.load(path.join(checkpointDir(out), 'head.safetensors'), { backend });
 }
 
 export function loadOptimizerState(tf: Tf, out: string): TF.NamedTensorMap {

@@ -66,6 +66,7 @@ const OPTIM_HELP = `Optimisation:
   --flip 0.5             probability of a horizontal flip of a training image; --shift N: random ±N px translation
   --seed N               initialisation, shuffling and augmentation seed (default 0)
   --tf-backend wasm|cpu  tfjs backend (default wasm: the fastest that installs from npm alone)
+  --backend auto|cpu|cuda   the margin head's backend (default auto: CUDA where a device is usable)
   --threads N            CPU threads of the margin head (default all)`;
 
 const RUNS_HELP = `Runs:
@@ -183,6 +184,7 @@ const OPTIONS = {
   shift: { type: 'string' },
   seed: { type: 'string' },
   'tf-backend': { type: 'string' },
+  backend: { type: 'string' },
   threads: { type: 'string' },
   'eval-every': { type: 'string' },
   'eval-flip': { type: 'boolean' },
@@ -242,6 +244,12 @@ function badImagePolicyFrom(v: Values): 'skip' | 'stop' | undefined {
   return p;
 }
 
+function headBackendFrom(v: Values): 'auto' | 'cpu' | 'cuda' | undefined {
+  const b = v.backend;
+  if (b !== undefined && b !== 'auto' && b !== 'cpu' && b !== 'cuda') throw new UsageError(`Expected --backend auto, cpu or cuda but received ${JSON.stringify(b)}`);
+  return b;
+}
+
 function tfBackendFrom(v: Values): 'wasm' | 'cpu' | undefined {
   const b = v['tf-backend'];
   if (b !== undefined && b !== 'wasm' && b !== 'cpu') throw new UsageError(`Expected --tf-backend wasm or cpu but received ${JSON.stringify(b)}`);
@@ -286,6 +294,7 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.flip = num(v.flip, 'flip', (x) => x >= 0 && x <= 1, 'a probability in [0, 1]') ?? c.flip;
   c.shift = int(v.shift, 'shift') ?? c.shift;
   c.tfBackend = tfBackendFrom(v) ?? c.tfBackend;
+  c.backend = headBackendFrom(v) ?? c.backend;
   c.threads = int(v.threads, 'threads') ?? c.threads;
   c.evalEvery = int(v['eval-every'], 'eval-every') ?? c.evalEvery;
   c.evalFlip = v['eval-flip'] ?? c.evalFlip;
@@ -324,6 +333,7 @@ const ONLY_FOR: Partial<Record<keyof typeof OPTIONS, Command[]>> = {
   'all-identities': ['eval'],
   losses: ['compare'],
   seeds: ['compare'],
+  backend: ['train', 'compare'],
   'n-way': ['eval'],
   'k-shot': ['eval'],
   episodes: ['eval'],
@@ -409,9 +419,9 @@ export async function main(argv: string[]): Promise<number> {
     const r = await train(cfg, { verbose: !values.quiet, handleSignals: true, resume: values.resume, overwrite: values.overwrite, plots: !values['no-plots'], logResult: false });
     if (r.after) process.stdout.write(formatVerification(r.after, `${marginLabel(cfg.margin)} after epoch ${r.epochs[r.epochs.length - 1]?.epoch}`) + '\n');
     if (r.before && r.after) {
-      process.stdout.write(`untrained backbone: ${(100 * r.before.accuracy.mean).toFixed(2)} % → trained: ${(100 * r.after.accuracy.mean).toFixed(2)} %; training ${r.imgPerSec.toFixed(1)} img/s; wall ${r.wallSeconds.toFixed(0)} s\n`);
+      process.stdout.write(`untrained backbone: ${(100 * r.before.accuracy.mean).toFixed(2)} % → trained: ${(100 * r.after.accuracy.mean).toFixed(2)} %; training ${r.imgPerSec.toFixed(1)} img/s (head on ${r.headBackend}); wall ${r.wallSeconds.toFixed(0)} s\n`);
     }
-    writeJson(values.json, { out: r.out, stopped: r.stopped, imgPerSec: r.imgPerSec, wallSeconds: r.wallSeconds, before: r.before, after: r.after, epochs: r.epochs });
+    writeJson(values.json, { out: r.out, headBackend: r.headBackend, stopped: r.stopped, imgPerSec: r.imgPerSec, wallSeconds: r.wallSeconds, before: r.before, after: r.after, epochs: r.epochs });
     return r.stopped ? 130 : 0;
   }
   if (command === 'eval') {

@@ -134,7 +134,8 @@ export function resumableRun(cfg: TrainConfig): boolean {
   } catch {
     return false;
   }
-  return Object.entries(cfg).every(([k, v]) => k === 'out' || JSON.stringify(saved[k]) === JSON.stringify(v));
+  // The head's backend is where the run computes, not what it computes: a run may resume on another.
+  return Object.entries(cfg).every(([k, v]) => k === 'out' || k === 'backend' || JSON.stringify(saved[k]) === JSON.stringify(v));
 }
 
 export interface CompareCell {
@@ -172,6 +173,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
   const total = o.datasets.length * o.losses.length * o.seeds.length;
   let done = 0;
   let meta: Record<string, unknown> = {};
+  const headBackends = new Set<string>(); // where the margin head ran, over all runs
   for (const data of o.datasets) {
     const dname = datasetName(data);
     const before: number[] = [];
@@ -202,6 +204,7 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
           log: o.verbose ? undefined : () => {},
         });
         if (!r.after) throw new Error(`compare: run ${cfg.out} produced no evaluation (is --eval-every 0?)`);
+        headBackends.add(r.headBackend);
         cell.seeds.push(seed);
         cell.accuracy.push(r.after.accuracy.mean);
         cell.tar1e2.push(r.after.tar.find((t) => t.far === 0.01)?.tar ?? null);
@@ -222,8 +225,10 @@ export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
     }
     if (before.length) untrained.push({ loss: 'untrained backbone', dataset: dname, seeds: o.seeds.slice(0, before.length), accuracy: before, tar1e2: beforeTar, rank1: beforeRank, ...meanStd(before) });
   }
-  const text = formatCompare(cells, untrained, o);
+  const text = `${formatCompare(cells, untrained, o)}
+margin head backend: ${[...headBackends].join(', ') || 'none (every run was read back)'}`;
   const json = {
+    headBackends: [...headBackends],
     protocol: 'verification accuracy on held-out identities (10 folds by identity, threshold from the other folds), mean ± sample std over seeds',
     datasets: o.datasets.map(datasetName),
     seeds: o.seeds,

@@ -51,6 +51,8 @@ export interface TrainConfig extends BackboneConfig {
   thetaSamples: number;
 
   tfBackend: TfBackendName;
+  /** The margin head's backend: 'auto' (CUDA where a device is usable, else the CPU), 'cpu' or 'cuda'. */
+  backend: 'auto' | 'cpu' | 'cuda';
   onBadImage: BadImagePolicy;
   /** Head CPU threads (0 = all). */
   threads: number;
@@ -100,6 +102,7 @@ export const DEFAULT_CONFIG: TrainConfig = {
   evalSeed: 0,
   thetaSamples: 4096,
   tfBackend: 'wasm',
+  backend: 'auto',
   onBadImage: 'stop',
   threads: 0,
 };

@@ -68,6 +68,8 @@ export interface TrainResult {
   imgPerSec: number;
   wallSeconds: number;
   params: number;
+  /** The backend the margin head ran on ('cpu' or 'cuda'). */
+  headBackend: 'cpu' | 'cuda';
 }
 
 export interface TrainHooks {
@@ -162,7 +164,6 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   } else if (existing) {
     throw new CheckpointMismatchError(`${out} already holds a checkpoint (epoch ${existing.epoch}): pass --resume to continue it, --overwrite to start afresh, or choose another --out`);
   }
-  fs.writeFileSync(path.join(out, 'config.json'), JSON.stringify({ ...cfg, out, split, dataId: src.id }, null, 2));
 
   const tf = await setupTf(cfg.tfBackend);
   const shape = { height: cfg.height, width: cfg.width, channels: cfg.channels };
@@ -175,11 +176,12 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     scale: cfg.scale,
     seed: cfg.seed,
     threads: cfg.threads || undefined,
+    backend: cfg.backend,
     optimizer: { lr: cfg.lr * cfg.headLrMult, momentum: cfg.momentum, weightDecay: cfg.weightDecay },
   };
   if (state) {
     model = await loadBackbone(tf, out);
-    head = loadHead(out);
+    head = loadHead(out, cfg.backend);
     if (head.classes !== split.trainClasses.length || head.dim !== cfg.dim) {
       throw new CheckpointMismatchError(`Head checkpoint has ${head.classes} classes × ${head.dim}, expected ${split.trainClasses.length} × ${cfg.dim}`);
     }
@@ -187,6 +189,8 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     model = buildBackbone(tf, backboneOf(cfg), cfg.seed);
     head = new MarginHead(headOptions);
   }
+  // config.json records the backend the head really runs on beside the requested one.
+  fs.writeFileSync(path.join(out, 'config.json'), JSON.stringify({ ...cfg, out, split, dataId: src.id, headBackend: head.backend }, null, 2));
   const optimizer = new BackboneSgd(tf, model.trainableWeights, { momentum: cfg.momentum, weightDecay: cfg.weightDecay });
   if (state) {
     const named = loadOptimizerState(tf, out);
@@ -198,7 +202,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     `margin-softmax train: ${src.name}: ${split.trainClasses.length} training identities (${trainSamples.length} images), ` +
       `${split.valClasses.length} held-out identities for verification; ResNet widths ${cfg.widths.join('/')}×${cfg.blocks} ` +
       `(${(params / 1e6).toFixed(2)} M params), input ${cfg.height}×${cfg.width}×${cfg.channels}, dim ${cfg.dim}; ` +
-      `loss ${marginLabel(cfg.margin)} s=${cfg.scale}; tfjs backend ${tf.getBackend()}; out ${out}`,
+      `loss ${marginLabel(cfg.margin)} s=${cfg.scale}; head backend ${head.backend}; tfjs backend ${tf.getBackend()}; out ${out}`,
   );
 
   const metricsFile = path.join(out, 'metrics.jsonl');
@@ -407,6 +411,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     head.dispose();
   }
   const wallSeconds = (Date.now() - t0) / 1000;
+  const headBackend = head.backend;
   log(`done in ${clock(wallSeconds)} (${totalSeconds ? (totalImages / totalSeconds).toFixed(1) : '-'} img/s while training); run folder ${out}`);
   return {
     out,
@@ -419,6 +424,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     imgPerSec: totalSeconds ? totalImages / totalSeconds : 0,
     wallSeconds,
     params,
+    headBackend,
   };
 }
 
