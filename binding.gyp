@@ -9,7 +9,9 @@
         "native/cpu/topk_cpu.cc",
         "native/cpu/thread_pool.cc",
         "native/cpu/simd_dispatch.cc",
-        "native/cuda_stub.cc"
+        "native/cuda_stub.cc",
+        "native/comm/comm_napi.cc",
+        "native/comm/mpi_stub.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -14,3 +14,5 @@ export type * from './types';
 export { MarginHead, type MarginHeadOptions, type StepResult, type SgdOptions, type ShardOptions } from './head';
 export { mergeStats, type ShardStats, type MergedStats } from './shard';
 export { CheckpointError, type SaveHooks } from './safetensors';
+export { mpiCommunicator, localCommunicator, mpiInfo, CommError, type Communicator, type CommArray, type CommErrorKind, type MpiInfo, type MpiCommunicatorOptions } from './comm';
+export { ShardedMarginHead, shardRange, type ShardedMarginHeadOptions, type ShardedStepResult, type StepTraffic } from './sharded-head';

@@ -18,6 +18,7 @@
 #include "cpu/loss_cpu.h"
 #include "cpu/topk_cpu.h"
 #include "cuda/loss_cuda.h"
+#include "comm/comm.h"
 
 namespace {
 
@@ -400,6 +401,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("topk", Napi::Function::New(env, TopK));
   exports.Set("productsSeconds", Napi::Function::New(env, ProductsSeconds));
+  ms::comm::register_natives(env, exports);  // _comm*: collectives (native/comm)
   return exports;
 }
 

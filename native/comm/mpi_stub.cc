@@ -1,0 +1,26 @@
+// mpi_stub.cc — the collectives for a build without MPI: the addon links and
+// loads, deviceInfo() says why there is no engine, every collective throws.
+#include "comm.h"
+
+namespace ms::comm {
+
+static const char* kWhy = "margin-softmax was built without MPI (CMake's find_package(MPI) found no MPI at build time; "
+                          "install Open MPI, e.g. libopenmpi-dev, and rebuild)";
+
+EngineInfo engine_info() {
+  EngineInfo e;
+  e.reason = kWhy;
+  return e;
+}
+
+[[noreturn]] static void unavailable() { throw CommError{"unavailable", kWhy}; }
+
+void init(double, int*, int*) { unavailable(); }
+void set_timeout(double) { unavailable(); }
+void all_gather(const void*, void*, size_t, DType) { unavailable(); }
+void all_reduce_sum(void*, size_t, DType) { unavailable(); }
+void broadcast(void*, size_t, DType, int) { unavailable(); }
+void barrier() { unavailable(); }
+void shutdown(int) {}
+
+}  // namespace ms::comm
