@@ -38,6 +38,12 @@ export interface StepTraffic {
 
 export interface ShardedStepResult extends StepResult {
   traffic: StepTraffic;
+  /**
+   * Wall-clock seconds of the step's parts on this rank: phase 1 (local
+   * stats), the all-gather (includes waiting for the slowest rank), phase 2
+   * (merge, local gradient share, centre update), the all-reduce.
+   */
+  seconds: { stats: number; allGather: number; finish: number; allReduce: number };
 }
 
 const MANIFEST = 'manifest.json';
@@ -120,17 +126,23 @@ export class ShardedMarginHead {
 
   private stepChecked(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number }): ShardedStepResult {
     const n = labels.length;
-    const gathered = this.comm.allGather(packStats(this.local.partialStats(embeddings, labels)));
-    const parts = unpackStats(gathered, this.size, n);
+    const t0 = performance.now();
+    const stats = packStats(this.local.partialStats(embeddings, labels));
+    const t1 = performance.now();
+    const parts = unpackStats(this.comm.allGather(stats), this.size, n);
+    const t2 = performance.now();
     const merged = mergeStats(parts);
     const { gradEmbeddings } = this.local.finishStep(merged, opts);
+    const t3 = performance.now();
     this.comm.allReduceSum(gradEmbeddings);
+    const t4 = performance.now();
     return {
       loss: merged.loss,
       accuracy: merged.accuracy,
       gradEmbeddings,
       targetCos: mergeTargetCos(parts, n),
       traffic: this.traffic(n),
+      seconds: { stats: (t1 - t0) / 1e3, allGather: (t2 - t1) / 1e3, finish: (t3 - t2) / 1e3, allReduce: (t4 - t3) / 1e3 },
     };
   }
 

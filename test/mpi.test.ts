@@ -30,12 +30,12 @@ if (skipReason && process.env.MARGIN_SOFTMAX_REQUIRE_MPI === '1') throw new Erro
 if (skipReason) console.warn(`test/mpi.test.ts skipped: ${skipReason}`);
 
 /** mpirun over shared memory (vader) and loopback only; as root in CI. */
-function mpirun(np: number, job: object, timeoutMs = 90_000) {
+function mpirun(np: number, job: object | string, timeoutMs = 90_000, worker = WORKER) {
   const args = [
     '--allow-run-as-root', '--oversubscribe', '-np', String(np),
     '--mca', 'btl', 'self,vader', '--mca', 'btl_vader_single_copy_mechanism', 'none',
     '--mca', 'oob_tcp_if_include', 'lo',
-    process.execPath, WORKER, JSON.stringify(job),
+    process.execPath, worker, typeof job === 'string' ? job : JSON.stringify(job),
   ];
   const t0 = Date.now();
   const r = spawnSync('mpirun', args, { encoding: 'utf8', timeout: timeoutMs, killSignal: 'SIGKILL' });
@@ -152,6 +152,31 @@ function expectMatchesReference(dir: string, np: number, ref: ReturnType<typeof 
     });
   }
 }
+
+describe.skipIf(skipReason !== null)('collectives over MPI (mpirun, shared memory)', () => {
+  it('3 processes: all-gather, all-reduce, broadcast, barrier, sync and async, on f32, f64 and i32', () => {
+    const dir = tmpDir();
+    const r = mpirun(3, dir, 90_000, path.join(__dirname, 'mpi', 'comm-worker.mjs'));
+    expect(r.status, r.output).toBe(0);
+    const K = 3;
+    for (let rank = 0; rank < K; rank++) {
+      const o = JSON.parse(fs.readFileSync(path.join(dir, `comm-${rank}.json`), 'utf8'));
+      expect(o.size).toBe(K);
+      for (const t of ['f32', 'f64', 'i32']) {
+        expect(o[`gather-${t}`]).toEqual([0, 1, 1, 11, 2, 21]);
+        expect(o[`gatherAsync-${t}`]).toEqual([100, 101, 102]);
+        expect(o[`sum-${t}`]).toEqual([6, 6]);
+        expect(o[`sumAsync-${t}`]).toEqual([6]);
+        expect(o[`bcast-${t}`]).toEqual([13, -2]);
+        expect(o[`bcastAsync-${t}`]).toEqual([2]);
+      }
+      expect(o.queued).toEqual([[3], [0, 1, 2]]);
+      expect(o.busy).toBe('CommError busy');
+      expect(o.badRoot).toBe('ArgumentError: Expected an integer rank in [0, 2] for root but received 3');
+      expect(o.bigOk).toBe(true);
+    }
+  });
+});
 
 describe.skipIf(skipReason !== null)('sharded head over MPI (mpirun, shared memory)', () => {
   for (const np of [2, 3]) {

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <climits>
+#include <cstdio>
 #include <mutex>
 #include <thread>
 
@@ -75,8 +76,9 @@ void wait(MPI_Request* req, const char* what) {
       g_broken = true;
       int rank = -1;
       MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-      throw CommError{"timeout", std::string(what) + " on rank " + std::to_string(rank) + " timed out after " +
-                                     std::to_string((int)g_timeout_s) +
+      char secs[32];
+      std::snprintf(secs, sizeof secs, "%g", g_timeout_s);
+      throw CommError{"timeout", std::string(what) + " on rank " + std::to_string(rank) + " timed out after " + secs +
                                      " s: a peer rank died or did not reach the same collective"};
     }
     // Spin for the first 200 µs (a collective among ranks in step), then

@@ -4,8 +4,15 @@
 
 namespace ms::comm {
 
+#if defined(MS_MPI_DISABLED)
+static const char* kWhy = "margin-softmax was built without MPI (MS_DISABLE_MPI=ON)";
+#elif defined(MS_MPI_NODE_GYP)
+static const char* kWhy = "margin-softmax was built with node-gyp, which builds without MPI "
+                          "(build with cmake-js where Open MPI is installed for the collectives)";
+#else
 static const char* kWhy = "margin-softmax was built without MPI (CMake's find_package(MPI) found no MPI at build time; "
                           "install Open MPI, e.g. libopenmpi-dev, and rebuild)";
+#endif
 
 EngineInfo engine_info() {
   EngineInfo e;
