@@ -48,13 +48,18 @@ function launch() {
         process.exitCode = 1;
         continue;
       }
-      const row = JSON.parse(line);
+      const row = { ...JSON.parse(line), loadavg: os.loadavg() };
       rows.push(row);
       print(row);
     }
   }
+  // Rows of earlier runs for other (C, K) pairs are kept.
   const out = path.join(HERE, 'results', 'sharded-step.json');
-  fs.writeFileSync(out, JSON.stringify({ cpu, cores: os.cpus().length, loadavg: os.loadavg(), N, d: D, rows }, null, 2) + '\n');
+  const key = (r) => `${r.classes}/${r.ranks}`;
+  const fresh = new Set(rows.map(key));
+  const earlier = fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, 'utf8')).rows.filter((r) => !fresh.has(key(r))) : [];
+  const all = [...earlier, ...rows].sort((a, b) => a.classes - b.classes || a.ranks - b.ranks);
+  fs.writeFileSync(out, JSON.stringify({ cpu, cores: os.cpus().length, N, d: D, rows: all }, null, 2) + '\n');
   console.log(`wrote ${path.relative(process.cwd(), out)}`);
 }
 
@@ -66,6 +71,7 @@ function print(r) {
       `C=${r.classes.toExponential(0)} K=${r.ranks} rank ${p.rank}: step median ${ms(p.step)} ms ` +
         `(stats ${ms(p.stats)}, all-gather ${ms(p.allGather)}, finish ${ms(p.finish)}, all-reduce ${ms(p.allReduce)} ms), ` +
         `${p.localClasses} classes, centres+momentum ${gib(p.stateBytes)} GiB, peak RSS ${gib(p.peakRss)} GiB, ` +
+        `collectives alone: all-gather ${(p.allGatherAlone * 1e6).toFixed(0)} µs, all-reduce ${(p.allReduceAlone * 1e6).toFixed(0)} µs; ` +
         `exchanged ${(r.bytesPerStep / 1024).toFixed(1)} KiB/step (stats ${(r.traffic.statsBytes / 1024).toFixed(1)}, grad ${(r.traffic.gradBytes / 1024).toFixed(1)})`,
     );
   }
@@ -91,11 +97,25 @@ async function rankJob(C, steps) {
     parts.push({ step: (performance.now() - t) / 1e3, ...r.seconds, traffic: r.traffic });
   }
   const median = (key) => parts.map((p) => p[key]).sort((a, b) => a - b)[Math.floor(parts.length / 2)];
+  // The two collectives alone (after a barrier, so no waiting for a slower
+  // rank's compute): their cost on this transport.
+  const alone = (fn) => {
+    const t = [];
+    for (let k = 0; k < 20; k++) {
+      comm.barrier();
+      const t0 = performance.now();
+      fn();
+      t.push((performance.now() - t0) / 1e3);
+    }
+    return t.sort((a, b) => a - b)[10];
+  };
+  const gatherAlone = alone(() => comm.allGather(new Float32Array(5 * N)));
+  const reduceAlone = alone(() => comm.allReduceSum(new Float32Array(N * D)));
   const peakRss = Number(fs.readFileSync('/proc/self/status', 'utf8').match(/VmHWM:\s+(\d+)/)[1]) * 1024;
-  const mine = Float64Array.from([comm.rank, median('step'), median('stats'), median('allGather'), median('finish'), median('allReduce'), head.localClasses, 2 * head.localClasses * D * 4, peakRss]);
+  const mine = Float64Array.from([comm.rank, median('step'), median('stats'), median('allGather'), median('finish'), median('allReduce'), head.localClasses, 2 * head.localClasses * D * 4, peakRss, gatherAlone, reduceAlone]);
   const all = comm.allGather(mine);
   if (comm.rank === 0) {
-    const keys = ['rank', 'step', 'stats', 'allGather', 'finish', 'allReduce', 'localClasses', 'stateBytes', 'peakRss'];
+    const keys = ['rank', 'step', 'stats', 'allGather', 'finish', 'allReduce', 'localClasses', 'stateBytes', 'peakRss', 'allGatherAlone', 'allReduceAlone'];
     const perRank = [];
     for (let r = 0; r < comm.size; r++) perRank.push(Object.fromEntries(keys.map((k, i) => [k, all[r * keys.length + i]])));
     const traffic = parts[0].traffic;
