@@ -82,7 +82,11 @@ export function mpiInfo(): MpiInfo {
 }
 
 export interface MpiCommunicatorOptions {
-  /** Longest wait for one collective, in ms. Default 600 000 (10 min). */
+  /**
+   * Longest wait for one collective, in ms. Default 600 000 (10 min). The
+   * wait includes the slowest peer's compute before it reaches the
+   * collective, so keep it well above a step's time.
+   */
   timeoutMs?: number;
 }
 
@@ -125,7 +129,7 @@ class MpiCommunicator implements Communicator {
 
   allGatherAsync<T extends CommArray>(send: T): Promise<T> {
     const recv = this.gatherTarget(send);
-    return this.async(() => natives._commAllGather(send, recv, true) as Promise<void>).then(() => recv);
+    return this.enqueue(() => natives._commAllGather(send, recv, true) as Promise<void>).then(() => recv);
   }
 
   allReduceSum<T extends CommArray>(buf: T): T {
@@ -136,7 +140,7 @@ class MpiCommunicator implements Communicator {
 
   allReduceSumAsync<T extends CommArray>(buf: T): Promise<T> {
     checkArray(buf, 'allReduceSum buffer');
-    return this.async(() => natives._commAllReduce(buf, true) as Promise<void>).then(() => buf);
+    return this.enqueue(() => natives._commAllReduce(buf, true) as Promise<void>).then(() => buf);
   }
 
   broadcast<T extends CommArray>(buf: T, root = 0): T {
@@ -147,7 +151,7 @@ class MpiCommunicator implements Communicator {
 
   broadcastAsync<T extends CommArray>(buf: T, root = 0): Promise<T> {
     this.checkBroadcast(buf, root);
-    return this.async(() => natives._commBroadcast(buf, root, true) as Promise<void>).then(() => buf);
+    return this.enqueue(() => natives._commBroadcast(buf, root, true) as Promise<void>).then(() => buf);
   }
 
   barrier(): void {
@@ -155,7 +159,7 @@ class MpiCommunicator implements Communicator {
   }
 
   barrierAsync(): Promise<void> {
-    return this.async(() => natives._commBarrier(true) as Promise<void>);
+    return this.enqueue(() => natives._commBarrier(true) as Promise<void>);
   }
 
   private gatherTarget<T extends CommArray>(send: T): T {
@@ -180,7 +184,7 @@ class MpiCommunicator implements Communicator {
     }
   }
 
-  private async<R>(call: () => Promise<R>): Promise<R> {
+  private enqueue<R>(call: () => Promise<R>): Promise<R> {
     this.inFlight++;
     const run = this.queue.then(call, call);
     this.queue = run.catch(() => undefined);

@@ -235,6 +235,8 @@ export class ShardedMarginHead {
     } else {
       local = loadResharded(dir, manifest, range);
     }
+    // The shard carries its own configuration (margin, optimizer, …) from its
+    // checkpoint; the options here only size the slices.
     return new ShardedMarginHead({ classes: manifest.classes, dim: manifest.dim, margin: { kind: 'softmax' }, comm }, local);
   }
 
