@@ -60,7 +60,9 @@ const OPTIM_HELP = `Optimisation:
   --flip 0.5             probability of a horizontal flip of a training image; --shift N: random ±N px translation
   --seed N               initialisation, shuffling and augmentation seed (default 0)
   --tf-backend wasm|cpu  tfjs backend (default wasm: the fastest that installs from npm alone)
-  --threads N            CPU threads of the margin head (default all)`;
+  --threads N            CPU threads of the margin head (default all)
+  --distributed mpi      run as one rank of \`mpirun -np K\`: the backbone data-parallel,
+                         the head sharded over the ranks (needs the addon built with MPI)`;
 
 const RUNS_HELP = `Runs:
   --out DIR              run folder: config.json, metrics.jsonl, theta.jsonl, eval.json, checkpoint/, plots/
@@ -173,6 +175,7 @@ const OPTIONS = {
   seed: { type: 'string' },
   'tf-backend': { type: 'string' },
   threads: { type: 'string' },
+  distributed: { type: 'string' },
   'eval-every': { type: 'string' },
   'eval-flip': { type: 'boolean' },
   'eval-seed': { type: 'string' },
@@ -263,6 +266,10 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.shift = int(v.shift, 'shift') ?? c.shift;
   c.tfBackend = tfBackendFrom(v) ?? c.tfBackend;
   c.threads = int(v.threads, 'threads') ?? c.threads;
+  if (v.distributed !== undefined && v.distributed !== 'mpi' && v.distributed !== 'none') {
+    throw new UsageError(`Expected mpi or none for --distributed but received ${JSON.stringify(v.distributed)}`);
+  }
+  c.distributed = (v.distributed as TrainConfig['distributed'] | undefined) ?? c.distributed;
   c.evalEvery = int(v['eval-every'], 'eval-every') ?? c.evalEvery;
   c.evalFlip = v['eval-flip'] ?? c.evalFlip;
   c.evalSeed = int(v['eval-seed'], 'eval-seed') ?? c.evalSeed;
