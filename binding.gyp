@@ -11,10 +11,12 @@
         "native/cpu/simd_dispatch.cc",
         "native/cpu/bf16_gemm.cc",
         "native/cpu/peak_cpu.cc",
-        "native/cuda_stub.cc"
+        "native/cuda_stub.cc",
+        "native/comm/comm_napi.cc",
+        "native/comm/mpi_stub.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
-      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "MS_MPI_NODE_GYP"],
       "cflags!": ["-fno-exceptions", "-O2"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-O2"],
       "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=fast", "-fexceptions", "-Wno-psabi", "-fno-strict-aliasing"],

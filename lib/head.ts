@@ -295,6 +295,7 @@ export class MarginHead {
       sumExp: r.rowSumExp as Float32Array,
       sumExpOther: r.rowSumExpOther as Float32Array,
       target: r.rowTarget as Float32Array,
+      targetCos: r.targetCos,
     };
   }
 

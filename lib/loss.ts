@@ -2,6 +2,7 @@
  * The loss functions: argument validation, backend choice, and the call into
  * the fused native kernels. N = labels.length, C = weights.length / dim.
  */
+import { mpiInfo } from './comm';
 import { ArgumentError, BackendUnavailableError, NativeError, expected } from './errors';
 import { MARGIN_KIND_CODES, MATRIX_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';
 import type { BackendName, DeviceInfo, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
@@ -26,6 +27,7 @@ export function deviceInfo(): DeviceInfo {
     backend: info.cuda.usable ? 'cuda' : 'cpu',
     cpu: info.cpu,
     cuda: info.cuda as DeviceInfo['cuda'],
+    mpi: mpiInfo(),
   };
 }
 

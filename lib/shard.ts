@@ -18,6 +18,8 @@ export interface ShardStats {
   sumExpOther: Float32Array;
   /** The (margined) target logit where the row's label is in this shard, else NaN. */
   target: Float32Array;
+  /** cos θ_y per row where the row's label is in this shard, else NaN. */
+  targetCos?: Float32Array;
 }
 
 export interface MergedStats {

@@ -95,7 +95,7 @@ function toInt32(labels: TfTensor | Int32Array): Int32Array {
  * The head as a tfjs loss: `marginLoss(head, tf)(embeddings, labels)` returns
  * the loss as a scalar tensor whose gradient is the fused kernel's.
  */
-export function marginLoss<S extends TfTensor = TfTensor>(head: MarginHead, tf?: TfLike<S>, options?: MarginLossOptions): MarginLossFn<S> {
+export function marginLoss<S extends TfTensor = TfTensor>(head: Pick<MarginHead, 'step'>, tf?: TfLike<S>, options?: MarginLossOptions): MarginLossFn<S> {
   const { lr, onStep } = validateLossOptions(options);
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const tfm = (tf ?? require('@tensorflow/tfjs')) as TfOps;

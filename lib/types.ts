@@ -2,6 +2,7 @@
  * Public types of margin-softmax. The typings are the documentation: every
  * field says what it means, its unit and its default.
  */
+import type { MpiInfo } from './comm';
 
 /** Plain normalised softmax: z_j = s·cos θ_j for every class. */
 export interface SoftmaxMargin { kind: 'softmax' }
@@ -173,4 +174,6 @@ export interface DeviceInfo {
   backend: BackendName;
   cpu: CpuInfo;
   cuda: CudaInfo;
+  /** The MPI collectives (lib/comm.ts): compiled in or not, and why not. */
+  mpi: MpiInfo;
 }

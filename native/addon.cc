@@ -37,6 +37,7 @@
 #include "cuda/head_addon.h"
 #include "cuda/head_cuda.h"
 #include "cuda/loss_cuda.h"
+#include "comm/comm.h"
 
 namespace {
 
@@ -790,6 +791,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("productsSeconds", Napi::Function::New(env, guarded<ProductsSeconds>));
   exports.Set("_peakGflops", Napi::Function::New(env, guarded<PeakGflops>));
   register_head_functions(env, exports);  // MarginHead on the device (none without CUDA)
+  ms::comm::register_natives(env, exports);  // _comm*: collectives (native/comm)
   return exports;
 }
 

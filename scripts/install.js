@@ -8,6 +8,8 @@
  *
  *   npm install margin-softmax --build-from-source        (or MARGIN_SOFTMAX_BUILD_FROM_SOURCE=1)
  *   npm install margin-softmax --margin-softmax-cpu-only  (or MARGIN_SOFTMAX_CPU_ONLY=1): no CUDA
+ *   npm install margin-softmax --margin-softmax-mpi       (or MARGIN_SOFTMAX_MPI=1): a source build
+ *     with the MPI collectives (cmake-js; needs an MPI such as Open MPI installed)
  *
  * The source build uses cmake-js (CPU + CUDA where nvcc exists) when cmake-js
  * is installed and CMake is on the PATH, else npm's own node-gyp (CPU only).
@@ -29,6 +31,10 @@ function buildFromSourceRequested(env) {
 
 function cpuOnlyRequested(env) {
   return truthy(env.MARGIN_SOFTMAX_CPU_ONLY) || truthy(env.npm_config_margin_softmax_cpu_only);
+}
+
+function mpiRequested(env) {
+  return truthy(env.MARGIN_SOFTMAX_MPI) || truthy(env.npm_config_margin_softmax_mpi);
 }
 
 function resolveFrom(request) {
@@ -72,7 +78,8 @@ function run(args) {
 function buildFromSource(cpuOnly) {
   const cmakeJs = resolveFrom('cmake-js/bin/cmake-js');
   if (cmakeJs && hasCmake()) {
-    return run([cmakeJs, 'compile', ...(cpuOnly ? ['--CDMS_DISABLE_CUDA=ON'] : [])]);
+    const flags = [...(cpuOnly ? ['--CDMS_DISABLE_CUDA=ON'] : []), ...(mpiRequested(process.env) ? ['--CDMS_WITH_MPI=ON'] : [])];
+    return run([cmakeJs, 'compile', ...flags]);
   }
   const nodeGyp = process.env.npm_config_node_gyp || resolveFrom('node-gyp/bin/node-gyp.js');
   if (nodeGyp) {

@@ -37,6 +37,13 @@ function main(args) {
   const info = require(target).info();
   const mb = (fs.statSync(target).size / 1e6).toFixed(1);
   console.log(`prebuild: ${path.relative(ROOT, target)} (${mb} MB, CUDA kernels ${info.cuda.compiled ? 'included' : 'NOT included'})`);
+  if (require(target)._commInfo?.().compiled) {
+    // A binary linked against libmpi does not load where MPI is not installed
+    // (install.js then falls back to a source build): release from a build without it.
+    console.error('prebuild: the addon was built with MPI (libmpi is a load-time dependency of this binary, which would not load ' +
+      'where MPI is not installed); rebuild without --CDMS_WITH_MPI=ON before packing');
+    process.exit(1);
+  }
   if (!info.cuda.compiled && process.env.MARGIN_SOFTMAX_REQUIRE_CUDA === '1') {
     console.error('prebuild: MARGIN_SOFTMAX_REQUIRE_CUDA=1 but the addon was built without CUDA (no nvcc, or MS_DISABLE_CUDA)');
     return 1;

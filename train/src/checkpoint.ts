@@ -122,14 +122,15 @@ function removeStaleCheckpointFolders(out: string): void {
 export async function saveCheckpoint(
   tf: Tf,
   out: string,
-  parts: { model: TF.LayersModel; head: MarginHead; optimizer: BackboneSgd; state: CheckpointState },
+  // head: null where the head is sharded over ranks (each rank saves its shard).
+  parts: { model: TF.LayersModel; head: MarginHead | null; optimizer: BackboneSgd; state: CheckpointState },
 ): Promise<void> {
   const final = checkpointDir(out);
   const tmp = `${final}.tmp-${process.pid}`;
   removeStaleCheckpointFolders(out); // ours included
   fs.mkdirSync(tmp, { recursive: true });
   await parts.model.save(fileSaveHandler(tf, tmp, { marginSoftmax: { fingerprint: parts.state.fingerprint, epoch: parts.state.epoch } }));
-  parts.head.save(path.join(tmp, 'head.safetensors'));
+  parts.head?.save(path.join(tmp, 'head.safetensors'));
   const enc = await tf.io.encodeWeights(parts.optimizer.state());
   writeFileSync(path.join(tmp, 'optimizer.bin'), new Uint8Array(joinWeightData(tf, enc.data)));
   writeFileSync(path.join(tmp, 'optimizer.json'), JSON.stringify({ weights: enc.specs }));

@@ -67,7 +67,9 @@ const OPTIM_HELP = `Optimisation:
   --seed N               initialisation, shuffling and augmentation seed (default 0)
   --tf-backend wasm|cpu  tfjs backend (default wasm: the fastest that installs from npm alone)
   --backend auto|cpu|cuda   the margin head's backend (default auto: CUDA where a device is usable)
-  --threads N            CPU threads of the margin head (default all)`;
+  --threads N            CPU threads of the margin head (default all)
+  --distributed mpi      run as one rank of \`mpirun -np K\`: the backbone data-parallel,
+                         the head sharded over the ranks (needs the addon built with MPI)`;
 
 const RUNS_HELP = `Runs:
   --out DIR              run folder: config.json, metrics.jsonl, theta.jsonl, eval.json, checkpoint/, plots/
@@ -186,6 +188,7 @@ const OPTIONS = {
   'tf-backend': { type: 'string' },
   backend: { type: 'string' },
   threads: { type: 'string' },
+  distributed: { type: 'string' },
   'eval-every': { type: 'string' },
   'eval-flip': { type: 'boolean' },
   'eval-seed': { type: 'string' },
@@ -296,6 +299,10 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.tfBackend = tfBackendFrom(v) ?? c.tfBackend;
   c.backend = headBackendFrom(v) ?? c.backend;
   c.threads = int(v.threads, 'threads') ?? c.threads;
+  if (v.distributed !== undefined && v.distributed !== 'mpi' && v.distributed !== 'none') {
+    throw new UsageError(`Expected mpi or none for --distributed but received ${JSON.stringify(v.distributed)}`);
+  }
+  c.distributed = (v.distributed as TrainConfig['distributed'] | undefined) ?? c.distributed;
   c.evalEvery = int(v['eval-every'], 'eval-every') ?? c.evalEvery;
   c.evalFlip = v['eval-flip'] ?? c.evalFlip;
   c.evalSeed = int(v['eval-seed'], 'eval-seed') ?? c.evalSeed;

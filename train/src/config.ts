@@ -56,6 +56,8 @@ export interface TrainConfig extends BackboneConfig {
   onBadImage: BadImagePolicy;
   /** Head CPU threads (0 = all). */
   threads: number;
+  /** 'mpi': one rank of `mpirun -np K`; data-parallel backbone, head sharded over the ranks. */
+  distributed: 'none' | 'mpi';
 }
 
 export const MARGIN_DEFAULTS: Record<MarginKind, Record<string, number>> = {
@@ -105,6 +107,7 @@ export const DEFAULT_CONFIG: TrainConfig = {
   backend: 'auto',
   onBadImage: 'stop',
   threads: 0,
+  distributed: 'none',
 };
 
 const KINDS = Object.keys(MARGIN_DEFAULTS) as MarginKind[];

@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type * as TF from '@tensorflow/tfjs';
-import { MarginHead, type StepResult } from 'margin-softmax';
+import { MarginHead, mpiCommunicator, ShardedMarginHead, type StepResult } from 'margin-softmax';
 import { marginLoss } from 'margin-softmax/tfjs';
 import {
   checkFingerprint,
@@ -21,6 +21,7 @@ import {
   type CheckpointState,
 } from './checkpoint';
 import { backboneOf, marginLabel, modelFingerprint, type TrainConfig } from './config';
+import { averageGradients, broadcastVariables, shareOf } from './distributed';
 import { DataError, loadBatch, mnistSource, scanImageFolder, splitByIdentity, subset, type DataSource, type Split } from './data';
 import { evaluateVerification } from './evaluate';
 import { flipHorizontal, shiftImage } from './images';
@@ -135,7 +136,12 @@ function writeJsonl(file: string, rows: unknown[]): void {
 export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<TrainResult> {
   const t0 = Date.now();
   const verbose = hooks.verbose ?? true;
-  const log = hooks.log ?? ((m: string) => verbose && process.stderr.write(`${m}\n`));
+  // --distributed mpi: this process is one rank; rank 0 alone logs, evaluates
+  // and writes the run folder, every rank writes its shard of the head.
+  const comm = cfg.distributed === 'mpi' ? mpiCommunicator() : null;
+  const isRoot = !comm || comm.rank === 0;
+  if (comm && hooks.resume) throw new CheckpointMismatchError('--resume is not supported with --distributed mpi in this version');
+  const log = !isRoot ? () => {} : hooks.log ?? ((m: string) => verbose && process.stderr.write(`${m}\n`));
   const out = path.resolve(cfg.out);
 
   const src = openSource(cfg);
@@ -147,9 +153,10 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   // ---- Run folder, resume --------------------------------------------------------
   let state: CheckpointState | null = null;
   fs.mkdirSync(out, { recursive: true });
-  if (hooks.overwrite && !hooks.resume) {
+  if (hooks.overwrite && !hooks.resume && isRoot) {
     for (const f of ['checkpoint', 'metrics.jsonl', 'theta.jsonl', 'eval.json', 'plots']) fs.rmSync(path.join(out, f), { recursive: true, force: true });
   }
+  comm?.barrier(); // the other ranks look at the folder once rank 0 has cleared it
   const existing = readCheckpointState(out);
   if (hooks.resume) {
     if (!existing) throw new CheckpointMismatchError(`Nothing to resume: ${path.join(out, 'checkpoint')} holds no checkpoint`);
@@ -169,6 +176,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   const shape = { height: cfg.height, width: cfg.width, channels: cfg.channels };
   let model: TF.LayersModel;
   let head: MarginHead;
+  let sharded: ShardedMarginHead | null = null;
   const headOptions = {
     classes: split.trainClasses.length,
     dim: cfg.dim,
@@ -187,11 +195,17 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     }
   } else {
     model = buildBackbone(tf, backboneOf(cfg), cfg.seed);
-    head = new MarginHead(headOptions);
+    if (comm) {
+      sharded = new ShardedMarginHead({ ...headOptions, comm });
+      head = sharded.shard;
+    } else {
+      head = new MarginHead(headOptions);
+    }
   }
   // config.json records the backend the head really runs on beside the requested one.
-  fs.writeFileSync(path.join(out, 'config.json'), JSON.stringify({ ...cfg, out, split, dataId: src.id, headBackend: head.backend }, null, 2));
+  if (isRoot) fs.writeFileSync(path.join(out, 'config.json'), JSON.stringify({ ...cfg, out, split, dataId: src.id, headBackend: head.backend }, null, 2));
   const optimizer = new BackboneSgd(tf, model.trainableWeights, { momentum: cfg.momentum, weightDecay: cfg.weightDecay });
+  if (comm) broadcastVariables(tf, comm, optimizer.variables);
   if (state) {
     const named = loadOptimizerState(tf, out);
     optimizer.setState(named);
@@ -210,8 +224,10 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   const startEpoch = state ? state.epoch : 0;
   const records: EpochRecord[] = readJsonl<EpochRecord>(metricsFile).filter((r) => state && r.epoch <= startEpoch);
   const thetas: { epoch: number; theta: number[] }[] = readJsonl<{ epoch: number; theta: number[] }>(thetaFile).filter((r) => state && r.epoch <= startEpoch);
-  writeJsonl(metricsFile, records);
-  writeJsonl(thetaFile, thetas);
+  if (isRoot) {
+    writeJsonl(metricsFile, records);
+    writeJsonl(thetaFile, thetas);
+  }
 
   const warned = new Set<string>();
   const warn = (m: string) => {
@@ -221,14 +237,14 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     }
   };
   const evalOpts = { ...shape, batchSize: 64, flip: cfg.evalFlip, onBadImage: cfg.onBadImage, warn, seed: cfg.evalSeed };
-  const evaluate = () => evaluateVerification(tf, model, src, split.valClasses, evalOpts);
+  const evaluate = () => (isRoot ? evaluateVerification(tf, model, src, split.valClasses, evalOpts) : null);
 
   let before: VerificationResult | null = null;
   let after: VerificationResult | null = null;
   const evalFile = path.join(out, 'eval.json');
   if (state && fs.existsSync(evalFile)) before = (JSON.parse(fs.readFileSync(evalFile, 'utf8')).before as VerificationResult) ?? null;
-  if (!state && cfg.evalEvery > 0) {
-    before = evaluate();
+  if (!state && cfg.evalEvery > 0 && isRoot) {
+    before = evaluateVerification(tf, model, src, split.valClasses, evalOpts);
     log(formatVerification(before, 'epoch 0 (untrained backbone)'));
     const r: EpochRecord = { epoch: 0, lr: null, loss: null, trainAcc: null, images: 0, imgPerSec: null, trainSeconds: 0, theta: null, val: valRecord(before) };
     records.push(r);
@@ -260,7 +276,9 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   // The adapter calls head.step() once per forward pass, with the scheduled
   // learning rate; each step's result gives the accuracy and θ_y (against the
   // centres before the update).
-  const lossFn = marginLoss(head, tf, {
+  // Distributed: each rank passes its rows, the head gathers the global batch.
+  const lossHead = sharded ? { step: sharded.stepLocal.bind(sharded) } : head;
+  const lossFn = marginLoss(lossHead, tf, {
     lr: () => headLr,
     onStep: (r) => {
       last = r;
@@ -305,7 +323,8 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
       let seconds = 0;
       for (let b = 0; b < nBatches; b++) {
         const tb = Date.now();
-        const batch = loadBatch(src, order.slice(b * bs, Math.min(order.length, (b + 1) * bs)), shape, cfg.onBadImage, warn);
+        const globalRows = order.slice(b * bs, Math.min(order.length, (b + 1) * bs));
+        const batch = loadBatch(src, comm ? shareOf(globalRows, comm.rank, comm.size) : globalRows, shape, cfg.onBadImage, warn);
         for (const s of batch.skipped) badRefs.add(s.ref);
         const n = batch.labels.length;
         if (n < 2) continue;
@@ -323,14 +342,15 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
             () => lossFn(model.apply(x, { training: true }) as TF.Tensor2D, batch.labels),
             optimizer.variables,
           );
-          optimizer.step(grads, lr);
+          optimizer.step(comm ? averageGradients(tf, comm, grads) : grads, lr);
           return value.dataSync()[0];
         });
         const acc = (last as StepResult | null)?.accuracy ?? 0;
         lossSum += loss * n;
         accSum += acc * n;
+        // Distributed: every rank stepped an equal share, so the batch had n × K images.
         rows += n;
-        images += n;
+        images += comm ? n * comm.size : n;
         seconds += (Date.now() - tb) / 1000;
         batchesRun++;
         bar.update(images, { loss: lossSum / rows, acc: accSum / rows, imgPerSec: images / Math.max(seconds, 1e-9) });
@@ -370,8 +390,10 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
         val: valRecord(val),
       };
       records.push(rec);
-      fs.appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
-      fs.appendFileSync(thetaFile, JSON.stringify({ epoch, theta: epochTheta.map((t) => Math.round(t * 10) / 10) }) + '\n');
+      if (isRoot) {
+        fs.appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
+        fs.appendFileSync(thetaFile, JSON.stringify({ epoch, theta: epochTheta.map((t) => Math.round(t * 10) / 10) }) + '\n');
+      }
       thetas.push({ epoch, theta: epochTheta });
       log(
         `epoch ${epoch}/${cfg.epochs}: loss ${rec.loss?.toFixed(4)} train acc ${(100 * (rec.trainAcc ?? 0)).toFixed(1)}% ` +
@@ -391,16 +413,22 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
         lr,
         savedAt: new Date().toISOString(),
       };
-      await saveCheckpoint(tf, out, { model, head, optimizer, state: newState });
-      fs.writeFileSync(evalFile, JSON.stringify({ epoch, before, after: val ?? after }, null, 2));
+      if (isRoot) {
+        await saveCheckpoint(tf, out, { model, head: sharded ? null : head, optimizer, state: newState });
+        fs.writeFileSync(evalFile, JSON.stringify({ epoch, before, after: val ?? after }, null, 2));
+      }
+      if (sharded) {
+        comm?.barrier(); // rank 0 has put the new checkpoint folder in place
+        sharded.save(path.join(out, 'checkpoint', 'head-shards'));
+      }
       if (stopRequested) {
         stopped = true;
         break;
       }
     }
-    if (!stopped && !after && fs.existsSync(evalFile)) after = (JSON.parse(fs.readFileSync(evalFile, 'utf8')).after as VerificationResult) ?? null;
+    if (!stopped && !after && isRoot && fs.existsSync(evalFile)) after = (JSON.parse(fs.readFileSync(evalFile, 'utf8')).after as VerificationResult) ?? null;
     if (!stopped && after && (hooks.logResult ?? true)) log(formatVerification(after, `after epoch ${cfg.epochs}`));
-    if (hooks.plots ?? true) {
+    if ((hooks.plots ?? true) && isRoot) {
       const files = await writePlots(out, records, thetas, before, after, `${src.name}, ${marginLabel(cfg.margin)}`);
       log(`plots: ${files.join(', ')}`);
     }

@@ -1,0 +1,315 @@
+// The sharded head across real processes: mpirun starts 2 or 3 ranks of
+// test/mpi/sharded-worker.mjs (shared memory and loopback only), and the
+// results are checked here against the single-process MarginHead.
+//
+// Needs Open MPI's mpirun on the PATH, an addon built with MPI and the
+// compiled library (dist/, from `npm run build:ts`). Where any is missing the
+// suite is skipped and says why; MARGIN_SOFTMAX_REQUIRE_MPI=1 (set by CI once
+// it has installed Open MPI) turns the skip into a failure.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { CommError, deviceInfo, localCommunicator, MarginHead, mergeStats, ShardedMarginHead, shardRange, type MarginHeadOptions } from '../lib/index';
+import { rng as seededRandom } from './reference';
+
+const ROOT = path.join(__dirname, '..');
+const WORKER = path.join(__dirname, 'mpi', 'sharded-worker.mjs');
+
+function whyNot(): string | null {
+  if (spawnSync('mpirun', ['--version'], { encoding: 'utf8' }).status !== 0) return 'mpirun is not on the PATH (install Open MPI: apt-get install openmpi-bin libopenmpi-dev)';
+  const mpi = deviceInfo().mpi;
+  if (!mpi.compiled) return mpi.reason ?? 'the addon was built without MPI';
+  if (!fs.existsSync(path.join(ROOT, 'dist', 'index.js'))) return 'dist/ is not built (npm run build:ts)';
+  return null;
+}
+
+const skipReason = whyNot();
+if (skipReason && process.env.MARGIN_SOFTMAX_REQUIRE_MPI === '1') throw new Error(`MARGIN_SOFTMAX_REQUIRE_MPI=1 but ${skipReason}`);
+if (skipReason) console.warn(`test/mpi.test.ts skipped: ${skipReason}`);
+
+/** mpirun over shared memory (vader) and loopback only; as root in CI. */
+function mpirun(np: number, job: object | string, timeoutMs = 90_000, worker = WORKER) {
+  const args = [
+    '--allow-run-as-root', '--oversubscribe', '-np', String(np),
+    '--mca', 'btl', 'self,vader', '--mca', 'btl_vader_single_copy_mechanism', 'none',
+    '--mca', 'oob_tcp_if_include', 'lo',
+    process.execPath, worker, typeof job === 'string' ? job : JSON.stringify(job),
+  ];
+  const t0 = Date.now();
+  const r = spawnSync('mpirun', args, { encoding: 'utf8', timeout: timeoutMs, killSignal: 'SIGKILL' });
+  return { status: r.status, signal: r.signal, output: `${r.stdout}\n${r.stderr}`, seconds: (Date.now() - t0) / 1000 };
+}
+
+const C = 203; // not a multiple of 2 or 3: the slices differ in size
+const D = 24;
+const N = 12;
+const STEPS = 3;
+
+const base: MarginHeadOptions = {
+  classes: C,
+  dim: D,
+  margin: { kind: 'arcface', m: 0.5 },
+  scale: 32,
+  seed: 5,
+  optimizer: { lr: 0.5, momentum: 0.9, weightDecay: 1e-4 },
+  threads: 1,
+};
+
+/** STEPS batches of unit-norm rows; labels spread over the classes, one row ignored per batch. */
+function writeBatches(dir: string, steps = STEPS) {
+  const rnd = seededRandom(11);
+  const x = new Float32Array(steps * N * D);
+  for (let i = 0; i < steps * N; i++) {
+    let s = 0;
+    for (let j = 0; j < D; j++) s += (x[i * D + j] = rnd() - 0.5) ** 2;
+    for (let j = 0; j < D; j++) x[i * D + j] /= Math.sqrt(s);
+  }
+  const y = new Int32Array(steps * N);
+  for (let i = 0; i < y.length; i++) y[i] = i % N === 3 ? -1 : Math.floor(rnd() * C);
+  fs.writeFileSync(path.join(dir, 'x.bin'), Buffer.from(x.buffer));
+  fs.writeFileSync(path.join(dir, 'y.bin'), Buffer.from(y.buffer));
+  return { x, y };
+}
+
+function batch(data: { x: Float32Array; y: Int32Array }, s: number) {
+  return { x: data.x.subarray(s * N * D, (s + 1) * N * D), y: data.y.subarray(s * N, (s + 1) * N) };
+}
+
+interface RankOut {
+  rank: number;
+  offset: number;
+  count: number;
+  steps: { loss: number; accuracy: number; traffic: { statsBytes: number; gradBytes: number } }[];
+  predict?: number[];
+}
+
+function readOut(dir: string, rank: number): RankOut {
+  return JSON.parse(fs.readFileSync(path.join(dir, `out-${rank}.json`), 'utf8'));
+}
+
+function readGrad(dir: string, step: number, rank: number): Float32Array {
+  const b = fs.readFileSync(path.join(dir, `grad-${step}-${rank}.bin`));
+  return new Float32Array(b.buffer, b.byteOffset, b.length / 4).slice();
+}
+
+/** The centres of a sharded checkpoint, concatenated in rank order. */
+function checkpointWeights(dir: string): Float32Array {
+  const m = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
+  const all = new Float32Array(m.classes * m.dim);
+  for (const s of m.shards) all.set(MarginHead.load(path.join(dir, s.file)).getWeights(), s.offset * m.dim);
+  return all;
+}
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+function maxAbs(a: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
+  return m;
+}
+
+/**
+ * fp32 agreement as in the in-process sharding test: the LSE merge order
+ * differs (ranks vs threads), so values agree to 1e-4 of the array's scale.
+ */
+function expectClose(got: Float32Array, want: Float32Array, floor = 0): void {
+  expect(maxAbsDiff(got, want)).toBeLessThan(1e-4 * Math.max(floor, maxAbs(want)));
+}
+
+function tmpDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'ms-mpi-'));
+}
+
+/** The single-process head over the same batches: per-step loss, accuracy and dX, final centres. */
+function reference(data: { x: Float32Array; y: Int32Array }, steps = STEPS, options: Partial<MarginHeadOptions> = {}) {
+  const head = new MarginHead({ ...base, ...options });
+  const out = [];
+  for (let s = 0; s < steps; s++) {
+    const b = batch(data, s);
+    const r = head.step(b.x, b.y);
+    out.push({ loss: r.loss, accuracy: r.accuracy, grad: r.gradEmbeddings });
+  }
+  return { steps: out, weights: head.getWeights() };
+}
+
+function expectMatchesReference(dir: string, np: number, ref: ReturnType<typeof reference>, local = false) {
+  for (let r = 0; r < np; r++) {
+    const o = readOut(dir, r);
+    expect(o.offset).toBe(shardRange(C, np, r).offset);
+    o.steps.forEach((s, k) => {
+      expect(Math.abs(s.loss - ref.steps[k].loss)).toBeLessThan(1e-5 * Math.abs(ref.steps[k].loss) + 1e-6);
+      expect(s.accuracy).toBe(ref.steps[k].accuracy);
+      const g = readGrad(dir, k, r);
+      const want = local ? ref.steps[k].grad.subarray((r * N * D) / np, ((r + 1) * N * D) / np) : ref.steps[k].grad;
+      expectClose(g, want);
+    });
+  }
+}
+
+describe.skipIf(skipReason !== null)('collectives over MPI (mpirun, shared memory)', () => {
+  it('3 processes: all-gather, all-reduce, broadcast, barrier, sync and async, on f32, f64 and i32', () => {
+    const dir = tmpDir();
+    const r = mpirun(3, dir, 90_000, path.join(__dirname, 'mpi', 'comm-worker.mjs'));
+    expect(r.status, r.output).toBe(0);
+    const K = 3;
+    for (let rank = 0; rank < K; rank++) {
+      const o = JSON.parse(fs.readFileSync(path.join(dir, `comm-${rank}.json`), 'utf8'));
+      expect(o.size).toBe(K);
+      for (const t of ['f32', 'f64', 'i32']) {
+        expect(o[`gather-${t}`]).toEqual([0, 1, 1, 11, 2, 21]);
+        expect(o[`gatherAsync-${t}`]).toEqual([100, 101, 102]);
+        expect(o[`sum-${t}`]).toEqual([6, 6]);
+        expect(o[`sumAsync-${t}`]).toEqual([6]);
+        expect(o[`bcast-${t}`]).toEqual([13, -2]);
+        expect(o[`bcastAsync-${t}`]).toEqual([2]);
+      }
+      expect(o.queued).toEqual([[3], [0, 1, 2]]);
+      expect(o.busy).toBe('CommError busy');
+      expect(o.badRoot).toBe('ArgumentError: Expected an integer rank in [0, 2] for root but received 3');
+      expect(o.bigOk).toBe(true);
+    }
+  });
+});
+
+describe.skipIf(skipReason !== null)('sharded head over MPI (mpirun, shared memory)', () => {
+  for (const np of [2, 3]) {
+    it(`${np} processes equal the single-process head over ${STEPS} steps (loss, accuracy, dX, centres), then save`, () => {
+      const dir = tmpDir();
+      const data = writeBatches(dir);
+      const ckpt = path.join(dir, 'ckpt');
+      const r = mpirun(np, { dir, N, dim: D, steps: STEPS, head: base, saveTo: ckpt, predictK: 3 });
+      expect(r.status, r.output).toBe(0);
+      const ref = reference(data);
+      expectMatchesReference(dir, np, ref);
+      // The exchange per step: 5 floats per row gathered, N×d floats reduced.
+      const t = readOut(dir, 0).steps[0].traffic;
+      expect(t).toEqual({ statsBytes: 2 * (np - 1) * 5 * N * 4, gradBytes: 2 * N * D * 4 });
+      expectClose(checkpointWeights(ckpt), ref.weights, 1e-2);
+      // Top-3 over all shards, the same on every rank, equal to the single head's.
+      const single = new MarginHead({ ...base, init: ref.weights }).predict(batch(data, 0).x, 3);
+      for (let k = 0; k < np; k++) expect(readOut(dir, k).predict).toEqual(Array.from(single.classes));
+      const manifest = JSON.parse(fs.readFileSync(path.join(ckpt, 'manifest.json'), 'utf8'));
+      expect(manifest.ranks).toBe(np);
+      expect(manifest.steps).toBe(STEPS);
+    });
+  }
+
+  it('data parallel (stepLocal, 2 processes): each rank gets the gradient of its own rows', () => {
+    const dir = tmpDir();
+    const data = writeBatches(dir);
+    const r = mpirun(2, { dir, N, dim: D, steps: STEPS, head: base, local: true });
+    expect(r.status, r.output).toBe(0);
+    expectMatchesReference(dir, 2, reference(data), true);
+  });
+
+  it('checkpoint round trip across rank counts: 2 ranks save after 2 steps, 3 ranks resume for 2 more, 2 ranks again', () => {
+    const dir = tmpDir();
+    const steps = 4;
+    const data = writeBatches(dir, steps);
+    const a = path.join(dir, 'a');
+    const b = path.join(dir, 'b');
+    expect(mpirun(2, { dir, N, dim: D, steps: 2, head: base, saveTo: a }).output).toMatch(/rank 1 done/);
+    const r3 = mpirun(3, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: a, saveTo: b });
+    expect(r3.status, r3.output).toBe(0);
+    const r2 = mpirun(2, { dir, N, dim: D, firstStep: 3, steps: 4, loadFrom: b });
+    expect(r2.status, r2.output).toBe(0);
+    // Momentum and the step count travelled too: the resumed steps equal an uninterrupted run.
+    const ref = reference(data, steps);
+    for (let k = 2; k < steps; k++) {
+      for (let rank = 0; rank < 2; rank++) expectClose(readGrad(dir, k, rank), ref.steps[k].grad);
+    }
+    expect(readOut(dir, 0).steps[0].loss).toBeCloseTo(ref.steps[3].loss, 4);
+    expect(JSON.parse(fs.readFileSync(path.join(b, 'manifest.json'), 'utf8')).ranks).toBe(3);
+  });
+
+  it('Partial FC (sampleRate 0.5): 2 processes equal two shards in one process', () => {
+    const dir = tmpDir();
+    const data = writeBatches(dir);
+    const options = { ...base, sampleRate: 0.5 };
+    const r = mpirun(2, { dir, N, dim: D, steps: STEPS, head: options });
+    expect(r.status, r.output).toBe(0);
+    const shards = [0, 1].map((k) => new MarginHead({ ...options, shard: { ...shardRange(C, 2, k), total: C } }));
+    for (let s = 0; s < STEPS; s++) {
+      const b = batch(data, s);
+      const merged = mergeStats(shards.map((h) => h.partialStats(b.x, b.y)));
+      const grad = new Float32Array(N * D);
+      for (const h of shards) {
+        const g = h.finishStep(merged).gradEmbeddings;
+        for (let i = 0; i < g.length; i++) grad[i] += g[i];
+      }
+      expect(readOut(dir, 0).steps[s].loss).toBeCloseTo(merged.loss, 5);
+      for (let rank = 0; rank < 2; rank++) expect(maxAbsDiff(readGrad(dir, s, rank), grad)).toBeLessThan(1e-6);
+    }
+  });
+
+  it('a rank killed mid-step (SIGKILL at its phase-1 all-gather) ends the job with an error naming it, not a hang', () => {
+    const dir = tmpDir();
+    writeBatches(dir);
+    // Call 1 is the step's batch-size check, call 2 the stats all-gather of step 0.
+    const r = mpirun(3, { dir, N, dim: D, steps: STEPS, head: base, fault: { rank: 1, call: 2, mode: 'kill' }, timeoutMs: 10_000 });
+    expect(r.signal).toBeNull(); // mpirun ended by itself, before this test's 90 s limit
+    expect(r.status).not.toBe(0);
+    expect(r.output).toMatch(/rank 1 .*exited on signal 9/);
+    expect(r.output).not.toMatch(/rank \d done/);
+  });
+
+  it('a rank that stalls mid-step makes the others throw CommError (timeout) and the job abort', () => {
+    const dir = tmpDir();
+    writeBatches(dir);
+    const r = mpirun(3, { dir, N, dim: D, steps: STEPS, head: base, fault: { rank: 1, call: 2, mode: 'stall' }, timeoutMs: 3_000 });
+    expect(r.signal).toBeNull();
+    expect(r.status).not.toBe(0);
+    expect(r.output).toMatch(/CommError: allGather on rank [02] timed out after 3 s: a peer rank died or did not reach the same collective/);
+    expect(r.output).not.toMatch(/rank \d done/);
+  });
+});
+
+describe('sharded head in one process (localCommunicator)', () => {
+  it('equals MarginHead over steps, and saves / loads through the manifest', () => {
+    const rnd = seededRandom(3);
+    const x = new Float32Array(N * D).map(() => rnd() - 0.5);
+    const y = new Int32Array(N).map(() => Math.floor(rnd() * C));
+    const single = new MarginHead(base);
+    const sharded = new ShardedMarginHead({ ...base, comm: localCommunicator() });
+    for (let s = 0; s < 2; s++) {
+      const a = single.step(x, y);
+      const b = sharded.step(x, y);
+      expect(b.loss).toBe(a.loss);
+      expect(maxAbsDiff(b.gradEmbeddings, a.gradEmbeddings)).toBeLessThan(1e-6);
+      expect(b.traffic).toEqual({ statsBytes: 0, gradBytes: 0 });
+    }
+    const dir = tmpDir();
+    sharded.save(dir);
+    const back = ShardedMarginHead.load(dir, { comm: localCommunicator() });
+    expect(back.stepCount).toBe(2);
+    expect(maxAbsDiff(back.shard.getWeights(), single.getWeights())).toBeLessThan(1e-6);
+    expect(back.shard.getMomentum()).toEqual(single.getMomentum());
+  });
+
+  it('refuses a bad comm, a missing or corrupted manifest, and different batch sizes with typed errors', () => {
+    expect(() => new ShardedMarginHead({ ...base, comm: {} as never })).toThrow(/Expected a Communicator/);
+    const dir = tmpDir();
+    expect(() => ShardedMarginHead.load(dir, { comm: localCommunicator() })).toThrow(/Cannot read the sharded checkpoint's manifest/);
+    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify({ format: 'margin-softmax/sharded-head', version: '1', classes: 10, dim: 4, ranks: 1, shards: [{ rank: 0, file: 'shard-0-of-1.safetensors', offset: 0, count: 9 }] }));
+    expect(() => ShardedMarginHead.load(dir, { comm: localCommunicator() })).toThrow(/the shards cover 9 classes, not 10/);
+    // A fake two-rank world whose peer reports another batch size.
+    const peer = { ...localCommunicator(), size: 2, rank: 0, allGather: <T extends Int32Array | Float32Array | Float64Array>(a: T) => Int32Array.from([...a, 7, 0]) as unknown as T };
+    const h = new ShardedMarginHead({ ...base, comm: peer });
+    expect(() => h.step(new Float32Array(N * D), new Int32Array(N))).toThrow(/Expected the same batch size on every rank but received 12 rows on rank 0 and 7 on rank 1/);
+  });
+
+  it('mpiInfo says whether the collectives are compiled in, and why not', () => {
+    const mpi = deviceInfo().mpi;
+    expect(typeof mpi.compiled).toBe('boolean');
+    if (mpi.compiled) expect(mpi.library).toMatch(/MPI/);
+    else expect(mpi.reason).toMatch(/without MPI/);
+    expect(new CommError('timeout', 'x').code).toBe('ERR_MARGIN_SOFTMAX_COMM');
+  });
+});
