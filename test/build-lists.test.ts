@@ -1,0 +1,45 @@
+/**
+ * The two builds compile the same CPU sources: binding.gyp (node-gyp, CPU only,
+ * no MPI) lists by hand what CMakeLists.txt's MS_CPU_SOURCES lists, plus the
+ * stubs a CPU-only, MPI-less build links (CMake adds those under conditions).
+ * A source file added to one list and not the other fails here, not at a
+ * user's `npm install --build-from-source`.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { expect, test } from 'vitest';
+
+const ROOT = path.join(__dirname, '..');
+const read = (f: string) => fs.readFileSync(path.join(ROOT, f), 'utf8');
+/** The stubs node-gyp always links; CMake links each only when its real counterpart is off. */
+const GYP_ONLY_STUBS = ['native/cuda_stub.cc', 'native/comm/comm_napi.cc', 'native/comm/mpi_stub.cc'];
+
+function cmakeCpuSources(): string[] {
+  const m = /set\(MS_CPU_SOURCES\s+([^)]*)\)/.exec(read('CMakeLists.txt'));
+  if (!m) throw new Error('CMakeLists.txt has no set(MS_CPU_SOURCES …)');
+  return m[1].split(/\s+/).filter(Boolean);
+}
+
+function gypSources(): string[] {
+  // binding.gyp is JSON with comments allowed; its source list is a plain string array.
+  const m = /"sources":\s*\[([^\]]*)\]/.exec(read('binding.gyp'));
+  if (!m) throw new Error('binding.gyp has no "sources" list');
+  return [...m[1].matchAll(/"([^"]+)"/g)].map((x) => x[1]);
+}
+
+test('binding.gyp compiles exactly CMake’s CPU sources plus the stubs', () => {
+  expect([...gypSources()].sort()).toEqual([...cmakeCpuSources(), ...GYP_ONLY_STUBS].sort());
+});
+
+test('every C++ file of native/cpu is in the CPU source list', () => {
+  const onDisk = fs.readdirSync(path.join(ROOT, 'native/cpu')).filter((f) => f.endsWith('.cc')).map((f) => `native/cpu/${f}`);
+  expect(onDisk.filter((f) => !cmakeCpuSources().includes(f))).toEqual([]);
+});
+
+test('the stubs exist and CMake knows them', () => {
+  const cmake = read('CMakeLists.txt');
+  for (const f of GYP_ONLY_STUBS) {
+    expect(fs.existsSync(path.join(ROOT, f))).toBe(true);
+    expect(cmake.includes(f)).toBe(true);
+  }
+});
