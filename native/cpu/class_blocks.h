@@ -49,9 +49,7 @@ inline NormalizedRows normalize_rows(const KernelSet& K, const float* x, int64_t
   for (int64_t i = 0; i < N; ++i) {
     const double sq = K.sumsq(x + i * D, (int)D);
     if (!(sq <= kMaxNormSq))
-      throw InputError{"Expected finite values with row norms at most 1e30 for embeddings but received a "
-                       "non-finite value or a larger norm in row " +
-                       std::to_string(i)};
+      throw bad_rows_error("embeddings", i);
     r.invx[i] = inv_norm_from_sq(sq);
     for (int64_t k = 0; k < D; ++k) {
       const float v = x[i * D + k] * r.invx[i];

@@ -254,9 +254,7 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   });
   for (int t = 0; t < T; ++t)
     if (bad_w[t] >= 0)
-      throw InputError{"Expected finite values with row norms at most 1e30 for weights but received a "
-                       "non-finite value or a larger norm in row " +
-                       std::to_string(bad_w[t])};
+      throw bad_rows_error("weights", bad_w[t]);
 
   // Merge the thread partials in thread order → LSE, per-sample loss, mean,
   // and the target's p − 1 (from the target-free sum: see target_terms).

@@ -88,6 +88,13 @@ struct InputError {
   std::string message;
 };
 
+// The one wording of the norm rule's error (docs/math.md: rows with a
+// non-finite value or a norm above 1e30 are refused), for both backends.
+inline InputError bad_rows_error(const char* what, int64_t row) {
+  return InputError{std::string("Expected finite values with row norms at most 1e30 for ") + what +
+                    " but received a non-finite value or a larger norm in row " + std::to_string(row)};
+}
+
 void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt);
 
 // Description of the CPU backend for deviceInfo(): best SIMD width in floats

@@ -74,9 +74,7 @@ void cpu_topk(const float* x, const float* w, int64_t N, int64_t C, int64_t D, i
   });
   for (int t = 0; t < T; ++t)
     if (bad[t] >= 0)
-      throw InputError{"Expected finite values with row norms at most 1e30 for weights but received a "
-                       "non-finite value or a larger norm in row " +
-                       std::to_string(bad[t])};
+      throw bad_rows_error("weights", bad[t]);
   std::vector<std::pair<float, int32_t>> row(k);
   for (int64_t i = 0; i < N; ++i) {
     float* s = scores + i * k;

@@ -81,6 +81,9 @@ class LossRunner {
   const float* row_sumexp_other() const { return row_o_.get(); }
   const float* target_logit() const { return zt_.get(); }
   const float* target_cos() const { return ctg_.get(); }
+  // Queues the copies of the per-row outputs out asks for (non-null fields:
+  // per-sample loss, the LSE state, target logit and cosine) to the host.
+  void download_row_stats(LossOutputs& out) const;
   // The filter mask of the last backward (host copy, nct × N_pad/32, kMask*).
   const std::vector<uint8_t>& mask() const { return mask_host_; }
 

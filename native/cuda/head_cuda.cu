@@ -194,10 +194,7 @@ int64_t read_flag(const DeviceBuffer<unsigned long long>& bad, cudaStream_t s) {
   return h == kNoBad ? -1 : (int64_t)h;
 }
 
-[[noreturn]] void throw_bad_rows(const char* what, int64_t row) {
-  throw InputError{std::string("Expected finite values with row norms at most 1e30 for ") + what +
-                   " but received a non-finite value or a larger norm in row " + std::to_string(row)};
-}
+[[noreturn]] void throw_bad_rows(const char* what, int64_t row) { throw bad_rows_error(what, row); }
 
 // 1/‖w_j‖ of rows [0, w.c) of w (either path); returns the smallest bad row or −1.
 int64_t compute_norms(DeviceWeights& w, cudaStream_t s) {
@@ -413,15 +410,7 @@ void head_loss(DeviceHead* h, const LossProblem& p, LossOutputs& out, const Head
   const DeviceWeights& wr = copy ? g : h->w;
 
   runner->forward(wr, p.margin);
-  auto download_rows = [&](float* dst, const float* src) {
-    if (dst) MS_CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)N * sizeof(float), cudaMemcpyDeviceToHost, s));
-  };
-  download_rows(out.per_sample, runner->per_sample());
-  download_rows(out.row_max, runner->row_max());
-  download_rows(out.row_sumexp, runner->row_sumexp());
-  download_rows(out.row_sumexp_other, runner->row_sumexp_other());
-  download_rows(out.row_target, runner->target_logit());
-  download_rows(out.row_target_cos, runner->target_cos());
+  runner->download_row_stats(out);
   out.skipped_blocks = 0;
   out.total_blocks = ceil_div(C, kTileC) * rc.groups_with_rows;
   if (backward) {

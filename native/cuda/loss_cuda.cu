@@ -86,12 +86,7 @@ int64_t read_bad(const DeviceBuffer<unsigned long long>& bad, cudaStream_t s) {
   return h == kNoBadRow ? -1 : (int64_t)h;
 }
 
-// The CPU backend's messages, word for word.
-[[noreturn]] void throw_bad_weights(int64_t row) {
-  throw InputError{"Expected finite values with row norms at most 1e30 for weights but received a non-finite value "
-                   "or a larger norm in row " +
-                   std::to_string(row)};
-}
+[[noreturn]] void throw_bad_weights(int64_t row) { throw bad_rows_error("weights", row); }
 }  // namespace
 
 void upload_weights(DeviceWeights& w, const float* src, int64_t c, int d, bool bf16_path, cudaStream_t s,
@@ -216,6 +211,18 @@ size_t LossRunner::workspace_bytes(int64_t n, int64_t c, int d, bool bf16_path, 
     b += (size_t)(nct * nrt32) + (size_t)(g * n_pad * dp) * 4;
   }
   return b;
+}
+
+void LossRunner::download_row_stats(LossOutputs& out) const {
+  auto download = [&](float* dst, const float* src) {
+    if (dst) MS_CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n_ * sizeof(float), cudaMemcpyDeviceToHost, s_));
+  };
+  download(out.per_sample, per_sample());
+  download(out.row_max, row_max());
+  download(out.row_sumexp, row_sumexp());
+  download(out.row_sumexp_other, row_sumexp_other());
+  download(out.row_target, target_logit());
+  download(out.row_target_cos, target_cos());
 }
 
 int64_t LossRunner::set_batch(const float* x_dev, const int32_t* labels_dev, const float* row_margins_dev,
@@ -497,24 +504,12 @@ void cuda_loss(const LossProblem& p, LossOutputs& out) {
   upload_rows(ptm1_in, p.target_pm1_in, "merged target p - 1");
   runner.emplace(N, C, d, p.weights_bf16, s);
   const int64_t bad_x = runner->set_batch(x.get(), labels.get(), rm.get(), V, lse_in.get(), ptm1_in.get());
-  if (bad_x >= 0) {
-    throw InputError{"Expected finite values with row norms at most 1e30 for embeddings but received a "
-                     "non-finite value or a larger norm in row " +
-                     std::to_string(bad_x)};
-  }
+  if (bad_x >= 0) throw bad_rows_error("embeddings", bad_x);
   x.release();  // x̂ lives on in the runner
   upload_weights(w, p.w, C, d, p.weights_bf16, s, /*src_on_device=*/false, p.class_index);
 
   runner->forward(w, p.margin);
-  auto download_rows = [&](float* dst, const float* src) {
-    if (dst) MS_CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)N * sizeof(float), cudaMemcpyDeviceToHost, s));
-  };
-  download_rows(out.per_sample, runner->per_sample());
-  download_rows(out.row_max, runner->row_max());
-  download_rows(out.row_sumexp, runner->row_sumexp());
-  download_rows(out.row_sumexp_other, runner->row_sumexp_other());
-  download_rows(out.row_target, runner->target_logit());
-  download_rows(out.row_target_cos, runner->target_cos());
+  runner->download_row_stats(out);
   out.skipped_blocks = 0;
   out.total_blocks = ceil_div(C, kTileC) * groups_with_rows;
   if (backward) {
