@@ -162,27 +162,27 @@ Napi::Value HeadFree(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// headSetRows / headGetRows: rows [row0, row0 + rows.length / dim) of the
-// centres (which = 0) or the momentum (which = 1), from or into `rows`.
-Napi::Value HeadSetRows(const Napi::CallbackInfo& info) {
+namespace {
+
+// headSetRows / headGetRows(handle, which, row0, rows, dim): rows
+// [row0, row0 + rows.length / dim) of the centres (which = 0) or the momentum
+// (which = 1), from or into `rows` (copy is head_set_rows or head_get_rows).
+template <class Copy>
+Napi::Value copy_rows(const Napi::CallbackInfo& info, Copy copy) {
   HeadRef* ref = ref_of(info[0]);
   const int which = info[1].As<Napi::Number>().Int32Value();
   const int64_t row0 = info[2].As<Napi::Number>().Int64Value();
   auto rows = f32_arg(info.Env(), info[3], "rows");
   const int64_t d = info[4].As<Napi::Number>().Int64Value();
-  run_or_throw(info.Env(), [&] { head_set_rows(ref->head, which, row0, (int64_t)rows.ElementLength() / d, rows.Data()); });
+  run_or_throw(info.Env(), [&] { copy(ref->head, which, row0, (int64_t)rows.ElementLength() / d, rows.Data()); });
   return info.Env().Undefined();
 }
 
-Napi::Value HeadGetRows(const Napi::CallbackInfo& info) {
-  HeadRef* ref = ref_of(info[0]);
-  const int which = info[1].As<Napi::Number>().Int32Value();
-  const int64_t row0 = info[2].As<Napi::Number>().Int64Value();
-  auto out = f32_arg(info.Env(), info[3], "out");
-  const int64_t d = info[4].As<Napi::Number>().Int64Value();
-  run_or_throw(info.Env(), [&] { head_get_rows(ref->head, which, row0, (int64_t)out.ElementLength() / d, out.Data()); });
-  return info.Env().Undefined();
-}
+}  // namespace
+
+Napi::Value HeadSetRows(const Napi::CallbackInfo& info) { return copy_rows(info, head_set_rows); }
+
+Napi::Value HeadGetRows(const Napi::CallbackInfo& info) { return copy_rows(info, head_get_rows); }
 
 Napi::Value HeadLoss(const Napi::CallbackInfo& info) { return call_sync(info.Env(), make_request(info)); }
 

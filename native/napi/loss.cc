@@ -10,7 +10,6 @@
 //   MarginHead: classIndex?, lseIn?, targetPm1In?, validRows, stats,
 //               sgd? { lr, momentum, weightDecay, momentumBuffer? }  (fused update of the weights, in place)
 //   outPerSample?, outGradEmbeddings?, outGradWeights?  (the caller's output arrays)
-#include <cstring>
 #include <limits>
 
 #include "../cpu/loss_cpu.h"
