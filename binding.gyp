@@ -4,7 +4,15 @@
       "target_name": "margin_softmax",
       "sources": [
         "native/addon.cc",
+        "native/napi/napi_util.cc",
+        "native/napi/loss.cc",
+        "native/napi/topk.cc",
+        "native/napi/arrays.cc",
+        "native/napi/device_info.cc",
+        "native/napi/hooks.cc",
+        "native/napi/comm.cc",
         "native/cpu/fused_loss_cpu.cc",
+        "native/cpu/sgd_cpu.cc",
         "native/cpu/gemm_ceiling.cc",
         "native/cpu/topk_cpu.cc",
         "native/cpu/thread_pool.cc",
@@ -12,7 +20,6 @@
         "native/cpu/bf16_gemm.cc",
         "native/cpu/peak_cpu.cc",
         "native/cuda_stub.cc",
-        "native/comm/comm_napi.cc",
         "native/comm/mpi_stub.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

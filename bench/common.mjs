@@ -28,7 +28,7 @@ export function loadPackage() {
   }
 }
 
-/** The raw addon (for productsSeconds, the GEMM ceiling). */
+/** The raw addon (for _productsSeconds, the GEMM ceiling). */
 export function loadAddon() {
   return require('node-gyp-build')(ROOT);
 }

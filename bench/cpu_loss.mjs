@@ -106,7 +106,7 @@ const L = [];
 L.push(`## Fused CPU loss (adaptive margin, N = ${N}, d = ${d}, s = ${SCALE})`, '');
 L.push(`${machine.cpuModel}, ${machine.logicalCores} logical cores, ${machine.fused.simd} (width ${machine.fused.simdWidth}) × ${threads ?? machine.fused.threads} threads; Node ${machine.node}. ` +
   `Median [min–max] of ${reps} calls after 2 warm-up calls; GFLOP/s count 2·N·d·C (forward) and 3·2·N·d·C (forward + backward). ` +
-  `The ceiling is productsSeconds: the same products with the same kernel, blocking and threads and no epilogue, its calls alternating with the loss's; ` +
+  `The ceiling is _productsSeconds: the same products with the same kernel, blocking and threads and no epilogue, its calls alternating with the loss's; ` +
   `loss / ceiling is the median over those adjacent pairs of ceiling time / loss time (the fraction of attainable GEMM speed the fused loss keeps). ` +
   `Load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at the end (a shared machine: other work was running).`, '');
 L.push(`CPU flags: ${machine.cpuFlags}. bf16 product path (deviceInfo().cpu.matrix): ${machine.fused.matrix}.`, '');

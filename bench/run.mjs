@@ -197,7 +197,7 @@ const doc = fromDoc ?? {
     flops: '2·N·d·C for the forward, 3·2·N·d·C for forward + backward (the same count for every implementation)',
     timing: 'wall time of one synchronous call (outputs read back as typed arrays), after warm-up; median, min, max of the timed runs',
     memory: 'peak RSS of a child process that ran only that implementation, size and pass (inputs included); extra = peak − RSS after the inputs were made − output bytes',
-    ceiling: 'productsSeconds: the same products (X̂·Wᵀ, and for the backward Gᵀ·X̂ and G·W) with the project\'s GEMM kernel, blocking and threads, no epilogue, in the fused cpu process right after its timed runs',
+    ceiling: '_productsSeconds: the same products (X̂·Wᵀ, and for the backward Gᵀ·X̂ and G·W) with the project\'s GEMM kernel, blocking and threads, no epilogue, in the fused cpu process right after its timed runs',
   },
   machine: { ...machine, loadAverageAtEnd: os.loadavg() },
   checks,

@@ -159,7 +159,7 @@ async function timeJob() {
     const addon = loadAddon();
     const bwd = mode === 'fwdbwd';
     const threads = job.options?.threads ?? 0;
-    ceiling = () => addon.productsSeconds(input.embeddings, input.weights, d, threads, -1, bwd);
+    ceiling = () => addon._productsSeconds(input.embeddings, input.weights, d, threads, -1, bwd);
     ceiling(); // warm-up
     await collect();
   }

@@ -8,8 +8,12 @@ import { MARGIN_KIND_CODES, MATRIX_CODES, SIMD_CODES, native, type NativeLossOpt
 import type { BackendName, DeviceInfo, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
 import { validateInput, validateOptions, validateOut, type Shape } from './validate';
 
-export const DEFAULT_SCALE = 64;
-export const DEFAULT_WORKSPACE_BYTES = 64 * 1024 * 1024;
+/** The defaults are the native layer's (native/loss_problem.h, native/cpu/loss_cpu.h), read once. */
+const NATIVE_DEFAULTS = native._defaults();
+/** Logit scale s where the options give none (64). */
+export const DEFAULT_SCALE = NATIVE_DEFAULTS.scale;
+/** Bytes of cosine tiles the CPU backend keeps between passes where the options give none (64 MiB). */
+export const DEFAULT_WORKSPACE_BYTES = NATIVE_DEFAULTS.workspaceBytes;
 export const ADAPTIVE_DEFAULTS = { m1: 0.03, m2: 0.5 } as const;
 
 /** Per-seed call counters of the elastic margins (used when margin.counter is not given). */

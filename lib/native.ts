@@ -1,4 +1,4 @@
-/** The compiled addon and the contract of its functions (see native/addon.cc). */
+/** The compiled addon and the contract of its functions (native/addon.cc registers them; native/napi/ holds each operation). */
 import * as path from 'path';
 import { NativeError } from './errors';
 import type { MarginKind } from './types';
@@ -58,16 +58,19 @@ export interface NativeAddon {
   gaussian(mean: number, sigma: number, seed: number, counter: number, n: number, start?: number): Float32Array;
   /** A zeroed Float32Array (huge-page backed when large). */
   zeros(n: number): Float32Array;
-  targetLogit(params: Partial<NativeLossOptions>, cos: number, rowMargin: number): { z: number; dz: number };
-  /** Seconds for the three products alone (the GEMM ceiling); see native/cpu/gemm_ceiling.cc. */
-  productsSeconds(x: Float32Array, w: Float32Array, dim: number, threads: number, simd: number, backward: boolean): number;
-  /** GFLOP/s of a register-only loop on all threads: kind 0 fp32 FMA, 1 VDPBF16PS, 2 TDPBF16PS; 0 where the CPU lacks it. */
+  /** The native defaults (native/loss_problem.h, native/cpu/loss_cpu.h): lib/loss.ts reads them once. */
+  _defaults(): { scale: number; workspaceBytes: number };
+  /** Test hook: the target logit of one cosine through native/margin_math.h. */
+  _targetLogit(params: Partial<NativeLossOptions>, cos: number, rowMargin: number): { z: number; dz: number };
+  /** Benchmark hook: seconds for the three products alone (the GEMM ceiling); see native/cpu/gemm_ceiling.cc. */
+  _productsSeconds(x: Float32Array, w: Float32Array, dim: number, threads: number, simd: number, backward: boolean): number;
+  /** Benchmark hook: GFLOP/s of a register-only loop on all threads: kind 0 fp32 FMA, 1 VDPBF16PS, 2 TDPBF16PS; 0 where the CPU lacks it. */
   _peakGflops(kind: 0 | 1 | 2, threads: number, simd: number, seconds?: number): number;
   topk(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): { classes: Int32Array; scores: Float32Array };
   /** topk on the libuv thread pool. */
   topkAsync(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): Promise<{ classes: Int32Array; scores: Float32Array }>;
-  /** Bytes the addon's large allocations hold now (big_alloc minus big_free). */
-  liveNativeBytes(): number;
+  /** Test hook: bytes the addon's large allocations hold now (big_alloc minus big_free). */
+  _liveNativeBytes(): number;
   info(simd?: number): {
     cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number; matrix: 'amx-bf16' | 'avx512-bf16' | 'none' };
     cuda: { compiled: boolean; usable: boolean; reason?: string; [key: string]: unknown };

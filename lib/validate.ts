@@ -103,7 +103,7 @@ export interface Shape {
   d: number;
 }
 
-/** Caller-provided output arrays must be Float32Arrays of the right length (and not overlap: see native/addon.cc). */
+/** Caller-provided output arrays must be Float32Arrays of the right length (and not overlap: see CallArrays in native/napi/napi_util.h). */
 export function validateOut(options: LossOptions, shape: Shape): void {
   const out = options.out;
   if (out === undefined) return;

@@ -1,6 +1,6 @@
 // cuda_stub.cc — the CUDA entry points for a build without nvcc: the addon
-// links and loads, and reports why the cuda backend is unavailable.
-#include "cuda/head_addon.h"
+// links and loads, and reports why the cuda backend is unavailable. Such a
+// build registers no device-head functions (addon.cc, MS_WITH_CUDA).
 #include "cuda/head_cuda.h"
 #include "cuda/loss_cuda.h"
 
@@ -19,8 +19,7 @@ void cuda_loss(const LossProblem&, LossOutputs&) {
   throw CudaError{"margin-softmax was built without CUDA (nvcc was not found at build time)"};
 }
 
-// No device head: its functions are not registered, and no head holds device memory.
-void register_head_functions(Napi::Env, Napi::Object) {}
+// No device head holds device memory.
 size_t head_device_bytes_all() { return 0; }
 
 }  // namespace ms

@@ -238,9 +238,13 @@ MS_HD float elastic_margin(float m, float sigma, uint64_t seed, uint64_t counter
 // zero vector (x̂ = 0, every cosine 0) and receives a zero gradient. This is
 // a choice, documented in the README; it keeps everything finite.
 constexpr float kZeroNorm = 1e-12f;
-// Rows with larger norms are refused: the fp32 products w·x̂ (formed before
-// the 1/‖w‖ scaling) would overflow. Checked on the double sum of squares.
+// Rows with a norm above 1e30 are refused: the fp32 products w·x̂ (formed
+// before the 1/‖w‖ scaling) would overflow. Checked on the double sum of
+// squares against 1e60 (the nearest double to 1e60, one ulp below the square
+// of the double 1e30); kMaxRowNormText is the limit as error messages spell it
+// (bad_rows_error in loss_problem.h).
 constexpr double kMaxNormSq = 1e60;
+inline constexpr char kMaxRowNormText[] = "1e30";
 
 MS_HD float inv_norm_from_sq(double sq) {
   const double n = sqrt(sq);

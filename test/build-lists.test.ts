@@ -12,7 +12,9 @@ import { expect, test } from 'vitest';
 const ROOT = path.join(__dirname, '..');
 const read = (f: string) => fs.readFileSync(path.join(ROOT, f), 'utf8');
 /** The stubs node-gyp always links; CMake links each only when its real counterpart is off. */
-const GYP_ONLY_STUBS = ['native/cuda_stub.cc', 'native/comm/comm_napi.cc', 'native/comm/mpi_stub.cc'];
+const GYP_ONLY_STUBS = ['native/cuda_stub.cc', 'native/comm/mpi_stub.cc'];
+/** The N-API glue of the device head: CMake compiles it with the CUDA backend only (MS_CUDA_ADDON_SOURCES). */
+const CUDA_ONLY_BINDINGS = ['native/napi/device_head.cc'];
 
 function cmakeCpuSources(): string[] {
   const m = /set\(MS_CPU_SOURCES\s+([^)]*)\)/.exec(read('CMakeLists.txt'));
@@ -31,9 +33,16 @@ test('binding.gyp compiles exactly CMake’s CPU sources plus the stubs', () => 
   expect([...gypSources()].sort()).toEqual([...cmakeCpuSources(), ...GYP_ONLY_STUBS].sort());
 });
 
+const ccFiles = (dir: string) => fs.readdirSync(path.join(ROOT, dir)).filter((f) => f.endsWith('.cc')).map((f) => `${dir}/${f}`);
+
 test('every C++ file of native/cpu is in the CPU source list', () => {
-  const onDisk = fs.readdirSync(path.join(ROOT, 'native/cpu')).filter((f) => f.endsWith('.cc')).map((f) => `native/cpu/${f}`);
-  expect(onDisk.filter((f) => !cmakeCpuSources().includes(f))).toEqual([]);
+  expect(ccFiles('native/cpu').filter((f) => !cmakeCpuSources().includes(f))).toEqual([]);
+});
+
+test('every binding of native/napi is in the CPU source list, or CMake compiles it with CUDA', () => {
+  expect(ccFiles('native/napi').filter((f) => !cmakeCpuSources().includes(f))).toEqual(CUDA_ONLY_BINDINGS);
+  const cmake = read('CMakeLists.txt');
+  for (const f of CUDA_ONLY_BINDINGS) expect(cmake).toMatch(new RegExp(`set\\(MS_CUDA_ADDON_SOURCES [^)]*${f}`));
 });
 
 test('the stubs exist and CMake knows them', () => {

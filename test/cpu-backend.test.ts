@@ -152,7 +152,7 @@ describe('every margin kind vs the float64 reference', () => {
     }
   });
 
-  test('the shared header (targetLogit) matches the reference margin on a grid of cosines', () => {
+  test('the shared header (_targetLogit) matches the reference margin on a grid of cosines', () => {
     const kinds: Margin[] = [
       { kind: 'softmax' },
       { kind: 'arcface', m: 0.5 },
@@ -184,7 +184,7 @@ describe('every margin kind vs the float64 reference', () => {
             const b = marginedAngle(m, Math.acos(c + 0.003)).phi - Math.PI;
             if (Math.sign(a) !== Math.sign(b)) continue; // the kink: fp32 may pick the other branch
           }
-          const got = native.targetLogit({ kind: codes[m.kind], scale: 64, ...params, fallback }, c, 0);
+          const got = native._targetLogit({ kind: codes[m.kind], scale: 64, ...params, fallback }, c, 0);
           const want = targetLogitRef(m, 64, c, { fallback });
           // fp32 acos/cos/sin: ~1e−7 relative, amplified by 1/sinθ (≤ 22 at |c| ≤ 0.999) in dz.
           expect(Math.abs(got.z - want.z), `${label(m)} c=${c} z`).toBeLessThan(64 * 2e-6);

@@ -355,9 +355,9 @@ describe('lifetime', () => {
     const head = new MarginHead({ ...base, classes: 64, dim: 16, sampleRate: 0.5, optimizer: { lr: 0.01, momentum: 0.9 } });
     const p = randomProblem(8, 64, 16, 3);
     head.step(p.embeddings, p.labels);
-    const live0 = native.liveNativeBytes();
+    const live0 = native._liveNativeBytes();
     for (let i = 0; i < 10_000; i++) head.step(p.embeddings, p.labels);
-    expect(native.liveNativeBytes()).toBe(live0);
+    expect(native._liveNativeBytes()).toBe(live0);
   });
 
   it('a large head’s native centres and momentum are released once disposed and collected', async () => {
@@ -366,21 +366,21 @@ describe('lifetime', () => {
       await new Promise((r) => setImmediate(r));
     };
     // Arrays of earlier tests still awaiting collection are collected first.
-    for (let last = -1, round = 0; round < 50 && native.liveNativeBytes() !== last; round++) {
-      last = native.liveNativeBytes();
+    for (let last = -1, round = 0; round < 50 && native._liveNativeBytes() !== last; round++) {
+      last = native._liveNativeBytes();
       await collect();
     }
-    const start = native.liveNativeBytes();
+    const start = native._liveNativeBytes();
     const head = new MarginHead({ ...base, classes: 20_000, dim: 64, optimizer: { lr: 0.01, momentum: 0.9 } });
     // Both arrays are above big_alloc's threshold: counted exactly.
-    expect(native.liveNativeBytes() - start).toBe(2 * 20_000 * 64 * 4);
+    expect(native._liveNativeBytes() - start).toBe(2 * 20_000 * 64 * 4);
     const p = randomProblem(4, 20_000, 64, 3);
     for (let i = 0; i < 20; i++) head.step(p.embeddings, p.labels);
-    expect(native.liveNativeBytes() - start).toBe(2 * 20_000 * 64 * 4);
+    expect(native._liveNativeBytes() - start).toBe(2 * 20_000 * 64 * 4);
     head.dispose();
     // Finalizers run after a collection; a correct build gets back to the start.
-    for (let round = 0; round < 50 && native.liveNativeBytes() !== start; round++) await collect();
-    expect(native.liveNativeBytes()).toBe(start);
+    for (let round = 0; round < 50 && native._liveNativeBytes() !== start; round++) await collect();
+    expect(native._liveNativeBytes()).toBe(start);
   });
 
   it('rejects bad options with typed messages', () => {

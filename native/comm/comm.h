@@ -1,16 +1,11 @@
 // comm.h — the collectives the sharded head needs (all-gather, all-reduce
 // sum, broadcast, barrier), behind one engine interface. mpi_comm.cc
 // implements it over MPI where CMake found MPI; mpi_stub.cc otherwise.
-// comm_napi.cc binds it to JavaScript (sync and on the libuv pool).
+// napi/comm.cc binds it to JavaScript (sync and on the libuv pool).
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <string>
-
-namespace Napi {
-class Env;
-class Object;
-}  // namespace Napi
 
 namespace ms::comm {
 
@@ -43,8 +38,5 @@ void barrier();
 // Finalises when healthy; aborts the job (every rank) when `abort_code` != 0
 // or the communicator is broken, so that no peer waits forever.
 void shutdown(int abort_code);
-
-// Registers the _comm* natives on the addon's exports.
-void register_natives(Napi::Env env, Napi::Object exports);
 
 }  // namespace ms::comm

@@ -1,6 +1,6 @@
 // head_cuda.h — MarginHead's centres resident on the CUDA device: the
 // C++ side of lib/head-cuda.ts. Plain C++ (no CUDA types), so that the N-API
-// glue (head_addon.cc) compiles with the host compiler.
+// glue (napi/device_head.cc) compiles with the host compiler.
 //
 // The head owns C×d centres (fp32, or bf16 rows padded to a multiple of 64
 // columns), their inverse norms, and (μ > 0) the C×d fp32 momentum. A step
@@ -14,7 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "../cpu/loss_cpu.h"
+#include "../loss_problem.h"
 
 namespace ms {
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "../cpu/loss_cpu.h"
+#include "../loss_problem.h"
 
 namespace ms {
 

@@ -1,7 +1,7 @@
 /**
  * The margin functions of the kernels, evaluated point by point for figures:
  * nothing here re-types a formula. The target logit z_y(cos θ) and its
- * derivative come from the addon's `targetLogit` entry, which runs
+ * derivative come from the addon's internal `_targetLogit` hook, which runs
  * native/margin_math.h's `target_logit` (the function both the CPU and the
  * CUDA kernels call); the non-target logit z_j(cos θ) (CVM's false-class
  * margin) comes from the library's public `forward` on a two-class problem.
@@ -14,7 +14,7 @@ import { createRequire } from 'module';
 import { ArgumentError, forward, type Margin, type MarginKind } from 'margin-softmax';
 
 interface TargetLogitHook {
-  targetLogit(params: { kind: number; scale: number; m1: number; m2: number; m3: number; fallback: boolean }, cos: number, rowMargin: number): { z: number; dz: number };
+  _targetLogit(params: { kind: number; scale: number; m1: number; m2: number; m3: number; fallback: boolean }, cos: number, rowMargin: number): { z: number; dz: number };
 }
 
 let hook: TargetLogitHook | null = null;
@@ -23,7 +23,7 @@ function addon(): TargetLogitHook {
   if (hook) return hook;
   const root = path.dirname(require.resolve('margin-softmax/package.json'));
   const loaded = createRequire(path.join(root, 'package.json'))('node-gyp-build')(root) as Partial<TargetLogitHook>;
-  if (typeof loaded.targetLogit !== 'function') throw new Error(`The margin-softmax addon in ${root} has no targetLogit entry (built from an older source?)`);
+  if (typeof loaded._targetLogit !== 'function') throw new Error(`The margin-softmax addon in ${root} has no _targetLogit hook (built from an older source?)`);
   hook = loaded as TargetLogitHook;
   return hook;
 }
@@ -80,7 +80,7 @@ export function targetLogits(margin: Margin, cosines: ArrayLike<number>, o: Logi
   const dz = new Float64Array(cosines.length);
   const a = addon();
   for (let i = 0; i < cosines.length; i++) {
-    const r = a.targetLogit(p, cosines[i], rowMargin);
+    const r = a._targetLogit(p, cosines[i], rowMargin);
     z[i] = r.z;
     dz[i] = r.dz;
   }

@@ -22,7 +22,7 @@ obj="$repo/build/emu-obj"
 mkdir -p "$obj" build/Release
 napi_inc="$(node -p "require('node-api-headers').include_dir")"
 addon_inc="$(node -p "require('node-addon-api').include_dir")"
-common=(-O2 -g -fPIC -pthread -w -DMS_MPI_DISABLED=1 -DNAPI_VERSION=8 -DNAPI_CPP_EXCEPTIONS -DNODE_ADDON_API_DISABLE_DEPRECATED)
+common=(-O2 -g -fPIC -pthread -w -DMS_WITH_CUDA=1 -DMS_MPI_DISABLED=1 -DNAPI_VERSION=8 -DNAPI_CPP_EXCEPTIONS -DNODE_ADDON_API_DISABLE_DEPRECATED)
 pids=()
 for f in native/cuda/*.cu; do
   case "$f" in *_main.cu) continue ;; esac  # the stand-alone GPU programs
@@ -30,7 +30,7 @@ for f in native/cuda/*.cu; do
     -c "$f" -o "$obj/$(basename "$f" .cu).o" &
   pids+=($!)
 done
-for f in native/cpu/*.cc native/addon.cc native/cuda/head_addon.cc native/comm/comm_napi.cc native/comm/mpi_stub.cc; do
+for f in native/cpu/*.cc native/addon.cc native/napi/*.cc native/comm/mpi_stub.cc; do
   g++ -std=c++17 "${common[@]}" -ffp-contract=fast -fno-strict-aliasing -I "$napi_inc" -I "$addon_inc" \
     -c "$f" -o "$obj/$(basename "$f" .cc).o" &
   pids+=($!)

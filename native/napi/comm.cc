@@ -1,15 +1,26 @@
-// comm_napi.cc — the _comm* natives: typed arrays in, the engine's
-// collectives (comm.h) run synchronously or on a libuv pool thread. lib/comm.ts
-// validates lengths, types and ranks; here arrays are only unwrapped.
+// comm.cc — the _comm* natives: typed arrays in, the engine's collectives
+// (comm/comm.h) run synchronously or on a libuv pool thread. lib/comm.ts
+// validates lengths, types and ranks; here arrays are only unwrapped. No
+// options objects; errors are CommErrors (code ERR_MARGIN_SOFTMAX_COMM).
+//
+//   _commInfo() → { compiled, engine?, library?, initialized?, reason? }
+//   _commInit(timeoutSeconds) → { rank, size }
+//   _commSetTimeout(seconds)
+//   _commAllGather(send, recv, async) / _commAllReduce(buf, async) /
+//   _commBroadcast(buf, root, async) / _commBarrier(async) → undefined, or a promise when async
+//   _commShutdown(code)
 #include <napi.h>
 
 #include <functional>
 #include <vector>
 
-#include "comm.h"
+#include "../comm/comm.h"
+#include "exports.h"
 
-namespace ms::comm {
+namespace ms::napi {
 namespace {
+
+using namespace ms::comm;
 
 struct View {
   void* data;
@@ -87,7 +98,9 @@ Napi::Value dispatch(Napi::Env env, bool async, std::function<void()> job, const
   return p;
 }
 
-Napi::Value Info(const Napi::CallbackInfo& info) {
+}  // namespace
+
+Napi::Value CommInfo(const Napi::CallbackInfo& info) {
   const EngineInfo e = engine_info();
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("compiled", e.compiled);
@@ -101,7 +114,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   return o;
 }
 
-Napi::Value Init(const Napi::CallbackInfo& info) {
+Napi::Value CommInit(const Napi::CallbackInfo& info) {
   int rank = 0, size = 1;
   try {
     init(info[0].As<Napi::Number>().DoubleValue(), &rank, &size);
@@ -114,12 +127,12 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
   return o;
 }
 
-Napi::Value SetTimeout(const Napi::CallbackInfo& info) {
+Napi::Value CommSetTimeout(const Napi::CallbackInfo& info) {
   const double s = info[0].As<Napi::Number>().DoubleValue();
   return dispatch(info.Env(), false, [s] { set_timeout(s); }, {});
 }
 
-Napi::Value AllGather(const Napi::CallbackInfo& info) {
+Napi::Value CommAllGather(const Napi::CallbackInfo& info) {
   const View send = view_of(info[0]);
   const View recv = view_of(info[1]);
   const bool async = info[2].ToBoolean();
@@ -127,39 +140,26 @@ Napi::Value AllGather(const Napi::CallbackInfo& info) {
                   {info[0], info[1]});
 }
 
-Napi::Value AllReduce(const Napi::CallbackInfo& info) {
+Napi::Value CommAllReduce(const Napi::CallbackInfo& info) {
   const View buf = view_of(info[0]);
   const bool async = info[1].ToBoolean();
   return dispatch(info.Env(), async, [buf] { all_reduce_sum(buf.data, buf.count, buf.type); }, {info[0]});
 }
 
-Napi::Value Broadcast(const Napi::CallbackInfo& info) {
+Napi::Value CommBroadcast(const Napi::CallbackInfo& info) {
   const View buf = view_of(info[0]);
   const int root = info[1].As<Napi::Number>().Int32Value();
   const bool async = info[2].ToBoolean();
   return dispatch(info.Env(), async, [buf, root] { broadcast(buf.data, buf.count, buf.type, root); }, {info[0]});
 }
 
-Napi::Value Barrier(const Napi::CallbackInfo& info) {
+Napi::Value CommBarrier(const Napi::CallbackInfo& info) {
   return dispatch(info.Env(), info[0].ToBoolean(), [] { barrier(); }, {});
 }
 
-Napi::Value Shutdown(const Napi::CallbackInfo& info) {
+Napi::Value CommShutdown(const Napi::CallbackInfo& info) {
   shutdown(info[0].As<Napi::Number>().Int32Value());
   return info.Env().Undefined();
 }
 
-}  // namespace
-
-void register_natives(Napi::Env env, Napi::Object exports) {
-  exports.Set("_commInfo", Napi::Function::New(env, Info));
-  exports.Set("_commInit", Napi::Function::New(env, Init));
-  exports.Set("_commSetTimeout", Napi::Function::New(env, SetTimeout));
-  exports.Set("_commAllGather", Napi::Function::New(env, AllGather));
-  exports.Set("_commAllReduce", Napi::Function::New(env, AllReduce));
-  exports.Set("_commBroadcast", Napi::Function::New(env, Broadcast));
-  exports.Set("_commBarrier", Napi::Function::New(env, Barrier));
-  exports.Set("_commShutdown", Napi::Function::New(env, Shutdown));
-}
-
-}  // namespace ms::comm
+}  // namespace ms::napi

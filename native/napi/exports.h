@@ -1,0 +1,26 @@
+// exports.h — every function the addon exports, as addon.cc registers it;
+// each is defined in the file of its operation (the comment names it).
+#pragma once
+
+#include <napi.h>
+
+namespace ms::napi {
+
+using Export = Napi::Value(const Napi::CallbackInfo&);
+
+// loss.cc
+Export LossSync, LossAsync;
+// topk.cc
+Export TopK, TopKAsync;
+// arrays.cc
+Export Gaussian, Zeros;
+// device_info.cc
+Export Info;
+// hooks.cc: the internal natives ("_" names)
+Export Defaults, TargetLogit, ProductsSeconds, PeakGflops, LiveNativeBytes;
+// comm.cc: the collectives
+Export CommInfo, CommInit, CommSetTimeout, CommAllGather, CommAllReduce, CommBroadcast, CommBarrier, CommShutdown;
+// device_head.cc: MarginHead on the CUDA device (built with CUDA only)
+Export HeadCreate, HeadFree, HeadSetRows, HeadGetRows, HeadLoss, HeadLossAsync, HeadTopK, HeadBytes;
+
+}  // namespace ms::napi
