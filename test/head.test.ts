@@ -9,7 +9,7 @@ import { native } from '../lib/native';
 import { describe, expect, it } from 'vitest';
 import { CheckpointError, MarginHead, lossAndGrad, mergeStats, type MarginHeadOptions } from '../lib/index';
 import { classSample } from '../lib/sampling';
-import { randomProblem } from './reference';
+import { randomProblem } from './reference.mjs';
 
 const C = 300;
 const D = 24;

@@ -11,8 +11,12 @@
  *   L    = (1/V) Σ_{i: y_i ≥ 0} (log Σ_j exp z_ij − z_iy)
  *   g_ij = (p_ij − [j = y_i])·dz_ij/dc_ij / V
  *   dX̂ = G·Ŵ, dŴ = Gᵀ·X̂, dx = (dx̂ − x̂(x̂·dx̂))/‖x‖ (same for w)
+ *
+ * A plain ES module, so that bench/ runs it with node as it is; the JSDoc
+ * types are checked with the tests (tsconfig.test.json).
  */
-import type { Margin } from '../lib/types';
+
+/** @typedef {import('../lib/types').Margin} Margin */
 
 /** Default clamp of the cosine before arccos (ε = 1e−7, docs/math.md §3). */
 export const COS_EPS = 1e-7;
@@ -25,43 +29,46 @@ export const COS_EPS_FP32 = 1 - Math.fround(1 - Math.fround(1e-7));
 /** Norm at or below which a vector is treated as the zero vector. */
 export const ZERO_NORM = 1e-12;
 
-export interface RefOptions {
-  margin: Margin;
-  /** Scale s (default 64). */
-  scale?: number;
-  /** Monotonic fallback for the angular kinds where φ > π (default true). */
-  fallback?: boolean;
-  /** Elastic kinds: the per-row margin m_i (required for them, ignored otherwise). */
-  rowMargins?: ArrayLike<number>;
-  /** ε of the cosine clamp [−1+ε, 1−ε] (default 1e−7). */
-  cosEps?: number;
-}
+/**
+ * @typedef {object} RefOptions
+ * @property {Margin} margin
+ * @property {number} [scale] Scale s (default 64).
+ * @property {boolean} [fallback] Monotonic fallback for the angular kinds where φ > π (default true).
+ * @property {ArrayLike<number>} [rowMargins] Elastic kinds: the per-row margin m_i (required for them, ignored otherwise).
+ * @property {number} [cosEps] ε of the cosine clamp [−1+ε, 1−ε] (default 1e−7).
+ */
 
-export interface RefInput {
-  embeddings: ArrayLike<number>;
-  weights: ArrayLike<number>;
-  labels: ArrayLike<number>;
-  dim: number;
-}
+/**
+ * @typedef {object} RefInput
+ * @property {ArrayLike<number>} embeddings
+ * @property {ArrayLike<number>} weights
+ * @property {ArrayLike<number>} labels
+ * @property {number} dim
+ */
 
-export interface RefResult {
-  loss: number;
-  perSample: Float64Array;
-  validRows: number;
-  /** dL/dX (N×d), undefined when withGrad is false. */
-  gradEmbeddings: Float64Array;
-  /** dL/dW (C×d). */
-  gradWeights: Float64Array;
-}
+/**
+ * @typedef {object} RefResult
+ * @property {number} loss
+ * @property {Float64Array} perSample
+ * @property {number} validRows
+ * @property {Float64Array} gradEmbeddings dL/dX (N×d); empty when withGrad is false.
+ * @property {Float64Array} gradWeights dL/dW (C×d); empty when withGrad is false.
+ */
 
-export interface Logit {
-  z: number;
-  /** dz/dc (the clamp is treated as the identity). */
-  dz: number;
-}
+/**
+ * @typedef {object} Logit
+ * @property {number} z
+ * @property {number} dz dz/dc (the clamp is treated as the identity).
+ */
 
-/** The margined angle φ(θ) of the angular kinds (θ + m for ArcFace, m1θ + m2 for combined, θ + f(θ) for adaptive). */
-export function marginedAngle(margin: Margin, theta: number, rowM = 0): { phi: number; dphi: number; mAdd: number; m3: number } {
+/**
+ * The margined angle φ(θ) of the angular kinds (θ + m for ArcFace, m1θ + m2 for combined, θ + f(θ) for adaptive).
+ * @param {Margin} margin
+ * @param {number} theta
+ * @param {number} [rowM]
+ * @returns {{ phi: number; dphi: number; mAdd: number; m3: number }}
+ */
+export function marginedAngle(margin, theta, rowM = 0) {
   switch (margin.kind) {
     case 'arcface':
       return { phi: theta + margin.m, dphi: 1, mAdd: margin.m, m3: 0 };
@@ -80,18 +87,35 @@ export function marginedAngle(margin: Margin, theta: number, rowM = 0): { phi: n
   }
 }
 
-/** The adaptive margin f(θ) = m1·sin²θ + m2 (paper: f(π/2) = m1 + m2, f(π) = f(0) = m2). */
-export function adaptiveF(theta: number, m1: number, m2: number): number {
+/**
+ * The adaptive margin f(θ) = m1·sin²θ + m2 (paper: f(π/2) = m1 + m2, f(π) = f(0) = m2).
+ * @param {number} theta
+ * @param {number} m1
+ * @param {number} m2
+ * @returns {number}
+ */
+export function adaptiveF(theta, m1, m2) {
   const st = Math.sin(theta);
   return m1 * st * st + m2;
 }
 
-export function isAngular(kind: Margin['kind']): boolean {
+/**
+ * @param {Margin['kind']} kind
+ * @returns {boolean}
+ */
+export function isAngular(kind) {
   return kind === 'arcface' || kind === 'combined' || kind === 'adaptive' || kind === 'elastic-arc';
 }
 
-/** Target logit z_y and dz_y/dc of one row, with cosine c (unclamped) and row margin rowM (elastic kinds). */
-export function targetLogitRef(margin: Margin, s: number, c: number, opts: { fallback?: boolean; rowM?: number; cosEps?: number } = {}): Logit {
+/**
+ * Target logit z_y and dz_y/dc of one row, with cosine c (unclamped) and row margin rowM (elastic kinds).
+ * @param {Margin} margin
+ * @param {number} s
+ * @param {number} c
+ * @param {{ fallback?: boolean; rowM?: number; cosEps?: number }} [opts]
+ * @returns {Logit}
+ */
+export function targetLogitRef(margin, s, c, opts = {}) {
   const fallback = opts.fallback ?? true;
   const rowM = opts.rowM ?? 0;
   switch (margin.kind) {
@@ -117,14 +141,26 @@ export function targetLogitRef(margin: Margin, s: number, c: number, opts: { fal
   return { z: s * (Math.cos(phi) - m3), dz: (s * Math.sin(phi) * dphi) / sinT };
 }
 
-/** Non-target logit z_j (j ≠ y) and its derivative: s·c, or s·(c + m2·c²) for CVM. */
-export function otherLogitRef(margin: Margin, s: number, c: number): Logit {
+/**
+ * Non-target logit z_j (j ≠ y) and its derivative: s·c, or s·(c + m2·c²) for CVM.
+ * @param {Margin} margin
+ * @param {number} s
+ * @param {number} c
+ * @returns {Logit}
+ */
+export function otherLogitRef(margin, s, c) {
   const m = margin.kind === 'cvm' ? margin.m2 : 0;
   return { z: s * (c + m * c * c), dz: s * (1 + 2 * m * c) };
 }
 
-/** Normalises the rows of a (rows×d) matrix in float64; returns x̂ and the norms. */
-function normaliseRows(a: ArrayLike<number>, rows: number, d: number): { hat: Float64Array; norm: Float64Array } {
+/**
+ * Normalises the rows of a (rows×d) matrix in float64; returns x̂ and the norms.
+ * @param {ArrayLike<number>} a
+ * @param {number} rows
+ * @param {number} d
+ * @returns {{ hat: Float64Array; norm: Float64Array }}
+ */
+function normaliseRows(a, rows, d) {
   const hat = new Float64Array(rows * d);
   const norm = new Float64Array(rows);
   for (let r = 0; r < rows; r++) {
@@ -137,8 +173,16 @@ function normaliseRows(a: ArrayLike<number>, rows: number, d: number): { hat: Fl
   return { hat, norm };
 }
 
-/** Back through the L2 normalisation: dv = (dv̂ − v̂(v̂·dv̂))/‖v‖, zero for zero vectors. */
-function backNormalise(dhat: Float64Array, hat: Float64Array, norm: Float64Array, rows: number, d: number): Float64Array {
+/**
+ * Back through the L2 normalisation: dv = (dv̂ − v̂(v̂·dv̂))/‖v‖, zero for zero vectors.
+ * @param {Float64Array} dhat
+ * @param {Float64Array} hat
+ * @param {Float64Array} norm
+ * @param {number} rows
+ * @param {number} d
+ * @returns {Float64Array}
+ */
+function backNormalise(dhat, hat, norm, rows, d) {
   const out = new Float64Array(rows * d);
   for (let r = 0; r < rows; r++) {
     if (!(norm[r] > ZERO_NORM)) continue;
@@ -149,8 +193,14 @@ function backNormalise(dhat: Float64Array, hat: Float64Array, norm: Float64Array
   return out;
 }
 
-/** The loss, per-row losses and (if withGrad) both gradients, in float64. */
-export function referenceLoss(input: RefInput, options: RefOptions, withGrad = true): RefResult {
+/**
+ * The loss, per-row losses and (if withGrad) both gradients, in float64.
+ * @param {RefInput} input
+ * @param {RefOptions} options
+ * @param {boolean} [withGrad]
+ * @returns {RefResult}
+ */
+export function referenceLoss(input, options, withGrad = true) {
   const { embeddings, weights, labels, dim: d } = input;
   const n = labels.length;
   const C = weights.length / d;
@@ -183,7 +233,7 @@ export function referenceLoss(input: RefInput, options: RefOptions, withGrad = t
       cos[j] = c;
       const L =
         j === y
-          ? targetLogitRef(margin, s, c, { fallback: options.fallback, rowM: elastic ? options.rowMargins![i] : 0, cosEps: options.cosEps })
+          ? targetLogitRef(margin, s, c, { fallback: options.fallback, rowM: elastic ? /** @type {ArrayLike<number>} */ (options.rowMargins)[i] : 0, cosEps: options.cosEps })
           : otherLogitRef(margin, s, c);
       z[j] = L.z;
       dz[j] = L.dz;
@@ -224,13 +274,22 @@ export function referenceLoss(input: RefInput, options: RefOptions, withGrad = t
   };
 }
 
-/** Loss only (float64), convenient for finite differences. */
-export function referenceLossValue(input: RefInput, options: RefOptions): number {
+/**
+ * Loss only (float64), convenient for finite differences.
+ * @param {RefInput} input
+ * @param {RefOptions} options
+ * @returns {number}
+ */
+export function referenceLossValue(input, options) {
   return referenceLoss(input, options, false).loss;
 }
 
-/** Rounds each value to bfloat16 (round to nearest, ties to even), as the CPU backend's emulation does. */
-export function roundBf16(a: Float32Array): Float32Array {
+/**
+ * Rounds each value to bfloat16 (round to nearest, ties to even), as the CPU backend's emulation does.
+ * @param {Float32Array} a
+ * @returns {Float32Array}
+ */
+export function roundBf16(a) {
   const out = new Float32Array(a);
   const u = new Uint32Array(out.buffer);
   for (let k = 0; k < u.length; k++) {
@@ -242,8 +301,12 @@ export function roundBf16(a: Float32Array): Float32Array {
 
 // ---- Small helpers shared by the tests and the benchmark ------------------
 
-/** Deterministic PRNG (mulberry32) → uniform [0, 1). */
-export function rng(seed: number): () => number {
+/**
+ * Deterministic PRNG (mulberry32) → uniform [0, 1).
+ * @param {number} seed
+ * @returns {() => number}
+ */
+export function rng(seed) {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -254,8 +317,12 @@ export function rng(seed: number): () => number {
   };
 }
 
-/** Standard normal draws (Box–Muller) from rng. */
-export function gaussian(r: () => number): () => number {
+/**
+ * Standard normal draws (Box–Muller) from rng.
+ * @param {() => number} r
+ * @returns {() => number}
+ */
+export function gaussian(r) {
   return () => {
     const u1 = 1 - r();
     const u2 = r();
@@ -263,8 +330,15 @@ export function gaussian(r: () => number): () => number {
   };
 }
 
-/** A random problem: Gaussian X (N×d) and W (C×d), labels uniform in [0, C). */
-export function randomProblem(n: number, c: number, d: number, seed: number): { embeddings: Float32Array; weights: Float32Array; labels: Int32Array; dim: number } {
+/**
+ * A random problem: Gaussian X (N×d) and W (C×d), labels uniform in [0, C).
+ * @param {number} n
+ * @param {number} c
+ * @param {number} d
+ * @param {number} seed
+ * @returns {{ embeddings: Float32Array; weights: Float32Array; labels: Int32Array; dim: number }}
+ */
+export function randomProblem(n, c, d, seed) {
   const g = gaussian(rng(seed));
   const embeddings = new Float32Array(n * d);
   const weights = new Float32Array(c * d);
@@ -276,8 +350,14 @@ export function randomProblem(n: number, c: number, d: number, seed: number): { 
   return { embeddings, weights, labels, dim: d };
 }
 
-/** max_k |a_k − b_k| / max(max_k |b_k|, floor): the gradient error measure of the suite. */
-export function relMaxErr(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e-30): number {
+/**
+ * max_k |a_k − b_k| / max(max_k |b_k|, floor): the gradient error measure of the suite.
+ * @param {ArrayLike<number>} a
+ * @param {ArrayLike<number>} b
+ * @param {number} [floor]
+ * @returns {number}
+ */
+export function relMaxErr(a, b, floor = 1e-30) {
   if (a.length !== b.length) throw new Error(`relMaxErr: lengths ${a.length} ≠ ${b.length}`);
   let err = 0;
   let scale = floor;
@@ -288,15 +368,23 @@ export function relMaxErr(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e
   return err / scale;
 }
 
-/** Largest |v_k|. */
-export function maxAbs(a: ArrayLike<number>): number {
+/**
+ * Largest |v_k|.
+ * @param {ArrayLike<number>} a
+ * @returns {number}
+ */
+export function maxAbs(a) {
   let m = 0;
   for (let k = 0; k < a.length; k++) m = Math.max(m, Math.abs(a[k]));
   return m;
 }
 
-/** True when every value is finite. */
-export function allFinite(a: ArrayLike<number>): boolean {
+/**
+ * True when every value is finite.
+ * @param {ArrayLike<number>} a
+ * @returns {boolean}
+ */
+export function allFinite(a) {
   for (let k = 0; k < a.length; k++) if (!Number.isFinite(a[k])) return false;
   return true;
 }
