@@ -8,7 +8,7 @@ import { ArgumentError, BackendUnavailableError, expected } from './errors';
 import { callNative, callNativeAsync, elasticMargins, nativeOptions, resolveBackend } from './loss';
 import { native, type NativeLossOptions, type NativeLossResult } from './native';
 import { CENTRES, DeviceCentres, MOMENTUM, deviceHeadCompiled } from './head-cuda';
-import { CheckpointError, checkChunkFinite, readHeader, readTensor, readTensorChunks, saveSafetensors, type SaveHooks, type TensorEntry } from './safetensors';
+import { CheckpointError, checkChunkFinite, readHeader, readTensor, readTensorChunks, saveSafetensors, type SafetensorsHeader, type SaveHooks, type TensorEntry } from './safetensors';
 import { classSample } from './sampling';
 import type { ShardStats, MergedStats } from './shard';
 import type { BackendName, Margin } from './types';
@@ -348,36 +348,9 @@ export class MarginHead {
   /** Loads a head saved by {@link save}; checks the header, dtypes, shapes and size. */
   static load(file: string, options: { backend?: 'auto' | BackendName } = {}): MarginHead {
     const header = readHeader(file);
-    if (header.metadata.format !== FORMAT) {
-      throw new CheckpointError(`Checkpoint ${file} is not a margin-softmax head (metadata.format = ${JSON.stringify(header.metadata.format)})`);
-    }
-    let config: MarginHeadOptions;
-    try {
-      config = JSON.parse(header.metadata.config);
-    } catch {
-      throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not valid JSON`);
-    }
-    if (config === null || typeof config !== 'object') throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not an object`);
+    const config = checkpointConfig(file, header);
     const steps = parseSteps(file, header.metadata.steps);
-    const local = config.shard ? config.shard.count : config.classes;
-    const withMomentum = (config.optimizer?.momentum ?? 0) > 0;
-    for (const name of Object.keys(header.tensors)) {
-      if (name !== 'weight' && !(name === 'momentum' && withMomentum)) {
-        const why = name === 'momentum' ? 'its configuration has no momentum' : `a head checkpoint holds only 'weight'${withMomentum ? " and 'momentum'" : ''}`;
-        throw new CheckpointError(`Checkpoint ${file} has an unexpected tensor '${name}' (${why})`);
-      }
-    }
-    for (const name of ['weight', 'momentum']) {
-      const t = header.tensors[name];
-      if (!t) {
-        if (name === 'weight' || withMomentum) throw new CheckpointError(`Checkpoint ${file} has no tensor '${name}'`);
-        continue;
-      }
-      if (t.dtype !== 'F32') throw new CheckpointError(`Checkpoint ${file}: expected dtype F32 for '${name}' but found ${t.dtype}`);
-      if (t.shape.length !== 2 || t.shape[0] !== local || t.shape[1] !== config.dim) {
-        throw new CheckpointError(`Checkpoint ${file}: expected shape [${local}, ${config.dim}] for '${name}' but found ${JSON.stringify(t.shape)}`);
-      }
-    }
+    checkCheckpointTensors(file, header, config);
     let head: MarginHead;
     try {
       // The centres are read in below: the constructor leaves them zero (any init in the config is not used).
@@ -485,7 +458,7 @@ export class MarginHead {
     return dev;
   }
 
-  private loadDeviceTensor(file: string, header: ReturnType<typeof readHeader>, name: string, which: typeof CENTRES): void {
+  private loadDeviceTensor(file: string, header: SafetensorsHeader, name: string, which: typeof CENTRES): void {
     const dev = this.device as DeviceCentres;
     const rowBytes = 4 * this.dim;
     const buf = new Float32Array(dev.chunkRows * this.dim);
@@ -589,6 +562,44 @@ export class MarginHead {
     const out: StepResult = { loss: r.loss, gradEmbeddings: r.gradEmbeddings as Float32Array, accuracy: valid ? hit / valid : 0, targetCos: r.targetCos };
     if (margins) out.margins = margins;
     return out;
+  }
+}
+
+/** The head configuration in a checkpoint's metadata (format checked; its values are the constructor's to check). */
+function checkpointConfig(file: string, header: SafetensorsHeader): MarginHeadOptions {
+  if (header.metadata.format !== FORMAT) {
+    throw new CheckpointError(`Checkpoint ${file} is not a margin-softmax head (metadata.format = ${JSON.stringify(header.metadata.format)})`);
+  }
+  let config: MarginHeadOptions;
+  try {
+    config = JSON.parse(header.metadata.config);
+  } catch {
+    throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not valid JSON`);
+  }
+  if (config === null || typeof config !== 'object') throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not an object`);
+  return config;
+}
+
+/** 'weight' and (with momentum) 'momentum', F32 [local classes, dim], and no other tensor. */
+function checkCheckpointTensors(file: string, header: SafetensorsHeader, config: MarginHeadOptions): void {
+  const local = config.shard ? config.shard.count : config.classes;
+  const withMomentum = (config.optimizer?.momentum ?? 0) > 0;
+  for (const name of Object.keys(header.tensors)) {
+    if (name !== 'weight' && !(name === 'momentum' && withMomentum)) {
+      const why = name === 'momentum' ? 'its configuration has no momentum' : `a head checkpoint holds only 'weight'${withMomentum ? " and 'momentum'" : ''}`;
+      throw new CheckpointError(`Checkpoint ${file} has an unexpected tensor '${name}' (${why})`);
+    }
+  }
+  for (const name of ['weight', 'momentum']) {
+    const t = header.tensors[name];
+    if (!t) {
+      if (name === 'weight' || withMomentum) throw new CheckpointError(`Checkpoint ${file} has no tensor '${name}'`);
+      continue;
+    }
+    if (t.dtype !== 'F32') throw new CheckpointError(`Checkpoint ${file}: expected dtype F32 for '${name}' but found ${t.dtype}`);
+    if (t.shape.length !== 2 || t.shape[0] !== local || t.shape[1] !== config.dim) {
+      throw new CheckpointError(`Checkpoint ${file}: expected shape [${local}, ${config.dim}] for '${name}' but found ${JSON.stringify(t.shape)}`);
+    }
   }
 }
 

@@ -194,6 +194,106 @@ function backNormalise(dhat, hat, norm, rows, d) {
 }
 
 /**
+ * @typedef {object} Problem a checked input, its rows normalised in float64
+ * @property {number} n rows
+ * @property {number} C classes
+ * @property {number} d dimension
+ * @property {{ hat: Float64Array; norm: Float64Array }} X
+ * @property {{ hat: Float64Array; norm: Float64Array }} W
+ * @property {ArrayLike<number>} labels
+ * @property {number} s scale
+ * @property {RefOptions} options
+ * @property {(i: number) => number} rowM row i's margin (elastic kinds; 0 otherwise)
+ */
+
+/**
+ * @param {RefInput} input
+ * @param {RefOptions} options
+ * @returns {Problem}
+ */
+function referenceProblem(input, options) {
+  const { embeddings, weights, labels, dim: d } = input;
+  const n = labels.length;
+  const C = weights.length / d;
+  if (!Number.isInteger(C) || embeddings.length !== n * d) throw new Error('referenceLoss: bad shapes');
+  const margin = options.margin;
+  const elastic = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos';
+  const rowMargins = options.rowMargins;
+  if (elastic && (!rowMargins || rowMargins.length !== n)) {
+    throw new Error('referenceLoss: elastic kinds need rowMargins of length N');
+  }
+  const rowM = elastic && rowMargins ? (/** @type {number} */ i) => rowMargins[i] : () => 0;
+  return { n, C, d, X: normaliseRows(embeddings, n, d), W: normaliseRows(weights, C, d), labels, s: options.scale ?? 64, options, rowM };
+}
+
+/**
+ * Row i's logits z_j and their derivatives dz_j/dc_j (target y), written into z and dz.
+ * @param {Problem} p
+ * @param {number} i
+ * @param {number} y
+ * @param {Float64Array} z
+ * @param {Float64Array} dz
+ */
+function rowLogits(p, i, y, z, dz) {
+  const { C, d, X, W, s, options } = p;
+  for (let j = 0; j < C; j++) {
+    let c = 0;
+    for (let k = 0; k < d; k++) c += X.hat[i * d + k] * W.hat[j * d + k];
+    const L =
+      j === y
+        ? targetLogitRef(options.margin, s, c, { fallback: options.fallback, rowM: p.rowM(i), cosEps: options.cosEps })
+        : otherLogitRef(options.margin, s, c);
+    z[j] = L.z;
+    dz[j] = L.dz;
+  }
+}
+
+/**
+ * A row's loss log Σ_j exp z_j − z_y and its log-sum-exp, max-subtracted. Written so that
+ * confident rows (p_y → 1) keep full precision: the row loss is log Σ_j exp(z_j − z_y) =
+ * log1p(Σ_{j≠y} exp(z_j − z_y)) (the same number, without the cancellation of LSE − z_y).
+ * @param {Float64Array} z
+ * @param {number} y
+ * @returns {{ loss: number; lse: number }}
+ */
+function rowLoss(z, y) {
+  let mx = -Infinity;
+  for (let j = 0; j < z.length; j++) mx = Math.max(mx, z[j]);
+  let sum = 0;
+  for (let j = 0; j < z.length; j++) sum += Math.exp(z[j] - mx);
+  const lse = mx + Math.log(sum);
+  let others = 0; // Σ_{j≠y} exp(z_j − z_y)
+  for (let j = 0; j < z.length; j++) if (j !== y) others += Math.exp(z[j] - z[y]);
+  return { loss: z[y] >= mx ? Math.log1p(others) : lse - z[y], lse };
+}
+
+/**
+ * Row i's share of dX̂ and dŴ: g_ij = (p_ij − [j = y])·dz_ij / V; dX̂_i += g_ij ŵ_j; dŴ_j += g_ij x̂_i.
+ * p_y − 1 is taken as −Σ_{j≠y} p_j (an identity, no cancellation).
+ * @param {Problem} p
+ * @param {number} i
+ * @param {number} y
+ * @param {{ z: Float64Array; dz: Float64Array; lse: number; V: number }} row
+ * @param {Float64Array} dXh
+ * @param {Float64Array} dWh
+ */
+function addRowGrad(p, i, y, row, dXh, dWh) {
+  const { C, d, X, W } = p;
+  const { z, dz, lse, V } = row;
+  let pOthers = 0; // Σ_{j≠y} p_ij
+  for (let j = 0; j < C; j++) if (j !== y) pOthers += Math.exp(z[j] - lse);
+  for (let j = 0; j < C; j++) {
+    const pm = j === y ? -pOthers : Math.exp(z[j] - lse); // p_ij − [j = y]
+    const g = (pm * dz[j]) / V;
+    if (g === 0) continue;
+    for (let k = 0; k < d; k++) {
+      dXh[i * d + k] += g * W.hat[j * d + k];
+      dWh[j * d + k] += g * X.hat[i * d + k];
+    }
+  }
+}
+
+/**
  * The loss, per-row losses and (if withGrad) both gradients, in float64.
  * @param {RefInput} input
  * @param {RefOptions} options
@@ -201,72 +301,27 @@ function backNormalise(dhat, hat, norm, rows, d) {
  * @returns {RefResult}
  */
 export function referenceLoss(input, options, withGrad = true) {
-  const { embeddings, weights, labels, dim: d } = input;
-  const n = labels.length;
-  const C = weights.length / d;
-  if (!Number.isInteger(C) || embeddings.length !== n * d) throw new Error('referenceLoss: bad shapes');
-  const s = options.scale ?? 64;
-  const margin = options.margin;
-  const elastic = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos';
-  if (elastic && (!options.rowMargins || options.rowMargins.length !== n)) {
-    throw new Error('referenceLoss: elastic kinds need rowMargins of length N');
-  }
-  const X = normaliseRows(embeddings, n, d);
-  const W = normaliseRows(weights, C, d);
+  const p = referenceProblem(input, options);
+  const { n, C, d, X, W, labels } = p;
   let V = 0;
   for (let i = 0; i < n; i++) if (labels[i] >= 0) V++;
-
   const perSample = new Float64Array(n);
   const dXh = new Float64Array(n * d);
   const dWh = new Float64Array(C * d);
   const z = new Float64Array(C);
   const dz = new Float64Array(C);
-  const cos = new Float64Array(C);
   let total = 0;
   for (let i = 0; i < n; i++) {
     const y = labels[i];
     if (y < 0) continue;
-    // Cosines and logits of row i.
-    for (let j = 0; j < C; j++) {
-      let c = 0;
-      for (let k = 0; k < d; k++) c += X.hat[i * d + k] * W.hat[j * d + k];
-      cos[j] = c;
-      const L =
-        j === y
-          ? targetLogitRef(margin, s, c, { fallback: options.fallback, rowM: elastic ? /** @type {ArrayLike<number>} */ (options.rowMargins)[i] : 0, cosEps: options.cosEps })
-          : otherLogitRef(margin, s, c);
-      z[j] = L.z;
-      dz[j] = L.dz;
-    }
-    // log Σ exp, max-subtracted. Written so that confident rows (p_y → 1) keep full precision:
-    // the row loss is log Σ_j exp(z_j − z_y) = log1p(Σ_{j≠y} exp(z_j − z_y)) (the same number, without
-    // the cancellation of LSE − z_y), and p_y − 1 = −Σ_{j≠y} p_j (an identity, no cancellation).
-    let mx = -Infinity;
-    for (let j = 0; j < C; j++) mx = Math.max(mx, z[j]);
-    let sum = 0;
-    for (let j = 0; j < C; j++) sum += Math.exp(z[j] - mx);
-    const lse = mx + Math.log(sum);
-    let others = 0; // Σ_{j≠y} exp(z_j − z_y)
-    for (let j = 0; j < C; j++) if (j !== y) others += Math.exp(z[j] - z[y]);
-    perSample[i] = z[y] >= mx ? Math.log1p(others) : lse - z[y];
-    total += perSample[i];
-    if (!withGrad) continue;
-    let pOthers = 0; // Σ_{j≠y} p_ij
-    for (let j = 0; j < C; j++) if (j !== y) pOthers += Math.exp(z[j] - lse);
-    // g_ij = (p_ij − [j = y])·dz_ij / V; dX̂_i += g_ij ŵ_j; dŴ_j += g_ij x̂_i.
-    for (let j = 0; j < C; j++) {
-      const pm = j === y ? -pOthers : Math.exp(z[j] - lse); // p_ij − [j = y]
-      const g = (pm * dz[j]) / V;
-      if (g === 0) continue;
-      for (let k = 0; k < d; k++) {
-        dXh[i * d + k] += g * W.hat[j * d + k];
-        dWh[j * d + k] += g * X.hat[i * d + k];
-      }
-    }
+    rowLogits(p, i, y, z, dz);
+    const { loss, lse } = rowLoss(z, y);
+    perSample[i] = loss;
+    total += loss;
+    if (withGrad) addRowGrad(p, i, y, { z, dz, lse, V }, dXh, dWh);
   }
-  const loss = V > 0 ? total / V : 0;
   return {
-    loss,
+    loss: V > 0 ? total / V : 0,
     perSample,
     validRows: V,
     gradEmbeddings: withGrad ? backNormalise(dXh, X.hat, X.norm, n, d) : new Float64Array(0),
