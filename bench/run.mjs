@@ -218,82 +218,104 @@ function cellText(r) {
 }
 
 function markdown(doc) {
-  const L = [];
-  const mc = doc.machine;
-  L.push(`# margin-softmax benchmark${doc.quick ? ' (quick)' : ''}`, '');
-  L.push(`N = ${N}, d = ${d}, adaptive margin (m1 = ${MARGIN.m1}, m2 = ${MARGIN.m2}), s = ${SCALE}. ` +
-    `Median [min–max] of ${reps} timed calls after warm-up (fewer where marked n, for slow naive sizes), ` +
-    `GFLOP/s counting 2·N·d·C (forward) and 3·2·N·d·C (forward + backward) for every implementation.`, '');
-  L.push(`Machine: ${mc.cpuModel}, ${mc.logicalCores} logical cores (${mc.cpuFlags}), ${fmtBytes(mc.totalMemoryBytes)}; ` +
-    `fused CPU: ${mc.fused.simd} × ${mc.fused.threads} threads; Node ${mc.node}, tfjs ${mc.tfjs}` +
-    (mc.tfjsWasm ? ` (wasm: SIMD ${mc.tfjsWasm.simd ? 'on' : 'off'}, threads ${mc.tfjsWasm.threads ? 'on' : 'off'})` : '') +
-    `; GPU: ${mc.gpu ? `${mc.gpu.name} (${fmtBytes(mc.gpu.totalMemoryBytes)})` : `none (${mc.cuda.reason ?? 'not usable'})`}. ` +
-    `Load average ${mc.loadAverageAtStart.map((x) => x.toFixed(1)).join(' ')} at start, ${mc.loadAverageAtEnd.map((x) => x.toFixed(1)).join(' ')} at end. ${doc.generatedAt}.`, '');
-  L.push('Correctness at C = ' + doc.checks[0]?.C + ' before timing (relative errors, max |a − b| / max |ref|): ' +
-    doc.checks.map((c) => `${c.id} vs ${c.against}: ${Object.entries(c.errors).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(', ')}`).join('; ') + '.', '');
+  return [...introLines(doc), ...timeTable(), ...speedupTable(doc), ...memoryTable(), ...closingLines(doc)].join('\n');
+}
 
-  const cols = [...impls.map((m) => ({ title: m.label, get: (C, mode) => cellText(find(m.id, mode, C)) }))];
-  if (impls.some((m) => m.ceiling)) {
-    cols.splice(1, 0, {
-      title: 'GEMM ceiling cpu',
-      get: (C, mode) => {
-        const r = find('fused-cpu', mode, C);
-        return r?.ceiling ? `${fmtTime(r.ceiling.medianS)} [${fmtTime(r.ceiling.minS)}–${fmtTime(r.ceiling.maxS)}] · ${fmtGflops(r.ceiling.gflops)} GFLOP/s` : '–';
-      },
-    });
-  }
-  L.push('## Time per call', '');
+/** Title, setup, machine and the correctness figures. */
+function introLines(doc) {
+  const mc = doc.machine;
+  return [
+    `# margin-softmax benchmark${doc.quick ? ' (quick)' : ''}`, '',
+    `N = ${N}, d = ${d}, adaptive margin (m1 = ${MARGIN.m1}, m2 = ${MARGIN.m2}), s = ${SCALE}. ` +
+      `Median [min–max] of ${reps} timed calls after warm-up (fewer where marked n, for slow naive sizes), ` +
+      `GFLOP/s counting 2·N·d·C (forward) and 3·2·N·d·C (forward + backward) for every implementation.`, '',
+    `Machine: ${mc.cpuModel}, ${mc.logicalCores} logical cores (${mc.cpuFlags}), ${fmtBytes(mc.totalMemoryBytes)}; ` +
+      `fused CPU: ${mc.fused.simd} × ${mc.fused.threads} threads; Node ${mc.node}, tfjs ${mc.tfjs}` +
+      (mc.tfjsWasm ? ` (wasm: SIMD ${mc.tfjsWasm.simd ? 'on' : 'off'}, threads ${mc.tfjsWasm.threads ? 'on' : 'off'})` : '') +
+      `; GPU: ${mc.gpu ? `${mc.gpu.name} (${fmtBytes(mc.gpu.totalMemoryBytes)})` : `none (${mc.cuda.reason ?? 'not usable'})`}. ` +
+      `Load average ${mc.loadAverageAtStart.map((x) => x.toFixed(1)).join(' ')} at start, ${mc.loadAverageAtEnd.map((x) => x.toFixed(1)).join(' ')} at end. ${doc.generatedAt}.`, '',
+    'Correctness at C = ' + doc.checks[0]?.C + ' before timing (relative errors, max |a − b| / max |ref|): ' +
+      doc.checks.map((c) => `${c.id} vs ${c.against}: ${Object.entries(c.errors).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(', ')}`).join('; ') + '.', '',
+  ];
+}
+
+/** A row per size and pass: one column per implementation (and the GEMM ceiling after the fused CPU). */
+function timeTable() {
+  const cols = impls.map((m) => ({ title: m.label, get: (C, mode) => cellText(find(m.id, mode, C)) }));
+  if (impls.some((m) => m.ceiling)) cols.splice(1, 0, { title: 'GEMM ceiling cpu', get: ceilingText });
+  const L = ['## Time per call', ''];
   L.push(`| C | pass | ${cols.map((c) => c.title).join(' | ')} |`, `|---|---|${cols.map(() => '---').join('|')}|`);
   for (const C of sizes) for (const mode of MODES) L.push(`| ${C.toLocaleString('en-US')} | ${MODE_LABEL[mode]} | ${cols.map((c) => c.get(C, mode)).join(' | ')} |`);
   L.push('');
+  return L;
+}
 
+function ceilingText(C, mode) {
+  const r = find('fused-cpu', mode, C);
+  return r?.ceiling ? `${fmtTime(r.ceiling.medianS)} [${fmtTime(r.ceiling.minS)}–${fmtTime(r.ceiling.maxS)}] · ${fmtGflops(r.ceiling.gflops)} GFLOP/s` : '–';
+}
+
+/** Each fused implementation against each naive one, and the fused CPU as a fraction of its GEMM ceiling. */
+function speedupTable(doc) {
   const fusedImpls = impls.filter((m) => m.impl === 'fused');
   const naiveImpls = impls.filter((m) => m.impl === 'naive');
-  if (fusedImpls.length) {
-    L.push('## Speed-up of the fused loss (median over median, same run)', '');
-    const sc = [];
-    for (const f of fusedImpls) for (const n of naiveImpls) sc.push({ f, n });
-    const ceilCol = impls.some((m) => m.ceiling);
-    L.push(`| C | pass | ${sc.map(({ f, n }) => `${f.label} vs ${n.label}`).join(' | ')}${ceilCol ? ' | fused cpu / GEMM ceiling |' : ' |'}`,
-      `|---|---|${sc.map(() => '---').join('|')}${ceilCol ? '|---|' : '|'}`);
-    for (const C of sizes) {
-      for (const mode of MODES) {
-        const cells = sc.map(({ f, n }) => {
-          const s = doc.speedups.find((x) => x.C === C && x.mode === mode && x.fused === f.id && x.naive === n.id);
-          if (!s) return '–';
-          return s.speedup != null ? `${s.speedup.toFixed(s.speedup >= 100 ? 0 : 1)}× (≥ ${s.speedupWorstCase.toFixed(s.speedupWorstCase >= 100 ? 0 : 1)}×)` : `– (${s.status.startsWith(n.id) ? n.label : f.label}: ${shortStatus(s.status.replace(/^[^:]+: /, ''))})`;
-        });
-        const fr = find('fused-cpu', mode, C);
-        const ceil = ceilCol ? ` | ${fr?.fractionOfCeilingPaired != null ? `${(100 * fr.fractionOfCeilingPaired).toFixed(0)} %` : '–'} |` : ' |';
-        L.push(`| ${C.toLocaleString('en-US')} | ${MODE_LABEL[mode]} | ${cells.join(' | ')}${ceil}`);
-      }
+  if (!fusedImpls.length) return [];
+  const pairs = [];
+  for (const f of fusedImpls) for (const n of naiveImpls) pairs.push({ f, n });
+  const ceilCol = impls.some((m) => m.ceiling);
+  const L = ['## Speed-up of the fused loss (median over median, same run)', ''];
+  L.push(`| C | pass | ${pairs.map(({ f, n }) => `${f.label} vs ${n.label}`).join(' | ')}${ceilCol ? ' | fused cpu / GEMM ceiling |' : ' |'}`,
+    `|---|---|${pairs.map(() => '---').join('|')}${ceilCol ? '|---|' : '|'}`);
+  for (const C of sizes) {
+    for (const mode of MODES) {
+      const cells = pairs.map(({ f, n }) => speedupText(doc.speedups.find((x) => x.C === C && x.mode === mode && x.fused === f.id && x.naive === n.id), f, n));
+      const fr = find('fused-cpu', mode, C);
+      const ceil = ceilCol ? ` | ${fr?.fractionOfCeilingPaired != null ? `${(100 * fr.fractionOfCeilingPaired).toFixed(0)} %` : '–'} |` : ' |';
+      L.push(`| ${C.toLocaleString('en-US')} | ${MODE_LABEL[mode]} | ${cells.join(' | ')}${ceil}`);
     }
-    L.push('', "(≥: the slowest fused call against the fastest naive call.) The last column is the ceiling's time over the fused loss's time (median over adjacent pairs of calls, which alternate in one process): the fraction of attainable GEMM speed the fusion keeps.", '');
   }
+  L.push('', "(≥: the slowest fused call against the fastest naive call.) The last column is the ceiling's time over the fused loss's time (median over adjacent pairs of calls, which alternate in one process): the fraction of attainable GEMM speed the fusion keeps.", '');
+  return L;
+}
 
-  L.push('## Peak memory (RSS of a process running only that implementation, size and pass)', '');
+function speedupText(s, f, n) {
+  if (!s) return '–';
+  if (s.speedup == null) return `– (${s.status.startsWith(n.id) ? n.label : f.label}: ${shortStatus(s.status.replace(/^[^:]+: /, ''))})`;
+  return `${s.speedup.toFixed(s.speedup >= 100 ? 0 : 1)}× (≥ ${s.speedupWorstCase.toFixed(s.speedupWorstCase >= 100 ? 0 : 1)}×)`;
+}
+
+/** Peak RSS (and the extra beyond inputs and outputs) per implementation, size and pass. */
+function memoryTable() {
+  const L = ['## Peak memory (RSS of a process running only that implementation, size and pass)', ''];
   L.push(`| C | pass | inputs + outputs | ${impls.map((m) => m.label).join(' | ')} |`, `|---|---|---|${impls.map(() => '---').join('|')}|`);
   for (const C of sizes) {
     for (const mode of MODES) {
       const io = 4 * (N * d + C * d + N) + (mode === 'fwdbwd' ? 4 * (N * d + C * d) : 0) + 4 * N;
-      const cells = impls.map((m) => {
-        const r = find(m.id, mode, C);
-        if (r?.status === 'out of memory' && r.peakRssBytes) {
-          return `out of memory (peak RSS ${fmtBytes(r.peakRssBytes)}${r.wasmHeapBytes ? `, wasm heap ${fmtBytes(r.wasmHeapBytes)} of its 4 GiB limit` : ''})`;
-        }
-        if (!r || r.status !== 'ok') return r?.status ?? 'not run';
-        let s = `${fmtBytes(r.peakRssBytes)} (extra ${fmtBytes(r.extraBytes)})`;
-        if (r.deviceMemoryBytes) s += `; device ${fmtBytes(r.deviceMemoryBytes.peakUsedSampled)}`;
-        return s;
-      });
+      const cells = impls.map((m) => memoryText(find(m.id, mode, C)));
       L.push(`| ${C.toLocaleString('en-US')} | ${MODE_LABEL[mode]} | ${fmtBytes(io)} | ${cells.join(' | ')} |`);
     }
   }
   L.push('', 'Extra = peak RSS − RSS once the inputs were made − output bytes (the Node process itself is in the peak, about 45 MiB, and in neither term of the extra).', '');
+  return L;
+}
+
+function memoryText(r) {
+  if (r?.status === 'out of memory' && r.peakRssBytes) {
+    return `out of memory (peak RSS ${fmtBytes(r.peakRssBytes)}${r.wasmHeapBytes ? `, wasm heap ${fmtBytes(r.wasmHeapBytes)} of its 4 GiB limit` : ''})`;
+  }
+  if (!r || r.status !== 'ok') return r?.status ?? 'not run';
+  let s = `${fmtBytes(r.peakRssBytes)} (extra ${fmtBytes(r.extraBytes)})`;
+  if (r.deviceMemoryBytes) s += `; device ${fmtBytes(r.deviceMemoryBytes.peakUsedSampled)}`;
+  return s;
+}
+
+/** The timed runs' notes and how to reproduce. */
+function closingLines(doc) {
+  const L = [];
   const notes = doc.results.filter((r) => r.note).map((r) => `- ${r.label}, ${MODE_LABEL[r.mode]}, C = ${r.C.toLocaleString('en-US')}: ${r.note}`);
   if (notes.length) L.push('Notes:', ...notes, '');
   L.push(`Reproduce: \`${doc.quick ? 'npm run bench:quick' : 'npm run bench'}\` (${doc.wallSeconds.toFixed(0)} s here). Every figure is in \`${path.basename(jsonFile)}\`.`, '');
-  return L.join('\n');
+  return L;
 }
 
 const md = markdown(doc);

@@ -10,9 +10,10 @@
 //   { kind: 'check', impl, backend, N, d, C, seed }
 //     → loss, per-row loss and both gradients of the implementation against the
 //       fused CPU result on the same inputs (and, for the fused CPU itself, the
-//       forward against a float64 JavaScript reference).
+//       forward against the tests' float64 JavaScript reference, test/reference.mjs).
 //
 // Prints one line "@@BENCH_RESULT {json}" (see common.mjs).
+import { referenceLoss } from '../test/reference.mjs';
 import {
   MARGIN, SCALE, emitResult, flops, loadAddon, loadPackage, makeInputs, median, require, summarize,
 } from './common.mjs';
@@ -52,127 +53,145 @@ function isOom(err) {
 }
 
 // ---------------------------------------------------------------- implementations
+/** The fused loss: { fwd(), fwdbwd(), fwdAsync(), fwdbwdAsync(), dispose(), info, pkg } bound to the inputs. */
+function makeFused(backend, input, options) {
+  const pkg = loadPackage();
+  const { reuseOut, ...rest } = options;
+  const opts = { margin: MARGIN, scale: SCALE, backend, ...rest };
+  if (reuseOut) {
+    // options.out: the outputs are allocated once and written into on every call.
+    const n = input.labels.length;
+    const c = input.weights.length / input.dim;
+    opts.out = { perSample: new Float32Array(n), gradEmbeddings: new Float32Array(n * input.dim), gradWeights: new Float32Array(c * input.dim) };
+  }
+  return {
+    fwd: () => pkg.forward(input, opts),
+    fwdbwd: () => pkg.lossAndGrad(input, opts),
+    fwdAsync: () => pkg.forwardAsync(input, opts),
+    fwdbwdAsync: () => pkg.lossAndGradAsync(input, opts),
+    dispose() {},
+    info: {},
+    pkg,
+  };
+}
+
+/** tfjs, its backend set to `backend` and ready. */
+async function loadTfjs(backend) {
+  // Silence tfjs's "looks like you are running TensorFlow.js in Node.js" banner.
+  const log = console.log;
+  console.log = () => {};
+  const tf = require('@tensorflow/tfjs');
+  tfRef = tf;
+  if (backend === 'wasm') require('@tensorflow/tfjs-backend-wasm');
+  if (!(await tf.setBackend(backend))) throw new Error(`tfjs backend '${backend}' failed to initialise`);
+  await tf.ready();
+  console.log = log;
+  return tf;
+}
+
+/**
+ * The naive tfjs loss (test/naive-tfjs.mjs, the one the tests check against the native
+ * backend): { fwd(), fwdbwd(), dispose(), info }, x and w made into tensors before any timing.
+ */
+async function makeNaive(backend, input) {
+  const tf = await loadTfjs(backend);
+  const naive = await import('../test/naive-tfjs.mjs');
+  const opts = { margin: MARGIN, scale: SCALE };
+  const N = input.labels.length;
+  const C = input.weights.length / input.dim;
+  const x = tf.tensor2d(input.embeddings, [N, input.dim]);
+  const w = tf.tensor2d(input.weights, [C, input.dim]);
+  const info = { backend: tf.getBackend() };
+  if (backend === 'wasm') {
+    info.wasmSimd = tf.env().getBool('WASM_HAS_SIMD_SUPPORT');
+    info.wasmThreads = tf.env().getBool('WASM_HAS_MULTITHREAD_SUPPORT');
+  }
+  return {
+    fwd: () => naive.naiveForward(tf, x, w, input.labels, opts),
+    fwdbwd: () => naive.naiveForwardBackward(tf, x, w, input.labels, opts),
+    dispose: () => tf.dispose([x, w]),
+    info,
+  };
+}
+
 /** Returns { fwd(), fwdbwd(), dispose(), info } bound to the inputs. */
 async function makeImpl(impl, backend, input, options = {}) {
-  if (impl === 'fused') {
-    const pkg = loadPackage();
-    const { reuseOut, ...rest } = options;
-    const opts = { margin: MARGIN, scale: SCALE, backend, ...rest };
-    if (reuseOut) {
-      // options.out: the outputs are allocated once and written into on every call.
-      const n = input.labels.length;
-      const c = input.weights.length / input.dim;
-      opts.out = { perSample: new Float32Array(n), gradEmbeddings: new Float32Array(n * input.dim), gradWeights: new Float32Array(c * input.dim) };
-    }
-    return {
-      fwd: () => pkg.forward(input, opts),
-      fwdbwd: () => pkg.lossAndGrad(input, opts),
-      fwdAsync: () => pkg.forwardAsync(input, opts),
-      fwdbwdAsync: () => pkg.lossAndGradAsync(input, opts),
-      dispose() {},
-      info: {},
-      pkg,
-    };
-  }
-  if (impl === 'naive') {
-    // Silence tfjs's "looks like you are running TensorFlow.js in Node.js" banner.
-    const log = console.log;
-    console.log = () => {};
-    const tf = require('@tensorflow/tfjs');
-    tfRef = tf;
-    if (backend === 'wasm') require('@tensorflow/tfjs-backend-wasm');
-    if (!(await tf.setBackend(backend))) throw new Error(`tfjs backend '${backend}' failed to initialise`);
-    await tf.ready();
-    console.log = log;
-    const { makeNaiveLoss } = await import('./naive-tfjs.mjs');
-    const loss = makeNaiveLoss(tf, { m1: MARGIN.m1, m2: MARGIN.m2, scale: SCALE });
-    const N = input.labels.length;
-    const C = input.weights.length / input.dim;
-    const x = tf.tensor2d(input.embeddings, [N, input.dim]);
-    const w = tf.tensor2d(input.weights, [C, input.dim]);
-    const labels = tf.tensor1d(input.labels, 'int32');
-    const info = { backend: tf.getBackend() };
-    if (backend === 'wasm') {
-      info.wasmSimd = tf.env().getBool('WASM_HAS_SIMD_SUPPORT');
-      info.wasmThreads = tf.env().getBool('WASM_HAS_MULTITHREAD_SUPPORT');
-    }
-    return {
-      fwd: () => loss.forward(x, w, labels),
-      fwdbwd: () => loss.lossAndGrad(x, w, labels),
-      dispose: () => tf.dispose([x, w, labels]),
-      info,
-    };
-  }
+  if (impl === 'fused') return makeFused(backend, input, options);
+  if (impl === 'naive') return makeNaive(backend, input);
   throw new Error(`unknown impl ${impl}`);
 }
 
 // ---------------------------------------------------------------- timing
-async function timeJob() {
+/** The job's inputs and implementation, with the RSS before and after each. */
+async function setUp(out) {
   const { impl, backend, mode, N, d, C, seed = 1 } = job;
-  const warmup = job.warmup ?? 1;
-  const reps = job.reps ?? 5;
-  const minReps = job.minReps ?? reps;
-  const flopCount = flops(mode, N, d, C);
-  const out = { ...job, flops: flopCount };
   out.rssBaselineBytes = rss();
   const input = makeInputs(N, d, C, seed);
   out.inputBytes = input.embeddings.byteLength + input.weights.byteLength + input.labels.byteLength;
   out.outputBytes = 4 * N + (mode === 'fwdbwd' ? 4 * (N * d + C * d) : 0);
   out.rssAfterInputsBytes = rss();
-
-  let cudaFreeBefore = null;
-  const impl_ = await makeImpl(impl, backend, input, job.options);
-  Object.assign(out, impl_.info);
-  if (impl === 'fused' && backend === 'cuda') cudaFreeBefore = impl_.pkg.deviceInfo().cuda.freeMemory ?? null;
+  const implementation = await makeImpl(impl, backend, input, job.options);
+  Object.assign(out, implementation.info);
+  const cudaFreeBefore = impl === 'fused' && backend === 'cuda' ? (implementation.pkg.deviceInfo().cuda.freeMemory ?? null) : null;
   out.rssAfterSetupBytes = rss();
-  const call = mode === 'fwd' ? impl_.fwd : impl_.fwdbwd;
+  return { input, implementation, cudaFreeBefore };
+}
 
-  // Warm-up: also the first estimate of one call's time.
+/** Warm-up calls (also the first estimate of one call's time); false when one exceeded the run budget. */
+async function warmUp(call, out) {
   const warmTimes = [];
-  let last;
-  for (let i = 0; i < warmup; i++) {
+  out.warmupTimes = warmTimes;
+  for (let i = 0; i < (job.warmup ?? 1); i++) {
     const t0 = performance.now();
-    last = call();
+    const result = call();
     warmTimes.push((performance.now() - t0) / 1e3);
-    out.loss = last.loss;
-    last = null;
+    out.loss = result.loss;
     await collect();
     if (warmTimes.at(-1) > (job.runBudgetS ?? Infinity)) {
       out.status = `skipped: exceeded budget (one call took more than ${job.runBudgetS} s)`;
-      out.warmupTimes = warmTimes;
       out.peakRssBytes = maxRss();
-      return out;
+      return false;
     }
   }
-  out.warmupTimes = warmTimes;
+  return true;
+}
 
-  // The peak of the implementation alone, before any ceiling call: every call
-  // allocates the same, so the warm-up calls have reached it.
+/** Peak RSS and the memory beyond inputs and outputs, as of now. */
+function recordPeak(out) {
   out.peakRssBytes = maxRss();
   out.extraBytes = out.peakRssBytes - out.rssAfterInputsBytes - out.outputBytes;
+}
 
-  // The GEMM ceiling: the same products with the project's own kernel, blocking and
-  // threads, no epilogue. Its calls alternate with the timed calls so that both see
-  // the same machine load (it is shared and noisy).
-  let ceiling = null;
-  if (job.ceiling) {
-    const addon = loadAddon();
-    const bwd = mode === 'fwdbwd';
-    const threads = job.options?.threads ?? 0;
-    ceiling = () => addon._productsSeconds(input.embeddings, input.weights, d, threads, -1, bwd);
-    ceiling(); // warm-up
-    await collect();
-  }
+/**
+ * The GEMM ceiling (job.ceiling): the same products with the project's own kernel,
+ * blocking and threads, no epilogue; a function that times one call, already warmed up.
+ */
+async function makeCeiling(input) {
+  const addon = loadAddon();
+  const bwd = job.mode === 'fwdbwd';
+  const threads = job.options?.threads ?? 0;
+  const ceiling = () => addon._productsSeconds(input.embeddings, input.weights, job.d, threads, -1, bwd);
+  ceiling(); // warm-up
+  await collect();
+  return ceiling;
+}
+
+/**
+ * The timed calls, each followed by a ceiling call where there is one (so that both
+ * see the same machine load: it is shared and noisy). Fewer timed runs when a call is
+ * slow: stop once another call would take the timed total past the cell budget, but
+ * never before minReps runs.
+ */
+async function timedRuns(call, ceiling, out) {
+  const reps = job.reps ?? 5;
+  const minReps = job.minReps ?? reps;
+  const budget = job.cellBudgetS ?? Infinity;
   const times = [];
   const ceilingTimes = [];
-  // Fewer timed runs when a call is slow: stop once another call would take the timed
-  // total past the cell budget, but never before minReps runs.
-  const budget = job.cellBudgetS ?? Infinity;
   for (let i = 0; i < reps; i++) {
     const t0 = performance.now();
-    last = call();
+    call();
     times.push((performance.now() - t0) / 1e3);
-    last = null;
     await collect();
     if (ceiling) {
       ceilingTimes.push(ceiling());
@@ -184,36 +203,50 @@ async function timeJob() {
       break;
     }
   }
-  Object.assign(out, summarize(times, flopCount));
-  if (ceiling) {
-    out.peakRssWithCeilingBytes = maxRss();
-    out.ceiling = summarize(ceilingTimes, flopCount);
-    // Ceiling time over loss time: the ratio of the medians, and the median of the
-    // ratios of adjacent pairs (steadier when the machine's load drifts during the run).
-    out.fractionOfCeiling = out.ceiling.medianS / out.medianS;
-    out.fractionOfCeilingPaired = median(ceilingTimes.map((c, i) => c / times[i]));
-  } else {
-    out.peakRssBytes = maxRss(); // no ceiling calls in this process: the peak over every call
-    out.extraBytes = out.peakRssBytes - out.rssAfterInputsBytes - out.outputBytes;
-  }
+  return { times, ceilingTimes };
+}
 
-  if (impl === 'fused' && backend === 'cuda') {
-    // Device memory: free memory before, and the least free memory seen while an async call runs.
-    const dev = () => impl_.pkg.deviceInfo().cuda.freeMemory;
-    if (cudaFreeBefore != null) {
-      let minFree = dev();
-      const p = mode === 'fwd' ? impl_.fwdAsync() : impl_.fwdbwdAsync();
-      let done = false;
-      p.finally(() => (done = true));
-      while (!done) {
-        minFree = Math.min(minFree, dev());
-        await new Promise((r) => setTimeout(r, 1));
-      }
-      await p;
-      out.deviceMemoryBytes = { freeBefore: cudaFreeBefore, peakUsedSampled: cudaFreeBefore - minFree, usedAfter: cudaFreeBefore - dev() };
-    }
+/**
+ * Ceiling time over loss time: the ratio of the medians, and the median of the ratios
+ * of adjacent pairs (steadier when the machine's load drifts during the run).
+ */
+function recordCeiling(out, times, ceilingTimes) {
+  out.peakRssWithCeilingBytes = maxRss();
+  out.ceiling = summarize(ceilingTimes, out.flops);
+  out.fractionOfCeiling = out.ceiling.medianS / out.medianS;
+  out.fractionOfCeilingPaired = median(ceilingTimes.map((c, i) => c / times[i]));
+}
+
+/** Device memory: free memory before, and the least free memory seen while an async call runs. */
+async function deviceMemory(implementation, cudaFreeBefore) {
+  const free = () => implementation.pkg.deviceInfo().cuda.freeMemory;
+  let minFree = free();
+  const p = job.mode === 'fwd' ? implementation.fwdAsync() : implementation.fwdbwdAsync();
+  let done = false;
+  p.finally(() => (done = true));
+  while (!done) {
+    minFree = Math.min(minFree, free());
+    await new Promise((r) => setTimeout(r, 1));
   }
-  impl_.dispose();
+  await p;
+  return { freeBefore: cudaFreeBefore, peakUsedSampled: cudaFreeBefore - minFree, usedAfter: cudaFreeBefore - free() };
+}
+
+async function timeJob() {
+  const out = { ...job, flops: flops(job.mode, job.N, job.d, job.C) };
+  const { input, implementation, cudaFreeBefore } = await setUp(out);
+  const call = job.mode === 'fwd' ? implementation.fwd : implementation.fwdbwd;
+  if (!(await warmUp(call, out))) return out;
+  // The peak of the implementation alone, before any ceiling call: every call
+  // allocates the same, so the warm-up calls have reached it.
+  recordPeak(out);
+  const ceiling = job.ceiling ? await makeCeiling(input) : null;
+  const { times, ceilingTimes } = await timedRuns(call, ceiling, out);
+  Object.assign(out, summarize(times, out.flops));
+  if (ceiling) recordCeiling(out, times, ceilingTimes);
+  else recordPeak(out); // no ceiling calls in this process: the peak over every call
+  if (cudaFreeBefore != null) out.deviceMemoryBytes = await deviceMemory(implementation, cudaFreeBefore);
+  implementation.dispose();
   out.status = 'ok';
   return out;
 }
@@ -229,40 +262,36 @@ function relErr(a, b) {
   return scale > 0 ? diff / scale : diff;
 }
 
-/** Float64 per-row losses of the adaptive margin, plain loops (for the fused CPU's own check). */
-function float64PerSample({ embeddings: x, weights: w, labels, dim: d }) {
-  const N = labels.length;
-  const C = w.length / d;
-  const { m1, m2 } = MARGIN;
-  const s = SCALE;
-  const wn = new Float64Array(C);
-  for (let j = 0; j < C; j++) {
-    let q = 0;
-    for (let k = 0; k < d; k++) q += w[j * d + k] ** 2;
-    wn[j] = Math.max(Math.sqrt(q), 1e-12);
-  }
-  const out = new Float64Array(N);
-  for (let i = 0; i < N; i++) {
-    let q = 0;
-    for (let k = 0; k < d; k++) q += x[i * d + k] ** 2;
-    const xn = Math.max(Math.sqrt(q), 1e-12);
-    const z = new Float64Array(C);
-    for (let j = 0; j < C; j++) {
-      let dot = 0;
-      for (let k = 0; k < d; k++) dot += x[i * d + k] * w[j * d + k];
-      const c = Math.min(Math.max(dot / xn / wn[j], -1 + 1e-7), 1 - 1e-7);
-      if (j === labels[i]) {
-        const phi = Math.acos(c) + m1 * (1 - c * c) + m2;
-        z[j] = phi <= Math.PI ? s * Math.cos(phi) : s * (c - m2 * Math.sin(m2));
-      } else z[j] = s * c;
-    }
-    let mx = -Infinity;
-    for (const v of z) mx = Math.max(mx, v);
-    let se = 0;
-    for (const v of z) se += Math.exp(v - mx);
-    out[i] = mx + Math.log(se) - z[labels[i]];
-  }
-  return out;
+/** The fused CPU loss against the float64 reference of the tests (forward). */
+function checkFusedCpu(out, input, fused) {
+  const float64 = referenceLoss(input, { margin: MARGIN, scale: SCALE }, false);
+  out.against = 'float64 JavaScript reference (forward)';
+  out.errors = {
+    loss: Math.abs(fused.grad.loss - float64.loss) / Math.abs(float64.loss),
+    perSample: relErr(fused.grad.perSample, float64.perSample),
+    forwardLoss: Math.abs(fused.fwd.loss - float64.loss) / Math.abs(float64.loss),
+  };
+  out.loss = fused.grad.loss;
+  out.refLoss = float64.loss;
+}
+
+/** Another implementation against the fused CPU loss: loss, per-row losses and both gradients. */
+async function checkAgainstFused(out, input, fused) {
+  const im = await makeImpl(job.impl, job.backend, input);
+  Object.assign(out, im.info);
+  const f = im.fwd();
+  const g = im.fwdbwd();
+  out.against = 'fused cpu';
+  out.loss = g.loss;
+  out.refLoss = fused.grad.loss;
+  out.errors = {
+    loss: Math.abs(g.loss - fused.grad.loss) / Math.abs(fused.grad.loss),
+    forwardLoss: Math.abs(f.loss - fused.fwd.loss) / Math.abs(fused.fwd.loss),
+    perSample: relErr(f.perSample, fused.fwd.perSample),
+    gradEmbeddings: relErr(g.gradEmbeddings, fused.grad.gradEmbeddings),
+    gradWeights: relErr(g.gradWeights, fused.grad.gradWeights),
+  };
+  im.dispose();
 }
 
 async function checkJob() {
@@ -270,37 +299,10 @@ async function checkJob() {
   const input = makeInputs(N, d, C, seed);
   const pkg = loadPackage();
   const opts = { margin: MARGIN, scale: SCALE, backend: 'cpu' };
-  const refFwd = pkg.forward(input, opts);
-  const ref = pkg.lossAndGrad(input, opts);
+  const fused = { fwd: pkg.forward(input, opts), grad: pkg.lossAndGrad(input, opts) };
   const out = { ...job };
-  if (impl === 'fused' && backend === 'cpu') {
-    const ps = float64PerSample(input);
-    const loss = ps.reduce((a, b) => a + b, 0) / N;
-    out.against = 'float64 JavaScript reference (forward)';
-    out.errors = {
-      loss: Math.abs(ref.loss - loss) / Math.abs(loss),
-      perSample: relErr(ref.perSample, ps),
-      forwardLoss: Math.abs(refFwd.loss - loss) / Math.abs(loss),
-    };
-    out.loss = ref.loss;
-    out.refLoss = loss;
-  } else {
-    const im = await makeImpl(impl, backend, input);
-    Object.assign(out, im.info);
-    const f = im.fwd();
-    const g = im.fwdbwd();
-    out.against = 'fused cpu';
-    out.loss = g.loss;
-    out.refLoss = ref.loss;
-    out.errors = {
-      loss: Math.abs(g.loss - ref.loss) / Math.abs(ref.loss),
-      forwardLoss: Math.abs(f.loss - refFwd.loss) / Math.abs(refFwd.loss),
-      perSample: relErr(f.perSample, refFwd.perSample),
-      gradEmbeddings: relErr(g.gradEmbeddings, ref.gradEmbeddings),
-      gradWeights: relErr(g.gradWeights, ref.gradWeights),
-    };
-    im.dispose();
-  }
+  if (impl === 'fused' && backend === 'cpu') checkFusedCpu(out, input, fused);
+  else await checkAgainstFused(out, input, fused);
   out.status = 'ok';
   return out;
 }

@@ -9,7 +9,7 @@
  * copy of the centres on the host.
  */
 import { native, type NativeLossOptions, type NativeLossResult } from './native';
-import { rethrow } from './loss';
+import { callNative, callNativeAsync } from './loss';
 import type { StreamedTensor } from './safetensors';
 
 /** Host bytes one chunk of a device ↔ host transfer may use. */
@@ -56,11 +56,7 @@ export class DeviceCentres {
     readonly hasMomentum: boolean,
   ) {
     this.dev = addon as DeviceHeadAddon;
-    try {
-      this.handle = this.dev.headCreate(rows, dim, bf16, hasMomentum);
-    } catch (err) {
-      rethrow(err);
-    }
+    this.handle = callNative(() => this.dev.headCreate(rows, dim, bf16, hasMomentum));
   }
 
   /** Device bytes held between steps. */
@@ -73,27 +69,15 @@ export class DeviceCentres {
   }
 
   loss(x: Float32Array, labels: Int32Array, opts: NativeLossOptions, withGrad: boolean): NativeLossResult {
-    try {
-      return this.dev.headLoss(this.live(), x, labels, opts, withGrad);
-    } catch (err) {
-      rethrow(err);
-    }
+    return callNative(() => this.dev.headLoss(this.live(), x, labels, opts, withGrad));
   }
 
-  async lossAsync(x: Float32Array, labels: Int32Array, opts: NativeLossOptions, withGrad: boolean): Promise<NativeLossResult> {
-    try {
-      return await this.dev.headLossAsync(this.live(), x, labels, opts, withGrad);
-    } catch (err) {
-      rethrow(err);
-    }
+  lossAsync(x: Float32Array, labels: Int32Array, opts: NativeLossOptions, withGrad: boolean): Promise<NativeLossResult> {
+    return callNativeAsync(() => this.dev.headLossAsync(this.live(), x, labels, opts, withGrad));
   }
 
   topk(x: Float32Array, k: number): { classes: Int32Array; scores: Float32Array } {
-    try {
-      return this.dev.headTopk(this.live(), x, k, this.dim);
-    } catch (err) {
-      rethrow(err);
-    }
+    return callNative(() => this.dev.headTopk(this.live(), x, k, this.dim));
   }
 
   /** Rows per host chunk. */
@@ -113,11 +97,7 @@ export class DeviceCentres {
   }
 
   setRows(which: Rows, row0: number, rows: Float32Array): void {
-    try {
-      this.dev.headSetRows(this.live(), which, row0, rows, this.dim);
-    } catch (err) {
-      rethrow(err);
-    }
+    callNative(() => this.dev.headSetRows(this.live(), which, row0, rows, this.dim));
   }
 
   /** Copies all rows in from a host array, chunk by chunk (no staging copy). */
@@ -164,11 +144,7 @@ export class DeviceCentres {
   }
 
   private getRows(which: Rows, row0: number, out: Float32Array): void {
-    try {
-      this.dev.headGetRows(this.live(), which, row0, out, this.dim);
-    } catch (err) {
-      rethrow(err);
-    }
+    callNative(() => this.dev.headGetRows(this.live(), which, row0, out, this.dim));
   }
 
   private live(): Handle {

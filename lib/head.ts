@@ -5,14 +5,14 @@
  * devices or processes, predicts top-k classes and checkpoints to safetensors.
  */
 import { ArgumentError, BackendUnavailableError, expected } from './errors';
-import { elasticMargins, nativeOptions, resolveBackend, rethrow } from './loss';
+import { callNative, callNativeAsync, elasticMargins, nativeOptions, resolveBackend } from './loss';
 import { native, type NativeLossOptions, type NativeLossResult } from './native';
 import { CENTRES, DeviceCentres, MOMENTUM, deviceHeadCompiled } from './head-cuda';
-import { CheckpointError, checkChunkFinite, readHeader, readTensor, readTensorChunks, saveSafetensors, type SaveHooks, type TensorEntry } from './safetensors';
+import { CheckpointError, checkChunkFinite, readHeader, readTensor, readTensorChunks, saveSafetensors, type SafetensorsHeader, type SaveHooks, type TensorEntry } from './safetensors';
 import { classSample } from './sampling';
 import type { ShardStats, MergedStats } from './shard';
 import type { BackendName, Margin } from './types';
-import { checkFloat32, rejectUnknownKeys, validateMargin, validateOptions } from './validate';
+import { checkFloat32, rejectUnknownKeys, validateBatch, validateFinite, validateMargin, validateOptions } from './validate';
 
 export interface SgdOptions {
   /** Learning rate (> 0). */
@@ -93,6 +93,15 @@ const INIT_COUNTER = 0x1417;
 const FORMAT = 'margin-softmax/head';
 const FORMAT_VERSION = '1';
 
+/**
+ * How the constructor fills the centres: drawn ('normal'), copied (a Float32Array), or
+ * left zero for {@link MarginHead.load} to fill from the checkpoint (no draw wasted).
+ */
+type CentresInit = 'normal' | Float32Array | 'from-checkpoint';
+
+/** Options objects made by {@link MarginHead.load}: the constructor leaves their centres for it to read in. */
+const LOADING = new WeakSet<MarginHeadOptions>();
+
 interface Pending {
   embeddings: Float32Array;
   labels: Int32Array;
@@ -141,28 +150,16 @@ export class MarginHead {
       threads: o.threads,
       workspaceBytes: o.workspaceBytes,
     };
-    const n = this.localClasses * this.dim;
+    const init: CentresInit = LOADING.has(options) ? 'from-checkpoint' : (o.init ?? 'normal');
     if (this.backend === 'cuda') {
       this.weights = null;
       this.momentum = null;
-      this.device = this.initDevice(o.init);
+      this.device = this.initDevice(init);
       return;
     }
-    try {
-      if (o.init instanceof Float32Array) {
-        this.weights = native.zeros(n);
-        this.weights.set(o.init);
-      } else if ((o.init as unknown) === 'skip') {
-        this.weights = native.zeros(n);
-      } else {
-        // Keyed by the global element index, so shards draw exactly the rows
-        // the unsharded head would.
-        this.weights = native.gaussian(0, NORMAL_INIT_STD, this.config.seed, INIT_COUNTER, n, this.offset * this.dim);
-      }
-      this.momentum = (this.config.optimizer.momentum ?? 0) > 0 ? native.zeros(n) : null;
-    } catch (err) {
-      rethrow(err); // an allocation failure: NativeError with the bytes asked for
-    }
+    // An allocation failure is a NativeError with the bytes asked for.
+    this.weights = callNative(() => this.initHostCentres(init));
+    this.momentum = (this.config.optimizer.momentum ?? 0) > 0 ? callNative(() => native.zeros(this.localClasses * this.dim)) : null;
   }
 
   // ---- Training ----------------------------------------------------------
@@ -172,14 +169,7 @@ export class MarginHead {
     this.ensureUsable('step');
     this.ensureUnsharded('step');
     const call = this.prepareStep(embeddings, labels, opts);
-    let r: NativeLossResult;
-    try {
-      r = this.device
-        ? this.device.loss(embeddings, call.labels, call.opts, true)
-        : native.loss(embeddings, this.weights as Float32Array, call.labels, this.dim, call.opts, true);
-    } catch (err) {
-      rethrow(err);
-    }
+    const r = this.loss(embeddings, call.labels, call.opts, true);
     this.steps++;
     return this.stepResult(r, call.margins);
   }
@@ -192,11 +182,7 @@ export class MarginHead {
     this.busy = true;
     let r: NativeLossResult;
     try {
-      r = this.device
-        ? await this.device.lossAsync(embeddings, call.labels, call.opts, true)
-        : await native.lossAsync(embeddings, this.weights as Float32Array, call.labels, this.dim, call.opts, true);
-    } catch (err) {
-      rethrow(err);
+      r = await this.lossAsync(embeddings, call.labels, call.opts, true);
     } finally {
       this.busy = false;
       if (this.disposeWhenSettled) this.dispose();
@@ -209,17 +195,9 @@ export class MarginHead {
   evaluate(embeddings: Float32Array, labels: Int32Array): { loss: number; accuracy: number } {
     this.ensureUsable('evaluate');
     this.ensureUnsharded('evaluate');
-    this.checkBatch(embeddings, labels, false);
+    validateBatch(embeddings, labels, this.dim, this.localClasses);
     const margins = elasticMargins(this.config.margin, labels.length);
-    const opts = this.baseOptions(margins);
-    let r: NativeLossResult;
-    try {
-      r = this.device
-        ? this.device.loss(embeddings, labels, opts, false)
-        : native.loss(embeddings, this.weights as Float32Array, labels, this.dim, opts, false);
-    } catch (err) {
-      rethrow(err);
-    }
+    const r = this.loss(embeddings, labels, this.baseOptions(margins), false);
     const top = this.predict(embeddings, 1);
     let hit = 0;
     let valid = 0;
@@ -240,14 +218,9 @@ export class MarginHead {
   predict(embeddings: Float32Array, k: number): { classes: Int32Array; scores: Float32Array } {
     this.ensureUsable('predict');
     this.checkPredict(embeddings, k);
-    let r: { classes: Int32Array; scores: Float32Array };
-    try {
-      r = this.device
-        ? this.device.topk(embeddings, k)
-        : native.topk(embeddings, this.weights as Float32Array, this.dim, k, this.config.threads ?? 0);
-    } catch (err) {
-      rethrow(err);
-    }
+    const r = callNative(() =>
+      this.device ? this.device.topk(embeddings, k) : native.topk(embeddings, this.weights as Float32Array, this.dim, k, this.config.threads ?? 0),
+    );
     return this.globalClasses(r);
   }
 
@@ -258,9 +231,7 @@ export class MarginHead {
     this.busy = true;
     let r: { classes: Int32Array; scores: Float32Array };
     try {
-      r = await native.topkAsync(embeddings, this.weights as Float32Array, this.dim, k, this.config.threads ?? 0);
-    } catch (err) {
-      rethrow(err);
+      r = await callNativeAsync(() => native.topkAsync(embeddings, this.weights as Float32Array, this.dim, k, this.config.threads ?? 0));
     } finally {
       this.busy = false;
     }
@@ -281,14 +252,7 @@ export class MarginHead {
     const sample = this.sample(local);
     const margins = elasticMargins(this.config.margin, labels.length);
     const opts = { ...this.baseOptions(margins), classIndex: sample.classIndex, stats: true };
-    let r: NativeLossResult;
-    try {
-      r = this.device
-        ? this.device.loss(embeddings, sample.labels, opts, false)
-        : native.loss(embeddings, this.weights as Float32Array, sample.labels, this.dim, opts, false);
-    } catch (err) {
-      rethrow(err);
-    }
+    const r = this.loss(embeddings, sample.labels, opts, false);
     this.pending = { embeddings, labels: sample.labels, classIndex: sample.classIndex, margins };
     return {
       max: r.rowMax as Float32Array,
@@ -321,14 +285,7 @@ export class MarginHead {
       targetPm1In: merged.targetPm1,
       sgd: this.sgd(lr),
     };
-    let r: NativeLossResult;
-    try {
-      r = this.device
-        ? this.device.loss(p.embeddings, p.labels, o, true)
-        : native.loss(p.embeddings, this.weights as Float32Array, p.labels, this.dim, o, true);
-    } catch (err) {
-      rethrow(err);
-    }
+    const r = this.loss(p.embeddings, p.labels, o, true);
     this.pending = null;
     this.steps++;
     return { gradEmbeddings: r.gradEmbeddings as Float32Array };
@@ -348,7 +305,7 @@ export class MarginHead {
     this.ensureUsable('setWeights');
     const n = this.localClasses * this.dim;
     if (!(weights instanceof Float32Array) || weights.length !== n) expected(`Float32Array of length ${n}`, 'weights', weights);
-    checkFinite(weights, 'weights');
+    validateFinite(weights, 'weights');
     if (this.device) this.device.setAll(CENTRES, weights);
     else (this.weights as Float32Array).set(weights);
   }
@@ -391,39 +348,15 @@ export class MarginHead {
   /** Loads a head saved by {@link save}; checks the header, dtypes, shapes and size. */
   static load(file: string, options: { backend?: 'auto' | BackendName } = {}): MarginHead {
     const header = readHeader(file);
-    if (header.metadata.format !== FORMAT) {
-      throw new CheckpointError(`Checkpoint ${file} is not a margin-softmax head (metadata.format = ${JSON.stringify(header.metadata.format)})`);
-    }
-    let config: MarginHeadOptions;
-    try {
-      config = JSON.parse(header.metadata.config);
-    } catch {
-      throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not valid JSON`);
-    }
-    if (config === null || typeof config !== 'object') throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not an object`);
+    const config = checkpointConfig(file, header);
     const steps = parseSteps(file, header.metadata.steps);
-    const local = config.shard ? config.shard.count : config.classes;
-    const withMomentum = (config.optimizer?.momentum ?? 0) > 0;
-    for (const name of Object.keys(header.tensors)) {
-      if (name !== 'weight' && !(name === 'momentum' && withMomentum)) {
-        const why = name === 'momentum' ? 'its configuration has no momentum' : `a head checkpoint holds only 'weight'${withMomentum ? " and 'momentum'" : ''}`;
-        throw new CheckpointError(`Checkpoint ${file} has an unexpected tensor '${name}' (${why})`);
-      }
-    }
-    for (const name of ['weight', 'momentum']) {
-      const t = header.tensors[name];
-      if (!t) {
-        if (name === 'weight' || withMomentum) throw new CheckpointError(`Checkpoint ${file} has no tensor '${name}'`);
-        continue;
-      }
-      if (t.dtype !== 'F32') throw new CheckpointError(`Checkpoint ${file}: expected dtype F32 for '${name}' but found ${t.dtype}`);
-      if (t.shape.length !== 2 || t.shape[0] !== local || t.shape[1] !== config.dim) {
-        throw new CheckpointError(`Checkpoint ${file}: expected shape [${local}, ${config.dim}] for '${name}' but found ${JSON.stringify(t.shape)}`);
-      }
-    }
+    checkCheckpointTensors(file, header, config);
     let head: MarginHead;
     try {
-      head = new MarginHead({ ...config, backend: options.backend ?? config.backend, init: 'skip' as unknown as 'normal' });
+      // The centres are read in below: the constructor leaves them zero (any init in the config is not used).
+      const headOptions: MarginHeadOptions = { ...config, backend: options.backend ?? config.backend, init: undefined };
+      LOADING.add(headOptions);
+      head = new MarginHead(headOptions);
     } catch (err) {
       // A configuration the constructor refuses is a corrupted checkpoint (an allocation failure is not).
       if (err instanceof ArgumentError) throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is invalid: ${err.message}`);
@@ -474,14 +407,45 @@ export class MarginHead {
     if (this.busy) throw new Error(`MarginHead.${what}: a stepAsync() call is still running on this head`);
   }
 
+  /** The fused loss on this head's centres (on the device or on the host), failures as typed errors. */
+  private loss(embeddings: Float32Array, labels: Int32Array, opts: NativeLossOptions, withGrad: boolean): NativeLossResult {
+    return callNative(() =>
+      this.device
+        ? this.device.loss(embeddings, labels, opts, withGrad)
+        : native.loss(embeddings, this.weights as Float32Array, labels, this.dim, opts, withGrad),
+    );
+  }
+
+  /** {@link loss} on the thread pool. */
+  private lossAsync(embeddings: Float32Array, labels: Int32Array, opts: NativeLossOptions, withGrad: boolean): Promise<NativeLossResult> {
+    return callNativeAsync(() =>
+      this.device
+        ? this.device.lossAsync(embeddings, labels, opts, withGrad)
+        : native.lossAsync(embeddings, this.weights as Float32Array, labels, this.dim, opts, withGrad),
+    );
+  }
+
+  /** The host centres: copied from init, drawn, or zero (to be read from a checkpoint). */
+  private initHostCentres(init: CentresInit): Float32Array {
+    const n = this.localClasses * this.dim;
+    if (init === 'normal') {
+      // Keyed by the global element index, so shards draw exactly the rows
+      // the unsharded head would.
+      return native.gaussian(0, NORMAL_INIT_STD, this.config.seed, INIT_COUNTER, n, this.offset * this.dim);
+    }
+    const weights = native.zeros(n);
+    if (init instanceof Float32Array) weights.set(init);
+    return weights;
+  }
+
   /** The device centres, initialised as the CPU head's would be (the same values; rounded to bf16 when so stored). */
-  private initDevice(init: MarginHeadOptions['init']): DeviceCentres {
+  private initDevice(init: CentresInit): DeviceCentres {
     const c = this.config;
     const dev = new DeviceCentres(this.localClasses, this.dim, c.weightsDtype === 'bfloat16', (c.optimizer.momentum ?? 0) > 0);
     try {
       if (init instanceof Float32Array) {
         dev.setAll(CENTRES, init);
-      } else if ((init as unknown) !== 'skip') {
+      } else if (init === 'normal') {
         // Drawn chunk by chunk, keyed by the global element index as on the CPU.
         dev.fillRows(CENTRES, (row0, chunk) => {
           chunk.set(native.gaussian(0, NORMAL_INIT_STD, c.seed, INIT_COUNTER, chunk.length, (this.offset + row0) * this.dim));
@@ -494,7 +458,7 @@ export class MarginHead {
     return dev;
   }
 
-  private loadDeviceTensor(file: string, header: ReturnType<typeof readHeader>, name: string, which: typeof CENTRES): void {
+  private loadDeviceTensor(file: string, header: SafetensorsHeader, name: string, which: typeof CENTRES): void {
     const dev = this.device as DeviceCentres;
     const rowBytes = 4 * this.dim;
     const buf = new Float32Array(dev.chunkRows * this.dim);
@@ -525,7 +489,7 @@ export class MarginHead {
     if (!(embeddings instanceof Float32Array) || embeddings.length % this.dim !== 0 || embeddings.length === 0) {
       expected(`a non-empty Float32Array whose length is a multiple of dim = ${this.dim}`, 'embeddings', embeddings);
     }
-    checkFinite(embeddings, 'embeddings');
+    validateFinite(embeddings, 'embeddings', this.dim);
   }
 
   /** Shard-local class indices → global ones. */
@@ -545,22 +509,9 @@ export class MarginHead {
     return checkFloat32(lr, 'lr', {});
   }
 
-  private checkBatch(embeddings: Float32Array, labels: Int32Array, allowRemote: boolean): void {
-    if (!(labels instanceof Int32Array)) expected('Int32Array', 'labels', labels);
-    const n = labels.length;
-    if (!(embeddings instanceof Float32Array) || embeddings.length !== n * this.dim) {
-      expected(`Float32Array of length ${n * this.dim} (labels.length × dim = ${n} × ${this.dim})`, 'embeddings', embeddings);
-    }
-    const hi = allowRemote ? this.classes : this.localClasses;
-    for (let i = 0; i < n; i++) {
-      if (labels[i] < -1 || labels[i] >= hi) expected(`labels in [-1, ${hi - 1}] (−1 = ignored)`, `labels[${i}]`, labels[i]);
-    }
-    checkFinite(embeddings, 'embeddings');
-  }
-
   /** Global labels → this shard's labels: local index, −2 (another shard's class) or −1. */
   private localLabels(labels: Int32Array, embeddings: Float32Array): Int32Array {
-    this.checkBatch(embeddings, labels, true);
+    validateBatch(embeddings, labels, this.dim, this.classes); // global labels: any shard's class
     if (!this.config.shard) return labels;
     const out = new Int32Array(labels.length);
     for (let i = 0; i < labels.length; i++) {
@@ -591,7 +542,7 @@ export class MarginHead {
 
   private prepareStep(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number }) {
     const lr = this.checkStepOptions(opts);
-    this.checkBatch(embeddings, labels, false);
+    validateBatch(embeddings, labels, this.dim, this.localClasses);
     const sample = this.sample(labels);
     const margins = elasticMargins(this.config.margin, labels.length);
     const o: NativeLossOptions = { ...this.baseOptions(margins), classIndex: sample.classIndex, stats: true, sgd: this.sgd(lr) };
@@ -614,6 +565,44 @@ export class MarginHead {
   }
 }
 
+/** The head configuration in a checkpoint's metadata (format checked; its values are the constructor's to check). */
+function checkpointConfig(file: string, header: SafetensorsHeader): MarginHeadOptions {
+  if (header.metadata.format !== FORMAT) {
+    throw new CheckpointError(`Checkpoint ${file} is not a margin-softmax head (metadata.format = ${JSON.stringify(header.metadata.format)})`);
+  }
+  let config: MarginHeadOptions;
+  try {
+    config = JSON.parse(header.metadata.config);
+  } catch {
+    throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not valid JSON`);
+  }
+  if (config === null || typeof config !== 'object') throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not an object`);
+  return config;
+}
+
+/** 'weight' and (with momentum) 'momentum', F32 [local classes, dim], and no other tensor. */
+function checkCheckpointTensors(file: string, header: SafetensorsHeader, config: MarginHeadOptions): void {
+  const local = config.shard ? config.shard.count : config.classes;
+  const withMomentum = (config.optimizer?.momentum ?? 0) > 0;
+  for (const name of Object.keys(header.tensors)) {
+    if (name !== 'weight' && !(name === 'momentum' && withMomentum)) {
+      const why = name === 'momentum' ? 'its configuration has no momentum' : `a head checkpoint holds only 'weight'${withMomentum ? " and 'momentum'" : ''}`;
+      throw new CheckpointError(`Checkpoint ${file} has an unexpected tensor '${name}' (${why})`);
+    }
+  }
+  for (const name of ['weight', 'momentum']) {
+    const t = header.tensors[name];
+    if (!t) {
+      if (name === 'weight' || withMomentum) throw new CheckpointError(`Checkpoint ${file} has no tensor '${name}'`);
+      continue;
+    }
+    if (t.dtype !== 'F32') throw new CheckpointError(`Checkpoint ${file}: expected dtype F32 for '${name}' but found ${t.dtype}`);
+    if (t.shape.length !== 2 || t.shape[0] !== local || t.shape[1] !== config.dim) {
+      throw new CheckpointError(`Checkpoint ${file}: expected shape [${local}, ${config.dim}] for '${name}' but found ${JSON.stringify(t.shape)}`);
+    }
+  }
+}
+
 /** metadata.steps: absent (0), or the decimal digits of a non-negative safe integer. */
 function parseSteps(file: string, text: string | undefined): number {
   if (text === undefined) return 0;
@@ -629,12 +618,6 @@ function headBackend(requested: MarginHeadOptions['backend']): BackendName {
   const b = resolveBackend(requested);
   if (b === 'cuda' && !deviceHeadCompiled()) throw new BackendUnavailableError('Expected an addon with the CUDA device head but this one has none');
   return b;
-}
-
-function checkFinite(a: Float32Array, what: string): void {
-  for (let i = 0; i < a.length; i++) {
-    if (!Number.isFinite(a[i])) expected('finite values', what, a, `${a[i]} at index ${i}`);
-  }
 }
 
 function validateHeadOptions(o: MarginHeadOptions): void {
@@ -667,10 +650,10 @@ function validateHeadOptions(o: MarginHeadOptions): void {
     }
   }
   const local = s ? s.count : o.classes;
-  if (o.init !== undefined && o.init !== 'normal' && (o.init as unknown) !== 'skip') {
+  if (o.init !== undefined && o.init !== 'normal') {
     if (!(o.init instanceof Float32Array) || o.init.length !== local * o.dim) {
       expected(`'normal' or a Float32Array of length ${local * o.dim}`, 'init', o.init);
     }
-    checkFinite(o.init, 'init');
+    validateFinite(o.init, 'init');
   }
 }

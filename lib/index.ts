@@ -14,6 +14,16 @@ export type * from './types';
 export { MAX_THREADS, MAX_PARAMETER } from './validate';
 export { MarginHead, MAX_TOP_K, type MarginHeadOptions, type StepResult, type SgdOptions, type ShardOptions } from './head';
 export { mergeStats, type ShardStats, type MergedStats } from './shard';
-export { CheckpointError, removeStaleTemporaries, type SaveHooks } from './safetensors';
+export {
+  CheckpointError,
+  removeStaleTemporaries,
+  saveSafetensors,
+  readHeader as readSafetensorsHeader,
+  readTensor as readSafetensorsTensor,
+  type SaveHooks,
+  type TensorEntry,
+  type StreamedTensor,
+  type SafetensorsHeader,
+} from './safetensors';
 export { mpiCommunicator, localCommunicator, mpiInfo, CommError, type Communicator, type CommArray, type CommErrorKind, type MpiInfo, type MpiCommunicatorOptions } from './comm';
 export { ShardedMarginHead, shardRange, type ShardedMarginHeadOptions, type ShardedStepResult, type StepTraffic } from './sharded-head';

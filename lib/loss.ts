@@ -53,11 +53,7 @@ export function resolveBackend(requested: LossOptions['backend']): BackendName {
  */
 export function allocFloat32(n: number): Float32Array {
   if (!Number.isSafeInteger(n) || n < 0) expected('a non-negative safe integer', 'n', n);
-  try {
-    return native.zeros(n);
-  } catch (err) {
-    rethrow(err);
-  }
+  return callNative(() => native.zeros(n));
 }
 
 /** Draws the per-row elastic margins, or returns undefined for the other kinds. */
@@ -138,6 +134,24 @@ export function rethrow(err: unknown): never {
   throw new NativeError(message, { cause: err });
 }
 
+/** Runs a native call, its failures rethrown as typed errors ({@link rethrow}). */
+export function callNative<T>(call: () => T): T {
+  try {
+    return call();
+  } catch (err) {
+    rethrow(err);
+  }
+}
+
+/** {@link callNative} for a native call that returns a promise. */
+export async function callNativeAsync<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    rethrow(err);
+  }
+}
+
 function forwardResult(r: NativeLossResult, p: Prepared): ForwardResult {
   const out: ForwardResult = { loss: r.loss, perSample: r.perSample, targetCos: r.targetCos, validRows: r.validRows, backend: p.backend };
   if (p.margins) out.margins = p.margins;
@@ -155,19 +169,11 @@ function gradResult(r: NativeLossResult, p: Prepared): LossAndGradResult {
 }
 
 function call(input: LossInput, p: Prepared, withGrad: boolean): NativeLossResult {
-  try {
-    return native.loss(input.embeddings, input.weights, input.labels, input.dim, p.opts, withGrad);
-  } catch (err) {
-    rethrow(err);
-  }
+  return callNative(() => native.loss(input.embeddings, input.weights, input.labels, input.dim, p.opts, withGrad));
 }
 
-async function callAsync(input: LossInput, p: Prepared, withGrad: boolean): Promise<NativeLossResult> {
-  try {
-    return await native.lossAsync(input.embeddings, input.weights, input.labels, input.dim, p.opts, withGrad);
-  } catch (err) {
-    rethrow(err);
-  }
+function callAsync(input: LossInput, p: Prepared, withGrad: boolean): Promise<NativeLossResult> {
+  return callNativeAsync(() => native.lossAsync(input.embeddings, input.weights, input.labels, input.dim, p.opts, withGrad));
 }
 
 /** Loss, per-row losses, and the gradients with respect to the embeddings and the class centres. */

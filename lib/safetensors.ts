@@ -100,23 +100,42 @@ function saveError(file: string, err: unknown): CheckpointError {
   return new CheckpointError(`Cannot save checkpoint ${file}: ${reason}`);
 }
 
+/**
+ * Writes `tensors` (in this order) and `metadata` as one safetensors file,
+ * atomically: a temporary beside it, flushed, then renamed over it.
+ */
 export function saveSafetensors(
   file: string,
   tensors: Record<string, TensorEntry>,
   metadata: Record<string, string>,
   hooks: SaveHooks = {},
 ): void {
+  checkSaveTarget(file);
+  const header = encodeHeader(tensors, metadata);
+  const dir = path.dirname(path.resolve(file));
+  const base = path.basename(file);
+  // Temporaries are `.<name>.<pid>.<time>.tmp`: the pid says whether their writer still runs.
+  removeStaleTemporaries(dir, new RegExp(`^\\.${escapeRegExp(base)}\\.(\\d+)\\.\\d+\\.tmp$`));
+  const tmp = path.join(dir, `.${base}.${process.pid}.${Date.now()}.tmp`);
+  writeTemporary(file, tmp, header, tensors, hooks);
+  renameDurably(file, tmp, dir);
+}
+
+/** A save target must be a file path, not a folder. */
+function checkSaveTarget(file: string): void {
   if (typeof file !== 'string' || file === '' || file.endsWith('/') || file.endsWith(path.sep)) {
     throw new CheckpointError(`Cannot save checkpoint ${JSON.stringify(file)}: expected a file path`);
   }
   if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
     throw new CheckpointError(`Cannot save checkpoint ${file}: it is a directory`);
   }
+}
+
+/** The 8-byte header length and the JSON header, padded with spaces to a multiple of 8 bytes. */
+function encodeHeader(tensors: Record<string, TensorEntry>, metadata: Record<string, string>): Buffer {
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
-  const names = Object.keys(tensors);
-  for (const name of names) {
-    const t = tensors[name];
+  for (const [name, t] of Object.entries(tensors)) {
     const n = t.shape.reduce((a, b) => a * b, 1);
     if (n * 4 !== t.data.byteLength) throw new Error(`tensor ${name}: shape ${JSON.stringify(t.shape)} does not match ${t.data.byteLength} bytes`);
     header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
@@ -127,12 +146,11 @@ export function saveSafetensors(
   const headerBytes = Buffer.from(json, 'utf8');
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(headerBytes.length));
+  return Buffer.concat([prefix, headerBytes]);
+}
 
-  const dir = path.dirname(path.resolve(file));
-  const base = path.basename(file);
-  // Temporaries are `.<name>.<pid>.<time>.tmp`: the pid says whether their writer still runs.
-  removeStaleTemporaries(dir, new RegExp(`^\\.${escapeRegExp(base)}\\.(\\d+)\\.\\d+\\.tmp$`));
-  const tmp = path.join(dir, `.${base}.${process.pid}.${Date.now()}.tmp`);
+/** Writes the header and the tensors' bytes to `tmp` and flushes it; removes it on failure. */
+function writeTemporary(file: string, tmp: string, header: Buffer, tensors: Record<string, TensorEntry>, hooks: SaveHooks): void {
   let fd: number;
   try {
     fd = fs.openSync(tmp, 'w');
@@ -141,11 +159,9 @@ export function saveSafetensors(
   }
   let ok = false;
   try {
-    let written = 0;
-    written += fs.writeSync(fd, prefix);
-    written += fs.writeSync(fd, headerBytes);
-    for (const name of names) {
-      for (const view of chunksOf(tensors[name].data)) {
+    let written = fs.writeSync(fd, header);
+    for (const t of Object.values(tensors)) {
+      for (const view of chunksOf(t.data)) {
         let done = 0;
         while (done < view.length) done += fs.writeSync(fd, view, done, view.length - done);
         written += view.length;
@@ -161,13 +177,16 @@ export function saveSafetensors(
     fs.closeSync(fd);
     if (!ok) fs.rmSync(tmp, { force: true });
   }
+}
+
+/** Renames the flushed temporary over `file` and makes the rename itself durable. */
+function renameDurably(file: string, tmp: string, dir: string): void {
   try {
     fs.renameSync(tmp, file);
   } catch (err) {
     fs.rmSync(tmp, { force: true });
     throw saveError(file, err);
   }
-  // Make the rename itself durable.
   try {
     const dfd = fs.openSync(dir, 'r');
     fs.fsyncSync(dfd);
@@ -250,7 +269,7 @@ export function parseHeader(file: string, bytes: Uint8Array, size: number): Safe
   const maxEnd = checkLayout(file, out.tensors);
   if (out.dataStart + maxEnd !== size) {
     throw new CheckpointError(
-      `Truncated or corrupted checkpoint ${file}: the header describes ${out.dataStart + maxEnd} bytes but the file has ${size}`,
+      `Truncated or corrupted checkpoint ${file}: the header describes ${out.dataStart + maxEnd} bytes, which do not match the file's ${size}`,
     );
   }
   return out;

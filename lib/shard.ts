@@ -51,54 +51,66 @@ export function mergeStats(parts: ShardStats[]): MergedStats {
   let valid = 0;
   let hits = 0;
   for (let i = 0; i < n; i++) {
-    // Online LSE merge in float32 steps, the formula of lse_merge in
-    // native/margin_math.h, carrying the target-free sum o beside l. Math.exp
-    // may differ from expf in the last bit: sharded and unsharded runs agree to
-    // rounding; processes merging the same list agree bit for bit.
-    let m = -Infinity;
-    let l = 0;
-    let o = 0;
-    let target = NaN;
-    let mx = -Infinity;
-    for (const p of parts) {
-      const bm = p.max[i];
-      const bl = p.sumExp[i];
-      const bo = p.sumExpOther[i];
-      if (!Number.isNaN(p.target[i])) target = p.target[i];
-      if (bl === 0) continue;
-      mx = Math.max(mx, bm);
-      if (l === 0) {
-        m = bm;
-        l = bl;
-        o = bo;
-        continue;
-      }
-      const nm = Math.max(m, bm);
-      const ea = Math.fround(Math.exp(m - nm));
-      const eb = Math.fround(Math.exp(bm - nm));
-      l = Math.fround(Math.fround(l * ea) + Math.fround(bl * eb));
-      o = Math.fround(Math.fround(o * ea) + Math.fround(bo * eb));
-      m = nm;
-    }
-    lse[i] = m + Math.log(l);
-    if (!Number.isNaN(target)) {
-      // target_terms: loss = log1p(q), p_y − 1 = −q/(1+q), q = o / exp(z_y − m).
-      const dz = target - m;
-      let loss: number;
-      if (dz > -600) {
-        const q = o / Math.exp(dz);
-        loss = Math.log1p(q);
-        targetPm1[i] = -q / (1 + q);
-      } else {
-        const full = m + Math.log(l);
-        loss = full - target;
-        targetPm1[i] = Math.exp(target - full) - 1;
-      }
-      perSample[i] = loss;
-      total += perSample[i];
-      valid++;
-      if (target >= mx) hits++;
-    }
+    const row = mergeRow(parts, i);
+    lse[i] = row.max + Math.log(row.sumExp);
+    if (Number.isNaN(row.target)) continue;
+    const terms = targetTerms(row);
+    perSample[i] = terms.loss;
+    targetPm1[i] = terms.targetPm1;
+    total += perSample[i];
+    valid++;
+    if (row.target >= row.max) hits++;
   }
   return { lse, targetPm1, perSample, loss: valid ? total / valid : 0, accuracy: valid ? hits / valid : 0, validRows: valid };
+}
+
+/** One row over all shards: the largest logit, Σ exp(z − max), the same without the target, and the target logit (NaN: none). */
+interface MergedRow {
+  max: number;
+  sumExp: number;
+  sumExpOther: number;
+  target: number;
+}
+
+/**
+ * Online LSE merge of row i in float32 steps, the formula of lse_merge in
+ * native/margin_math.h, carrying the target-free sum beside the full one.
+ * Math.exp may differ from expf in the last bit: sharded and unsharded runs
+ * agree to rounding; processes merging the same list agree bit for bit.
+ */
+function mergeRow(parts: ShardStats[], i: number): MergedRow {
+  const row: MergedRow = { max: -Infinity, sumExp: 0, sumExpOther: 0, target: NaN };
+  for (const p of parts) {
+    if (!Number.isNaN(p.target[i])) row.target = p.target[i];
+    const partSum = p.sumExp[i];
+    if (partSum === 0) continue; // a shard with no class of this row
+    const partMax = p.max[i];
+    if (row.sumExp === 0) {
+      row.max = partMax;
+      row.sumExp = partSum;
+      row.sumExpOther = p.sumExpOther[i];
+      continue;
+    }
+    const max = Math.max(row.max, partMax);
+    const rescaleRow = Math.fround(Math.exp(row.max - max));
+    const rescalePart = Math.fround(Math.exp(partMax - max));
+    row.sumExp = Math.fround(Math.fround(row.sumExp * rescaleRow) + Math.fround(partSum * rescalePart));
+    row.sumExpOther = Math.fround(Math.fround(row.sumExpOther * rescaleRow) + Math.fround(p.sumExpOther[i] * rescalePart));
+    row.max = max;
+  }
+  return row;
+}
+
+/**
+ * target_terms of native/margin_math.h: loss = log1p(q), p_y − 1 = −q/(1+q),
+ * q = Σexp(others) / exp(z_y − max); far below the max, from the full LSE.
+ */
+function targetTerms(row: MergedRow): { loss: number; targetPm1: number } {
+  const dz = row.target - row.max;
+  if (dz > -600) {
+    const q = row.sumExpOther / Math.exp(dz);
+    return { loss: Math.log1p(q), targetPm1: -q / (1 + q) };
+  }
+  const full = row.max + Math.log(row.sumExp);
+  return { loss: full - row.target, targetPm1: Math.exp(row.target - full) - 1 };
 }

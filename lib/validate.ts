@@ -123,28 +123,53 @@ export function validateInput(input: LossInput): Shape {
   if (input === null || typeof input !== 'object') expected('an object { embeddings, weights, labels, dim }', 'input', input);
   const { embeddings, weights, labels, dim } = input;
   if (!Number.isInteger(dim) || dim <= 0) expected('a positive integer', 'dim', dim);
-  if (!(labels instanceof Int32Array)) expected('Int32Array', 'labels', labels);
-  const n = labels.length;
-  if (!(embeddings instanceof Float32Array) || embeddings.length !== n * dim) {
-    expected(`Float32Array of length ${n * dim} (labels.length × dim = ${n} × ${dim})`, 'embeddings', embeddings);
-  }
+  const n = validateBatchShape(embeddings, labels, dim);
   if (!(weights instanceof Float32Array)) expected('Float32Array', 'weights', weights);
   if (weights.length === 0 || weights.length % dim !== 0) {
     expected(`a non-empty Float32Array whose length is a multiple of dim = ${dim}`, 'weights', weights);
   }
   const c = weights.length / dim;
   if (c > 0x7fffffff) expected('at most 2³¹−1 classes', 'weights', weights, `${c} classes`);
-  for (let i = 0; i < n; i++) {
-    const y = labels[i];
-    if (y < -1 || y >= c) expected(`labels in [-1, ${c - 1}] (−1 = ignored)`, `labels[${i}]`, y);
-  }
-  for (let i = 0; i < embeddings.length; i++) {
-    if (!Number.isFinite(embeddings[i])) {
-      expected('finite values', 'embeddings', embeddings, `${embeddings[i]} at index ${i} (row ${Math.floor(i / dim)})`);
-    }
-  }
+  validateBatchValues(embeddings, labels, dim, c);
   // Weights (possibly 2 GB) are checked for finiteness natively while streaming.
   return { n, c, d: dim };
+}
+
+/**
+ * A batch of rows against `classes` classes (the loss input without its weights,
+ * or a MarginHead step): its shape, then its labels and values.
+ */
+export function validateBatch(embeddings: Float32Array, labels: Int32Array, dim: number, classes: number): void {
+  validateBatchShape(embeddings, labels, dim);
+  validateBatchValues(embeddings, labels, dim, classes);
+}
+
+/** Labels an Int32Array, embeddings a Float32Array of labels.length × dim values; returns N. */
+function validateBatchShape(embeddings: Float32Array, labels: Int32Array, dim: number): number {
+  if (!(labels instanceof Int32Array)) expected('Int32Array', 'labels', labels);
+  const n = labels.length;
+  if (!(embeddings instanceof Float32Array) || embeddings.length !== n * dim) {
+    expected(`Float32Array of length ${n * dim} (labels.length × dim = ${n} × ${dim})`, 'embeddings', embeddings);
+  }
+  return n;
+}
+
+/** Every label in [−1, classes) (−1 = ignored) and every embedding finite. */
+function validateBatchValues(embeddings: Float32Array, labels: Int32Array, dim: number, classes: number): void {
+  for (let i = 0; i < labels.length; i++) {
+    const y = labels[i];
+    if (y < -1 || y >= classes) expected(`labels in [-1, ${classes - 1}] (−1 = ignored)`, `labels[${i}]`, y);
+  }
+  validateFinite(embeddings, 'embeddings', dim);
+}
+
+/** Every value finite; the first that is not is named by its index (and its row, given the row length). */
+export function validateFinite(a: Float32Array, what: string, rowLength?: number): void {
+  for (let i = 0; i < a.length; i++) {
+    if (Number.isFinite(a[i])) continue;
+    const row = rowLength ? ` (row ${Math.floor(i / rowLength)})` : '';
+    expected('finite values', what, a, `${a[i]} at index ${i}${row}`);
+  }
 }
 
 function checkParam(kind: string, name: string, v: unknown, { integer = false } = {}): void {

@@ -37,6 +37,14 @@ type KernelFunc = (args: { inputs: Record<string, TensorInfo>; backend: WasmBack
 
 let registered = false;
 
+/** The backend's own kernels the replacements call (or fall back to). */
+interface Originals {
+  matmul: KernelFunc;
+  transpose: KernelFunc;
+  backpropInput: KernelFunc;
+}
+
+/** Replaces the wasm backend's Transpose, BatchMatMul and Conv2D gradient kernels (once per process). */
 export function registerWasmKernels(tf: Tf): void {
   if (registered) return;
   registered = true;
@@ -45,118 +53,137 @@ export function registerWasmKernels(tf: Tf): void {
     if (!k) throw new Error(`tfjs-backend-wasm has no ${name} kernel`);
     return k.kernelFunc as unknown as KernelFunc;
   };
-  const matmul = original('BatchMatMul');
-  const backpropInput = original('Conv2DBackpropInput');
-  const transpose = original('Transpose');
+  const originals: Originals = { matmul: original('BatchMatMul'), transpose: original('Transpose'), backpropInput: original('Conv2DBackpropInput') };
+  register(tf, 'Transpose', transposeKernel(originals));
+  register(tf, 'BatchMatMul', batchMatMulKernel(originals));
+  register(tf, 'Conv2DBackpropFilter', backpropFilterKernel(tf, originals));
+  register(tf, 'Conv2DBackpropInput', backpropInputKernel(tf, originals));
+}
 
-  // Keep the original setupFunc (the backend runs it at initialisation: the
-  // original kernelFunc that we call needs it).
-  const register = (name: string, kernelFunc: KernelFunc) => {
-    const old = tf.getKernel(name, 'wasm');
-    if (old) tf.unregisterKernel(name, 'wasm');
-    tf.registerKernel({ kernelName: name, backendName: 'wasm', kernelFunc: kernelFunc as never, setupFunc: old?.setupFunc });
-  };
+/**
+ * Registers kernelFunc for `name` on wasm, keeping the original setupFunc (the
+ * backend runs it at initialisation: the original kernelFunc that we call needs it).
+ */
+function register(tf: Tf, name: string, kernelFunc: KernelFunc): void {
+  const old = tf.getKernel(name, 'wasm');
+  if (old) tf.unregisterKernel(name, 'wasm');
+  tf.registerKernel({ kernelName: name, backendName: 'wasm', kernelFunc: kernelFunc as never, setupFunc: old?.setupFunc });
+}
 
-  /** A float32 copy of t with its last two axes swapped. */
-  const transposeLast2 = (backend: WasmBackend, t: TensorInfo): TensorInfo => {
-    const r = t.shape.length;
-    const rows = t.shape[r - 2];
-    const cols = t.shape[r - 1];
-    const batch = t.shape.slice(0, r - 2).reduce((a, b) => a * b, 1);
-    const out = backend.makeOutput([...t.shape.slice(0, r - 2), cols, rows], 'float32');
-    const src = backend.typedArrayFromHeap(t);
-    const dst = backend.typedArrayFromHeap(out);
-    for (let b = 0; b < batch; b++) transpose2d(src, b * rows * cols, dst, b * rows * cols, rows, cols);
-    return out;
-  };
+/** A float32 copy of t with its last two axes swapped. */
+function transposeLast2(backend: WasmBackend, t: TensorInfo): TensorInfo {
+  const r = t.shape.length;
+  const rows = t.shape[r - 2];
+  const cols = t.shape[r - 1];
+  const batch = t.shape.slice(0, r - 2).reduce((a, b) => a * b, 1);
+  const out = backend.makeOutput([...t.shape.slice(0, r - 2), cols, rows], 'float32');
+  const src = backend.typedArrayFromHeap(t);
+  const dst = backend.typedArrayFromHeap(out);
+  for (let b = 0; b < batch; b++) transpose2d(src, b * rows * cols, dst, b * rows * cols, rows, cols);
+  return out;
+}
 
-  register('Transpose', (args) => {
+/** The untransposed XNNPACK product a·b (2-D or batched). */
+function product(originals: Originals, backend: WasmBackend, a: TensorInfo, b: TensorInfo): TensorInfo {
+  return originals.matmul({ inputs: { a, b }, backend, attrs: { transposeA: false, transposeB: false } });
+}
+
+/** Transpose of float32 and int32 tensors as a JavaScript permutation on the heap. */
+function transposeKernel(originals: Originals): KernelFunc {
+  return (args) => {
     const { inputs, backend, attrs } = args;
     const x = inputs.x;
-    if (x.dtype !== 'float32' && x.dtype !== 'int32') return transpose(args);
+    if (x.dtype !== 'float32' && x.dtype !== 'int32') return originals.transpose(args);
     const perm = attrs.perm as number[];
     const shape = x.shape;
     const outShape = perm.map((p) => shape[p]);
     const out = backend.makeOutput(outShape, x.dtype);
-    const src = heap(backend, x);
-    const dst = heap(backend, out);
-    permute(src, dst, shape, perm);
+    permute(heap(backend, x), heap(backend, out), shape, perm);
     return out;
-  });
+  };
+}
 
-  register('BatchMatMul', (args) => {
+/** BatchMatMul with a transposed operand: that operand transposed in JavaScript, then the untransposed product. */
+function batchMatMulKernel(originals: Originals): KernelFunc {
+  return (args) => {
     const { inputs, backend, attrs } = args;
     let { a, b } = inputs;
     const ta = attrs.transposeA as boolean;
     const tb = attrs.transposeB as boolean;
-    if ((!ta && !tb) || a.dtype !== 'float32' || b.dtype !== 'float32') return matmul(args);
+    if ((!ta && !tb) || a.dtype !== 'float32' || b.dtype !== 'float32') return originals.matmul(args);
     const tmp: TensorInfo[] = [];
     if (ta) tmp.push((a = transposeLast2(backend, a)));
     if (tb) tmp.push((b = transposeLast2(backend, b)));
-    const out = matmul({ inputs: { a, b }, backend, attrs: { ...attrs, transposeA: false, transposeB: false } });
+    const out = originals.matmul({ inputs: { a, b }, backend, attrs: { ...attrs, transposeA: false, transposeB: false } });
     for (const t of tmp) backend.disposeData(t.dataId);
     return out;
-  });
+  };
+}
 
-  register('Conv2DBackpropFilter', ({ inputs, backend, attrs }) => {
+/** A convolution's sizes (NHWC, dilation 1): M = N·Ho·Wo output positions, Kc = kh·kw·Ci taps. */
+interface ConvGeometry {
+  N: number;
+  H: number;
+  W: number;
+  Ci: number;
+  Ho: number;
+  Wo: number;
+  Co: number;
+  kh: number;
+  kw: number;
+  sh: number;
+  sw: number;
+  top: number;
+  left: number;
+  M: number;
+  Kc: number;
+}
+
+function convGeometry(tf: Tf, inputShape: number[], filterShape: number[], attrs: Record<string, unknown>): ConvGeometry {
+  const info = tf.backend_util.computeConv2DInfo(
+    inputShape as [number, number, number, number],
+    filterShape as [number, number, number, number],
+    attrs.strides as number,
+    1,
+    attrs.pad as 'same',
+    attrs.dimRoundingMode as 'floor',
+  );
+  const { batchSize: N, inHeight: H, inWidth: W, inChannels: Ci, outHeight: Ho, outWidth: Wo, outChannels: Co } = info;
+  const { filterHeight: kh, filterWidth: kw, strideHeight: sh, strideWidth: sw } = info;
+  return { N, H, W, Ci, Ho, Wo, Co, kh, kw, sh, sw, top: info.padInfo.top, left: info.padInfo.left, M: N * Ho * Wo, Kc: kh * kw * Ci };
+}
+
+/** dW = im2col(x)ᵀ · dy: the im2col matrix built already transposed, one XNNPACK product. */
+function backpropFilterKernel(tf: Tf, originals: Originals): KernelFunc {
+  return ({ inputs, backend, attrs }) => {
     const { x, dy } = inputs;
-    const filterShape = attrs.filterShape as [number, number, number, number];
     if (((attrs.dataFormat as string) ?? 'NHWC') !== 'NHWC') throw new Error('Conv2DBackpropFilter (wasm): only NHWC is supported');
-    const info = tf.backend_util.computeConv2DInfo(
-      x.shape as [number, number, number, number],
-      filterShape,
-      attrs.strides as number,
-      1,
-      attrs.pad as 'same',
-      attrs.dimRoundingMode as 'floor',
-    );
-    const { batchSize: N, inHeight: H, inWidth: W, inChannels: Ci, outHeight: Ho, outWidth: Wo, outChannels: Co } = info;
-    const { filterHeight: kh, filterWidth: kw, strideHeight: sh, strideWidth: sw } = info;
-    const M = N * Ho * Wo;
-    const Kc = kh * kw * Ci;
-    const colT = backend.makeOutput([Kc, M], 'float32');
-    {
-      const xs = backend.typedArrayFromHeap(x);
-      const c = backend.typedArrayFromHeap(colT);
-      im2colT(xs, c, N, H, W, Ci, Ho, Wo, kh, kw, sh, sw, info.padInfo.top, info.padInfo.left);
-    }
-    const dy2 = { ...dy, shape: [M, Co] };
-    const prod = matmul({ inputs: { a: colT, b: dy2 }, backend, attrs: { transposeA: false, transposeB: false } });
+    const g = convGeometry(tf, x.shape, attrs.filterShape as number[], attrs);
+    const colT = backend.makeOutput([g.Kc, g.M], 'float32');
+    im2colT(backend.typedArrayFromHeap(x), backend.typedArrayFromHeap(colT), g);
+    const prod = product(originals, backend, colT, { ...dy, shape: [g.M, g.Co] });
     backend.disposeData(colT.dataId);
-    return { ...prod, shape: [kh, kw, Ci, Co] };
-  });
+    return { ...prod, shape: [g.kh, g.kw, g.Ci, g.Co] };
+  };
+}
 
-  register('Conv2DBackpropInput', (args) => {
+/** dx = col2im(dy · Wᵀ): one XNNPACK product, the scatter-add in JavaScript. */
+function backpropInputKernel(tf: Tf, originals: Originals): KernelFunc {
+  return (args) => {
     const { inputs, backend, attrs } = args;
     const { dy, filter } = inputs;
-    const inputShape = attrs.inputShape as [number, number, number, number];
-    if (((attrs.dataFormat as string) ?? 'NHWC') !== 'NHWC') return backpropInput(args);
-    const info = tf.backend_util.computeConv2DInfo(
-      inputShape,
-      filter.shape as [number, number, number, number],
-      attrs.strides as number,
-      1,
-      attrs.pad as 'same',
-      attrs.dimRoundingMode as 'floor',
-    );
-    const { batchSize: N, inHeight: H, inWidth: W, inChannels: Ci, outHeight: Ho, outWidth: Wo, outChannels: Co } = info;
-    const { filterHeight: kh, filterWidth: kw, strideHeight: sh, strideWidth: sw } = info;
-    const M = N * Ho * Wo;
-    const Kc = kh * kw * Ci;
-    // Wᵀ: [Co, Kc]
-    const wT = transposeLast2(backend, { ...filter, shape: [Kc, Co] });
-    const cols = matmul({ inputs: { a: { ...dy, shape: [M, Co] }, b: wT }, backend, attrs: { transposeA: false, transposeB: false } });
+    if (((attrs.dataFormat as string) ?? 'NHWC') !== 'NHWC') return originals.backpropInput(args);
+    const g = convGeometry(tf, attrs.inputShape as number[], filter.shape, attrs);
+    const wT = transposeLast2(backend, { ...filter, shape: [g.Kc, g.Co] }); // Wᵀ: [Co, Kc]
+    const cols = product(originals, backend, { ...dy, shape: [g.M, g.Co] }, wT);
     backend.disposeData(wT.dataId);
-    const dx = backend.makeOutput([N, H, W, Ci], 'float32');
-    {
-      const c = backend.typedArrayFromHeap({ ...cols, shape: [M, Kc] });
-      const d = backend.typedArrayFromHeap(dx);
-      d.fill(0);
-      col2im(c, d, N, H, W, Ci, Ho, Wo, kh, kw, sh, sw, info.padInfo.top, info.padInfo.left);
-    }
+    const dx = backend.makeOutput([g.N, g.H, g.W, g.Ci], 'float32');
+    const d = backend.typedArrayFromHeap(dx);
+    d.fill(0);
+    col2im(backend.typedArrayFromHeap({ ...cols, shape: [g.M, g.Kc] }), d, g);
     backend.disposeData(cols.dataId);
     return dx;
-  });
+  };
 }
 
 function heap(backend: WasmBackend, t: TensorInfo): Float32Array | Int32Array {
@@ -209,12 +236,8 @@ export function permute(src: ArrayLike<number>, dst: { [i: number]: number; leng
  * colT[((i·kw + j)·Ci + c)·M + m] = x[n, oh·sh + i − top, ow·sw + j − left, c] (0 outside),
  * m = (n·Ho + oh)·Wo + ow. Written row by row of colT (contiguous stores).
  */
-function im2colT(
-  x: Float32Array, colT: Float32Array,
-  N: number, H: number, W: number, Ci: number, Ho: number, Wo: number,
-  kh: number, kw: number, sh: number, sw: number, top: number, left: number,
-): void {
-  const M = N * Ho * Wo;
+function im2colT(x: Float32Array, colT: Float32Array, g: ConvGeometry): void {
+  const { N, H, W, Ci, Ho, Wo, kh, kw, sh, sw, top, left, M } = g;
   const step = sw * Ci;
   for (let i = 0; i < kh; i++) {
     for (let j = 0; j < kw; j++) {
@@ -246,12 +269,8 @@ function im2colT(
 }
 
 /** dx[n, oh·sh + i − top, ow·sw + j − left, c] += cols[m, (i·kw + j)·Ci + c]. */
-function col2im(
-  cols: Float32Array, dx: Float32Array,
-  N: number, H: number, W: number, Ci: number, Ho: number, Wo: number,
-  kh: number, kw: number, sh: number, sw: number, top: number, left: number,
-): void {
-  const Kc = kh * kw * Ci;
+function col2im(cols: Float32Array, dx: Float32Array, g: ConvGeometry): void {
+  const { N, H, W, Ci, Ho, Wo, kh, kw, sh, sw, top, left, Kc } = g;
   for (let n = 0; n < N; n++) {
     for (let oh = 0; oh < Ho; oh++) {
       for (let ow = 0; ow < Wo; ow++) {

@@ -20,7 +20,7 @@ import {
 } from '../lib/index';
 import type { LossInput, LossOptions, Margin } from '../lib/types';
 import { ALL_KINDS, label } from './helpers';
-import { randomProblem } from './reference';
+import { randomProblem } from './reference.mjs';
 
 const sameBits = (a: Float32Array, b: Float32Array) =>
   a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;

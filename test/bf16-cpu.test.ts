@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import { describe, expect, test } from 'vitest';
 import { ArgumentError, MarginHead, deviceInfo, forward, lossAndGrad } from '../lib/index';
 import type { CpuMatrixPath, LossOptions, Margin } from '../lib/types';
-import { randomProblem, referenceLoss, relMaxErr, roundBf16 } from './reference';
+import { randomProblem, referenceLoss, relMaxErr, roundBf16 } from './reference.mjs';
 
 const U = 2 ** -8; // bf16 unit roundoff (8 significand bits, round to nearest even)
 const S = 64;

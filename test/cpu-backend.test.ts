@@ -1,5 +1,5 @@
 /**
- * The native CPU backend against the float64 reference (test/reference.ts) for
+ * The native CPU backend against the float64 reference (test/reference.mjs) for
  * every margin kind, on random and on adversarial inputs, for every SIMD level
  * the CPU supports, thread counts, tile-cache sizes, bf16 centres and gradient
  * filtering.
@@ -34,7 +34,7 @@ import {
   roundBf16,
   targetLogitRef,
   type RefResult,
-} from './reference';
+} from './reference.mjs';
 
 const LOSS_TOL = 5e-5;
 const GRAD_TOL = 1e-4;

@@ -9,7 +9,7 @@ import { native } from '../lib/native';
 import { describe, expect, it } from 'vitest';
 import { CheckpointError, MarginHead, lossAndGrad, mergeStats, type MarginHeadOptions } from '../lib/index';
 import { classSample } from '../lib/sampling';
-import { randomProblem } from './reference';
+import { randomProblem } from './reference.mjs';
 
 const C = 300;
 const D = 24;
@@ -389,6 +389,8 @@ describe('lifetime', () => {
     expect(() => new MarginHead({ ...base, optimizer: { lr: 0.1, momentum: 1 } })).toThrow(/optimizer.momentum/);
     expect(() => new MarginHead({ ...base, shard: { offset: 250, count: 100, total: C } })).toThrow(/shard.count/);
     expect(() => new MarginHead({ ...base, init: new Float32Array(5) })).toThrow(/Expected 'normal' or a Float32Array of length 7200 for init/);
+    // Only load() leaves the centres unset (it reads them in): no init value of a user's does.
+    expect(() => new MarginHead({ ...base, init: 'skip' as unknown as 'normal' })).toThrow(/Expected 'normal' or a Float32Array of length 7200 for init but received 'skip'/);
     const head = new MarginHead(base);
     expect(() => head.step(new Float32Array(D), new Int32Array([C]))).toThrow(/labels\[0\]/);
     expect(() => head.step(new Float32Array(D), new Int32Array([0]), { lr: -1 })).toThrow(/for lr/);

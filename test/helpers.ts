@@ -1,6 +1,6 @@
 /** Problem builders shared by the test files (not part of the public reference). */
 import type { Margin } from '../lib/types';
-import { gaussian, rng } from './reference';
+import { gaussian, rng } from './reference.mjs';
 
 export interface Problem {
   embeddings: Float32Array;

@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CommError, deviceInfo, localCommunicator, MarginHead, mergeStats, ShardedMarginHead, shardRange, type MarginHeadOptions } from '../lib/index';
-import { rng as seededRandom } from './reference';
+import { rng as seededRandom } from './reference.mjs';
 
 const ROOT = path.join(__dirname, '..');
 const WORKER = path.join(__dirname, 'mpi', 'sharded-worker.mjs');

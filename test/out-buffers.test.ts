@@ -1,7 +1,7 @@
 // options.out: results written into caller-provided arrays equal fresh ones.
 import { describe, expect, it } from 'vitest';
 import { ArgumentError, forward, lossAndGrad, lossAndGradAsync } from '../lib/index';
-import { randomProblem } from './reference';
+import { randomProblem } from './reference.mjs';
 
 describe('options.out', () => {
   const p = randomProblem(9, 700, 33, 4);

@@ -17,7 +17,7 @@ import {
   randomProblem,
   targetLogitRef,
   type RefOptions,
-} from './reference';
+} from './reference.mjs';
 
 /** Central differences of the reference loss with respect to every coordinate of X and W (float64). */
 function finiteDifferences(x: Float64Array, w: Float64Array, labels: Int32Array, dim: number, opts: RefOptions, h = 1e-6) {

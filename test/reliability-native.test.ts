@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { ArgumentError, NativeError, lossAndGrad, lossAndGradAsync, MarginHead, type LossOptions } from '../lib';
 import { native } from '../lib/native';
-import { randomProblem } from './reference';
+import { randomProblem } from './reference.mjs';
 
 const opts: LossOptions = { margin: { kind: 'arcface', m: 0.5 }, threads: 2 };
 const gc = (globalThis as { gc?: () => void }).gc;

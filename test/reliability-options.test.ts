@@ -8,7 +8,7 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, test } from 'vitest';
 import { ArgumentError, MarginHead, MAX_TOP_K, lossAndGrad, type LossOptions, type MarginHeadOptions } from '../lib';
 import { marginLoss, type TfLike } from '../lib/tfjs';
-import { randomProblem } from './reference';
+import { randomProblem } from './reference.mjs';
 
 const p = randomProblem(8, 40, 16, 11);
 const ok: LossOptions = { margin: { kind: 'arcface', m: 0.5 }, threads: 1 };

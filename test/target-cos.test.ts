@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { forward, forwardAsync, lossAndGrad, MarginHead } from '../lib/index';
 import { problemWithTargetCos } from './helpers';
-import { roundBf16 } from './reference';
+import { roundBf16 } from './reference.mjs';
 
 const TOL = 1e-5;
 

@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ArgumentError, MarginHead, type MarginHeadOptions, type StepResult } from '../lib/index';
 import { marginLoss, type TfLike } from '../lib/tfjs';
-import { gaussian, rng } from './reference';
+import { gaussian, rng } from './reference.mjs';
 
 const N = 12;
 const C = 300;

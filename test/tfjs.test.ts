@@ -1,6 +1,6 @@
 /**
  * The native backend against a naive TensorFlow.js implementation with autodiff
- * (test/naive-tfjs.ts) on tfjs's pure-JS 'cpu' backend: an independent
+ * (test/naive-tfjs.mjs) on tfjs's pure-JS 'cpu' backend: an independent
  * implementation whose gradients come from tf.grads, not from the derivative
  * formulas the native code and the reference share.
  *
@@ -12,8 +12,9 @@ import { beforeAll, describe, expect, test } from 'vitest';
 import { lossAndGrad } from '../lib/index';
 import type { Margin } from '../lib/types';
 import { label, problemWithTargetCos } from './helpers';
-import { naiveLoss, naiveLossAndGrad, tf } from './naive-tfjs';
-import { allFinite, randomProblem, referenceLoss, relMaxErr } from './reference';
+import * as tf from '@tensorflow/tfjs';
+import { naiveLoss, naiveLossAndGrad } from './naive-tfjs.mjs';
+import { allFinite, randomProblem, referenceLoss, relMaxErr } from './reference.mjs';
 
 const LOSS_TOL = 5e-5;
 const GRAD_TOL = 2e-4;
@@ -38,7 +39,7 @@ const KINDS: Margin[] = [
 
 function compare(prob: { embeddings: Float32Array; weights: Float32Array; labels: Int32Array; dim: number }, m: Margin, scale: number, fallback = true) {
   const nat = lossAndGrad(prob, { margin: m, scale, fallback, threads: 1 });
-  const tfr = naiveLossAndGrad(prob, { margin: m, scale, fallback, rowMargins: nat.margins });
+  const tfr = naiveLossAndGrad(tf, prob, { margin: m, scale, fallback, rowMargins: nat.margins });
   expect(allFinite(tfr.gradEmbeddings) && allFinite(tfr.gradWeights)).toBe(true);
   expect(Math.abs(nat.loss - tfr.loss)).toBeLessThanOrEqual(LOSS_TOL * Math.max(1, Math.abs(tfr.loss)));
   for (let i = 0; i < tfr.perSample.length; i++) {
@@ -90,18 +91,18 @@ describe('native backend vs naive tfjs autodiff', () => {
   test('the naive tfjs loss is itself right: it matches the float64 reference', () => {
     for (const m of KINDS.filter((k) => !k.kind.startsWith('elastic'))) {
       const ref = referenceLoss(spread, { margin: m, scale: 64 });
-      const t = naiveLossAndGrad(spread, { margin: m, scale: 64 });
+      const t = naiveLossAndGrad(tf, spread, { margin: m, scale: 64 });
       expect(Math.abs(t.loss - ref.loss)).toBeLessThanOrEqual(LOSS_TOL * Math.max(1, ref.loss));
       expect(relMaxErr(t.gradEmbeddings, ref.gradEmbeddings)).toBeLessThan(GRAD_TOL);
       expect(relMaxErr(t.gradWeights, ref.gradWeights)).toBeLessThan(GRAD_TOL);
-      expect(naiveLoss(spread, { margin: m, scale: 64 })).toBeCloseTo(t.loss, 5);
+      expect(naiveLoss(tf, spread, { margin: m, scale: 64 })).toBeCloseTo(t.loss, 5);
     }
   });
 
   test('no tensors leak', () => {
     const before = tf.memory().numTensors;
-    naiveLossAndGrad(rand, { margin: { kind: 'adaptive' } });
-    naiveLoss(rand, { margin: { kind: 'adaptive' } });
+    naiveLossAndGrad(tf, rand, { margin: { kind: 'adaptive' } });
+    naiveLoss(tf, rand, { margin: { kind: 'adaptive' } });
     expect(tf.memory().numTensors).toBe(before);
   });
 });

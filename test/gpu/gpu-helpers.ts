@@ -10,7 +10,7 @@ export interface Problem {
 // The same seeded generators as the CPU suite (identical draws).
 import { test } from 'vitest';
 import { deviceInfo } from '../../lib/index';
-import { gaussian, rng } from '../reference';
+import { gaussian, rng } from '../reference.mjs';
 export { gaussian, rng };
 
 /** The CUDA backend is the CPU emulation of the kernels (test/gpu/emu), not a GPU. */

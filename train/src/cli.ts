@@ -377,6 +377,26 @@ function libraryRoot(): string {
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  const answered = answerVersionOrHelp(command, rest);
+  if (answered !== null) return answered;
+  if (isToolCommand(command)) return runTool(usage(() => parseToolArgs(command, rest)));
+  if (!(COMMAND_NAMES as string[]).includes(command)) {
+    throw new UsageError(`Unknown command ${JSON.stringify(command)}: expected ${[...COMMAND_NAMES, ...TOOL_COMMANDS].join(', ')}`);
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(HELP[command as Command]);
+    return 0;
+  }
+  if (command === 'bench') return runBench(rest);
+  const values = parseValues(rest);
+  checkOptionsOf(command as Command, values);
+  if (command === 'train') return trainCommand(values);
+  if (command === 'eval') return evalCommand(values);
+  return compareCommand(values);
+}
+
+/** --version, `help [topic]` and the bare usage: the exit code, or null for any other command. */
+function answerVersionOrHelp(command: string | undefined, rest: string[]): number | Promise<number> | null {
   if (command === '--version' || command === '-V') {
     process.stdout.write(versions() + '\n');
     return 0;
@@ -392,69 +412,72 @@ export async function main(argv: string[]): Promise<number> {
     (command ? process.stdout : process.stderr).write(USAGE);
     return command ? 0 : 2;
   }
-  if (isToolCommand(command)) return runTool(usage(() => parseToolArgs(command, rest)));
-  if (!(COMMAND_NAMES as string[]).includes(command)) {
-    throw new UsageError(`Unknown command ${JSON.stringify(command)}: expected ${[...COMMAND_NAMES, ...TOOL_COMMANDS].join(', ')}`);
+  return null;
+}
+
+/** `bench`: the repository's bench/run.mjs with the remaining arguments (not part of the npm package). */
+function runBench(rest: string[]): number {
+  const script = benchScript(libraryRoot());
+  if (!script) {
+    process.stderr.write(
+      `margin-softmax: bench needs a checkout of the margin-softmax repository: its bench/ folder is not part of the npm package ` +
+        `(looked in ${libraryRoot()}). Clone the repository, run npm ci there, then npm run bench.\n`,
+    );
+    return 1;
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(HELP[command as Command]);
-    return 0;
-  }
-  if (command === 'bench') {
-    const script = benchScript(libraryRoot());
-    if (!script) {
-      process.stderr.write(
-        `margin-softmax: bench needs a checkout of the margin-softmax repository: its bench/ folder is not part of the npm package ` +
-          `(looked in ${libraryRoot()}). Clone the repository, run npm ci there, then npm run bench.\n`,
-      );
-      return 1;
-    }
-    const r = spawnSync(process.execPath, [script, ...rest], { stdio: 'inherit' });
-    if (r.error) throw r.error;
-    return r.status ?? 1;
-  }
-  let values: Values;
+  const r = spawnSync(process.execPath, [script, ...rest], { stdio: 'inherit' });
+  if (r.error) throw r.error;
+  return r.status ?? 1;
+}
+
+function parseValues(rest: string[]): Values {
   try {
-    values = parse(rest).values;
+    return parse(rest).values;
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  checkOptionsOf(command as Command, values);
-  if (command === 'train') {
-    const cfg = configFromArgs(values, 'train');
-    // The final verification goes to stdout here, once (the loop's log would repeat it on stderr).
-    const r = await train(cfg, { verbose: !values.quiet, handleSignals: true, resume: values.resume, overwrite: values.overwrite, plots: !values['no-plots'], logResult: false });
-    if (r.after) process.stdout.write(formatVerification(r.after, `${marginLabel(cfg.margin)} after epoch ${r.epochs[r.epochs.length - 1]?.epoch}`) + '\n');
-    if (r.before && r.after) {
-      process.stdout.write(`untrained backbone: ${(100 * r.before.accuracy.mean).toFixed(2)} % → trained: ${(100 * r.after.accuracy.mean).toFixed(2)} %; training ${r.imgPerSec.toFixed(1)} img/s (head on ${r.headBackend}); wall ${r.wallSeconds.toFixed(0)} s\n`);
-    }
-    writeJson(values.json, { out: r.out, headBackend: r.headBackend, stopped: r.stopped, imgPerSec: r.imgPerSec, wallSeconds: r.wallSeconds, before: r.before, after: r.after, epochs: r.epochs });
-    return r.stopped ? 130 : 0;
+}
+
+async function trainCommand(values: Values): Promise<number> {
+  const cfg = configFromArgs(values, 'train');
+  // The final verification goes to stdout here, once (the loop's log would repeat it on stderr).
+  const r = await train(cfg, { verbose: !values.quiet, handleSignals: true, resume: values.resume, overwrite: values.overwrite, plots: !values['no-plots'], logResult: false });
+  if (r.after) process.stdout.write(formatVerification(r.after, `${marginLabel(cfg.margin)} after epoch ${r.epochs[r.epochs.length - 1]?.epoch}`) + '\n');
+  if (r.before && r.after) {
+    process.stdout.write(`untrained backbone: ${(100 * r.before.accuracy.mean).toFixed(2)} % → trained: ${(100 * r.after.accuracy.mean).toFixed(2)} %; training ${r.imgPerSec.toFixed(1)} img/s (head on ${r.headBackend}); wall ${r.wallSeconds.toFixed(0)} s\n`);
   }
-  if (command === 'eval') {
-    if (!values.checkpoint) throw new UsageError('eval needs --checkpoint runs/NAME');
-    let expectSize: { height?: number; width?: number } = {};
-    if (values.size !== undefined) {
-      const m = /^(\d+)(?:x(\d+))?$/i.exec(values.size.trim());
-      if (!m) throw new UsageError(`Expected --size N or HxW but received ${JSON.stringify(values.size)}`);
-      expectSize = { height: Number(m[1]), width: Number(m[2] ?? m[1]) };
-    }
-    const out = await runEval({
-      checkpoint: values.checkpoint,
-      data: values.data?.[0],
-      allIdentities: values['all-identities'],
-      flip: values['eval-flip'],
-      seed: int(values['eval-seed'], 'eval-seed'),
-      tfBackend: tfBackendFrom(values),
-      onBadImage: badImagePolicyFrom(values),
-      expect: { ...expectSize, dim: int(values.dim, 'dim', 1), channels: int(values.channels, 'channels', 1) },
-      oneShot: oneShotFrom(values),
-    });
-    process.stdout.write(out.text + '\n');
-    writeJson(values.json, { checkpoint: path.resolve(values.checkpoint), epoch: out.epoch, identities: out.identities, result: out.result, oneShot: out.oneShot });
-    return 0;
-  }
-  // compare
+  writeJson(values.json, { out: r.out, headBackend: r.headBackend, stopped: r.stopped, imgPerSec: r.imgPerSec, wallSeconds: r.wallSeconds, before: r.before, after: r.after, epochs: r.epochs });
+  return r.stopped ? 130 : 0;
+}
+
+/** --size N or HxW: the image size the checkpoint must have been trained at. */
+function expectedSizeFrom(values: Values): { height?: number; width?: number } {
+  if (values.size === undefined) return {};
+  const m = /^(\d+)(?:x(\d+))?$/i.exec(values.size.trim());
+  if (!m) throw new UsageError(`Expected --size N or HxW but received ${JSON.stringify(values.size)}`);
+  return { height: Number(m[1]), width: Number(m[2] ?? m[1]) };
+}
+
+async function evalCommand(values: Values): Promise<number> {
+  if (!values.checkpoint) throw new UsageError('eval needs --checkpoint runs/NAME');
+  const expectSize = expectedSizeFrom(values);
+  const out = await runEval({
+    checkpoint: values.checkpoint,
+    data: values.data?.[0],
+    allIdentities: values['all-identities'],
+    flip: values['eval-flip'],
+    seed: int(values['eval-seed'], 'eval-seed'),
+    tfBackend: tfBackendFrom(values),
+    onBadImage: badImagePolicyFrom(values),
+    expect: { ...expectSize, dim: int(values.dim, 'dim', 1), channels: int(values.channels, 'channels', 1) },
+    oneShot: oneShotFrom(values),
+  });
+  process.stdout.write(out.text + '\n');
+  writeJson(values.json, { checkpoint: path.resolve(values.checkpoint), epoch: out.epoch, identities: out.identities, result: out.result, oneShot: out.oneShot });
+  return 0;
+}
+
+async function compareCommand(values: Values): Promise<number> {
   const base = configFromArgs(values, 'compare');
   const seeds = list(values.seeds, 'seeds') ?? [0, 1, 2];
   const losses = values.losses !== undefined ? usage(() => parseLosses(values.losses as string)) : COMPARE_LOSSES;

@@ -151,6 +151,8 @@ export interface CompareCell {
   rank1: number[];
   mean: number;
   std: number;
+  /** The evaluation's sizes (identities, pairs, folds), from the cell's last run. */
+  meta?: Record<string, unknown>;
 }
 
 export interface CompareOutput {
@@ -165,70 +167,35 @@ function datasetName(d: string | null): string {
   return d ? path.basename(path.resolve(d)) : 'mnist (embedded)';
 }
 
+/** A loss's cell while its seeds run. */
+type CellOfSeeds = CompareCell & { thetaP50: (number | null)[] };
+
+/** What the runs of one compare share: its options, its clock, its log and the count of runs so far. */
+interface CompareProgress {
+  o: CompareOptions;
+  t0: number;
+  log: (msg: string) => void;
+  done: number;
+  total: number;
+  /** Where the margin head ran, over all runs. */
+  headBackends: Set<string>;
+}
+
 export async function runCompare(o: CompareOptions): Promise<CompareOutput> {
   const t0 = Date.now();
   const log = o.log ?? ((m: string) => process.stderr.write(`${m}\n`));
+  const run: CompareProgress = { o, t0, log, done: 0, total: o.datasets.length * o.losses.length * o.seeds.length, headBackends: new Set() };
   const cells: CompareCell[] = [];
   const untrained: CompareCell[] = [];
-  const total = o.datasets.length * o.losses.length * o.seeds.length;
-  let done = 0;
-  let meta: Record<string, unknown> = {};
-  const headBackends = new Set<string>(); // where the margin head ran, over all runs
   for (const data of o.datasets) {
-    const dname = datasetName(data);
-    const before: number[] = [];
-    const beforeTar: (number | null)[] = [];
-    const beforeRank: number[] = [];
-    for (const margin of o.losses) {
-      const label = marginLabel(margin);
-      const cell: CompareCell = { loss: label, margin, dataset: dname, seeds: [], accuracy: [], tar1e2: [], rank1: [], thetaP50: [], mean: 0, std: 0 };
-      for (const seed of o.seeds) {
-        const m = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos' ? { ...margin, seed } : margin;
-        const cfg: TrainConfig = {
-          ...o.base,
-          data,
-          seed,
-          margin: m,
-          out: path.join(o.out, dname.replace(/[^A-Za-z0-9_.-]+/g, '_'), lossFolder(margin), `seed${seed}`),
-        };
-        done++;
-        const resume = (o.resume ?? false) && resumableRun(cfg);
-        if (!resume) fs.rmSync(cfg.out, { recursive: true, force: true });
-        log(`[${done}/${total}] ${dname} · ${label} · seed ${seed} (elapsed ${clock((Date.now() - t0) / 1000)})${resume ? ' · resuming the saved run' : ''}`);
-        const r: TrainResult = await train(cfg, {
-          verbose: o.verbose ?? false,
-          progress: o.progress ?? o.verbose ?? false,
-          progressLabel: `[${done}/${total}] ${margin.kind} seed ${seed} · `,
-          plots: true,
-          resume,
-          log: o.verbose ? undefined : () => {},
-        });
-        if (!r.after) throw new Error(`compare: run ${cfg.out} produced no evaluation (is --eval-every 0?)`);
-        headBackends.add(r.headBackend);
-        cell.seeds.push(seed);
-        cell.accuracy.push(r.after.accuracy.mean);
-        cell.tar1e2.push(r.after.tar.find((t) => t.far === 0.01)?.tar ?? null);
-        cell.thetaP50!.push(r.epochs.filter((e) => e.theta).at(-1)?.theta?.p50 ?? null);
-        cell.rank1.push(r.after.rank1.accuracy);
-        const speed = r.imgPerSec ? `${r.imgPerSec.toFixed(1)} img/s` : 'no epochs left to train';
-        log(`   verification ${(100 * r.after.accuracy.mean).toFixed(2)}% (untrained ${(100 * (r.before?.accuracy.mean ?? NaN)).toFixed(2)}%), ${speed}, ${clock(r.wallSeconds)}`);
-        if (margin === o.losses[0] && r.before) {
-          before.push(r.before.accuracy.mean);
-          beforeTar.push(r.before.tar.find((t) => t.far === 0.01)?.tar ?? null);
-          beforeRank.push(r.before.rank1.accuracy);
-        }
-        meta = { identities: { train: r.split.trainClasses.length, heldOut: r.split.valClasses.length }, genuinePairs: r.after.genuinePairs, impostorPairs: r.after.impostorPairs, folds: r.after.folds };
-        (cell as unknown as { meta: unknown }).meta = meta;
-      }
-      Object.assign(cell, meanStd(cell.accuracy));
-      cells.push(cell);
-    }
-    if (before.length) untrained.push({ loss: 'untrained backbone', dataset: dname, seeds: o.seeds.slice(0, before.length), accuracy: before, tar1e2: beforeTar, rank1: beforeRank, ...meanStd(before) });
+    const d = await compareDataset(run, data);
+    cells.push(...d.cells);
+    if (d.untrained) untrained.push(d.untrained);
   }
   const text = `${formatCompare(cells, untrained, o)}
-margin head backend: ${[...headBackends].join(', ') || 'none (every run was read back)'}`;
+margin head backend: ${[...run.headBackends].join(', ') || 'none (every run was read back)'}`;
   const json = {
-    headBackends: [...headBackends],
+    headBackends: [...run.headBackends],
     protocol: 'verification accuracy on held-out identities (10 folds by identity, threshold from the other folds), mean ± sample std over seeds',
     datasets: o.datasets.map(datasetName),
     seeds: o.seeds,
@@ -237,17 +204,92 @@ margin head backend: ${[...headBackends].join(', ') || 'none (every run was read
     untrained,
     wallSeconds: (Date.now() - t0) / 1000,
   };
+  await writeCompareFiles(o, text, json, [...untrained, ...cells]);
+  return { cells, untrained, text, json, wallSeconds: (Date.now() - t0) / 1000 };
+}
+
+/** Every loss × seed on one data set: a cell per loss, and the untrained backbone's row (from the first loss's runs). */
+async function compareDataset(run: CompareProgress, data: string | null): Promise<{ cells: CompareCell[]; untrained?: CompareCell }> {
+  const dataset = datasetName(data);
+  const before = { accuracy: [] as number[], tar1e2: [] as (number | null)[], rank1: [] as number[] };
+  const cells: CompareCell[] = [];
+  for (const margin of run.o.losses) {
+    const cell: CellOfSeeds = { loss: marginLabel(margin), margin, dataset, seeds: [], accuracy: [], tar1e2: [], rank1: [], thetaP50: [], mean: 0, std: 0 };
+    for (const seed of run.o.seeds) {
+      const { result, after } = await trainForCompare(run, data, margin, seed);
+      addRun(cell, seed, result, after);
+      if (margin === run.o.losses[0] && result.before) {
+        before.accuracy.push(result.before.accuracy.mean);
+        before.tar1e2.push(tarAt1e2(result.before));
+        before.rank1.push(result.before.rank1.accuracy);
+      }
+    }
+    Object.assign(cell, meanStd(cell.accuracy));
+    cells.push(cell);
+  }
+  if (!before.accuracy.length) return { cells };
+  const untrained = { loss: 'untrained backbone', dataset, seeds: run.o.seeds.slice(0, before.accuracy.length), ...before, ...meanStd(before.accuracy) };
+  return { cells, untrained };
+}
+
+/** TAR at FAR = 1e−2, or null where the evaluation has no such point. */
+function tarAt1e2(v: VerificationResult): number | null {
+  return v.tar.find((t) => t.far === 0.01)?.tar ?? null;
+}
+
+/** One run of a compare (trained, continued or read back), logged; it must have evaluated the trained model. */
+async function trainForCompare(run: CompareProgress, data: string | null, margin: Margin, seed: number): Promise<{ result: TrainResult; after: VerificationResult }> {
+  const o = run.o;
+  const dataset = datasetName(data);
+  const m = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos' ? { ...margin, seed } : margin;
+  const cfg: TrainConfig = {
+    ...o.base,
+    data,
+    seed,
+    margin: m,
+    out: path.join(o.out, dataset.replace(/[^A-Za-z0-9_.-]+/g, '_'), lossFolder(margin), `seed${seed}`),
+  };
+  run.done++;
+  const resume = (o.resume ?? false) && resumableRun(cfg);
+  if (!resume) fs.rmSync(cfg.out, { recursive: true, force: true });
+  run.log(`[${run.done}/${run.total}] ${dataset} · ${marginLabel(margin)} · seed ${seed} (elapsed ${clock((Date.now() - run.t0) / 1000)})${resume ? ' · resuming the saved run' : ''}`);
+  const r: TrainResult = await train(cfg, {
+    verbose: o.verbose ?? false,
+    progress: o.progress ?? o.verbose ?? false,
+    progressLabel: `[${run.done}/${run.total}] ${margin.kind} seed ${seed} · `,
+    plots: true,
+    resume,
+    log: o.verbose ? undefined : () => {},
+  });
+  if (!r.after) throw new Error(`compare: run ${cfg.out} produced no evaluation (is --eval-every 0?)`);
+  run.headBackends.add(r.headBackend);
+  const speed = r.imgPerSec ? `${r.imgPerSec.toFixed(1)} img/s` : 'no epochs left to train';
+  run.log(`   verification ${(100 * r.after.accuracy.mean).toFixed(2)}% (untrained ${(100 * (r.before?.accuracy.mean ?? NaN)).toFixed(2)}%), ${speed}, ${clock(r.wallSeconds)}`);
+  return { result: r, after: r.after };
+}
+
+/** A run's figures appended to its loss's cell. */
+function addRun(cell: CellOfSeeds, seed: number, r: TrainResult, after: VerificationResult): void {
+  cell.seeds.push(seed);
+  cell.accuracy.push(after.accuracy.mean);
+  cell.tar1e2.push(tarAt1e2(after));
+  cell.thetaP50.push(r.epochs.filter((e) => e.theta).at(-1)?.theta?.p50 ?? null);
+  cell.rank1.push(after.rank1.accuracy);
+  cell.meta = { identities: { train: r.split.trainClasses.length, heldOut: r.split.valClasses.length }, genuinePairs: after.genuinePairs, impostorPairs: after.impostorPairs, folds: after.folds };
+}
+
+/** compare.json, compare.md and compare.svg in the compare's folder. */
+async function writeCompareFiles(o: CompareOptions, text: string, json: Record<string, unknown>, rows: CompareCell[]): Promise<void> {
   fs.mkdirSync(o.out, { recursive: true });
   fs.writeFileSync(path.join(o.out, 'compare.json'), JSON.stringify(json, null, 2));
   fs.writeFileSync(path.join(o.out, 'compare.md'), text + '\n');
   await writeSvg(
     path.join(o.out, 'compare.svg'),
     compareSpec(
-      [...untrained, ...cells].map((c) => ({ loss: c.loss, dataset: c.dataset, mean: 100 * c.mean, std: 100 * c.std })),
+      rows.map((c) => ({ loss: c.loss, dataset: c.dataset, mean: 100 * c.mean, std: 100 * c.std })),
       `verification accuracy, mean ± std over ${o.seeds.length} seed(s)`,
     ),
   );
-  return { cells, untrained, text, json, wallSeconds: (Date.now() - t0) / 1000 };
 }
 
 export function formatCompare(cells: CompareCell[], untrained: CompareCell[], o: Pick<CompareOptions, 'seeds' | 'base'>): string {
