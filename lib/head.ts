@@ -5,7 +5,7 @@
  * devices or processes, predicts top-k classes and checkpoints to safetensors.
  */
 import { ArgumentError, BackendUnavailableError, expected } from './errors';
-import { callNative, callNativeAsync, elasticMargins, nativeOptions, resolveBackend } from './loss';
+import { DEFAULT_SCALE, callNative, callNativeAsync, elasticMargins, nativeOptions, resolveBackend } from './loss';
 import { native, type NativeLossOptions, type NativeLossResult } from './native';
 import { CENTRES, DeviceCentres, MOMENTUM, deviceHeadCompiled } from './head-cuda';
 import { CheckpointError, checkChunkFinite, readHeader, readTensor, readTensorChunks, saveSafetensors, type SafetensorsHeader, type SaveHooks, type TensorEntry } from './safetensors';
@@ -139,7 +139,7 @@ export class MarginHead {
       classes: o.classes,
       dim: o.dim,
       margin: o.margin,
-      scale: o.scale ?? 64,
+      scale: o.scale ?? DEFAULT_SCALE,
       backend: o.backend ?? 'auto',
       weightsDtype: o.weightsDtype ?? 'float32',
       gradFilter: o.gradFilter ?? 0,
