@@ -30,6 +30,7 @@ import { BackboneSgd } from './optimizer';
 import { rocSpec, thetaSpec, trainingCurvesSpec, writeSvgs, type EpochMetrics, type VlSpec } from './plots';
 import { clock, ProgressBar } from './progress';
 import { formatVerification, type VerificationResult } from './protocol';
+import { BackboneReplicas } from './replicas';
 import { Rng, subSeed } from './rng';
 import { setupTf, type Tf } from './tf';
 
@@ -41,6 +42,8 @@ export interface EpochRecord {
   images: number;
   imgPerSec: number | null;
   trainSeconds: number;
+  /** Of trainSeconds, the time in the head's fused step (forward, backward and update of the centres). */
+  headSeconds?: number;
   theta: { mean: number; p10: number; p50: number; p90: number } | null;
   val: {
     accuracy: number;
@@ -67,6 +70,8 @@ export interface TrainResult {
   stopped: boolean;
   /** Mean training speed over this process's epochs (images/s, training batches only). */
   imgPerSec: number;
+  /** The head's share of that training time (0 when no epoch ran). */
+  headShare: number;
   wallSeconds: number;
   params: number;
   /** The backend the margin head ran on ('cpu' or 'cuda'). */
@@ -163,6 +168,8 @@ interface HeadLoss {
   /** The last step's result (accuracy). */
   last: StepResult | null;
   theta: ThetaReservoir;
+  /** Seconds spent in head.step() so far (the head's share of a step). */
+  headSeconds: number;
 }
 
 /** The state the steps of `train` pass on: the context, the model, the head, the history and the counters. */
@@ -175,6 +182,8 @@ interface RunState extends RunContext {
   /** The head sharded over the MPI ranks (null without --distributed). */
   sharded: ShardedMarginHead | null;
   optimizer: BackboneSgd;
+  /** The backbone's worker replicas (--workers > 1), or null: the whole batch on the main thread's model. */
+  replicas: BackboneReplicas | null;
   params: number;
   loss: HeadLoss;
   records: EpochRecord[];
@@ -190,6 +199,7 @@ interface RunState extends RunContext {
   batchesRun: number;
   totalImages: number;
   totalSeconds: number;
+  totalHeadSeconds: number;
 }
 
 /** One epoch's running sums (the loss and accuracy weighted by the rows of each batch). */
@@ -199,6 +209,7 @@ interface EpochTally {
   rows: number;
   images: number;
   seconds: number;
+  headSeconds: number;
 }
 
 /**
@@ -243,6 +254,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   const { model, head, sharded } = await buildModelAndHead(ctx, tf, resumed);
   writeRunConfig(ctx, head);
   const optimizer = makeOptimizer(ctx, tf, model, resumed);
+  const replicas = await startReplicas(ctx, tf, model);
   const run: RunState = {
     ...ctx,
     tf,
@@ -251,8 +263,9 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     head,
     sharded,
     optimizer,
+    replicas,
     params: countParams(model),
-    loss: makeHeadLoss(ctx, tf, head, sharded),
+    loss: makeHeadLoss(ctx, tf, head, sharded, replicas),
     ...restoreHistory(ctx, resumed),
     before: null,
     after: null,
@@ -263,6 +276,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     batchesRun: 0,
     totalImages: 0,
     totalSeconds: 0,
+    totalHeadSeconds: 0,
   };
   logRunHeader(run);
   run.evaluate = verificationOf(run);
@@ -274,6 +288,7 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     await finishRun(run);
   } finally {
     if (hooks.handleSignals) process.removeListener('SIGINT', onSigint);
+    await replicas?.close();
     optimizer.dispose();
     model.dispose();
     head.dispose();
@@ -437,15 +452,28 @@ function evaluateBefore(run: RunState): VerificationResult | null {
  * centres before the update). Distributed: each rank passes its rows, the
  * head gathers the global batch.
  */
-function makeHeadLoss(ctx: RunContext, tf: Tf, head: MarginHead, sharded: ShardedMarginHead | null): HeadLoss {
+function makeHeadLoss(ctx: RunContext, tf: Tf, head: MarginHead, sharded: ShardedMarginHead | null, replicas: BackboneReplicas | null): HeadLoss {
   const { cfg } = ctx;
   const loss: HeadLoss = {
     fn: null as unknown as MarginLossFn<TF.Scalar>,
     lr: cfg.lr * cfg.headLrMult,
     last: null,
     theta: new ThetaReservoir(cfg.thetaSamples, new Rng(subSeed(cfg.seed, 'theta'))),
+    headSeconds: 0,
   };
-  const lossHead = sharded ? { step: sharded.stepLocal.bind(sharded) } : head;
+  const base: Pick<MarginHead, 'step'> = sharded ? { step: sharded.stepLocal.bind(sharded) } : head;
+  const timed: Pick<MarginHead, 'step'> = {
+    step: (emb, labels, options) => {
+      const t = performance.now();
+      try {
+        return base.step(emb, labels, options);
+      } finally {
+        loss.headSeconds += (performance.now() - t) / 1000;
+      }
+    },
+  };
+  // With worker replicas the head steps on the whole batch: the replicas' embeddings gathered around this thread's.
+  const lossHead = replicas ? replicas.gatheringHead(timed) : timed;
   loss.fn = marginLoss(lossHead, tf, {
     lr: () => loss.lr,
     onStep: (r) => {
@@ -499,7 +527,8 @@ async function trainEpoch(run: RunState, epoch: number, lr: number): Promise<Epo
   const total = nBatches * bs > order.length ? order.length : nBatches * bs;
   const bar = new ProgressBar(`${hooks.progressLabel ?? ''}epoch ${epoch}/${cfg.epochs}`, total, process.stderr, hooks.progress ?? run.verbose);
   run.loss.theta.reset();
-  const tally: EpochTally = { lossSum: 0, accSum: 0, rows: 0, images: 0, seconds: 0 };
+  const tally: EpochTally = { lossSum: 0, accSum: 0, rows: 0, images: 0, seconds: 0, headSeconds: 0 };
+  const headAtStart = run.loss.headSeconds;
   for (let b = 0; b < nBatches; b++) {
     const tb = Date.now();
     const batch = nextBatch(run, order.slice(b * bs, Math.min(order.length, (b + 1) * bs)), rng);
@@ -522,6 +551,7 @@ async function trainEpoch(run: RunState, epoch: number, lr: number): Promise<Epo
     if (run.stopRequested) break;
   }
   bar.end();
+  tally.headSeconds = run.loss.headSeconds - headAtStart;
   return tally;
 }
 
@@ -551,6 +581,7 @@ function nextBatch(run: RunState, rows: Sample[], rng: Rng): LoadedBatch | null 
 
 /** One SGD step of the backbone and the head on a batch; returns the batch's loss. */
 function trainStep(run: RunState, batch: LoadedBatch, lr: number): number {
+  if (run.replicas) return replicatedStep(run, run.replicas, batch, lr);
   const { tf, cfg, comm, optimizer } = run;
   const n = batch.labels.length;
   return tf.tidy(() => {
@@ -559,6 +590,31 @@ function trainStep(run: RunState, batch: LoadedBatch, lr: number): number {
     optimizer.step(comm ? averageGradients(tf, comm, grads) : grads, lr);
     return value.dataSync()[0];
   });
+}
+
+/**
+ * The step with worker replicas (see ./replicas): this thread's model runs
+ * the first share of the batch, the head the whole batch, the gradients are
+ * summed over the replicas before the one update.
+ */
+function replicatedStep(run: RunState, replicas: BackboneReplicas, batch: LoadedBatch, lr: number): number {
+  const { tf, cfg, optimizer } = run;
+  const n0 = replicas.scatter(batch.data, batch.labels.length);
+  const loss = tf.tidy(() => {
+    const x = tf.tensor4d(batch.data.subarray(0, n0 * cfg.height * cfg.width * cfg.channels), [n0, cfg.height, cfg.width, cfg.channels]);
+    const { value, grads } = tf.variableGrads(() => run.loss.fn(run.model.apply(x, { training: true }) as TF.Tensor2D, batch.labels), optimizer.variables);
+    optimizer.step(replicas.reduce(grads), lr);
+    return value.dataSync()[0];
+  });
+  replicas.publishWeights();
+  return loss;
+}
+
+/** --workers N: N − 1 worker replicas beside this thread's model (none with MPI ranks, which are data-parallel already). */
+async function startReplicas(ctx: RunContext, tf: Tf, model: TF.LayersModel): Promise<BackboneReplicas | null> {
+  const { cfg } = ctx;
+  if (cfg.workers <= 1 || ctx.comm) return null;
+  return BackboneReplicas.start(tf, model, cfg.workers, { backbone: backboneOf(cfg), seed: cfg.seed, tfBackend: cfg.tfBackend, maxRows: cfg.batchSize });
 }
 
 function logStop(run: RunState, epoch: number): void {
@@ -580,6 +636,7 @@ async function finishEpoch(run: RunState, epoch: number, lr: number, tally: Epoc
   if (val) run.after = val;
   const theta = run.loss.theta.samples;
   const rec = epochRecord(epoch, lr, tally, theta, val);
+  run.totalHeadSeconds += tally.headSeconds;
   run.records.push(rec);
   if (run.isRoot) {
     fs.appendFileSync(run.files.metrics, JSON.stringify(rec) + '\n');
@@ -601,6 +658,7 @@ function epochRecord(epoch: number, lr: number, tally: EpochTally, theta: number
     images: tally.images,
     imgPerSec: tally.images / tally.seconds,
     trainSeconds: tally.seconds,
+    headSeconds: tally.headSeconds,
     theta: th.length ? { mean: th.reduce((a, c) => a + c, 0) / th.length, p10: q(0.1), p50: q(0.5), p90: q(0.9) } : null,
     val: valRecord(val),
   };
@@ -609,7 +667,7 @@ function epochRecord(epoch: number, lr: number, tally: EpochTally, theta: number
 function epochLine(rec: EpochRecord, epochs: number): string {
   return (
     `epoch ${rec.epoch}/${epochs}: loss ${rec.loss?.toFixed(4)} train acc ${(100 * (rec.trainAcc ?? 0)).toFixed(1)}% ` +
-    `${rec.imgPerSec?.toFixed(1)} img/s lr ${(rec.lr as number).toPrecision(3)}` +
+    `${rec.imgPerSec?.toFixed(1)} img/s (head ${((100 * (rec.headSeconds ?? 0)) / rec.trainSeconds).toFixed(0)} % of the step) lr ${(rec.lr as number).toPrecision(3)}` +
     (rec.theta ? ` θ_y median ${rec.theta.p50.toFixed(1)}°` : '') +
     (rec.val ? ` | verification ${(100 * rec.val.accuracy).toFixed(2)} ± ${(100 * rec.val.std).toFixed(2)}%, rank-1 ${(100 * rec.val.rank1).toFixed(1)}%` : '')
   );
@@ -656,7 +714,9 @@ async function finishRun(run: RunState): Promise<void> {
 function resultOf(run: RunState): TrainResult {
   const wallSeconds = (Date.now() - run.t0) / 1000;
   const imgPerSec = run.totalSeconds ? run.totalImages / run.totalSeconds : 0;
-  run.log(`done in ${clock(wallSeconds)} (${run.totalSeconds ? imgPerSec.toFixed(1) : '-'} img/s while training); run folder ${run.out}`);
+  const headShare = run.totalSeconds ? run.totalHeadSeconds / run.totalSeconds : 0;
+  const speed = run.totalSeconds ? `${imgPerSec.toFixed(1)} img/s while training, the head ${(100 * headShare).toFixed(0)} % of it` : '- img/s while training';
+  run.log(`done in ${clock(wallSeconds)} (${speed}); run folder ${run.out}`);
   return {
     out: run.out,
     config: run.cfg,
@@ -666,6 +726,7 @@ function resultOf(run: RunState): TrainResult {
     after: run.after,
     stopped: run.stopped,
     imgPerSec,
+    headShare,
     wallSeconds,
     params: run.params,
     headBackend: run.head.backend,
