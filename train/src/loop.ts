@@ -8,7 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type * as TF from '@tensorflow/tfjs';
-import { MarginHead, mpiCommunicator, ShardedMarginHead, type Communicator, type StepResult } from 'margin-softmax';
+import { ArgumentError, MarginHead, mpiCommunicator, ShardedMarginHead, type Communicator, type StepResult } from 'margin-softmax';
 import { marginLoss, type MarginLossFn } from 'margin-softmax/tfjs';
 import {
   checkFingerprint,
@@ -305,6 +305,9 @@ function openRun(cfg: TrainConfig, hooks: TrainHooks): RunContext {
   const comm = cfg.distributed === 'mpi' ? mpiCommunicator() : null;
   const isRoot = !comm || comm.rank === 0;
   if (comm && hooks.resume) throw new CheckpointMismatchError('--resume is not supported with --distributed mpi in this version');
+  if (!(Number.isSafeInteger(cfg.workers) && cfg.workers >= 1)) throw new ArgumentError(`Expected an integer ≥ 1 for workers but received ${cfg.workers}`);
+  // MPI ranks are the data-parallel replicas already.
+  if (comm && cfg.workers > 1) throw new ArgumentError(`Expected --workers 1 with --distributed mpi (one backbone per rank) but received --workers ${cfg.workers}`);
   const log = !isRoot ? () => {} : hooks.log ?? ((m: string) => verbose && process.stderr.write(`${m}\n`));
   const out = path.resolve(cfg.out);
   const src = openSource(cfg);
@@ -610,10 +613,10 @@ function replicatedStep(run: RunState, replicas: BackboneReplicas, batch: Loaded
   return loss;
 }
 
-/** --workers N: N − 1 worker replicas beside this thread's model (none with MPI ranks, which are data-parallel already). */
+/** --workers N: N − 1 worker replicas beside this thread's model. */
 async function startReplicas(ctx: RunContext, tf: Tf, model: TF.LayersModel): Promise<BackboneReplicas | null> {
   const { cfg } = ctx;
-  if (cfg.workers <= 1 || ctx.comm) return null;
+  if (cfg.workers === 1) return null;
   return BackboneReplicas.start(tf, model, cfg.workers, { backbone: backboneOf(cfg), seed: cfg.seed, tfBackend: cfg.tfBackend, maxRows: cfg.batchSize });
 }
 

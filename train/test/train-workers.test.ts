@@ -12,6 +12,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
+import { ArgumentError } from 'margin-softmax';
 import { configFromArgs, parse, UsageError } from '../src/cli';
 import { DEFAULT_CONFIG, type TrainConfig } from '../src/config';
 import { train, type TrainResult } from '../src/loop';
@@ -60,6 +61,15 @@ test('--workers takes an integer ≥ 1 (default 1)', () => {
   expect(configFromArgs(parse(['--workers', '2']).values, 'train').workers).toBe(2);
   expect(() => configFromArgs(parse(['--workers', '0']).values, 'train')).toThrow(UsageError);
   expect(() => configFromArgs(parse(['--workers', 'two']).values, 'train')).toThrow(UsageError);
+});
+
+test('train() refuses a workers count that is not an integer ≥ 1, before touching the run folder', async () => {
+  for (const workers of [0, 1.5, NaN]) {
+    const cfg = tiny(`bad-${workers}`, { workers });
+    await expect(train(cfg, quiet)).rejects.toThrow(ArgumentError);
+    await expect(train(cfg, quiet)).rejects.toThrow(/Expected an integer ≥ 1 for workers but received/);
+    expect(fs.existsSync(cfg.out)).toBe(false);
+  }
 });
 
 test('a batch is shared out in equal parts of at least two rows, in batch order', () => {
