@@ -254,18 +254,36 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   const { model, head, sharded } = await buildModelAndHead(ctx, tf, resumed);
   writeRunConfig(ctx, head);
   const optimizer = makeOptimizer(ctx, tf, model, resumed);
-  const replicas = await startReplicas(ctx, tf, model);
-  const run: RunState = {
+  let replicas: BackboneReplicas | null = null;
+  try {
+    replicas = await startReplicas(ctx, tf, model);
+    const run = newRunState(ctx, tf, resumed, { model, head, sharded, optimizer, replicas });
+    logRunHeader(run);
+    run.evaluate = verificationOf(run);
+    run.before = evaluateBefore(run);
+    await trainWithCtrlC(run);
+    return resultOf(run);
+  } finally {
+    await replicas?.close();
+    optimizer.dispose();
+    model.dispose();
+    head.dispose();
+  }
+}
+
+function newRunState(
+  ctx: RunContext,
+  tf: Tf,
+  resumed: CheckpointState | null,
+  parts: Pick<RunState, 'model' | 'head' | 'sharded' | 'optimizer' | 'replicas'>,
+): RunState {
+  return {
     ...ctx,
+    ...parts,
     tf,
     resumed,
-    model,
-    head,
-    sharded,
-    optimizer,
-    replicas,
-    params: countParams(model),
-    loss: makeHeadLoss(ctx, tf, head, sharded, replicas),
+    params: countParams(parts.model),
+    loss: makeHeadLoss(ctx, tf, parts.head, parts.sharded, parts.replicas),
     ...restoreHistory(ctx, resumed),
     before: null,
     after: null,
@@ -278,22 +296,18 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
     totalSeconds: 0,
     totalHeadSeconds: 0,
   };
-  logRunHeader(run);
-  run.evaluate = verificationOf(run);
-  run.before = evaluateBefore(run);
+}
+
+/** The epochs and the end of the run, with Ctrl-C handled (hooks.handleSignals) meanwhile. */
+async function trainWithCtrlC(run: RunState): Promise<void> {
   const onSigint = stopOnCtrlC(run);
-  if (hooks.handleSignals) process.on('SIGINT', onSigint);
+  if (run.hooks.handleSignals) process.on('SIGINT', onSigint);
   try {
     await trainEpochs(run);
     await finishRun(run);
   } finally {
-    if (hooks.handleSignals) process.removeListener('SIGINT', onSigint);
-    await replicas?.close();
-    optimizer.dispose();
-    model.dispose();
-    head.dispose();
+    if (run.hooks.handleSignals) process.removeListener('SIGINT', onSigint);
   }
-  return resultOf(run);
 }
 
 /** Options, logging, the data and its identity split. */

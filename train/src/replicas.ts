@@ -183,6 +183,7 @@ export class BackboneReplicas {
     worker.removeAllListeners('exit');
     worker.removeAllListeners('error');
     worker.on('error', () => {}); // reported through the failed flag and the error port
+    worker.unref(); // never what keeps the process alive (close() ends it)
     return { worker, buf: replicaBuffers(this.spec, sab), errors: port1, done: 0, loading: false };
   }
 
