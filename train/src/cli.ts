@@ -68,6 +68,8 @@ const OPTIM_HELP = `Optimisation:
   --tf-backend wasm|cpu  tfjs backend (default wasm: the fastest that installs from npm alone)
   --backend auto|cpu|cuda   the margin head's backend (default auto: CUDA where a device is usable)
   --threads N            CPU threads of the margin head (default all)
+  --workers N            backbone replicas, each on a share of every batch (N − 1 worker threads; default 1);
+                         the head still steps on the whole batch, batch norm normalises each share on its own
   --distributed mpi      run as one rank of \`mpirun -np K\`: the backbone data-parallel,
                          the head sharded over the ranks (needs the addon built with MPI)`;
 
@@ -188,6 +190,7 @@ const OPTIONS = {
   'tf-backend': { type: 'string' },
   backend: { type: 'string' },
   threads: { type: 'string' },
+  workers: { type: 'string' },
   distributed: { type: 'string' },
   'eval-every': { type: 'string' },
   'eval-flip': { type: 'boolean' },
@@ -299,6 +302,7 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.tfBackend = tfBackendFrom(v) ?? c.tfBackend;
   c.backend = headBackendFrom(v) ?? c.backend;
   c.threads = int(v.threads, 'threads') ?? c.threads;
+  c.workers = int(v.workers, 'workers', 1) ?? c.workers;
   if (v.distributed !== undefined && v.distributed !== 'mpi' && v.distributed !== 'none') {
     throw new UsageError(`Expected mpi or none for --distributed but received ${JSON.stringify(v.distributed)}`);
   }

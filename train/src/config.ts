@@ -56,6 +56,8 @@ export interface TrainConfig extends BackboneConfig {
   onBadImage: BadImagePolicy;
   /** Head CPU threads (0 = all). */
   threads: number;
+  /** Backbone replicas (the main thread's and worker threads'), each on a share of every batch; 1 = the whole batch on one model. */
+  workers: number;
   /** 'mpi': one rank of `mpirun -np K`; data-parallel backbone, head sharded over the ranks. */
   distributed: 'none' | 'mpi';
 }
@@ -107,6 +109,7 @@ export const DEFAULT_CONFIG: TrainConfig = {
   backend: 'auto',
   onBadImage: 'stop',
   threads: 0,
+  workers: 1,
   distributed: 'none',
 };
 

@@ -3,7 +3,11 @@
  *
  * Backends that install from the npm registry alone: 'cpu' (pure JavaScript)
  * and 'wasm' (@tensorflow/tfjs-backend-wasm: XNNPACK compiled to WebAssembly
- * with SIMD; single-threaded in Node, see tfjs issue 3830).
+ * with SIMD; single-threaded in Node, see tfjs issue 3830: its threaded
+ * build does load in Node 20 when the blob: URLs of its pthread workers are
+ * shimmed, but XNNPACK then reports one thread and runs no faster, and the
+ * JavaScript kernels of ./wasm-kernels would stay on one core anyway; the
+ * second core is used by backbone replicas instead, --workers, ./replicas).
  * `@tensorflow/tfjs-node` downloads libtensorflow at install time and cannot
  * be installed without internet access, so it is not used.
  *
