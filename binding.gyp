@@ -4,6 +4,7 @@
       "target_name": "margin_softmax",
       "sources": [
         "native/addon.cc",
+        "native/margin_kinds_napi.cc",
         "native/cpu/fused_loss_cpu.cc",
         "native/cpu/gemm_ceiling.cc",
         "native/cpu/topk_cpu.cc",

@@ -38,6 +38,7 @@
 #include "cuda/head_cuda.h"
 #include "cuda/loss_cuda.h"
 #include "comm/comm.h"
+#include "margin_kinds_napi.h"
 
 namespace {
 
@@ -792,6 +793,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("_peakGflops", Napi::Function::New(env, guarded<PeakGflops>));
   register_head_functions(env, exports);  // MarginHead on the device (none without CUDA)
   ms::comm::register_natives(env, exports);  // _comm*: collectives (native/comm)
+  ms::register_margin_kinds(env, exports);  // _marginKinds: margin_math.h's table of kinds
   return exports;
 }
 

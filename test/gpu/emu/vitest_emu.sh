@@ -30,7 +30,7 @@ for f in native/cuda/*.cu; do
     -c "$f" -o "$obj/$(basename "$f" .cu).o" &
   pids+=($!)
 done
-for f in native/cpu/*.cc native/addon.cc native/cuda/head_addon.cc native/comm/comm_napi.cc native/comm/mpi_stub.cc; do
+for f in native/cpu/*.cc native/addon.cc native/margin_kinds_napi.cc native/cuda/head_addon.cc native/comm/comm_napi.cc native/comm/mpi_stub.cc; do
   g++ -std=c++17 "${common[@]}" -ffp-contract=fast -fno-strict-aliasing -I "$napi_inc" -I "$addon_inc" \
     -c "$f" -o "$obj/$(basename "$f" .cc).o" &
   pids+=($!)
