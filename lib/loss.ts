@@ -6,7 +6,7 @@ import { mpiInfo } from './comm';
 import { ArgumentError, BackendUnavailableError, NativeError, expected } from './errors';
 import { MARGIN_KINDS, nativeMarginParams } from './margins';
 import { MATRIX_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';
-import type { BackendName, DeviceInfo, ElasticArcMargin, ElasticCosMargin, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
+import type { BackendName, DeviceInfo, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
 import { validateInput, validateOptions, validateOut, type Shape } from './validate';
 
 export const DEFAULT_SCALE = 64;
@@ -60,7 +60,7 @@ export function allocFloat32(n: number): Float32Array {
 /** Draws the per-row margins of the elastic kinds, or returns undefined for the other kinds. */
 export function elasticMargins(margin: Margin, n: number): Float32Array | undefined {
   if (!MARGIN_KINDS[margin.kind].rowMargins) return undefined;
-  const { m, sigma, seed, counter: given } = margin as ElasticArcMargin | ElasticCosMargin;
+  const { m, sigma, seed, counter: given } = margin as Extract<Margin, { seed: number }>;
   let counter = given;
   if (counter === undefined) {
     counter = elasticCounters.get(seed) ?? 0;

@@ -247,7 +247,7 @@ void compare(const std::string& name, const Problem& p, MarginParams m, bool bf1
 }
 
 void with_row_margins(Problem& p, const MarginParams& m) {
-  if (m.kind == MarginKind::ElasticArc || m.kind == MarginKind::ElasticCos) {
+  if (has_row_margin(m.kind)) {
     p.row_m.resize((size_t)p.n);
     for (int64_t i = 0; i < p.n; ++i) p.row_m[i] = elastic_margin(m.m2, 0.05f, 7, 3, (uint64_t)i);
   } else {

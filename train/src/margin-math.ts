@@ -11,7 +11,7 @@
  */
 import * as path from 'path';
 import { createRequire } from 'module';
-import { ArgumentError, MARGIN_KINDS, MARGIN_KIND_NAMES, forward, nativeMarginParams, type ElasticArcMargin, type ElasticCosMargin, type Margin } from 'margin-softmax';
+import { ArgumentError, MARGIN_KINDS, MARGIN_KIND_NAMES, forward, nativeMarginParams, type Margin } from 'margin-softmax';
 
 interface TargetLogitHook {
   targetLogit(params: { kind: number; scale: number; m1: number; m2: number; m3: number; fallback: boolean }, cos: number, rowMargin: number): { z: number; dz: number };
@@ -35,7 +35,7 @@ function nativeParams(margin: Margin, scale: number, fallback: boolean) {
 
 /** The row margin of the elastic kinds evaluated at their mean margin m; 0 for the others. */
 function meanRowMargin(margin: Margin): number {
-  return MARGIN_KINDS[margin.kind].rowMargins ? (margin as ElasticArcMargin | ElasticCosMargin).m : 0;
+  return MARGIN_KINDS[margin.kind].rowMargins ? (margin as Extract<Margin, { seed: number }>).m : 0;
 }
 
 export interface LogitOptions {
