@@ -11,6 +11,7 @@
         "native/napi/device_info.cc",
         "native/napi/hooks.cc",
         "native/napi/comm.cc",
+        "native/napi/margin_kinds.cc",
         "native/cpu/fused_loss_cpu.cc",
         "native/cpu/sgd_cpu.cc",
         "native/cpu/gemm_ceiling.cc",

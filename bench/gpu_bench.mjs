@@ -99,8 +99,11 @@ function memorySampler() {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const native = require('node-gyp-build')(ROOT);
+// The paper's adaptive margin as the addon takes it (the package's table of kinds: dist/margins.js).
+const { MARGIN_KINDS, nativeMarginParams } = require(path.join(ROOT, 'dist'));
+const MARGIN = { kind: 'adaptive', ...MARGIN_KINDS.adaptive.paper };
 const info = native.info();
-const out = { device: info.cuda, n: N, d: D, margin: { kind: 'adaptive', m1: 0.03, m2: 0.5 }, scale: 64, operands: BF16 ? 'bf16' : 'tf32', api: [], head: [], kernels: [] };
+const out = { device: info.cuda, n: N, d: D, margin: MARGIN, scale: 64, operands: BF16 ? 'bf16' : 'tf32', api: [], head: [], kernels: [] };
 if (!info.cuda.usable) {
   out.error = `CUDA not usable: ${info.cuda.reason}`;
   console.log(JSON.stringify(out, null, 1));
@@ -109,7 +112,7 @@ if (!info.cuda.usable) {
 }
 
 const opts = {
-  kind: 4, scale: 64, m1: 0.03, m2: 0.5, m3: 0, fallback: true, gradFilter: 0, weightsBf16: BF16,
+  ...nativeMarginParams(MARGIN), scale: 64, fallback: true, gradFilter: 0, weightsBf16: BF16,
   threads: 0, workspaceBytes: 64 << 20, simd: -1, backend: 'cuda',
 };
 const mem = memorySampler();

@@ -4,7 +4,8 @@
  */
 import { mpiInfo } from './comm';
 import { ArgumentError, BackendUnavailableError, NativeError, expected } from './errors';
-import { MARGIN_KIND_CODES, MATRIX_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';
+import { MARGIN_KINDS, nativeMarginParams } from './margins';
+import { MATRIX_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';
 import type { BackendName, DeviceInfo, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
 import { validateInput, validateOptions, validateOut, type Shape } from './validate';
 
@@ -14,7 +15,7 @@ const NATIVE_DEFAULTS = native._defaults();
 export const DEFAULT_SCALE = NATIVE_DEFAULTS.scale;
 /** Bytes of cosine tiles the CPU backend keeps between passes where the options give none (64 MiB). */
 export const DEFAULT_WORKSPACE_BYTES = NATIVE_DEFAULTS.workspaceBytes;
-export const ADAPTIVE_DEFAULTS = { m1: 0.03, m2: 0.5 } as const;
+export const ADAPTIVE_DEFAULTS = { m1: MARGIN_KINDS.adaptive.params.m1.default, m2: MARGIN_KINDS.adaptive.params.m2.default } as const;
 
 /** Per-seed call counters of the elastic margins (used when margin.counter is not given). */
 const elasticCounters = new Map<number, number>();
@@ -56,36 +57,16 @@ export function allocFloat32(n: number): Float32Array {
   return callNative(() => native.zeros(n));
 }
 
-/** Draws the per-row elastic margins, or returns undefined for the other kinds. */
+/** Draws the per-row margins of the elastic kinds, or returns undefined for the other kinds. */
 export function elasticMargins(margin: Margin, n: number): Float32Array | undefined {
-  if (margin.kind !== 'elastic-arc' && margin.kind !== 'elastic-cos') return undefined;
-  let counter = margin.counter;
+  if (!MARGIN_KINDS[margin.kind].rowMargins) return undefined;
+  const { m, sigma, seed, counter: given } = margin as Extract<Margin, { seed: number }>;
+  let counter = given;
   if (counter === undefined) {
-    counter = elasticCounters.get(margin.seed) ?? 0;
-    elasticCounters.set(margin.seed, counter + 1);
+    counter = elasticCounters.get(seed) ?? 0;
+    elasticCounters.set(seed, counter + 1);
   }
-  return native.gaussian(margin.m, margin.sigma, margin.seed, counter, n);
-}
-
-/** The margin as the native side's (kind, m1, m2, m3) parameters. */
-export function nativeMargin(margin: Margin): Pick<NativeLossOptions, 'kind' | 'm1' | 'm2' | 'm3'> {
-  const kind = MARGIN_KIND_CODES[margin.kind];
-  switch (margin.kind) {
-    case 'softmax':
-      return { kind, m1: 0, m2: 0, m3: 0 };
-    case 'arcface':
-    case 'cosface':
-      return { kind, m1: 0, m2: margin.m, m3: 0 };
-    case 'combined':
-      return { kind, m1: margin.m1, m2: margin.m2, m3: margin.m3 };
-    case 'adaptive':
-      return { kind, m1: margin.m1 ?? ADAPTIVE_DEFAULTS.m1, m2: margin.m2 ?? ADAPTIVE_DEFAULTS.m2, m3: 0 };
-    case 'elastic-arc':
-    case 'elastic-cos':
-      return { kind, m1: 0, m2: margin.m, m3: 0 };
-    case 'cvm':
-      return { kind, m1: margin.m1, m2: margin.m2, m3: 0 };
-  }
+  return native.gaussian(m, sigma, seed, counter, n);
 }
 
 interface Prepared {
@@ -98,7 +79,7 @@ interface Prepared {
 /** The validated options as the native side takes them. */
 export function nativeOptions(options: LossOptions, backend: BackendName, margins?: Float32Array): NativeLossOptions {
   return {
-    ...nativeMargin(options.margin),
+    ...nativeMarginParams(options.margin),
     scale: options.scale ?? DEFAULT_SCALE,
     fallback: options.fallback ?? true,
     rowMargins: margins,

@@ -1,7 +1,6 @@
 /** The compiled addon and the contract of its functions (native/addon.cc registers them; native/napi/ holds each operation). */
 import * as path from 'path';
 import { NativeError } from './errors';
-import type { MarginKind } from './types';
 
 export interface NativeLossOptions {
   kind: number;
@@ -71,23 +70,16 @@ export interface NativeAddon {
   topkAsync(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): Promise<{ classes: Int32Array; scores: Float32Array }>;
   /** Test hook: bytes the addon's large allocations hold now (big_alloc minus big_free). */
   _liveNativeBytes(): number;
+  /**
+   * The addon's table of margin kinds (native/margin_math.h's MS_MARGIN_KINDS): per ms::MarginParams
+   * field m1, m2, m3 the TypeScript parameter it carries ('' where unused) and the typical value.
+   */
+  _marginKinds(): { name: string; code: number; angular: boolean; rowMargins: boolean; slots: Record<'m1' | 'm2' | 'm3', string>; typical: Record<'m1' | 'm2' | 'm3', number> }[];
   info(simd?: number): {
     cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number; matrix: 'amx-bf16' | 'avx512-bf16' | 'none' };
     cuda: { compiled: boolean; usable: boolean; reason?: string; [key: string]: unknown };
   };
 }
-
-/** Integer codes of the margin kinds; must match ms::MarginKind in native/margin_math.h. */
-export const MARGIN_KIND_CODES: Record<MarginKind, number> = {
-  softmax: 0,
-  arcface: 1,
-  cosface: 2,
-  combined: 3,
-  adaptive: 4,
-  'elastic-arc': 5,
-  'elastic-cos': 6,
-  cvm: 7,
-};
 
 export const SIMD_CODES = { auto: -1, portable: 4, avx2: 8, avx512: 16 } as const;
 /** Must match ms::MatrixPath in native/cpu/bf16_gemm.h. */

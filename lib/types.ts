@@ -3,42 +3,36 @@
  * field says what it means, its unit and its default.
  */
 import type { MpiInfo } from './comm';
+import type { MarginKindName, MarginOf } from './margins';
 
 /** Plain normalised softmax: z_j = s·cos θ_j for every class. */
-export interface SoftmaxMargin { kind: 'softmax' }
+export type SoftmaxMargin = MarginOf<'softmax'>;
 /** ArcFace: z_y = s·cos(θ_y + m). */
-export interface ArcFaceMargin { kind: 'arcface'; m: number }
+export type ArcFaceMargin = MarginOf<'arcface'>;
 /** CosFace: z_y = s·(cos θ_y − m). */
-export interface CosFaceMargin { kind: 'cosface'; m: number }
+export type CosFaceMargin = MarginOf<'cosface'>;
 /** Combined margin (InsightFace): z_y = s·(cos(m1·θ_y + m2) − m3). */
-export interface CombinedMargin { kind: 'combined'; m1: number; m2: number; m3: number }
+export type CombinedMargin = MarginOf<'combined'>;
 /**
  * Adaptive angular margin (the headline loss): z_y = s·cos(θ_y + f(θ_y)),
  * f(θ) = m1·(1 − cos²θ) + m2. Defaults m1 = 0.03, m2 = 0.5.
  * m1 = 0 is ArcFace with m = m2; m1 = m2 = 0 is softmax.
  */
-export interface AdaptiveMargin { kind: 'adaptive'; m1?: number; m2?: number }
+export type AdaptiveMargin = MarginOf<'adaptive'>;
 /**
  * ElasticFace-Arc: ArcFace with a per-row margin m_i ~ N(m, sigma²), drawn by a
  * counter-based generator keyed by (seed, counter, row): every backend draws the
  * same values. `counter` defaults to a per-seed call counter kept by the process
  * (0, 1, 2, … for successive calls with that seed); pass it to make a call reproducible.
  */
-export interface ElasticArcMargin { kind: 'elastic-arc'; m: number; sigma: number; seed: number; counter?: number }
+export type ElasticArcMargin = MarginOf<'elastic-arc'>;
 /** ElasticFace-Cos: CosFace with a per-row margin m_i ~ N(m, sigma²) (see {@link ElasticArcMargin}). */
-export interface ElasticCosMargin { kind: 'elastic-cos'; m: number; sigma: number; seed: number; counter?: number }
+export type ElasticCosMargin = MarginOf<'elastic-cos'>;
 /** CVM: z_y = s·(cos θ_y − m1·(1 − cos²θ_y)), z_j = s·(cos θ_j + m2·cos²θ_j) for j ≠ y. */
-export interface CvmMargin { kind: 'cvm'; m1: number; m2: number }
+export type CvmMargin = MarginOf<'cvm'>;
 
-export type Margin =
-  | SoftmaxMargin
-  | ArcFaceMargin
-  | CosFaceMargin
-  | CombinedMargin
-  | AdaptiveMargin
-  | ElasticArcMargin
-  | ElasticCosMargin
-  | CvmMargin;
+/** Every margin kind's object (lib/margins.ts's table); the named types above are its members. */
+export type Margin = { [K in MarginKindName]: MarginOf<K> }[MarginKindName];
 
 export type MarginKind = Margin['kind'];
 export type BackendName = 'cpu' | 'cuda';

@@ -1,30 +1,7 @@
 /** Argument validation: everything is checked here, before the native call. */
 import { expected, describe } from './errors';
+import { MARGIN_KIND_NAMES, isOptionalParam, marginParams, type MarginParamSpec } from './margins';
 import type { LossInput, LossOptions, Margin } from './types';
-
-const KINDS = ['softmax', 'arcface', 'cosface', 'combined', 'adaptive', 'elastic-arc', 'elastic-cos', 'cvm'] as const;
-
-/** Parameters each margin kind requires (adaptive's are optional: paper defaults). */
-const REQUIRED: Record<Margin['kind'], readonly string[]> = {
-  softmax: [],
-  arcface: ['m'],
-  cosface: ['m'],
-  combined: ['m1', 'm2', 'm3'],
-  adaptive: [],
-  'elastic-arc': ['m', 'sigma', 'seed'],
-  'elastic-cos': ['m', 'sigma', 'seed'],
-  cvm: ['m1', 'm2'],
-};
-const OPTIONAL: Record<Margin['kind'], readonly string[]> = {
-  softmax: [],
-  arcface: [],
-  cosface: [],
-  combined: [],
-  adaptive: ['m1', 'm2'],
-  'elastic-arc': ['counter'],
-  'elastic-cos': ['counter'],
-  cvm: [],
-};
 
 /** Most CPU threads a call may ask for: the pool keeps every thread it starts for the process's lifetime. */
 export const MAX_THREADS = 256;
@@ -172,30 +149,33 @@ export function validateFinite(a: Float32Array, what: string, rowLength?: number
   }
 }
 
-function checkParam(kind: string, name: string, v: unknown, { integer = false } = {}): void {
+function checkParam(kind: string, name: string, v: unknown, spec: MarginParamSpec): void {
   const what = `margin.${name} of '${kind}'`;
-  if (!integer) {
+  if (!spec.integer) {
     checkFloat32(v, what, {});
     return;
   }
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > Number.MAX_SAFE_INTEGER) expected('a non-negative safe integer', what, v);
 }
 
+/** Checks a margin object against its kind's row of the table (lib/margins.ts). */
 export function validateMargin(margin: unknown): Margin {
   if (margin === null || typeof margin !== 'object') expected(`a margin object { kind, … }`, 'options.margin', margin);
   const kind = (margin as { kind?: unknown }).kind;
-  if (typeof kind !== 'string' || !(KINDS as readonly string[]).includes(kind)) {
-    expected(`one of ${KINDS.map((k) => `'${k}'`).join(', ')}`, 'margin.kind', kind);
+  if (typeof kind !== 'string' || !(MARGIN_KIND_NAMES as readonly string[]).includes(kind)) {
+    expected(`one of ${MARGIN_KIND_NAMES.map((k) => `'${k}'`).join(', ')}`, 'margin.kind', kind);
   }
   const k = kind as Margin['kind'];
   const m = margin as unknown as Record<string, unknown>;
-  rejectUnknownKeys(m, ['kind', ...REQUIRED[k], ...OPTIONAL[k]], `margin of kind '${k}'`);
-  for (const name of REQUIRED[k]) {
+  const params = marginParams(k);
+  rejectUnknownKeys(m, ['kind', ...params.map(([name]) => name)], `margin of kind '${k}'`);
+  for (const [name, spec] of params) {
+    if (isOptionalParam(spec)) {
+      if (m[name] !== undefined) checkParam(k, name, m[name], spec);
+      continue;
+    }
     if (!(name in m)) expected(`margin.${name} (a number)`, `margin kind '${k}'`, undefined, 'no such field');
-    checkParam(k, name, m[name], { integer: name === 'seed' });
-  }
-  for (const name of OPTIONAL[k]) {
-    if (m[name] !== undefined) checkParam(k, name, m[name], { integer: name === 'counter' });
+    checkParam(k, name, m[name], spec);
   }
   return margin as Margin;
 }

@@ -26,6 +26,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("_productsSeconds", Napi::Function::New(env, guarded<ProductsSeconds>));
   exports.Set("_peakGflops", Napi::Function::New(env, guarded<PeakGflops>));
   exports.Set("_defaults", Napi::Function::New(env, guarded<Defaults>));
+  exports.Set("_marginKinds", Napi::Function::New(env, guarded<MarginKinds>));
   exports.Set("_commInfo", Napi::Function::New(env, guarded<CommInfo>));
   exports.Set("_commInit", Napi::Function::New(env, guarded<CommInit>));
   exports.Set("_commSetTimeout", Napi::Function::New(env, guarded<CommSetTimeout>));

@@ -29,17 +29,31 @@
 
 namespace ms {
 
-// The margin kinds. The integer values cross the N-API boundary; keep in sync
-// with lib/native.ts (MARGIN_KIND_CODES).
+// The margin kinds, one row each:
+//   X(Enum, code, "js-name", angular, row_margin, "p1", "p2", "p3", m1, m2, m3)
+// code: the integer that crosses the N-API boundary; "js-name": margin.kind in
+// TypeScript; angular: z_y = s·cos φ(θ) (see is_angular); row_margin: the
+// per-row margins of the elastic kinds (see has_row_margin); "p1".."p3": the
+// TypeScript parameter carried in MarginParams's m1, m2, m3 ("": unused);
+// m1, m2, m3: the kind's typical parameters (the self-tests' case).
+// lib/margins.ts holds the TypeScript side's row of each kind (all parameters,
+// defaults, help text); test/margin-kinds.test.ts checks the two agree
+// through the addon's _marginKinds() (native/margin_kinds_napi.cc).
+// Adding a kind: its row here, its math in target_logit, its row in lib/margins.ts.
+#define MS_MARGIN_KINDS(X)                                                                     \
+  X(Softmax, 0, "softmax", false, false, "", "", "", 0.0f, 0.0f, 0.0f)                         \
+  X(ArcFace, 1, "arcface", true, false, "", "m", "", 0.0f, 0.5f, 0.0f)                         \
+  X(CosFace, 2, "cosface", false, false, "", "m", "", 0.0f, 0.35f, 0.0f)                       \
+  X(Combined, 3, "combined", true, false, "m1", "m2", "m3", 0.95f, 0.45f, 0.1f)                \
+  X(Adaptive, 4, "adaptive", true, false, "m1", "m2", "", 0.03f, 0.5f, 0.0f)                   \
+  X(ElasticArc, 5, "elastic-arc", true, true, "", "m", "", 0.0f, 0.5f, 0.0f)                   \
+  X(ElasticCos, 6, "elastic-cos", false, true, "", "m", "", 0.0f, 0.35f, 0.0f)                 \
+  X(Cvm, 7, "cvm", false, false, "m1", "m2", "", 0.3f, 0.2f, 0.0f)
+
 enum class MarginKind : int32_t {
-  Softmax = 0,
-  ArcFace = 1,
-  CosFace = 2,
-  Combined = 3,
-  Adaptive = 4,
-  ElasticArc = 5,
-  ElasticCos = 6,
-  Cvm = 7,
+#define MS_KIND_ENUM(E, code, ...) E = code,
+  MS_MARGIN_KINDS(MS_KIND_ENUM)
+#undef MS_KIND_ENUM
 };
 
 // One struct describes the loss; both backends take it by value.
@@ -73,12 +87,25 @@ struct Logit {
 };
 
 MS_HD bool is_angular(MarginKind k) {
-  return k == MarginKind::ArcFace || k == MarginKind::Combined ||
-         k == MarginKind::Adaptive || k == MarginKind::ElasticArc;
+  switch (k) {
+#define MS_KIND_ANGULAR(E, code, js, angular, ...) \
+  case MarginKind::E:                              \
+    return angular;
+    MS_MARGIN_KINDS(MS_KIND_ANGULAR)
+#undef MS_KIND_ANGULAR
+  }
+  return false;
 }
 
 MS_HD bool has_row_margin(MarginKind k) {
-  return k == MarginKind::ElasticArc || k == MarginKind::ElasticCos;
+  switch (k) {
+#define MS_KIND_ROW_MARGIN(E, code, js, angular, row_margin, ...) \
+  case MarginKind::E:                                             \
+    return row_margin;
+    MS_MARGIN_KINDS(MS_KIND_ROW_MARGIN)
+#undef MS_KIND_ROW_MARGIN
+  }
+  return false;
 }
 
 // Non-target logit z_j for j ≠ y. Only CVM adds a false-class margin:

@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import { describe, expect, test } from 'vitest';
 import { ArgumentError, MarginHead, deviceInfo, forward, lossAndGrad } from '../lib/index';
 import type { CpuMatrixPath, LossOptions, Margin } from '../lib/types';
+import { typical } from './helpers';
 import { randomProblem, referenceLoss, relMaxErr, roundBf16 } from './reference.mjs';
 
 const U = 2 ** -8; // bf16 unit roundoff (8 significand bits, round to nearest even)
@@ -26,7 +27,7 @@ const WHY: Record<CpuMatrixPath, string> = {
   'avx512-bf16': 'the CPU lacks AVX512-BF16 (VDPBF16PS)',
   'amx-bf16': 'the CPU lacks AMX-BF16, or the OS refused the tile-data permission',
 };
-const MARGINS: Margin[] = [{ kind: 'adaptive' }, { kind: 'arcface', m: 0.5 }, { kind: 'cvm', m1: 0.3, m2: 0.2 }];
+const MARGINS: Margin[] = (['adaptive', 'arcface', 'cvm'] as const).map(typical);
 
 function bf16(matrix: CpuMatrixPath, extra: Partial<LossOptions> = {}): Omit<LossOptions, 'margin'> {
   return { backend: 'cpu', weightsDtype: 'bfloat16', matrix, threads: 2, ...extra };

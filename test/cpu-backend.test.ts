@@ -21,7 +21,8 @@ import { describe, expect, test } from 'vitest';
 import { ArgumentError, deviceInfo, lossAndGrad, forward } from '../lib/index';
 import { native } from '../lib/native';
 import type { LossOptions, LossAndGradResult, Margin } from '../lib/types';
-import { ALL_KINDS, cat, label, problemWithTargetCos, type Problem } from './helpers';
+import { MARGIN_KINDS, nativeMarginParams } from '../lib/margins';
+import { ALL_KINDS, cat, label, problemWithTargetCos, typical, type Problem } from './helpers';
 import {
   COS_EPS_FP32,
   allFinite,
@@ -153,29 +154,18 @@ describe('every margin kind vs the float64 reference', () => {
   });
 
   test('the shared header (_targetLogit) matches the reference margin on a grid of cosines', () => {
-    const kinds: Margin[] = [
-      { kind: 'softmax' },
-      { kind: 'arcface', m: 0.5 },
-      { kind: 'cosface', m: 0.35 },
-      { kind: 'combined', m1: 0.9, m2: 0.4, m3: 0.15 },
-      { kind: 'combined', m1: 1.0, m2: 0.3, m3: 0.2 },
-      { kind: 'adaptive', m1: 0.03, m2: 0.5 },
-      { kind: 'adaptive', m1: 0.4, m2: 0.2 },
-      { kind: 'cvm', m1: 0.3, m2: 0.2 },
-    ];
-    const codes: Record<string, number> = { softmax: 0, arcface: 1, cosface: 2, combined: 3, adaptive: 4, cvm: 7 };
+    // Every kind without row margins at its typical and its paper's parameters, and a strong adaptive term.
+    const kinds: Margin[] = [];
+    for (const m of ALL_KINDS.filter((k) => !MARGIN_KINDS[k.kind].rowMargins)) {
+      kinds.push(m);
+      const paper = { kind: m.kind, ...MARGIN_KINDS[m.kind].paper } as Margin;
+      if (label(paper) !== label(m) && !kinds.some((k) => label(k) === label(paper))) kinds.push(paper);
+    }
+    kinds.push({ kind: 'adaptive', m1: 0.4, m2: 0.2 });
+    expect(kinds.map((m) => m.kind)).toContain('combined');
     let n = 0;
     for (const m of kinds) {
-      const params =
-        m.kind === 'arcface' || m.kind === 'cosface'
-          ? { m1: 0, m2: m.m, m3: 0 }
-          : m.kind === 'combined'
-            ? { m1: m.m1, m2: m.m2, m3: m.m3 }
-            : m.kind === 'adaptive'
-              ? { m1: m.m1!, m2: m.m2!, m3: 0 }
-              : m.kind === 'cvm'
-                ? { m1: m.m1, m2: m.m2, m3: 0 }
-                : { m1: 0, m2: 0, m3: 0 };
+      const params = nativeMarginParams(m);
       for (const fallback of [true, false]) {
         for (let k = -999; k <= 999; k += 7) {
           const c = Math.fround(k / 1000);
@@ -184,7 +174,7 @@ describe('every margin kind vs the float64 reference', () => {
             const b = marginedAngle(m, Math.acos(c + 0.003)).phi - Math.PI;
             if (Math.sign(a) !== Math.sign(b)) continue; // the kink: fp32 may pick the other branch
           }
-          const got = native._targetLogit({ kind: codes[m.kind], scale: 64, ...params, fallback }, c, 0);
+          const got = native._targetLogit({ scale: 64, ...params, fallback }, c, 0);
           const want = targetLogitRef(m, 64, c, { fallback });
           // fp32 acos/cos/sin: ~1e−7 relative, amplified by 1/sinθ (≤ 22 at |c| ≤ 0.999) in dz.
           expect(Math.abs(got.z - want.z), `${label(m)} c=${c} z`).toBeLessThan(64 * 2e-6);
@@ -275,7 +265,7 @@ describe('adversarial inputs', () => {
 
   test('many classes: C = 3000 spans several class blocks (N = 16 → 256-class blocks)', () => {
     const p = randomProblem(16, 3000, 64, 7);
-    for (const m of [{ kind: 'adaptive' }, { kind: 'cvm', m1: 0.3, m2: 0.2 }, { kind: 'cosface', m: 0.35 }] as Margin[]) {
+    for (const m of (['adaptive', 'cvm', 'cosface'] as const).map(typical)) {
       const { nat } = check(p, { margin: m, scale: 64 });
       expect(nat.totalBlocks).toBeGreaterThanOrEqual(3);
       expect(nat.skippedBlocks).toBe(0);
@@ -415,7 +405,7 @@ describe('execution options', () => {
     expect(native.info(4).cpu.simd).toBe('portable');
     for (const [i, lvl] of SIMD_LEVELS.entries()) expect(native.info([4, 8, 16][i]).cpu.simd).toBe(lvl);
     const p = randomProblem(21, 700, 37, 17);
-    for (const m of [{ kind: 'adaptive' }, { kind: 'cvm', m1: 0.3, m2: 0.2 }, { kind: 'elastic-cos', m: 0.35, sigma: 0.05, seed: 1, counter: 0 }] as Margin[]) {
+    for (const m of (['adaptive', 'cvm', 'elastic-cos'] as const).map(typical)) {
       const results = SIMD_LEVELS.map((simd) => check(p, { margin: m, scale: 64, simd }).nat);
       const auto = check(p, { margin: m, scale: 64, simd: 'auto' }).nat;
       for (const r of results) {
@@ -465,7 +455,7 @@ describe('execution options', () => {
     const u = new Uint32Array(wb.buffer);
     expect(u.every((v) => (v & 0xffff) === 0)).toBe(true);
     expect(wb.some((v, k) => v !== p.weights[k])).toBe(true);
-    for (const m of [{ kind: 'adaptive' }, { kind: 'arcface', m: 0.5 }, { kind: 'cvm', m1: 0.3, m2: 0.2 }] as Margin[]) {
+    for (const m of (['adaptive', 'arcface', 'cvm'] as const).map(typical)) {
       // The products take bf16 operands too (X̂ and G are rounded): the reference on the
       // rounded centres holds to the bf16 bound (s·u per row, a few u for the gradients).
       const bf = check(p, { margin: m, weightsDtype: 'bfloat16' }, { loss: 64 * 2 ** -8 / 50, grad: 4 * 2 ** -8 }, { weights: wb }).nat;

@@ -1,4 +1,5 @@
 /** Problem builders shared by the test files (not part of the public reference). */
+import { MARGIN_KINDS, MARGIN_KIND_NAMES, type MarginKindName } from '../lib/margins';
 import type { Margin } from '../lib/types';
 import { gaussian, rng } from './reference.mjs';
 
@@ -83,18 +84,19 @@ export function problemWithTargetCos(
   };
 }
 
-/** Every margin kind with typical parameters (elastic kinds need rowMargins / seed). */
-export const ALL_KINDS: Margin[] = [
-  { kind: 'softmax' },
-  { kind: 'arcface', m: 0.5 },
-  { kind: 'cosface', m: 0.35 },
-  { kind: 'combined', m1: 0.95, m2: 0.45, m3: 0.1 },
-  { kind: 'adaptive' },
-  { kind: 'adaptive', m1: 0.2, m2: 0.3 },
-  { kind: 'elastic-arc', m: 0.5, sigma: 0.05, seed: 7, counter: 3 },
-  { kind: 'elastic-cos', m: 0.35, sigma: 0.05, seed: 7, counter: 3 },
-  { kind: 'cvm', m1: 0.3, m2: 0.2 },
-];
+/** A kind's typical case: lib/margins.ts's `typical` parameters (also native/margin_math.h's row). */
+export function typical(kind: MarginKindName): Margin {
+  return { kind, ...MARGIN_KINDS[kind].typical } as Margin;
+}
+
+/** The adaptive margin with a strong θ-dependent term (m1 = 0.2), beside its typical case (the native self-test's adaptive-big). */
+export const STRONG_ADAPTIVE: Margin = { kind: 'adaptive', m1: 0.2, m2: 0.3 };
+
+/**
+ * Every margin kind with its typical parameters, and STRONG_ADAPTIVE after
+ * adaptive (elastic kinds need rowMargins / seed).
+ */
+export const ALL_KINDS: Margin[] = MARGIN_KIND_NAMES.flatMap((k) => (k === 'adaptive' ? [typical(k), STRONG_ADAPTIVE] : [typical(k)]));
 
 export function label(m: Margin): string {
   const params = Object.entries(m)

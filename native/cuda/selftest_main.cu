@@ -161,16 +161,16 @@ struct Named {
   const char* name;
   MarginParams m;
 };
+// Every kind with its typical parameters (margin_math.h's MS_MARGIN_KINDS), and
+// after adaptive a strong θ-dependent adaptive term. Order: the table's.
 std::vector<Named> all_kinds() {
-  return {{"softmax", margin(MarginKind::Softmax, 0, 0, 0)},
-          {"arcface", margin(MarginKind::ArcFace, 0, 0.5f, 0)},
-          {"cosface", margin(MarginKind::CosFace, 0, 0.35f, 0)},
-          {"combined", margin(MarginKind::Combined, 0.9f, 0.4f, 0.15f)},
-          {"adaptive", margin(MarginKind::Adaptive, 0.03f, 0.5f, 0)},
-          {"adaptive-big", margin(MarginKind::Adaptive, 0.2f, 0.3f, 0)},
-          {"elastic-arc", margin(MarginKind::ElasticArc, 0, 0.5f, 0)},
-          {"elastic-cos", margin(MarginKind::ElasticCos, 0, 0.35f, 0)},
-          {"cvm", margin(MarginKind::Cvm, 0.3f, 0.2f, 0)}};
+  std::vector<Named> kinds;
+#define MS_TYPICAL_KIND(E, code, js, angular, row_margin, p1, p2, p3, m1, m2, m3) \
+  kinds.push_back({js, margin(MarginKind::E, m1, m2, m3)});           \
+  if (MarginKind::E == MarginKind::Adaptive) kinds.push_back({"adaptive-big", margin(MarginKind::Adaptive, 0.2f, 0.3f, 0)});
+  MS_MARGIN_KINDS(MS_TYPICAL_KIND)
+#undef MS_TYPICAL_KIND
+  return kinds;
 }
 
 int failures = 0;
@@ -247,7 +247,7 @@ void compare(const std::string& name, const Problem& p, MarginParams m, bool bf1
 }
 
 void with_row_margins(Problem& p, const MarginParams& m) {
-  if (m.kind == MarginKind::ElasticArc || m.kind == MarginKind::ElasticCos) {
+  if (has_row_margin(m.kind)) {
     p.row_m.resize((size_t)p.n);
     for (int64_t i = 0; i < p.n; ++i) p.row_m[i] = elastic_margin(m.m2, 0.05f, 7, 3, (uint64_t)i);
   } else {

@@ -18,6 +18,8 @@ Export Gaussian, Zeros;
 Export Info;
 // hooks.cc: the internal natives ("_" names)
 Export Defaults, TargetLogit, ProductsSeconds, PeakGflops, LiveNativeBytes;
+// margin_kinds.cc: margin_math.h's table of kinds (internal: the table test)
+Export MarginKinds;
 // comm.cc: the collectives
 Export CommInfo, CommInit, CommSetTimeout, CommAllGather, CommAllReduce, CommBroadcast, CommBarrier, CommShutdown;
 // device_head.cc: MarginHead on the CUDA device (built with CUDA only)

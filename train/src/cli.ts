@@ -13,7 +13,7 @@ import { parseArgs } from 'util';
 import { ArgumentError, CheckpointError } from 'margin-softmax';
 import { CheckpointMismatchError } from './checkpoint';
 import { COMPARE_LOSSES, runCompare, runEval } from './commands';
-import { DEFAULT_CONFIG, makeMargin, marginLabel, type TrainConfig } from './config';
+import { DEFAULT_CONFIG, makeMargin, marginKindsHelp, marginLabel, type TrainConfig } from './config';
 import { DataError } from './data';
 import { ImageError } from './images';
 import { train } from './loop';
@@ -55,9 +55,9 @@ const DATA_HELP = `Data:
 const MODEL_HELP = `Model and loss:
   --dim N                embedding size (default 512)
   --widths 16,32,64      ResNet stage widths; --blocks N blocks per stage (default 1); --dropout P
-  --margin KIND          softmax | arcface | cosface | combined | adaptive | elastic-arc | elastic-cos | cvm (default adaptive)
-  --m, --m1, --m2, --m3, --sigma   margin parameters (defaults: arcface m 0.5, cosface m 0.35, combined 1/0.3/0.2,
-                         adaptive m1 0.03 m2 0.5, elastic-arc m 0.5 sigma 0.05, elastic-cos m 0.35 sigma 0.05, cvm 0.3/0.2)
+  --margin KIND          the loss (default ${DEFAULT_CONFIG.margin.kind}), one of (with its parameters' defaults):
+${marginKindsHelp('                           ')}
+  --m, --m1, --m2, --m3, --sigma   the kind's parameters (the elastic kinds draw their margins with --seed)
   --scale S              logit scale (default 64)`;
 
 const OPTIM_HELP = `Optimisation:
@@ -122,7 +122,7 @@ prints the comparison tables once, at the end (stdout; also DIR/compare.md,
 compare.json, compare.svg).
 
 compare:
-  --losses LIST          comma-separated kinds (default: softmax,arcface,cosface,combined,elastic-arc,cvm,adaptive,
+  --losses LIST          comma-separated kinds (default: ${COMPARE_LOSSES.map((m) => m.kind).join(',')},
                          with the paper's parameters); --seeds 0,1,2. An entry may set parameters, kind:name=value…
                          (arcface:m=0.4), and list alternatives with | for a sweep, every combination trained:
                          'adaptive:m1=0.01|0.03|0.05:m2=0.45|0.5|0.55' (the m1 = 0 baseline of each m2 is added)

@@ -4,9 +4,9 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Margin } from 'margin-softmax';
+import { MARGIN_KINDS, MARGIN_KIND_NAMES, type Margin } from 'margin-softmax';
 import { CheckpointMismatchError, readCheckpointState } from './checkpoint';
-import { marginLabel, type TrainConfig } from './config';
+import { makeMargin, marginLabel, type TrainConfig } from './config';
 import { DataError, type DataSource } from './data';
 import { loadModel, readRun } from './embed';
 import { embed } from './evaluate';
@@ -90,15 +90,13 @@ export async function runEval(o: EvalOptions): Promise<EvalOutput> {
 
 // ---- compare ------------------------------------------------------------------------
 
-export const COMPARE_LOSSES: Margin[] = [
-  { kind: 'softmax' },
-  { kind: 'arcface', m: 0.5 },
-  { kind: 'cosface', m: 0.35 },
-  { kind: 'combined', m1: 1, m2: 0.3, m3: 0.2 },
-  { kind: 'elastic-arc', m: 0.5, sigma: 0.05, seed: 0 },
-  { kind: 'cvm', m1: 0.3, m2: 0.2 },
-  { kind: 'adaptive', m1: 0.03, m2: 0.5 },
-];
+/**
+ * compare's default losses: the kinds the library's table marks for it, the
+ * baselines in table order and then the proposed loss, each with its paper's parameters.
+ */
+export const COMPARE_LOSSES: Margin[] = (['baseline', 'proposed'] as const).flatMap((role) =>
+  MARGIN_KIND_NAMES.filter((k) => MARGIN_KINDS[k].compare === role).map((k) => makeMargin(k)),
+);
 
 export interface CompareOptions {
   /** Data folders; null = the embedded default. */
@@ -241,7 +239,7 @@ function tarAt1e2(v: VerificationResult): number | null {
 async function trainForCompare(run: CompareProgress, data: string | null, margin: Margin, seed: number): Promise<{ result: TrainResult; after: VerificationResult }> {
   const o = run.o;
   const dataset = datasetName(data);
-  const m = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos' ? { ...margin, seed } : margin;
+  const m = MARGIN_KINDS[margin.kind].rowMargins ? { ...margin, seed } : margin;
   const cfg: TrainConfig = {
     ...o.base,
     data,

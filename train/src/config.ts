@@ -2,7 +2,7 @@
  * Training configuration: defaults, margin parsing, and the fingerprint that
  * ties a checkpoint to the configuration that produced it.
  */
-import type { Margin, MarginKind } from 'margin-softmax';
+import { MARGIN_KINDS, MARGIN_KIND_NAMES, type Margin, type MarginKind } from 'margin-softmax';
 import type { BackboneConfig } from './model';
 import type { BadImagePolicy } from './data';
 import type { TfBackendName } from './tf';
@@ -62,16 +62,8 @@ export interface TrainConfig extends BackboneConfig {
   distributed: 'none' | 'mpi';
 }
 
-export const MARGIN_DEFAULTS: Record<MarginKind, Record<string, number>> = {
-  softmax: {},
-  arcface: { m: 0.5 },
-  cosface: { m: 0.35 },
-  combined: { m1: 1, m2: 0.3, m3: 0.2 },
-  adaptive: { m1: 0.03, m2: 0.5 },
-  'elastic-arc': { m: 0.5, sigma: 0.05 },
-  'elastic-cos': { m: 0.35, sigma: 0.05 },
-  cvm: { m1: 0.3, m2: 0.2 },
-};
+/** Each kind's CLI parameters and their defaults: the paper's parameters of the library's table. */
+export const MARGIN_DEFAULTS = Object.fromEntries(MARGIN_KIND_NAMES.map((k) => [k, { ...MARGIN_KINDS[k].paper }])) as Record<MarginKind, Record<string, number>>;
 
 export const DEFAULT_CONFIG: TrainConfig = {
   data: null,
@@ -89,7 +81,7 @@ export const DEFAULT_CONFIG: TrainConfig = {
   widths: [16, 32, 64],
   blocks: 1,
   dropout: 0,
-  margin: { kind: 'adaptive', m1: 0.03, m2: 0.5 },
+  margin: { kind: 'adaptive', ...MARGIN_KINDS.adaptive.paper },
   scale: 64,
   epochs: 10,
   batchSize: 32,
@@ -113,11 +105,9 @@ export const DEFAULT_CONFIG: TrainConfig = {
   distributed: 'none',
 };
 
-const KINDS = Object.keys(MARGIN_DEFAULTS) as MarginKind[];
-
 /** A margin from its kind and (optional) parameters; missing ones take MARGIN_DEFAULTS. */
 export function makeMargin(kind: string, params: Record<string, number | undefined> = {}, seed = 0): Margin {
-  if (!(KINDS as string[]).includes(kind)) throw new Error(`Expected --margin one of ${KINDS.join(', ')} but received ${JSON.stringify(kind)}`);
+  if (!(MARGIN_KIND_NAMES as string[]).includes(kind)) throw new Error(`Expected --margin one of ${MARGIN_KIND_NAMES.join(', ')} but received ${JSON.stringify(kind)}`);
   const k = kind as MarginKind;
   const out: Record<string, number | string> = { kind: k };
   for (const [name, def] of Object.entries(MARGIN_DEFAULTS[k])) {
@@ -129,8 +119,19 @@ export function makeMargin(kind: string, params: Record<string, number | undefin
       throw new Error(`--${name} does not apply to --margin ${k} (its parameters: ${Object.keys(MARGIN_DEFAULTS[k]).join(', ') || 'none'})`);
     }
   }
-  if (k === 'elastic-arc' || k === 'elastic-cos') out.seed = seed;
+  if (MARGIN_KINDS[k].rowMargins) out.seed = seed;
   return out as unknown as Margin;
+}
+
+/**
+ * The --margin kinds for the help text, one line each: the name, the loss,
+ * and the defaults of its parameters.
+ */
+export function marginKindsHelp(indent: string): string {
+  return MARGIN_KIND_NAMES.map((k) => {
+    const defaults = Object.entries(MARGIN_DEFAULTS[k]).map(([name, v]) => `${name} ${v}`);
+    return `${indent}${k.padEnd(12)} ${MARGIN_KINDS[k].help}${defaults.length ? ` — ${defaults.join(', ')}` : ''}`;
+  }).join('\n');
 }
 
 /** "adaptive(m1=0.03, m2=0.5)". */
@@ -159,7 +160,7 @@ export function modelFingerprint(cfg: TrainConfig, trainClasses: number): Record
     blocks: cfg.blocks,
     dropout: cfg.dropout,
     classes: trainClasses,
-    margin: cfg.margin.kind === 'elastic-arc' || cfg.margin.kind === 'elastic-cos' ? { ...cfg.margin, counter: undefined } : cfg.margin,
+    margin: MARGIN_KINDS[cfg.margin.kind].rowMargins ? { ...cfg.margin, counter: undefined } : cfg.margin,
     scale: cfg.scale,
   };
 }

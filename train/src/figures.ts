@@ -14,7 +14,7 @@
  */
 import * as path from 'path';
 import type { Margin } from 'margin-softmax';
-import { marginLabel } from './config';
+import { makeMargin, marginLabel } from './config';
 import { marginedAngles, otherLogits, targetLogits } from './margin-math';
 import { writeSvgs, type VlSpec } from './plots';
 
@@ -28,15 +28,8 @@ export const FIGURE1_SETTINGS: { m1: number; m2: number }[] = [
   { m1: 0.2, m2: 0.25 },
 ];
 
-/** The losses of Figure 2, with compare's parameters (ElasticFace-Arc at its mean margin). */
-export const FIGURE2_LOSSES: Margin[] = [
-  { kind: 'softmax' },
-  { kind: 'arcface', m: 0.5 },
-  { kind: 'elastic-arc', m: 0.5, sigma: 0.05, seed: 0 },
-  { kind: 'cosface', m: 0.35 },
-  { kind: 'cvm', m1: 0.3, m2: 0.2 },
-  { kind: 'adaptive', m1: 0.03, m2: 0.5 },
-];
+/** The losses of Figure 2 (its panels, in order), with compare's parameters (ElasticFace-Arc at its mean margin). */
+export const FIGURE2_LOSSES: Margin[] = (['softmax', 'arcface', 'elastic-arc', 'cosface', 'cvm', 'adaptive'] as const).map((k) => makeMargin(k));
 
 function degrees(step: number): number[] {
   const out: number[] = [];

@@ -11,7 +11,7 @@
  */
 import * as path from 'path';
 import { createRequire } from 'module';
-import { ArgumentError, forward, type Margin, type MarginKind } from 'margin-softmax';
+import { ArgumentError, MARGIN_KINDS, MARGIN_KIND_NAMES, forward, nativeMarginParams, type Margin } from 'margin-softmax';
 
 interface TargetLogitHook {
   _targetLogit(params: { kind: number; scale: number; m1: number; m2: number; m3: number; fallback: boolean }, cos: number, rowMargin: number): { z: number; dz: number };
@@ -28,31 +28,14 @@ function addon(): TargetLogitHook {
   return hook;
 }
 
-/**
- * ms::MarginKind's integer codes and the (m1, m2, m3) each kind's parameters
- * travel in (native/margin_math.h's MarginParams; the library's own copy of
- * this mapping is lib/loss.ts's nativeMargin, not exported). The test of this
- * module checks every kind against the library's `forward`.
- */
-const KIND_CODES: Record<MarginKind, number> = { softmax: 0, arcface: 1, cosface: 2, combined: 3, adaptive: 4, 'elastic-arc': 5, 'elastic-cos': 6, cvm: 7 };
-
+/** The addon's target_logit parameters: the margin's native (kind, m1, m2, m3) from the library's table. */
 function nativeParams(margin: Margin, scale: number, fallback: boolean) {
-  const p = { kind: KIND_CODES[margin.kind], scale, m1: 0, m2: 0, m3: 0, fallback };
-  switch (margin.kind) {
-    case 'softmax':
-      return p;
-    case 'arcface':
-    case 'cosface':
-    case 'elastic-arc':
-    case 'elastic-cos':
-      return { ...p, m2: margin.m };
-    case 'combined':
-      return { ...p, m1: margin.m1, m2: margin.m2, m3: margin.m3 };
-    case 'adaptive':
-      return { ...p, m1: margin.m1 ?? 0.03, m2: margin.m2 ?? 0.5 };
-    case 'cvm':
-      return { ...p, m1: margin.m1, m2: margin.m2 };
-  }
+  return { ...nativeMarginParams(margin), scale, fallback };
+}
+
+/** The row margin of the elastic kinds evaluated at their mean margin m; 0 for the others. */
+function meanRowMargin(margin: Margin): number {
+  return MARGIN_KINDS[margin.kind].rowMargins ? (margin as Extract<Margin, { seed: number }>).m : 0;
 }
 
 export interface LogitOptions {
@@ -75,7 +58,7 @@ function checkCosines(cosines: ArrayLike<number>): void {
 export function targetLogits(margin: Margin, cosines: ArrayLike<number>, o: LogitOptions = {}): { z: Float64Array; dz: Float64Array } {
   checkCosines(cosines);
   const p = nativeParams(margin, o.scale ?? 1, o.fallback ?? true);
-  const rowMargin = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos' ? margin.m : 0;
+  const rowMargin = meanRowMargin(margin);
   const z = new Float64Array(cosines.length);
   const dz = new Float64Array(cosines.length);
   const a = addon();
@@ -96,8 +79,9 @@ export function targetLogits(margin: Margin, cosines: ArrayLike<number>, o: Logi
  * and θ = π it works on angles about 5e−4 rad inside the range.
  */
 export function marginedAngles(margin: Margin, thetas: ArrayLike<number>): Float64Array {
-  if (margin.kind !== 'arcface' && margin.kind !== 'combined' && margin.kind !== 'adaptive' && margin.kind !== 'elastic-arc') {
-    throw new ArgumentError(`Expected an angular margin (arcface, combined, adaptive, elastic-arc) for marginedAngles but received ${JSON.stringify(margin.kind)}`);
+  if (!MARGIN_KINDS[margin.kind].angular) {
+    const angular = MARGIN_KIND_NAMES.filter((k) => MARGIN_KINDS[k].angular).join(', ');
+    throw new ArgumentError(`Expected an angular margin (${angular}) for marginedAngles but received ${JSON.stringify(margin.kind)}`);
   }
   const cos = Float64Array.from(thetas, (t) => Math.cos(t));
   const { z, dz } = targetLogits(margin, cos, { scale: 1, fallback: false });
@@ -125,7 +109,7 @@ export function otherLogits(margin: Margin, cosines: ArrayLike<number>, o: Pick<
   }
   const weights = Float32Array.from([1, 0, 0, 0, 1, 0]);
   // Elastic kinds: σ = 0 draws exactly the mean margin for every row.
-  const m = margin.kind === 'elastic-arc' || margin.kind === 'elastic-cos' ? { ...margin, sigma: 0 } : margin;
+  const m = MARGIN_KINDS[margin.kind].rowMargins ? { ...margin, sigma: 0 } : margin;
   const r = forward({ embeddings, weights, labels: new Int32Array(n), dim: 3 }, { margin: m, scale, backend: 'cpu', threads: 1 });
   const zy0 = targetLogits(margin, [0], { scale }).z[0];
   return Float64Array.from(r.perSample, (l) => zy0 + Math.log(Math.expm1(l)));

@@ -11,10 +11,10 @@
  * alternatives (a grid) also gets the m1 = 0 runs of each of its m2 values,
  * the baseline that Table 2's differences need.
  */
-import { ArgumentError, type Margin } from 'margin-softmax';
+import { ArgumentError, MARGIN_KIND_NAMES, type Margin } from 'margin-softmax';
 import { MARGIN_DEFAULTS, makeMargin, marginLabel } from './config';
 
-const KINDS = Object.keys(MARGIN_DEFAULTS);
+const KINDS: readonly string[] = MARGIN_KIND_NAMES;
 
 function parseValue(text: string, name: string, entry: string): number {
   const x = Number(text);
