@@ -10,7 +10,7 @@ import { native } from '../lib/native';
 import type { AdaptiveMargin, ArcFaceMargin, CombinedMargin, CosFaceMargin, CvmMargin, ElasticArcMargin, ElasticCosMargin, Margin, SoftmaxMargin } from '../lib/types';
 import { marginKindsHelp, MARGIN_DEFAULTS } from '../train/src/config';
 import { typical } from './helpers';
-import { randomProblem } from './reference';
+import { randomProblem } from './reference.mjs';
 
 // The public margin types keep the shapes they had as hand-written interfaces.
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
