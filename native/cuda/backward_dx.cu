@@ -19,7 +19,7 @@
 // work) instead of spilling N×d or C×d partial sums to memory per tile.
 //
 // Tile ownership and bounds:
-//   blockIdx.x = g·nrt32 + rt; blockIdx.y = output slice (columns [512·y, 512·y+512) ∩ [0, dp));
+//   blockIdx.x = g·row_tiles32 + rt; blockIdx.y = output slice (columns [512·y, 512·y+512) ∩ [0, dp));
 //   rows [32·rt, 32·rt+32) ⊂ [0, N_pad); class tiles [g·tpg, min(nct, (g+1)·tpg));
 //   warp w owns output columns [q0 + 64w, q0 + 64w + 64): all inside dp or all
 //   outside (dp is a multiple of 64); an outside warp does no MMA and no store.
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
 
   const int tid = threadIdx.x, warp = tid >> 5;
   const int64_t bid = blockIdx.x;
-  const int64_t rt = bid % p.nrt32, g = bid / p.nrt32;
+  const int64_t rt = bid % p.row_tiles32, g = bid / p.row_tiles32;
   const int q0 = blockIdx.y * kSlice;
   const int64_t row0 = rt * kDxRows;
   const int64_t ct_begin = g * p.tiles_per_group;
@@ -84,16 +84,13 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
   const bool active = wq < p.dp;
 
   Acc<T> acc[2][4];
-#pragma unroll
-  for (int a = 0; a < 2; ++a)
-#pragma unroll
-    for (int b = 0; b < 4; ++b) wmma::fill_fragment(acc[a][b], 0.0f);
+  zero_acc<T>(acc);
 
   const int col = tid % kTileC, rbase = tid / kTileC;
   for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
-    if (p.mask[ct * p.nrt32 + rt] != kMaskCompute) continue;  // same value for every thread
+    if (p.mask[ct * p.row_tiles32 + rt] != kMaskCompute) continue;  // same value for every thread
     const int64_t col0 = ct * kTileC;
-    Tile::run(static_cast<const T*>(p.xop), row0, p.dp, p.w, col0, smem);
+    Tile::run(static_cast<const T*>(p.x_operand), row0, p.dp, p.w, col0, smem);
 
     // G' tile: g_ij·invw_j for my column, rows rbase, rbase+2, …
     const int64_t j = col0 + col;
@@ -106,9 +103,8 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
       const int32_t y = p.labels[i];  // ≥ 0 local target, −1 ignored/padding, −2 counted without a local target
       float gv = 0.0f;
       if (jok && y != -1) {
-        gv = (int64_t)y == j ? p.ptm1[i] * p.dzt[i]
-                             : grad_other(S[r * Tile::LDS + col] * inv, p.lse[i], p.scale, p.cvm_m2);
-        gv *= p.inv_valid;
+        float c = S[r * Tile::LDS + col] * inv;
+        gv = grad_entry(p, i, y, j, c);
       }
       Gs[r * Cfg::LDG + col] = E::cvt(gv * inv);
     }
@@ -163,7 +159,7 @@ template <class T>
 void launch_backward_dx(const BwdParams& p, int64_t groups, int slices, cudaStream_t s) {
   const size_t smem = DxCfg<T>::kSmem;
   MS_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&backward_dx<T>), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  const dim3 grid((unsigned)(groups * p.nrt32), (unsigned)slices);
+  const dim3 grid((unsigned)(groups * p.row_tiles32), (unsigned)slices);
   MS_LAUNCH(backward_dx<T>, grid, kThreads, smem, s, p);
   MS_CUDA_LAUNCHED("backward_dx");
 }

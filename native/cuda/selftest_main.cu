@@ -280,7 +280,7 @@ void head_extras(const std::string& name, bool bf16, const Tol& tol) {
   const int64_t C = (int64_t)index.size();
   for (int64_t i = 0; i < full.n; ++i) full.labels[i] = (int32_t)(i % 5 == 1 ? -2 : i % 7 == 3 ? -1 : (i * 37) % C);
   MarginParams m = margin(MarginKind::Adaptive, 0.03f, 0.5f, 0);
-  auto make = [&](const float* lse_in, const float* ptm1_in, bool hook, std::vector<float>& hooked,
+  auto make = [&](const float* lse_in, const float* target_pm1_in, bool hook, std::vector<float>& hooked,
                   std::vector<int64_t>& nulls) {
     LossProblem lp;
     lp.x = full.x.data();
@@ -294,7 +294,7 @@ void head_extras(const std::string& name, bool bf16, const Tol& tol) {
     lp.class_index = index.data();
     lp.valid_rows = 60;
     lp.lse_in = lse_in;
-    lp.target_pm1_in = ptm1_in;
+    lp.target_pm1_in = target_pm1_in;
     if (hook) {
       hooked.assign((size_t)(C * full.d), -7.0f);
       lp.block_update = [&hooked, &nulls, d = full.d](int64_t j0, int64_t bc, const float* g) {
@@ -312,7 +312,7 @@ void head_extras(const std::string& name, bool bf16, const Tol& tol) {
     std::vector<int64_t> nulls;
     LossOutputs o;
   };
-  auto run = [&](bool cuda, const float* lse_in, const float* ptm1_in, bool hook) {
+  auto run = [&](bool cuda, const float* lse_in, const float* target_pm1_in, bool hook) {
     Run r;
     r.ps.assign((size_t)full.n, 0);
     r.gx.assign((size_t)(full.n * full.d), 0);
@@ -326,7 +326,7 @@ void head_extras(const std::string& name, bool bf16, const Tol& tol) {
     r.o.row_sumexp_other = r.roth.data();
     r.o.row_target = r.rtgt.data();
     r.o.row_target_cos = r.rcos.data();
-    LossProblem lp = make(lse_in, ptm1_in, hook, r.hooked, r.nulls);
+    LossProblem lp = make(lse_in, target_pm1_in, hook, r.hooked, r.nulls);
     if (cuda) {
       cuda_loss(lp, r.o);
     } else {
@@ -343,15 +343,15 @@ void head_extras(const std::string& name, bool bf16, const Tol& tol) {
     Run ref = run(false, nullptr, nullptr, false);
     Run got = run(true, nullptr, nullptr, false);
     // Merged inputs equal to the CUDA run's own values: the same result.
-    std::vector<float> lse_own((size_t)full.n), ptm1_own((size_t)full.n, 0.0f);
+    std::vector<float> lse_own((size_t)full.n), target_pm1_own((size_t)full.n, 0.0f);
     for (int64_t i = 0; i < full.n; ++i) {
       lse_own[i] = lse_value(LseState{got.rmax[i], got.rsum[i], got.roth[i]});
       if (full.labels[i] >= 0) {
         const TargetTerms tt = target_terms(LseState{got.rmax[i], got.rsum[i], got.roth[i]}, got.rtgt[i]);
-        ptm1_own[i] = tt.pt_minus_1;
+        target_pm1_own[i] = tt.pt_minus_1;
       }
     }
-    Run merged = run(true, lse_own.data(), ptm1_own.data(), true);
+    Run merged = run(true, lse_own.data(), target_pm1_own.data(), true);
     double loss_err = 0, stat_err = 0;
     for (int64_t i = 0; i < full.n; ++i) {
       loss_err = std::fmax(loss_err, std::fabs((double)got.ps[i] - ref.ps[i]) / std::fmax(1.0, std::fabs(ref.ps[i])));

@@ -10,7 +10,7 @@
 //   * the per-element gradient of a non-target logit (grad_other).
 //
 // Layout conventions (all kernels):
-//   xop   N_pad × dp operand copy of X̂ (T), zero rows ≥ N and zero columns ≥ d.
+//   x_operand   N_pad × dp operand copy of X̂ (T), zero rows ≥ N and zero columns ≥ d.
 //         N_pad = round_up(N, kRowPad), dp = round_up(d, kDPad).
 //   W     TF32 path: the caller's fp32 C×d rows (stride d, any d);
 //         BF16 path: C×dp bf16 rows, zero columns ≥ d.
@@ -87,6 +87,15 @@ using FragBc = wmma::fragment<wmma::matrix_b, 16, 16, Elem<T>::kStep, typename E
 template <class T>
 using Acc = wmma::fragment<wmma::accumulator, 16, 16, Elem<T>::kStep, float>;
 
+// A warp's M×N accumulator fragments set to zero.
+template <class T, int M, int N>
+__device__ __forceinline__ void zero_acc(Acc<T> (&acc)[M][N]) {
+#pragma unroll
+  for (int a = 0; a < M; ++a)
+#pragma unroll
+    for (int b = 0; b < N; ++b) wmma::fill_fragment(acc[a][b], 0.0f);
+}
+
 constexpr size_t cmax(size_t a, size_t b) { return a > b ? a : b; }
 constexpr size_t align128(size_t a) { return (a + 127) / 128 * 128; }
 
@@ -136,11 +145,11 @@ __device__ __forceinline__ float w_value(const WView& w, int64_t j, int q) {
   return w.wb ? __bfloat162float(w.wb[j * (int64_t)w.dp + q]) : w.w32[j * (int64_t)w.d + q];
 }
 
-// 16 bytes of xop row `row` from column k (zero for k ≥ dp). Rows < N_pad always exist.
+// 16 bytes of x_operand row `row` from column k (zero for k ≥ dp). Rows < N_pad always exist.
 template <class T>
-__device__ __forceinline__ uint4 load_x16(const T* xop, int dp, int64_t row, int k) {
+__device__ __forceinline__ uint4 load_x16(const T* x_operand, int dp, int64_t row, int k) {
   if (k >= dp) return zero16();
-  return __ldg(reinterpret_cast<const uint4*>(xop + row * (int64_t)dp + k));
+  return __ldg(reinterpret_cast<const uint4*>(x_operand + row * (int64_t)dp + k));
 }
 
 // ---- One BM×BN cosine tile --------------------------------------------------
@@ -176,12 +185,12 @@ struct CosTile {
   static_assert(kDPad % KC == 0, "dp is a whole number of K chunks");
 
   // Loads chunk k0 of both operands into registers (16 bytes per vector).
-  static __device__ __forceinline__ void fetch(uint4 (&ra)[NVA], uint4 (&rb)[NVB], const T* xop, int64_t row0, int dp,
+  static __device__ __forceinline__ void fetch(uint4 (&ra)[NVA], uint4 (&rb)[NVB], const T* x_operand, int64_t row0, int dp,
                                                const WView& w, int64_t col0, int k0) {
 #pragma unroll
     for (int q = 0; q < NVA; ++q) {
       const int v = threadIdx.x + q * kThreads;
-      ra[q] = load_x16<T>(xop, dp, row0 + v / VPR, k0 + (v % VPR) * E::kVec);
+      ra[q] = load_x16<T>(x_operand, dp, row0 + v / VPR, k0 + (v % VPR) * E::kVec);
     }
 #pragma unroll
     for (int q = 0; q < NVB; ++q) {
@@ -190,7 +199,7 @@ struct CosTile {
     }
   }
 
-  static __device__ void run(const T* __restrict__ xop, int64_t row0, int dp, const WView& w, int64_t col0,
+  static __device__ void run(const T* __restrict__ x_operand, int64_t row0, int dp, const WView& w, int64_t col0,
                              unsigned char* smem) {
     T* As = reinterpret_cast<T*>(smem);
     T* Bs = As + BM * LDK;
@@ -199,13 +208,10 @@ struct CosTile {
     const int wr = warp / WC, wc = warp % WC;
 
     Acc<T> acc[FM][FN];
-#pragma unroll
-    for (int a = 0; a < FM; ++a)
-#pragma unroll
-      for (int b = 0; b < FN; ++b) wmma::fill_fragment(acc[a][b], 0.0f);
+    zero_acc<T>(acc);
 
     uint4 ra[NVA], rb[NVB];
-    fetch(ra, rb, xop, row0, dp, w, col0, 0);
+    fetch(ra, rb, x_operand, row0, dp, w, col0, 0);
     for (int k0 = 0; k0 < dp; k0 += KC) {
       __syncthreads();  // previous chunk's fragment loads (or the caller's phase) are done with the region
 #pragma unroll
@@ -219,7 +225,7 @@ struct CosTile {
         *reinterpret_cast<uint4*>(Bs + (v / VPR) * LDK + (v % VPR) * E::kVec) = rb[q];
       }
       __syncthreads();  // chunk visible
-      if (k0 + KC < dp) fetch(ra, rb, xop, row0, dp, w, col0, k0 + KC);  // in flight during the MMAs
+      if (k0 + KC < dp) fetch(ra, rb, x_operand, row0, dp, w, col0, k0 + KC);  // in flight during the MMAs
 #pragma unroll
       for (int ks = 0; ks < KC; ks += E::kStep) {
         FragA<T> fa[FM];
