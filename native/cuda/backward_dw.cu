@@ -41,35 +41,20 @@ template <class T>
 struct DwCfg {
   using E = Elem<T>;
   using Tile = CosTile<T, kDwRows, kDwClasses, 8, 1>;
-  static constexpr int KX = 2 * E::kStep;        // rows per staged X̂ chunk (16 TF32 / 32 BF16)
-  static constexpr int LDX = kSlice + E::kPad;   // X̂ chunk row stride
+  using Chunk = Staged<T>;                        // X̂ in chunks of Chunk::K rows
   static constexpr int LDG = kDwClasses + E::kPad;
-  static constexpr int VPX = kSlice / E::kVec;
-  static constexpr int NVX = KX * VPX / kThreads;  // 8
-  static constexpr size_t kXsBytes = (size_t)KX * LDX * sizeof(T);
   static constexpr size_t kStageBytes = (size_t)(kThreads / 32) * 256 * sizeof(float);
-  static constexpr size_t kUnion = align128(cmax(cmax(Tile::kBytes, kXsBytes), kStageBytes));
+  static constexpr size_t kUnion = align128(cmax(cmax(Tile::kBytes, Chunk::kBytes), kStageBytes));
   static constexpr size_t kGsOffset = kUnion;
   static constexpr size_t kGsBytes = align128((size_t)kDwRows * LDG * sizeof(T));
   static constexpr size_t kTpartOffset = kGsOffset + kGsBytes;
   static constexpr size_t kCoefOffset = kTpartOffset + (kThreads / 32) * kDwClasses * sizeof(float);
   static constexpr size_t kSmem = kCoefOffset + 2 * kDwClasses * sizeof(float);  // coef, invw
-  static_assert((KX * VPX) % kThreads == 0, "whole vectors per thread");
-  static_assert(kDwRows % KX == 0, "whole chunks per row tile");
+  static_assert(kDwRows % Chunk::K == 0, "whole chunks per row tile");
   static_assert(kTileC % kDwClasses == 0 && kDwRows % kTileR == 0, "aligned with the filter mask");
   static_assert(kRowPad % kDwRows == 0, "row tiles cover N_pad exactly");
   static_assert(kSmem <= 99 * 1024, "fits sm_86/sm_89's 99 KiB per block");
 };
-
-template <class T>
-__device__ __forceinline__ void fetch_x_chunk(uint4 (&rx)[DwCfg<T>::NVX], const T* x_operand, int dp, int64_t r0, int q0) {
-  using Cfg = DwCfg<T>;
-#pragma unroll
-  for (int q = 0; q < Cfg::NVX; ++q) {
-    const int v = threadIdx.x + q * kThreads;
-    rx[q] = load_x16<T>(x_operand, dp, r0 + v / Cfg::VPX, q0 + (v % Cfg::VPX) * Elem<T>::kVec);
-  }
-}
 
 // One element of the fused SGD step (see SgdParams): the same operations in
 // the same order as the CPU head's Sgd::apply, in fp32.
@@ -155,34 +140,10 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
     }
 
     // dŴ'[32 classes, slice] += G'ᵀ(32×128) · X̂[rows, slice](128×slice).
-    uint4 rx[Cfg::NVX];
-    fetch_x_chunk<T>(rx, x_operand, p.dp, row0, q0);
-    for (int kc = 0; kc < kDwRows; kc += Cfg::KX) {
-      if (kc > 0) __syncthreads();  // the previous chunk's fragment loads are done
-#pragma unroll
-      for (int q = 0; q < Cfg::NVX; ++q) {
-        const int v = tid + q * kThreads;
-        *reinterpret_cast<uint4*>(Xs + (v / Cfg::VPX) * Cfg::LDX + (v % Cfg::VPX) * E::kVec) = rx[q];
-      }
-      __syncthreads();
-      if (kc + Cfg::KX < kDwRows) fetch_x_chunk<T>(rx, x_operand, p.dp, row0 + kc + Cfg::KX, q0);
-      if (active) {
-#pragma unroll
-        for (int ks = 0; ks < Cfg::KX; ks += E::kStep) {
-          // A = G'ᵀ: (m = class, k = row) at Gs[k·LDG + m], i.e. column-major.
-          FragAc<T> fa[2];
-#pragma unroll
-          for (int a = 0; a < 2; ++a) wmma::load_matrix_sync(fa[a], Gs + (kc + ks) * Cfg::LDG + a * 16, Cfg::LDG);
-#pragma unroll
-          for (int b = 0; b < 4; ++b) {
-            FragB<T> fb;  // (k = row, n = column) at Xs[k·LDX + n]
-            wmma::load_matrix_sync(fb, Xs + ks * Cfg::LDX + warp * 64 + b * 16, Cfg::LDX);
-#pragma unroll
-            for (int a = 0; a < 2; ++a) wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]);
-          }
-        }
-      }
-    }
+    // A = G'ᵀ: (m = class, k = row) at Gs[k·LDG + m], i.e. column-major.
+    mma_staged<T, FragAc<T>, Cfg::LDG, kDwRows>(
+        acc, Xs, [&](int r, int k) { return load_x16<T>(x_operand, p.dp, row0 + r, q0 + k); },
+        [&](int a, int k) { return Gs + k * Cfg::LDG + a * 16; }, active, warp);
     // The next Tile::run begins with a barrier (protects Xs, Gs and tpart).
   }
 

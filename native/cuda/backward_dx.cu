@@ -39,29 +39,14 @@ template <class T>
 struct DxCfg {
   using E = Elem<T>;
   using Tile = CosTile<T, kDxRows, kTileC, 2, 4>;
-  static constexpr int KW = 2 * E::kStep;                  // classes per staged W chunk (16 TF32 / 32 BF16)
-  static constexpr int LDW = kSlice + E::kPad;             // W chunk row stride (elements)
+  using Chunk = Staged<T>;                                  // W in chunks of Chunk::K classes
   static constexpr int LDG = kTileC + E::kPad;             // G' row stride (elements)
-  static constexpr int VPW = kSlice / E::kVec;             // 16-byte vectors per W chunk row
-  static constexpr int NVW = KW * VPW / kThreads;          // per thread (8)
-  static constexpr size_t kWsBytes = (size_t)KW * LDW * sizeof(T);
-  static constexpr size_t kUnion = align128(cmax(Tile::kBytes, kWsBytes));
+  static constexpr size_t kUnion = align128(cmax(Tile::kBytes, Chunk::kBytes));
   static constexpr size_t kGsBytes = align128((size_t)kDxRows * LDG * sizeof(T));
   static constexpr size_t kSmem = kUnion + kGsBytes;
-  static_assert((KW * VPW) % kThreads == 0, "whole vectors per thread");
-  static_assert(kTileC % KW == 0, "whole chunks per class tile");
+  static_assert(kTileC % Chunk::K == 0, "whole chunks per class tile");
   static_assert(kSmem <= 99 * 1024, "fits sm_86/sm_89's 99 KiB per block");
 };
-
-template <class T>
-__device__ __forceinline__ void fetch_w_chunk(uint4 (&rw)[DxCfg<T>::NVW], const WView& w, int64_t j0, int q0) {
-  using Cfg = DxCfg<T>;
-#pragma unroll
-  for (int q = 0; q < Cfg::NVW; ++q) {
-    const int v = threadIdx.x + q * kThreads;
-    rw[q] = load_w16<T>(w, j0 + v / Cfg::VPW, q0 + (v % Cfg::VPW) * Elem<T>::kVec);
-  }
-}
 
 template <class T>
 __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
@@ -110,34 +95,10 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
     }
     __syncthreads();  // G' complete; S is dead, the W chunks may overwrite it
 
-    // dX̂[rows, slice] += G'(32×128) · W[tile](128×slice), 128 classes in chunks of KW.
-    uint4 rw[Cfg::NVW];
-    fetch_w_chunk<T>(rw, p.w, col0, q0);
-    for (int kc = 0; kc < kTileC; kc += Cfg::KW) {
-      if (kc > 0) __syncthreads();  // the previous chunk's fragment loads are done
-#pragma unroll
-      for (int q = 0; q < Cfg::NVW; ++q) {
-        const int v = tid + q * kThreads;
-        *reinterpret_cast<uint4*>(Ws + (v / Cfg::VPW) * Cfg::LDW + (v % Cfg::VPW) * E::kVec) = rw[q];
-      }
-      __syncthreads();  // chunk visible
-      if (kc + Cfg::KW < kTileC) fetch_w_chunk<T>(rw, p.w, col0 + kc + Cfg::KW, q0);
-      if (active) {
-#pragma unroll
-        for (int ks = 0; ks < Cfg::KW; ks += E::kStep) {
-          FragA<T> fa[2];
-#pragma unroll
-          for (int a = 0; a < 2; ++a) wmma::load_matrix_sync(fa[a], Gs + a * 16 * Cfg::LDG + kc + ks, Cfg::LDG);
-#pragma unroll
-          for (int b = 0; b < 4; ++b) {
-            FragB<T> fb;  // (k = class, n = column) at Ws[k·LDW + n]
-            wmma::load_matrix_sync(fb, Ws + ks * Cfg::LDW + warp * 64 + b * 16, Cfg::LDW);
-#pragma unroll
-            for (int a = 0; a < 2; ++a) wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]);
-          }
-        }
-      }
-    }
+    // dX̂[rows, slice] += G'(32×128) · W[tile](128×slice), 128 classes in chunks of Chunk::K.
+    mma_staged<T, FragA<T>, Cfg::LDG, kTileC>(
+        acc, Ws, [&](int r, int k) { return load_w16<T>(p.w, col0 + r, q0 + k); },
+        [&](int a, int k) { return Gs + a * 16 * Cfg::LDG + k; }, active, warp);
     // The next tile's Tile::run begins with a barrier: nobody overwrites Ws/Gs
     // before every warp has finished the MMAs above.
   }

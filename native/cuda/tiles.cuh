@@ -251,6 +251,84 @@ struct CosTile {
   }
 };
 
+// ---- Staged chunks of the backward products -----------------------------------
+// Both backward kernels stream their B operand (W for dX̂, X̂ for dŴ) through
+// shared memory in chunks of K rows × kSlice columns, the next chunk held in
+// registers while the current one is multiplied, each warp owning a 32×64
+// block of the output slice (columns 64·warp …).
+template <class T>
+struct Staged {
+  using E = Elem<T>;
+  static constexpr int K = 2 * E::kStep;       // rows per chunk (16 TF32 / 32 BF16)
+  static constexpr int LD = kSlice + E::kPad;  // chunk row stride (elements)
+  static constexpr int VP = kSlice / E::kVec;  // 16-byte vectors per chunk row
+  static constexpr int NV = K * VP / kThreads; // per thread (8)
+  static constexpr size_t kBytes = (size_t)K * LD * sizeof(T);
+  static_assert((K * VP) % kThreads == 0, "whole vectors per thread");
+};
+
+// This thread's vectors of the chunk at rows k0 … k0 + K into registers:
+// load(r, k) gives the 16-byte vector at row r, column k of the slice.
+template <class T, class Load>
+__device__ __forceinline__ void fetch_chunk(uint4 (&r)[Staged<T>::NV], Load load, int k0) {
+  using S = Staged<T>;
+#pragma unroll
+  for (int q = 0; q < S::NV; ++q) {
+    const int v = threadIdx.x + q * kThreads;
+    r[q] = load(k0 + v / S::VP, (v % S::VP) * Elem<T>::kVec);
+  }
+}
+
+// The registers r (this thread's vectors of a chunk) into the chunk buffer Bs.
+template <class T>
+__device__ __forceinline__ void stage_chunk(T* Bs, const uint4 (&r)[Staged<T>::NV]) {
+  using S = Staged<T>;
+#pragma unroll
+  for (int q = 0; q < S::NV; ++q) {
+    const int v = threadIdx.x + q * kThreads;
+    *reinterpret_cast<uint4*>(Bs + (v / S::VP) * S::LD + (v % S::VP) * Elem<T>::kVec) = r[q];
+  }
+}
+
+// acc[a][b] += A(16·a …, k) · Bs(k, 64·warp + 16·b …) over the K rows of one
+// staged chunk. FA: A's fragment type (row- or column-major, stride LDA);
+// a_at(a, ks) the address of A's fragment a at depth ks of the chunk.
+template <class T, class FA, int LDA, class AAt>
+__device__ __forceinline__ void mma_chunk(Acc<T> (&acc)[2][4], AAt a_at, const T* Bs, int warp) {
+  using S = Staged<T>;
+#pragma unroll
+  for (int ks = 0; ks < S::K; ks += Elem<T>::kStep) {
+    FA fa[2];
+#pragma unroll
+    for (int a = 0; a < 2; ++a) wmma::load_matrix_sync(fa[a], a_at(a, ks), LDA);
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      FragB<T> fb;  // (k, n = column) at Bs[k·LD + n]
+      wmma::load_matrix_sync(fb, Bs + ks * S::LD + warp * 64 + b * 16, S::LD);
+#pragma unroll
+      for (int a = 0; a < 2; ++a) wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]);
+    }
+  }
+}
+
+// acc += A · B over B's rows [0, KB): B streamed through the chunk buffer Bs
+// (load as in fetch_chunk), a_at(a, k) the address of A's fragment a at depth
+// k. Every thread of the CTA calls it (barriers); only `active` warps multiply.
+template <class T, class FA, int LDA, int KB, class Load, class AAt>
+__device__ __forceinline__ void mma_staged(Acc<T> (&acc)[2][4], T* Bs, Load load, AAt a_at, bool active, int warp) {
+  using S = Staged<T>;
+  static_assert(KB % S::K == 0, "whole chunks");
+  uint4 r[S::NV];
+  fetch_chunk<T>(r, load, 0);
+  for (int kc = 0; kc < KB; kc += S::K) {
+    if (kc > 0) __syncthreads();  // the previous chunk's fragment loads are done
+    stage_chunk<T>(Bs, r);
+    __syncthreads();  // chunk visible
+    if (kc + S::K < KB) fetch_chunk<T>(r, load, kc + S::K);
+    if (active) mma_chunk<T, FA, LDA>(acc, [&](int a, int ks) { return a_at(a, kc + ks); }, Bs, warp);
+  }
+}
+
 // ---- The softmax gradient of one logit ----------------------------------------
 // g_ij = (p_ij − [j = y_i])·dz_ij/dc·rowscale_i, p = exp(z − LSE_i). The target
 // entry is (p_y − 1)·dz_t/dc with p_y − 1 from target_terms (merge_lse); the
