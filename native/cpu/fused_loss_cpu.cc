@@ -16,26 +16,26 @@
 // dX̂) are merged in thread order, so a fixed thread count gives bit-identical
 // results run after run. Extra memory: the tile cache (workspace_bytes),
 // O(block_classes·N) per thread, O(N·d) per thread for dX̂, and C floats of norms.
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <exception>
-#include <memory>
-#include <thread>
-#include <vector>
-
-#include "bf16_gemm.h"
-#include "big_alloc.h"
-#include "class_blocks.h"
-#include "loss_cpu.h"
-#include "simd_dispatch.h"
-
 //
 // The steps of cpu_loss, top to bottom: normalise the rows (and make their
 // bf16 operands), count the rows, share the blocks out to threads; forward
 // pass per thread (forward_block); merge the thread partials into the LSE and
 // the loss; backward pass per thread (backward_block); sum the dX̂ partials
-// and apply the rows' normalisation chain rule (finish_grad_x).
+// and apply the rows' normalisation chain rule (finish_grad_x). One LossCall
+// holds what the steps pass on.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "bf16_gemm.h"      // bf16 rounding, pair packing and the bf16 matrix paths
+#include "big_alloc.h"      // BigArray: the tile cache
+#include "class_blocks.h"   // BlockLayout, normalize_rows, parallel
+#include "loss_cpu.h"       // LossProblem, LossOutputs, CpuOptions (the contract)
+#include "simd_dispatch.h"  // KernelSet: gemm and the two epilogues per ISA
+
 namespace ms {
 namespace {
 
