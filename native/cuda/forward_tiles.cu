@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kThreads, 2) forward_tiles(const FwdParams p) 
   const int r = tid >> 2, part = tid & 3;
   const int64_t i = row0 + r;
   const int32_t y = p.labels[i];  // −1 / −2 never match a column
-  const int tcol = (y >= 0 && (int64_t)y >= col0 && (int64_t)y < col0 + kTileC) ? (int)((int64_t)y - col0) : -1;
+  const int target_col = (y >= 0 && (int64_t)y >= col0 && (int64_t)y < col0 + kTileC) ? (int)((int64_t)y - col0) : -1;
   const float* Srow = S + r * Tile::LDS;
 
   // Pass 1: the row's max over the tile's non-target classes (a max is exact:
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kThreads, 2) forward_tiles(const FwdParams p) 
 #pragma unroll 2
   for (int k = 0; k < kTileC / 4; ++k) {
     const int col = 4 * k + part;
-    if (col < ncols && col != tcol) mx = fmaxf(mx, other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2));
+    if (col < ncols && col != target_col) mx = fmaxf(mx, other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2));
   }
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kThreads, 2) forward_tiles(const FwdParams p) 
 #pragma unroll 2
   for (int k = 0; k < kTileC / 4; ++k) {
     const int col = 4 * k + part;
-    if (col < ncols && col != tcol) l += expf(other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2) - mx);
+    if (col < ncols && col != target_col) l += expf(other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2) - mx);
   }
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
