@@ -125,7 +125,7 @@ native_build() {
   local nv=(nvcc -std=c++17 -O3 -arch="sm_$arch" --expt-relaxed-constexpr -lineinfo -Xcompiler -O3,-ffp-contract=fast,-fno-strict-aliasing)
   local pids=()
   for f in native/cuda/small_kernels native/cuda/forward_tiles native/cuda/backward_dx native/cuda/backward_dw \
-           native/cuda/loss_cuda native/cuda/selftest_main native/cuda/bench_main; do
+           native/cuda/loss_cuda native/tools/cuda_selftest native/tools/cuda_bench; do
     "${nv[@]}" -c "$f.cu" -o "$obj/$(basename "$f").o" & pids+=($!)
   done
   for f in native/cpu/*.cc; do
@@ -133,8 +133,8 @@ native_build() {
   done
   for p in "${pids[@]}"; do wait "$p"; done
   local kernels=("$obj"/small_kernels.o "$obj"/forward_tiles.o "$obj"/backward_dx.o "$obj"/backward_dw.o "$obj"/loss_cuda.o)
-  nvcc -arch="sm_$arch" "$obj/selftest_main.o" "${kernels[@]}" "$obj"/cpu_*.o -o "$bin/ms_cuda_selftest" -lpthread
-  nvcc -arch="sm_$arch" "$obj/bench_main.o" "${kernels[@]}" "$obj"/cpu_*.o -o "$bin/ms_cuda_bench" -lpthread
+  nvcc -arch="sm_$arch" "$obj/cuda_selftest.o" "${kernels[@]}" "$obj"/cpu_*.o -o "$bin/ms_cuda_selftest" -lpthread
+  nvcc -arch="sm_$arch" "$obj/cuda_bench.o" "${kernels[@]}" "$obj"/cpu_*.o -o "$bin/ms_cuda_bench" -lpthread
   ls -la "$bin"
 }
 export -f native_build

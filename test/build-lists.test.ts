@@ -52,3 +52,29 @@ test('the stubs exist and CMake knows them', () => {
     expect(cmake.includes(f)).toBe(true);
   }
 });
+
+/** The files of a `set(NAME …)` list in CMakeLists.txt. */
+function cmakeList(name: string): string[] {
+  const m = new RegExp(`set\\(${name}\\s+([^)]*)\\)`).exec(read('CMakeLists.txt'));
+  if (!m) throw new Error(`CMakeLists.txt has no set(${name} …)`);
+  return m[1].split(/\s+/).filter((f) => f && !f.startsWith('#'));
+}
+
+const filesOf = (dir: string, ext: string) =>
+  fs.readdirSync(path.join(ROOT, dir)).filter((f) => f.endsWith(ext)).map((f) => `${dir}/${f}`);
+const definesMain = (f: string) => /^int main\s*\(/m.test(read(f));
+
+test('CMake’s CUDA source list is exactly the .cu files of native/cuda, none of them a program', () => {
+  expect([...cmakeList('MS_CUDA_SOURCES')].sort()).toEqual(filesOf('native/cuda', '.cu').sort());
+  expect(filesOf('native/cuda', '.cu').filter(definesMain)).toEqual([]);
+});
+
+test('each program of native/tools defines main and has a CMake target of its own', () => {
+  const tools = filesOf('native/tools', '.cu');
+  expect(tools.length).toBeGreaterThan(0);
+  const cmake = read('CMakeLists.txt');
+  for (const f of tools) {
+    expect(definesMain(f)).toBe(true);
+    expect(cmake).toMatch(new RegExp(`add_executable\\(\\w+ EXCLUDE_FROM_ALL ${f.replace(/\./g, '\\.')} `));
+  }
+});

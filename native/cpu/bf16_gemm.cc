@@ -23,37 +23,35 @@
 
 namespace ms {
 
+// NAME(src, dst, n): dst = bf16_round(src), LANES floats at a time on the bit
+// pattern (round to nearest even; the scalar tail through bf16_round).
+#define MS_ROUND_BF16_ARRAY(NAME, LANES)                       \
+  static void NAME(const float* src, float* dst, int64_t n) {  \
+    typedef uint32_t vu __attribute__((vector_size(LANES * 4))); \
+    int64_t k = 0;                                             \
+    for (; k + LANES <= n; k += LANES) {                       \
+      vu u;                                                    \
+      std::memcpy(&u, src + k, LANES * 4);                     \
+      u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;      \
+      std::memcpy(dst + k, &u, LANES * 4);                     \
+    }                                                          \
+    for (; k < n; ++k) dst[k] = bf16_round(src[k]);            \
+  }
+
 #ifdef MS_HAVE_BF16_ISA
 #pragma GCC push_options
 #pragma GCC target("avx512f")
-static void round_bf16_array_avx512(const float* src, float* dst, int64_t n) {
-  typedef uint32_t v16u __attribute__((vector_size(64)));
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16) {
-    v16u u;
-    std::memcpy(&u, src + k, 64);
-    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    std::memcpy(dst + k, &u, 64);
-  }
-  for (; k < n; ++k) dst[k] = bf16_round(src[k]);
-}
+MS_ROUND_BF16_ARRAY(round_bf16_array_avx512, 16)
 #pragma GCC pop_options
 #endif
+MS_ROUND_BF16_ARRAY(round_bf16_array_portable, 4)
 
 void round_bf16_array(const float* src, float* dst, int64_t n) {
 #ifdef MS_HAVE_BF16_ISA
   static const bool avx512 = (__builtin_cpu_init(), __builtin_cpu_supports("avx512f"));
   if (avx512) return round_bf16_array_avx512(src, dst, n);
 #endif
-  typedef uint32_t v4u __attribute__((vector_size(16)));
-  int64_t k = 0;
-  for (; k + 4 <= n; k += 4) {
-    v4u u;
-    std::memcpy(&u, src + k, 16);
-    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    std::memcpy(dst + k, &u, 16);
-  }
-  for (; k < n; ++k) dst[k] = bf16_round(src[k]);
+  round_bf16_array_portable(src, dst, n);
 }
 
 const char* matrix_path_name(MatrixPath p) {

@@ -1,7 +1,7 @@
 // fused_loss_cpu.cc — the fused margin-softmax loss on the CPU.
 //
 // What is fused, and why: the N×C logits never exist. Classes are streamed
-// in blocks of Bc; for each block one GEMM gives the Bc×N cosine tile, the
+// in blocks; for each block one GEMM gives the block_classes×N cosine tile, the
 // epilogue applies the margin to the target entries and folds the tile into
 // per-row online log-sum-exp states. The backward pass revisits each block
 // (from a bounded cache of cosine tiles, or by recomputing the tile), forms
@@ -15,21 +15,26 @@
 // Threads own contiguous ranges of blocks; per-thread partials (LSE states,
 // dX̂) are merged in thread order, so a fixed thread count gives bit-identical
 // results run after run. Extra memory: the tile cache (workspace_bytes),
-// O(Bc·N) per thread, O(N·d) per thread for dX̂, and C floats of norms.
+// O(block_classes·N) per thread, O(N·d) per thread for dX̂, and C floats of norms.
+//
+// The steps of cpu_loss, top to bottom: normalise the rows (and make their
+// bf16 operands), count the rows, share the blocks out to threads; forward
+// pass per thread (forward_block); merge the thread partials into the LSE and
+// the loss; backward pass per thread (backward_block); sum the dX̂ partials
+// and apply the rows' normalisation chain rule (finish_grad_x). One LossCall
+// holds what the steps pass on.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
-#include "bf16_gemm.h"
-#include "big_alloc.h"
-#include "class_blocks.h"
-#include "loss_cpu.h"
-#include "simd_dispatch.h"
+#include "bf16_gemm.h"      // bf16 rounding, pair packing and the bf16 matrix paths
+#include "big_alloc.h"      // BigArray: the tile cache
+#include "class_blocks.h"   // BlockLayout, normalize_rows, parallel
+#include "loss_cpu.h"       // LossProblem, LossOutputs, CpuOptions (the contract)
+#include "simd_dispatch.h"  // KernelSet: gemm and the two epilogues per ISA
 
 namespace ms {
 namespace {
@@ -51,6 +56,449 @@ double dot_f64(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// bf16 compute (weightsDtype 'bfloat16'): the three products take bf16
+// operands (X̂, the bf16 centres, G) and accumulate in fp32, on the matrix
+// path chosen at run time; 'none' rounds the operands and uses the fp32
+// kernels (the same products up to summation order: a product of two bf16
+// values is exact in fp32). Norms, the target cosine (hence the margin) and
+// the chain rule stay in fp32. Error bound: README, "bf16 on the CPU".
+struct RowOperands {
+  MatrixPath path = MatrixPath::None;
+  bool packed = false;                    // a bf16 matrix path: operands pair-packed
+  int64_t d_pad = 0, ldt_pad = 0, block_pad = 0;  // D, ldt, block_classes rounded to kBf16KPad
+  std::unique_ptr<float[]> xt_rounded, xn_rounded;       // bf16 without a matrix path
+  std::unique_ptr<uint16_t[]> xt_packed, xn_packed;      // bf16 on a matrix path
+  const float* xt = nullptr;  // the fp32 kernels' X̂ᵀ and X̂ operands
+  const float* xn = nullptr;
+};
+
+// One thread's share of the classes: its blocks [lo, hi), the first `cached`
+// of their cosine tiles kept for the backward pass, and its partial results.
+struct ThreadShare {
+  int64_t lo = 0, hi = 0, cached = 0;
+  BigArray<float> cache;
+  std::unique_ptr<float[]> part_max, part_sumexp, part_other;  // per-row LSE state over its blocks
+  int64_t bad_row = -1;                                      // a W row with a bad norm (forward)
+  int64_t skipped = 0;                                       // blocks the filter skipped (backward)
+  std::unique_ptr<float[]> grad_xn;                          // its dX̂ partial, N×d
+};
+
+// Everything one call reads and builds, passed from step to step.
+struct LossCall {
+  const LossProblem& p;
+  LossOutputs& out;
+  const KernelSet& kern;
+  const int64_t N, C, D;
+  const BlockLayout lay;
+  const int64_t ldt, block_classes;
+  const float s, cvm_m2;
+  const bool backward;
+  const bool gather;  // the kernels read W rows through a copy (class_index and/or bf16)
+  const size_t tile_floats;
+  NormalizedRows rows;
+  RowOperands ops;
+  // Per-row arrays padded to ldt lanes (padding: ignored rows).
+  std::unique_ptr<float[]> target_cos;  // bf16 compute: x̂_i·w_y·invn_y in fp32
+  std::unique_ptr<float[]> rowscale, zt, dzt, target_pm1, lse;
+  int64_t V = 0;
+  std::unique_ptr<float[]> invw;  // 1/‖w_j‖ of the rows as the kernels see them
+  std::vector<ThreadShare> shares;
+  std::vector<std::pair<int32_t, int32_t>> by_label;  // (label, row) of the local targets, sorted
+
+  LossCall(const LossProblem& p_, LossOutputs& out_, const CpuOptions& opt)
+      : p(p_),
+        out(out_),
+        kern(kernels_for(opt.simd)),
+        N(p.n),
+        C(p.c),
+        D(p.d),
+        lay(block_layout(N, C, opt.threads)),
+        ldt(lay.ldt),
+        block_classes(lay.block_classes),
+        s(p.margin.scale),
+        cvm_m2(cvm_false_margin(p.margin)),
+        backward(out.grad_x != nullptr && (out.grad_w != nullptr || p.block_update)),
+        gather(p.weights_bf16 || p.class_index),
+        tile_floats((size_t)(block_classes * ldt)) {}
+
+  // Row j of the problem's W (through class_index when sampling).
+  const float* wrow(int64_t j) const { return p.w + (p.class_index ? (int64_t)p.class_index[j] : j) * D; }
+
+  // The rows whose label lands in classes [j0, j1), as a range of by_label.
+  auto targets_in(int64_t j0, int64_t j1) const {
+    auto lo = std::lower_bound(by_label.begin(), by_label.end(), std::make_pair((int32_t)j0, INT32_MIN));
+    auto hi = std::lower_bound(by_label.begin(), by_label.end(), std::make_pair((int32_t)j1, INT32_MIN));
+    return std::make_pair(lo, hi);
+  }
+
+  // The W rows of a block as the kernels see them: the rows themselves, or a
+  // gathered (class_index) and/or bf16-rounded copy in per-thread scratch.
+  const float* block_weights(ClassBlock blk, float* scratch) const {
+    if (!gather) return p.w + blk.j0 * D;
+    for (int64_t j = 0; j < blk.count; ++j) {
+      const float* src = wrow(blk.j0 + j);
+      float* dst = scratch + j * D;
+      if (p.weights_bf16) {
+        round_bf16_array(src, dst, D);
+      } else {
+        std::memcpy(dst, src, sizeof(float) * D);
+      }
+    }
+    return scratch;
+  }
+
+  // Cosine tile of a block: tile[j·ldt + i] = invn_j·(w_j·x̂_i); padding lanes 0.
+  // wa: per-thread scratch for the block's bf16 rows (block_classes×d_pad) on a matrix path.
+  void cos_tile(const float* wb, ClassBlock blk, float* tile, uint16_t* wa) const {
+    if (ops.packed) {
+      pack_rows_bf16(wb, (long)D, (int)blk.count, (int)D, (int)ops.d_pad, wa, (long)ops.d_pad);
+      bf16_gemm(ops.path, (int)blk.count, (int)ldt, (int)ops.d_pad, wa, (long)ops.d_pad, ops.xt_packed.get(), tile,
+                (long)ldt, false);
+    } else {
+      kern.gemm((int)blk.count, (int)N, (int)D, wb, (long)D, 1, ops.xt, (long)ldt, tile, (long)ldt, false);
+    }
+    for (int64_t j = 0; j < blk.count; ++j) {
+      float* row = tile + j * ldt;
+      kern.scale(row, invw[blk.j0 + j], (int)N);
+      for (int64_t i = N; i < ldt; ++i) row[i] = 0.0f;
+    }
+  }
+
+  // bf16 compute: the tile's target entries replaced by the fp32 target cosines.
+  void patch_target_cos(float* tile, ClassBlock blk) const {
+    if (!p.weights_bf16) return;
+    auto [lo, hi] = targets_in(blk.j0, blk.j0 + blk.count);
+    for (auto it = lo; it != hi; ++it) tile[(it->first - blk.j0) * ldt + it->second] = target_cos[it->second];
+  }
+
+  // The tile thread share `sh` keeps for its block b, or null.
+  float* cached_tile(const ThreadShare& sh, int64_t b) const {
+    return b - sh.lo < sh.cached ? sh.cache.get() + (b - sh.lo) * tile_floats : nullptr;
+  }
+};
+
+// ---- Rows: normalise X (row-major X̂ and its transpose X̂ᵀ, d×ldt) and make
+// the products' X̂ operands. ----
+void prepare_rows(LossCall& L, const CpuOptions& opt) {
+  L.rows = normalize_rows(L.kern, L.p.x, L.N, L.D, L.ldt);
+  const float* xn = L.rows.xn.get();
+  const float* xt = L.rows.xt.get();
+  RowOperands& ops = L.ops;
+  ops.path = L.p.weights_bf16 ? resolve_matrix_path(opt.matrix) : MatrixPath::None;
+  ops.packed = ops.path != MatrixPath::None;
+  ops.d_pad = round_up(L.D, kBf16KPad);
+  ops.ldt_pad = round_up(L.ldt, kBf16KPad);
+  ops.block_pad = round_up(L.block_classes, kBf16KPad);
+  if (L.p.weights_bf16 && !ops.packed) {
+    ops.xt_rounded = rounded_copy(xt, (size_t)(L.D * L.ldt));
+    ops.xn_rounded = rounded_copy(xn, (size_t)(L.N * L.D));
+  } else if (ops.packed) {
+    ops.xt_packed.reset(new uint16_t[pair_packed_size(ops.d_pad, L.ldt)]);
+    pack_pairs_bf16(xt, L.ldt, (int)L.D, (int)L.ldt, (int)ops.d_pad, ops.xt_packed.get());  // element (k, i) = x̂_ik
+    ops.xn_packed.reset(new uint16_t[pair_packed_size(ops.ldt_pad, L.D)]);
+    pack_pairs_bf16(xn, L.D, (int)L.N, (int)L.D, (int)ops.ldt_pad, ops.xn_packed.get());  // element (i, k) = x̂_ik
+  }
+  ops.xt = ops.xt_rounded ? ops.xt_rounded.get() : xt;
+  ops.xn = ops.xn_rounded ? ops.xn_rounded.get() : xn;
+}
+
+// ---- The per-row arrays, V and each row's weight 1/V. ----
+// Label −1: ignored; −2: counts, target in another shard; ≥ 0: local target.
+void count_rows(LossCall& L) {
+  const int64_t ldt = L.ldt;
+  L.target_cos.reset(new float[ldt]());
+  L.rowscale.reset(new float[ldt]());
+  L.zt.reset(new float[ldt]());
+  L.target_pm1.reset(new float[ldt]());
+  L.dzt.reset(new float[ldt]());
+  L.lse.reset(new float[ldt]());
+  int64_t V = 0;
+  for (int64_t i = 0; i < L.N; ++i) V += L.p.labels[i] != -1;
+  if (L.p.valid_rows > 0) V = L.p.valid_rows;
+  L.V = V;
+  L.out.valid_rows = V;
+  for (int64_t i = 0; i < L.N; ++i) L.rowscale[i] = (L.p.labels[i] != -1 && V > 0) ? (float)(1.0 / V) : 0.0f;
+}
+
+// ---- Each thread's block range, tile cache and LSE partial states; the rows
+// sorted by label (to find the targets of a block). ----
+void share_blocks(LossCall& L, size_t workspace_bytes) {
+  const int T = L.lay.threads;
+  L.invw = uninit<float>(L.C);
+  const size_t cache_tiles_per_thread =
+      L.backward ? workspace_bytes / (size_t)T / (L.tile_floats * sizeof(float)) : 0;
+  L.shares.resize(T);
+  for (int t = 0; t < T; ++t) {
+    ThreadShare& sh = L.shares[t];
+    sh.lo = L.lay.lo(t);
+    sh.hi = L.lay.hi(t);
+    sh.cached = std::min<int64_t>((int64_t)cache_tiles_per_thread, sh.hi - sh.lo);
+    if (sh.cached > 0) sh.cache = BigArray<float>(sh.cached * L.tile_floats);
+    sh.part_max = uninit<float>(L.ldt);
+    sh.part_sumexp = uninit<float>(L.ldt);
+    sh.part_other = uninit<float>(L.ldt);
+  }
+  for (int64_t i = 0; i < L.N; ++i)
+    if (L.p.labels[i] >= 0) L.by_label.emplace_back(L.p.labels[i], (int32_t)i);
+  std::sort(L.by_label.begin(), L.by_label.end());
+}
+
+// ---- Forward: stream class blocks, online LSE per row. ----
+struct ForwardScratch {
+  std::unique_ptr<float[]> tile, wrows;
+  std::unique_ptr<uint16_t[]> wa;
+  std::unique_ptr<int32_t[]> target_col;  // per row: its target's column in this block, or −1
+  std::unique_ptr<float[]> target_z;      // per row: its target logit (read where target_col ≥ 0)
+  std::unique_ptr<float[]> blk_max, blk_sumexp, blk_other;
+  explicit ForwardScratch(const LossCall& L)
+      : tile(uninit<float>(L.tile_floats)),
+        wrows(uninit<float>(L.gather ? L.block_classes * L.D : 1)),
+        wa(uninit<uint16_t>(L.ops.packed ? L.block_classes * L.ops.d_pad : 1)),
+        target_col(uninit<int32_t>(L.ldt)),
+        target_z(new float[L.ldt]()),
+        blk_max(uninit<float>(L.ldt)),
+        blk_sumexp(uninit<float>(L.ldt)),
+        blk_other(uninit<float>(L.ldt)) {
+    for (int64_t i = 0; i < L.ldt; ++i) target_col[i] = -1;
+  }
+};
+
+// Norms of the block's rows as the kernels see them (bf16: the rounded rows; a
+// finite value rounds to a finite one, or to ±inf beyond bf16's range, which
+// the check then reports). False, with sh.bad_row set, for a bad row.
+bool block_norms(LossCall& L, ThreadShare& sh, ClassBlock blk, const float* wb) {
+  const float* wn = L.p.weights_bf16 ? wb : nullptr;
+  for (int64_t j = 0; j < blk.count; ++j) {
+    const double sq = L.kern.sumsq(wn ? wn + j * L.D : L.wrow(blk.j0 + j), (int)L.D);
+    if (!(sq <= kMaxNormSq)) {  // non-finite, or a norm the fp32 products would overflow
+      sh.bad_row = L.p.class_index ? L.p.class_index[blk.j0 + j] : blk.j0 + j;
+      return false;
+    }
+    L.invw[blk.j0 + j] = inv_norm_from_sq(sq);
+  }
+  return true;
+}
+
+// The margin on the targets of the block's rows: their logits and derivatives.
+void block_targets(LossCall& L, ForwardScratch& fs, ClassBlock blk, const float* wb, float* tile) {
+  const LossProblem& p = L.p;
+  auto [lo, hi] = L.targets_in(blk.j0, blk.j0 + blk.count);
+  if (p.weights_bf16) {
+    for (auto it = lo; it != hi; ++it) {
+      const int32_t i = it->second, col = it->first - (int32_t)blk.j0;
+      L.target_cos[i] = (float)(L.invw[blk.j0 + col] *
+                                dot_f64(L.rows.xn.get() + (int64_t)i * L.D, wb + (int64_t)col * L.D, L.D));
+    }
+    L.patch_target_cos(tile, blk);
+  }
+  for (auto it = lo; it != hi; ++it) {
+    const int32_t i = it->second, col = it->first - (int32_t)blk.j0;
+    const float c = tile[col * L.ldt + i];
+    const float rm = p.row_margins ? p.row_margins[i] : 0.0f;
+    const Logit z = target_logit(p.margin, c, rm);
+    fs.target_col[i] = col;
+    if (L.out.row_target_cos) L.out.row_target_cos[i] = c;  // each row's target is in one block
+    fs.target_z[i] = z.z;
+    L.zt[i] = z.z;
+    L.dzt[i] = z.dz;
+  }
+}
+
+// One block of the forward pass: false for a bad W row.
+bool forward_block(LossCall& L, ThreadShare& sh, ForwardScratch& fs, int64_t b) {
+  const ClassBlock blk = L.lay.block(b);
+  const float* wb = L.block_weights(blk, fs.wrows.get());
+  if (!block_norms(L, sh, blk, wb)) return false;
+  float* tile = L.cached_tile(sh, b);
+  if (!tile) tile = fs.tile.get();
+  L.cos_tile(wb, blk, tile, fs.wa.get());
+  block_targets(L, fs, blk, wb, tile);
+  L.kern.block_stats(tile, (int)blk.count, (int)L.ldt, L.s, L.cvm_m2, fs.target_col.get(), fs.target_z.get(),
+                     fs.blk_max.get(), fs.blk_sumexp.get(), fs.blk_other.get());
+  for (int64_t i = 0; i < L.ldt; ++i) {
+    const LseState a = lse_merge({sh.part_max[i], sh.part_sumexp[i], sh.part_other[i]},
+                                 {fs.blk_max[i], fs.blk_sumexp[i], fs.blk_other[i]});
+    sh.part_max[i] = a.m;
+    sh.part_sumexp[i] = a.l;
+    sh.part_other[i] = a.o;
+  }
+  auto [lo, hi] = L.targets_in(blk.j0, blk.j0 + blk.count);
+  for (auto it = lo; it != hi; ++it) fs.target_col[it->second] = -1;
+  return true;
+}
+
+void forward_thread(LossCall& L, int t) {
+  ThreadShare& sh = L.shares[t];
+  ForwardScratch fs(L);
+  for (int64_t i = 0; i < L.ldt; ++i) {
+    sh.part_max[i] = -INFINITY;
+    sh.part_sumexp[i] = 0.0f;
+    sh.part_other[i] = 0.0f;
+  }
+  for (int64_t b = sh.lo; b < sh.hi; ++b)
+    if (!forward_block(L, sh, fs, b)) return;
+}
+
+// Merge the thread partials in thread order → LSE, per-sample loss, mean,
+// and the target's p − 1 (from the target-free sum: see target_terms).
+void merge_forward(LossCall& L) {
+  const LossProblem& p = L.p;
+  LossOutputs& out = L.out;
+  double total = 0.0;
+  for (int64_t i = 0; i < L.N; ++i) {
+    LseState a = lse_empty();
+    for (const ThreadShare& sh : L.shares) a = lse_merge(a, {sh.part_max[i], sh.part_sumexp[i], sh.part_other[i]});
+    L.lse[i] = p.lse_in ? p.lse_in[i] : lse_value(a);
+    if (out.row_max) out.row_max[i] = a.m;
+    if (out.row_sumexp) out.row_sumexp[i] = a.l;
+    if (out.row_sumexp_other) out.row_sumexp_other[i] = a.o;
+    if (out.row_target) out.row_target[i] = p.labels[i] >= 0 ? L.zt[i] : NAN;
+    if (out.row_target_cos && p.labels[i] < 0) out.row_target_cos[i] = NAN;
+    if (p.labels[i] >= 0) {
+      const TargetTerms tt = target_terms(a, L.zt[i]);
+      L.target_pm1[i] = p.target_pm1_in ? p.target_pm1_in[i] : tt.pt_minus_1;
+      out.per_sample[i] = tt.per_sample;
+      total += tt.per_sample;
+    } else {
+      out.per_sample[i] = 0.0f;
+    }
+  }
+  out.loss = L.V > 0 ? total / (double)L.V : 0.0;
+}
+
+// ---- Backward: revisit blocks, g tile, dŴ (owned) and dX̂ (per thread). ----
+struct BackwardScratch {
+  std::unique_ptr<float[]> tile, g, tj, wrows, grad_block;
+  std::unique_ptr<uint16_t[]> wa;
+  std::unique_ptr<uint16_t[]> g_cls;   // G, class-major (A of dŴ)
+  std::unique_ptr<uint16_t[]> g_rows;  // G, row-major (A of dX̂)
+  std::unique_ptr<uint16_t[]> w_pairs; // the block's centres (B of dX̂)
+  std::unique_ptr<int32_t[]> target_col;
+  explicit BackwardScratch(const LossCall& L)
+      : tile(uninit<float>(L.tile_floats)),
+        g(uninit<float>(L.tile_floats)),
+        tj(uninit<float>(L.block_classes)),
+        wrows(uninit<float>(L.gather ? L.block_classes * L.D : 1)),
+        grad_block(uninit<float>(L.p.block_update ? L.block_classes * L.D : 1)),
+        wa(uninit<uint16_t>(L.ops.packed ? L.block_classes * L.ops.d_pad : 1)),
+        g_cls(uninit<uint16_t>(L.ops.packed ? L.block_classes * L.ops.ldt_pad : 1)),
+        g_rows(uninit<uint16_t>(L.ops.packed ? L.N * L.ops.block_pad : 1)),
+        w_pairs(uninit<uint16_t>(L.ops.packed ? pair_packed_size(L.ops.block_pad, L.D) : 1)),
+        target_col(uninit<int32_t>(L.ldt)) {
+    for (int64_t i = 0; i < L.ldt; ++i) target_col[i] = -1;
+  }
+};
+
+// The block's gradient tile G (and t_j) from its cosine tile; the largest
+// non-target probability of the block.
+float grad_tile(const LossCall& L, const ThreadShare& sh, BackwardScratch& bs, int64_t b, ClassBlock blk,
+                const float* wb) {
+  const float* tile = L.cached_tile(sh, b);
+  if (!tile) {
+    L.cos_tile(wb, blk, bs.tile.get(), bs.wa.get());
+    L.patch_target_cos(bs.tile.get(), blk);
+    tile = bs.tile.get();
+  }
+  auto [lo, hi] = L.targets_in(blk.j0, blk.j0 + blk.count);
+  for (auto it = lo; it != hi; ++it) bs.target_col[it->second] = it->first - (int32_t)blk.j0;
+  const float pmax = L.kern.block_grad(tile, (int)blk.count, (int)L.ldt, L.s, L.cvm_m2, bs.target_col.get(),
+                                       L.target_pm1.get(), L.dzt.get(), L.lse.get(), L.rowscale.get(),
+                                       L.invw.get() + blk.j0, bs.g.get(), bs.tj.get());
+  for (auto it = lo; it != hi; ++it) bs.target_col[it->second] = -1;
+  return pmax;
+}
+
+// The backward products' G operand in bf16.
+void grad_operands_bf16(const LossCall& L, BackwardScratch& bs, ClassBlock blk, const float* wb) {
+  const RowOperands& ops = L.ops;
+  const int64_t N = L.N, D = L.D, ldt = L.ldt;
+  if (ops.packed) {
+    pack_rows_bf16(bs.g.get(), (long)ldt, (int)blk.count, (int)ldt, (int)ops.ldt_pad, bs.g_cls.get(),
+                   (long)ops.ldt_pad);
+    pack_rows_bf16_t(bs.g.get(), (long)ldt, (int)N, (int)blk.count, (int)ops.block_pad, bs.g_rows.get(),
+                     (long)ops.block_pad);
+    pack_pairs_bf16(wb, (long)D, (int)blk.count, (int)D, (int)ops.block_pad, bs.w_pairs.get());
+  } else if (L.p.weights_bf16) {
+    round_bf16_array(bs.g.get(), bs.g.get(), blk.count * ldt);
+  }
+}
+
+// dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term.
+void grad_w_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const float* wb, float* gw) {
+  const RowOperands& ops = L.ops;
+  const int64_t N = L.N, D = L.D;
+  if (ops.packed) {
+    bf16_gemm(ops.path, (int)blk.count, (int)D, (int)ops.ldt_pad, bs.g_cls.get(), (long)ops.ldt_pad,
+              ops.xn_packed.get(), gw, (long)D, false);
+  } else {
+    L.kern.gemm((int)blk.count, (int)D, (int)N, bs.g.get(), (long)L.ldt, 1, ops.xn, (long)D, gw, (long)D, false);
+  }
+  for (int64_t j = 0; j < blk.count; ++j) {
+    // w·invn² underflows for huge norms: form it as (invn·t)·(invn·w).
+    const float inv = L.invw[blk.j0 + j];
+    L.kern.sub_scaled(gw + j * D, wb + j * D, inv * bs.tj[j], inv, (int)D);
+  }
+}
+
+// dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).
+void grad_x_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const float* wb, float* dx) {
+  const RowOperands& ops = L.ops;
+  const int64_t N = L.N, D = L.D;
+  if (ops.packed) {
+    bf16_gemm(ops.path, (int)N, (int)D, (int)ops.block_pad, bs.g_rows.get(), (long)ops.block_pad, bs.w_pairs.get(),
+              dx, (long)D, true);
+  } else {
+    L.kern.gemm((int)N, (int)D, (int)blk.count, bs.g.get(), 1, (long)L.ldt, wb, (long)D, dx, (long)D, true);
+  }
+}
+
+void backward_block(const LossCall& L, ThreadShare& sh, BackwardScratch& bs, int64_t b) {
+  const LossProblem& p = L.p;
+  const ClassBlock blk = L.lay.block(b);
+  const float* wb = L.block_weights(blk, bs.wrows.get());
+  const float pmax = grad_tile(L, sh, bs, b, blk, wb);
+  auto [lo, hi] = L.targets_in(blk.j0, blk.j0 + blk.count);
+  float* gw = p.block_update ? bs.grad_block.get() : L.out.grad_w + blk.j0 * L.D;
+  if (p.grad_filter > 0.0f && lo == hi && pmax < p.grad_filter) {
+    if (p.block_update) {
+      p.block_update(blk.j0, blk.count, nullptr);
+    } else {
+      std::memset(gw, 0, sizeof(float) * blk.count * L.D);
+    }
+    ++sh.skipped;
+    return;
+  }
+  grad_operands_bf16(L, bs, blk, wb);
+  grad_w_block(L, bs, blk, wb, gw);
+  grad_x_block(L, bs, blk, wb, sh.grad_xn.get());
+  if (p.block_update) p.block_update(blk.j0, blk.count, gw);
+}
+
+void backward_thread(LossCall& L, int t) {
+  ThreadShare& sh = L.shares[t];
+  BackwardScratch bs(L);
+  sh.grad_xn = std::unique_ptr<float[]>(new float[L.N * L.D]());
+  for (int64_t b = sh.lo; b < sh.hi; ++b) backward_block(L, sh, bs, b);
+}
+
+// Sum the per-thread dX̂ in thread order, then the normalisation's chain rule.
+void finish_grad_x(const LossCall& L) {
+  const int64_t N = L.N, D = L.D;
+  const float* xn = L.rows.xn.get();
+  for (int64_t i = 0; i < N; ++i) {
+    float* gx = L.out.grad_x + i * D;
+    for (int64_t q = 0; q < D; ++q) {
+      float acc = 0.0f;
+      for (const ThreadShare& sh : L.shares) acc += sh.grad_xn[i * D + q];
+      gx[q] = acc;
+    }
+    double dot = 0.0;
+    for (int64_t q = 0; q < D; ++q) dot += (double)gx[q] * xn[i * D + q];
+    const float inv = L.rows.invx[i];
+    for (int64_t q = 0; q < D; ++q) gx[q] = (gx[q] - (float)dot * xn[i * D + q]) * inv;
+  }
+}
+
 }  // namespace
 
 int cpu_default_threads() {
@@ -65,307 +513,22 @@ const char* cpu_simd_name(int width) {
 }
 
 void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
-  const KernelSet& K = kernels_for(opt.simd);
-  const int64_t N = p.n, C = p.c, D = p.d;
-  const bool backward = out.grad_x != nullptr && (out.grad_w != nullptr || p.block_update);
-  // Row j of the problem's W (through class_index when sampling).
-  auto wrow = [&](int64_t j) { return p.w + (p.class_index ? (int64_t)p.class_index[j] : j) * D; };
-  const BlockLayout lay = block_layout(N, C, opt.threads);
-  const int64_t ldt = lay.ldt, Bc = lay.bc, nblocks = lay.nblocks;
-  const int T = lay.threads;
-  const float s = p.margin.scale;
-  const float cvm_m2 = cvm_false_margin(p.margin);
-  out.total_blocks = nblocks;
+  LossCall L(p, out, opt);
+  out.total_blocks = L.lay.nblocks;
   out.skipped_blocks = 0;
+  prepare_rows(L, opt);
+  count_rows(L);
+  share_blocks(L, opt.workspace_bytes);
 
-  // ---- Rows: normalise X (row-major X̂ and its transpose X̂ᵀ, d×ldt). ----
-  const NormalizedRows rows = normalize_rows(K, p.x, N, D, ldt);
-  const float* xn = rows.xn.get();
-  const float* xt = rows.xt.get();
-  const float* invx = rows.invx.get();
-  // bf16 compute (weightsDtype 'bfloat16'): the three products take bf16
-  // operands (X̂, the bf16 centres, G) and accumulate in fp32, on the matrix
-  // path chosen at run time; 'none' rounds the operands and uses the fp32
-  // kernels (the same products up to summation order: a product of two bf16
-  // values is exact in fp32). Norms, the target cosine (hence the margin) and
-  // the chain rule stay in fp32. Error bound: README, "bf16 on the CPU".
-  const MatrixPath mp = p.weights_bf16 ? resolve_matrix_path(opt.matrix) : MatrixPath::None;
-  const bool packed = mp != MatrixPath::None;
-  const int64_t Dp = round_up(D, kBf16KPad), ldtp = round_up(ldt, kBf16KPad), Bcp = round_up(Bc, kBf16KPad);
-  std::unique_ptr<float[]> xt_r, xn_r;
-  std::unique_ptr<uint16_t[]> xt_p, xn_p;
-  if (p.weights_bf16 && !packed) {
-    xt_r = rounded_copy(xt, (size_t)(D * ldt));
-    xn_r = rounded_copy(xn, (size_t)(N * D));
-  } else if (packed) {
-    xt_p.reset(new uint16_t[pair_packed_size(Dp, ldt)]);
-    pack_pairs_bf16(xt, ldt, (int)D, (int)ldt, (int)Dp, xt_p.get());  // element (k, i) = x̂_ik
-    xn_p.reset(new uint16_t[pair_packed_size(ldtp, D)]);
-    pack_pairs_bf16(xn, D, (int)N, (int)D, (int)ldtp, xn_p.get());  // element (i, k) = x̂_ik
-  }
-  const float* xt_op = xt_r ? xt_r.get() : xt;  // the fp32 kernels' X̂ operands
-  const float* xn_op = xn_r ? xn_r.get() : xn;
-  // bf16 compute: each row's target cosine in fp32 (x̂_i·w_y·invn_y), patched
-  // into the tiles so the margin and t_j see full precision.
-  auto tcos = std::unique_ptr<float[]>(new float[ldt]());
-  // Per-row arrays padded to ldt lanes (padding: ignored rows).
-  auto rowscale = std::unique_ptr<float[]>(new float[ldt]());
-  auto zt = std::unique_ptr<float[]>(new float[ldt]());
-  auto ptm1 = std::unique_ptr<float[]>(new float[ldt]());
-  auto dzt = std::unique_ptr<float[]>(new float[ldt]());
-  auto lse = std::unique_ptr<float[]>(new float[ldt]());
-  // Label −1: ignored; −2: counts, target in another shard; ≥ 0: local target.
-  int64_t V = 0;
-  for (int64_t i = 0; i < N; ++i) V += p.labels[i] != -1;
-  if (p.valid_rows > 0) V = p.valid_rows;
-  out.valid_rows = V;
-  for (int64_t i = 0; i < N; ++i) rowscale[i] = (p.labels[i] != -1 && V > 0) ? (float)(1.0 / V) : 0.0f;
+  parallel(L.lay.threads, [&](int t) { forward_thread(L, t); });
+  for (const ThreadShare& sh : L.shares)
+    if (sh.bad_row >= 0) throw bad_rows_error("weights", sh.bad_row);
+  merge_forward(L);
+  if (!L.backward) return;
 
-  // For each thread: its block range, tile cache, and LSE partial states.
-  auto invw = uninit<float>(C);
-  std::vector<int64_t> b_lo(T), b_hi(T), cached(T);
-  const size_t tile_floats = (size_t)(Bc * ldt);
-  const size_t cache_tiles_per_thread =
-      backward ? opt.workspace_bytes / (size_t)T / (tile_floats * sizeof(float)) : 0;
-  std::vector<BigArray<float>> cache(T);
-  std::vector<std::unique_ptr<float[]>> st_m(T), st_l(T), st_o(T);
-  for (int t = 0; t < T; ++t) {
-    b_lo[t] = lay.lo(t);
-    b_hi[t] = lay.hi(t);
-    cached[t] = std::min<int64_t>((int64_t)cache_tiles_per_thread, b_hi[t] - b_lo[t]);
-    if (cached[t] > 0) cache[t] = BigArray<float>(cached[t] * tile_floats);
-    st_m[t] = uninit<float>(ldt);
-    st_l[t] = uninit<float>(ldt);
-    st_o[t] = uninit<float>(ldt);
-  }
-  // Rows whose label lands in a block, found by sorting rows by label once.
-  std::vector<std::pair<int32_t, int32_t>> by_label;  // (label, row)
-  for (int64_t i = 0; i < N; ++i)
-    if (p.labels[i] >= 0) by_label.emplace_back(p.labels[i], (int32_t)i);
-  std::sort(by_label.begin(), by_label.end());
-  auto targets_in = [&](int64_t j0, int64_t j1) {
-    auto lo = std::lower_bound(by_label.begin(), by_label.end(), std::make_pair((int32_t)j0, INT32_MIN));
-    auto hi = std::lower_bound(by_label.begin(), by_label.end(), std::make_pair((int32_t)j1, INT32_MIN));
-    return std::make_pair(lo, hi);
-  };
-  std::vector<int64_t> bad_w(T, -1);
-
-  // The W rows of a block as the kernels see them: the rows themselves, or a
-  // gathered (class_index) and/or bf16-rounded copy in per-thread scratch.
-  const bool gather = p.weights_bf16 || p.class_index;
-  auto block_weights = [&](int64_t j0, int64_t bc, float* scratch) -> const float* {
-    if (!gather) return p.w + j0 * D;
-    for (int64_t j = 0; j < bc; ++j) {
-      const float* src = wrow(j0 + j);
-      float* dst = scratch + j * D;
-      if (p.weights_bf16) {
-        round_bf16_array(src, dst, D);
-      } else {
-        std::memcpy(dst, src, sizeof(float) * D);
-      }
-    }
-    return scratch;
-  };
-  // Cosine tile of a block: tile[j·ldt + i] = invn_j·(w_j·x̂_i); padding lanes 0.
-  // wa: per-thread scratch for the block's bf16 rows (Bc×Dp) on a matrix path.
-  auto cos_tile = [&](const float* wb, int64_t j0, int64_t bc, float* tile, uint16_t* wa) {
-    if (packed) {
-      pack_rows_bf16(wb, (long)D, (int)bc, (int)D, (int)Dp, wa, (long)Dp);
-      bf16_gemm(mp, (int)bc, (int)ldt, (int)Dp, wa, (long)Dp, xt_p.get(), tile, (long)ldt, false);
-    } else {
-      K.gemm((int)bc, (int)N, (int)D, wb, (long)D, 1, xt_op, (long)ldt, tile, (long)ldt, false);
-    }
-    for (int64_t j = 0; j < bc; ++j) {
-      float* row = tile + j * ldt;
-      K.scale(row, invw[j0 + j], (int)N);
-      for (int64_t i = N; i < ldt; ++i) row[i] = 0.0f;
-    }
-  };
-  auto patch_target_cos = [&](float* tile, int64_t j0, int64_t j1) {
-    if (!p.weights_bf16) return;
-    auto [lo, hi] = targets_in(j0, j1);
-    for (auto it = lo; it != hi; ++it) tile[(it->first - j0) * ldt + it->second] = tcos[it->second];
-  };
-
-  // ---- Forward: stream class blocks, online LSE per row. ----
-  parallel(T, [&](int t) {
-    auto tile_own = uninit<float>(tile_floats);
-    auto wscratch = uninit<float>(gather ? Bc * D : 1);
-    auto wa = uninit<uint16_t>(packed ? Bc * Dp : 1);
-    auto tcol = uninit<int32_t>(ldt);
-    auto ztb = std::unique_ptr<float[]>(new float[ldt]());
-    auto bm = uninit<float>(ldt);
-    auto bl = uninit<float>(ldt);
-    auto bo = uninit<float>(ldt);
-    float* m = st_m[t].get();
-    float* l = st_l[t].get();
-    float* o = st_o[t].get();
-    for (int64_t i = 0; i < ldt; ++i) {
-      tcol[i] = -1;
-      m[i] = -INFINITY;
-      l[i] = 0.0f;
-      o[i] = 0.0f;
-    }
-    for (int64_t b = b_lo[t]; b < b_hi[t]; ++b) {
-      const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
-      // Norms of the rows as the kernels see them (bf16: the rounded rows; a
-      // finite value rounds to a finite one, or to ±inf beyond bf16's range,
-      // which the norm check below then reports).
-      const float* wb = block_weights(j0, bc, wscratch.get());
-      const float* wn = p.weights_bf16 ? wb : nullptr;
-      for (int64_t j = 0; j < bc; ++j) {
-        const double sq = K.sumsq(wn ? wn + j * D : wrow(j0 + j), (int)D);
-        if (!(sq <= kMaxNormSq)) {  // non-finite, or a norm the fp32 products would overflow
-          bad_w[t] = p.class_index ? p.class_index[j0 + j] : j0 + j;
-          return;
-        }
-        invw[j0 + j] = inv_norm_from_sq(sq);
-      }
-      float* tile = (b - b_lo[t] < cached[t]) ? cache[t].get() + (b - b_lo[t]) * tile_floats : tile_own.get();
-      cos_tile(wb, j0, bc, tile, wa.get());
-      auto [lo, hi] = targets_in(j0, j0 + bc);
-      if (p.weights_bf16) {
-        for (auto it = lo; it != hi; ++it) {
-          const int32_t i = it->second, col = it->first - (int32_t)j0;
-          tcos[i] = (float)(invw[j0 + col] * dot_f64(xn + (int64_t)i * D, wb + (int64_t)col * D, D));
-        }
-        patch_target_cos(tile, j0, j0 + bc);
-      }
-      for (auto it = lo; it != hi; ++it) {
-        const int32_t i = it->second, col = it->first - (int32_t)j0;
-        const float c = tile[col * ldt + i];
-        const float rm = p.row_margins ? p.row_margins[i] : 0.0f;
-        const Logit L = target_logit(p.margin, c, rm);
-        tcol[i] = col;
-        if (out.row_target_cos) out.row_target_cos[i] = c;  // each row's target is in one block
-        ztb[i] = L.z;
-        zt[i] = L.z;
-        dzt[i] = L.dz;
-      }
-      K.block_stats(tile, (int)bc, (int)ldt, s, cvm_m2, tcol.get(), ztb.get(), bm.get(), bl.get(), bo.get());
-      for (int64_t i = 0; i < ldt; ++i) {
-        const LseState a = lse_merge({m[i], l[i], o[i]}, {bm[i], bl[i], bo[i]});
-        m[i] = a.m;
-        l[i] = a.l;
-        o[i] = a.o;
-      }
-      for (auto it = lo; it != hi; ++it) tcol[it->second] = -1;
-    }
-  });
-  for (int t = 0; t < T; ++t)
-    if (bad_w[t] >= 0)
-      throw bad_rows_error("weights", bad_w[t]);
-
-  // Merge the thread partials in thread order → LSE, per-sample loss, mean,
-  // and the target's p − 1 (from the target-free sum: see target_terms).
-  double total = 0.0;
-  for (int64_t i = 0; i < N; ++i) {
-    LseState a = lse_empty();
-    for (int t = 0; t < T; ++t) a = lse_merge(a, {st_m[t][i], st_l[t][i], st_o[t][i]});
-    lse[i] = p.lse_in ? p.lse_in[i] : lse_value(a);
-    if (out.row_max) out.row_max[i] = a.m;
-    if (out.row_sumexp) out.row_sumexp[i] = a.l;
-    if (out.row_sumexp_other) out.row_sumexp_other[i] = a.o;
-    if (out.row_target) out.row_target[i] = p.labels[i] >= 0 ? zt[i] : NAN;
-    if (out.row_target_cos && p.labels[i] < 0) out.row_target_cos[i] = NAN;
-    if (p.labels[i] >= 0) {
-      const TargetTerms tt = target_terms(a, zt[i]);
-      ptm1[i] = p.target_pm1_in ? p.target_pm1_in[i] : tt.pt_minus_1;
-      out.per_sample[i] = tt.per_sample;
-      total += tt.per_sample;
-    } else {
-      out.per_sample[i] = 0.0f;
-    }
-  }
-  out.loss = V > 0 ? total / (double)V : 0.0;
-  if (!backward) return;
-
-  // ---- Backward: revisit blocks, g tile, dŴ (owned) and dX̂ (per thread). ----
-  std::vector<std::unique_ptr<float[]>> dxh(T);
-  std::vector<int64_t> skipped(T, 0);
-  parallel(T, [&](int t) {
-    auto tile_own = uninit<float>(tile_floats);
-    auto gt = uninit<float>(tile_floats);
-    auto tj = uninit<float>(Bc);
-    auto wscratch = uninit<float>(gather ? Bc * D : 1);
-    auto gblock = uninit<float>(p.block_update ? Bc * D : 1);
-    auto wa = uninit<uint16_t>(packed ? Bc * Dp : 1);
-    auto ga = uninit<uint16_t>(packed ? Bc * ldtp : 1);       // G, class-major (A of dŴ)
-    auto gT = uninit<uint16_t>(packed ? N * Bcp : 1);         // G, row-major (A of dX̂)
-    auto wp = uninit<uint16_t>(packed ? pair_packed_size(Bcp, D) : 1);  // the block's centres (B of dX̂)
-    auto tcol = uninit<int32_t>(ldt);
-    for (int64_t i = 0; i < ldt; ++i) tcol[i] = -1;
-    dxh[t] = std::unique_ptr<float[]>(new float[N * D]());
-    float* dx = dxh[t].get();
-    for (int64_t b = b_lo[t]; b < b_hi[t]; ++b) {
-      const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
-      const float* wb = block_weights(j0, bc, wscratch.get());
-      const float* tile;
-      if (b - b_lo[t] < cached[t]) {
-        tile = cache[t].get() + (b - b_lo[t]) * tile_floats;
-      } else {
-        cos_tile(wb, j0, bc, tile_own.get(), wa.get());
-        patch_target_cos(tile_own.get(), j0, j0 + bc);
-        tile = tile_own.get();
-      }
-      auto [lo, hi] = targets_in(j0, j0 + bc);
-      for (auto it = lo; it != hi; ++it) tcol[it->second] = it->first - (int32_t)j0;
-      const float pmax = K.block_grad(tile, (int)bc, (int)ldt, s, cvm_m2, tcol.get(), ptm1.get(), dzt.get(),
-                                      lse.get(), rowscale.get(), invw.get() + j0, gt.get(), tj.get());
-      for (auto it = lo; it != hi; ++it) tcol[it->second] = -1;
-      float* gw = p.block_update ? gblock.get() : out.grad_w + j0 * D;
-      if (p.grad_filter > 0.0f && lo == hi && pmax < p.grad_filter) {
-        if (p.block_update) {
-          p.block_update(j0, bc, nullptr);
-        } else {
-          std::memset(gw, 0, sizeof(float) * bc * D);
-        }
-        ++skipped[t];
-        continue;
-      }
-      // The backward products' G operand in bf16.
-      if (packed) {
-        pack_rows_bf16(gt.get(), (long)ldt, (int)bc, (int)ldt, (int)ldtp, ga.get(), (long)ldtp);
-        pack_rows_bf16_t(gt.get(), (long)ldt, (int)N, (int)bc, (int)Bcp, gT.get(), (long)Bcp);
-        pack_pairs_bf16(wb, (long)D, (int)bc, (int)D, (int)Bcp, wp.get());
-      } else if (p.weights_bf16) {
-        round_bf16_array(gt.get(), gt.get(), bc * ldt);
-      }
-      // dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term.
-      if (packed) {
-        bf16_gemm(mp, (int)bc, (int)D, (int)ldtp, ga.get(), (long)ldtp, xn_p.get(), gw, (long)D, false);
-      } else {
-        K.gemm((int)bc, (int)D, (int)N, gt.get(), (long)ldt, 1, xn_op, (long)D, gw, (long)D, false);
-      }
-      for (int64_t j = 0; j < bc; ++j) {
-        // w·invn² underflows for huge norms: form it as (invn·t)·(invn·w).
-        const float inv = invw[j0 + j];
-        K.sub_scaled(gw + j * D, wb + j * D, inv * tj[j], inv, (int)D);
-      }
-      // dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).
-      if (packed) {
-        bf16_gemm(mp, (int)N, (int)D, (int)Bcp, gT.get(), (long)Bcp, wp.get(), dx, (long)D, true);
-      } else {
-        K.gemm((int)N, (int)D, (int)bc, gt.get(), 1, (long)ldt, wb, (long)D, dx, (long)D, true);
-      }
-      if (p.block_update) p.block_update(j0, bc, gw);
-    }
-  });
-  for (int t = 0; t < T; ++t) out.skipped_blocks += skipped[t];
-
-  // Sum the per-thread dX̂ in thread order, then the normalisation's chain rule.
-  for (int64_t i = 0; i < N; ++i) {
-    float* gx = out.grad_x + i * D;
-    for (int64_t q = 0; q < D; ++q) {
-      float acc = 0.0f;
-      for (int t = 0; t < T; ++t) acc += dxh[t][i * D + q];
-      gx[q] = acc;
-    }
-    double dot = 0.0;
-    for (int64_t q = 0; q < D; ++q) dot += (double)gx[q] * xn[i * D + q];
-    const float inv = invx[i];
-    for (int64_t q = 0; q < D; ++q) gx[q] = (gx[q] - (float)dot * xn[i * D + q]) * inv;
-  }
+  parallel(L.lay.threads, [&](int t) { backward_thread(L, t); });
+  for (const ThreadShare& sh : L.shares) out.skipped_blocks += sh.skipped;
+  finish_grad_x(L);
 }
 
 }  // namespace ms

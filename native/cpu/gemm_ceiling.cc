@@ -18,10 +18,10 @@ namespace ms {
 
 double products_seconds(const float* x, const float* w, int64_t N, int64_t C, int64_t D, int threads, int simd,
                         bool backward) {
-  const KernelSet& K = kernels_for(simd);
+  const KernelSet& kern = kernels_for(simd);
   const BlockLayout lay = block_layout(N, C, threads);
-  const int64_t ldt = lay.ldt, Bc = lay.bc;
-  const NormalizedRows rows = normalize_rows(K, x, N, D, ldt);
+  const int64_t ldt = lay.ldt, block_classes = lay.block_classes;
+  const NormalizedRows rows = normalize_rows(kern, x, N, D, ldt);
   const float* xt = rows.xt.get();
   BigArray<float> gw(backward ? (size_t)(C * D) : 1);
   // Fault dW's pages in before the clock starts, each thread its own blocks:
@@ -29,19 +29,19 @@ double products_seconds(const float* x, const float* w, int64_t N, int64_t C, in
   // C = 10⁶ costs about as much as the products on a VM).
   if (backward) {
     parallel(lay.threads, [&](int t) {
-      const int64_t j0 = std::min(C, lay.lo(t) * Bc), j1 = std::min(C, lay.hi(t) * Bc);
+      const int64_t j0 = std::min(C, lay.lo(t) * block_classes), j1 = std::min(C, lay.hi(t) * block_classes);
       std::fill(gw.get() + j0 * D, gw.get() + j1 * D, 0.0f);
     });
   }
   const auto t0 = std::chrono::steady_clock::now();
   parallel(lay.threads, [&](int t) {
-    std::vector<float> tile(Bc * ldt, 0.0f), dx(N * D, 0.0f);
+    std::vector<float> tile(block_classes * ldt, 0.0f), dx(N * D, 0.0f);
     for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
-      const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
-      K.gemm((int)bc, (int)N, (int)D, w + j0 * D, (long)D, 1, xt, (long)ldt, tile.data(), (long)ldt, false);
+      const auto [j0, count] = lay.block(b);
+      kern.gemm((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt, (long)ldt, tile.data(), (long)ldt, false);
       if (!backward) continue;
-      K.gemm((int)bc, (int)D, (int)N, tile.data(), (long)ldt, 1, x, (long)D, gw.get() + j0 * D, (long)D, false);
-      K.gemm((int)N, (int)D, (int)bc, tile.data(), 1, (long)ldt, w + j0 * D, (long)D, dx.data(), (long)D, true);
+      kern.gemm((int)count, (int)D, (int)N, tile.data(), (long)ldt, 1, x, (long)D, gw.get() + j0 * D, (long)D, false);
+      kern.gemm((int)N, (int)D, (int)count, tile.data(), 1, (long)ldt, w + j0 * D, (long)D, dx.data(), (long)D, true);
     }
   });
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -31,46 +31,39 @@
 namespace ms {
 namespace {
 
-// acc ← acc·b + c, NACC independent chains; the sum goes to `sink` so the
-// loop cannot be dropped. b < 1 keeps the values bounded and normal.
-#define MS_FMA_LOOP(VF, VW, NACC)                                  \
-  VF acc[NACC];                                                    \
-  for (int k = 0; k < NACC; ++k) acc[k] = (VF){} + 1e-3f * (k + 1); \
-  const VF b = (VF){} + 0.999999f, c = (VF){} + 1e-7f;             \
-  for (long it = 0; it < iters; ++it) {                            \
-    _Pragma("GCC unroll 32") for (int k = 0; k < NACC; ++k) {      \
-      acc[k] = acc[k] * b + c;                                     \
-    }                                                              \
-  }                                                                \
-  float s = 0.0f;                                                  \
-  for (int k = 0; k < NACC; ++k)                                   \
-    for (int q = 0; q < VW; ++q) s += acc[k][q];                   \
-  return s;
+// fma_NAME(iters): acc ← acc·b + c on NACC independent chains of VW-float
+// vectors; the sum is returned so the loop cannot be dropped. b < 1 keeps the
+// values bounded and normal. kFlops_NAME: the flops of one iteration.
+#define MS_FMA_PEAK(NAME, VW, NACC)                                     \
+  float fma_##NAME(long iters) {                                        \
+    typedef float vf __attribute__((vector_size(VW * 4)));              \
+    vf acc[NACC];                                                       \
+    for (int k = 0; k < NACC; ++k) acc[k] = (vf){} + 1e-3f * (k + 1);  \
+    const vf b = (vf){} + 0.999999f, c = (vf){} + 1e-7f;                \
+    for (long it = 0; it < iters; ++it) {                               \
+      _Pragma("GCC unroll 32") for (int k = 0; k < NACC; ++k) {         \
+        acc[k] = acc[k] * b + c;                                        \
+      }                                                                 \
+    }                                                                   \
+    float s = 0.0f;                                                     \
+    for (int k = 0; k < NACC; ++k)                                      \
+      for (int q = 0; q < VW; ++q) s += acc[k][q];                      \
+    return s;                                                           \
+  }                                                                     \
+  constexpr double kFlops_##NAME = NACC * VW * 2;
 
-float fma_portable(long iters) {
-  typedef float vf __attribute__((vector_size(16)));
-  MS_FMA_LOOP(vf, 4, 12)
-}
-constexpr double kFlopsPortable = 12 * 4 * 2;
+MS_FMA_PEAK(portable, 4, 12)
 
 #ifdef MS_HAVE_PEAK_ISA
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-float fma_avx2(long iters) {
-  typedef float vf __attribute__((vector_size(32)));
-  MS_FMA_LOOP(vf, 8, 12)
-}
+MS_FMA_PEAK(avx2, 8, 12)
 #pragma GCC pop_options
-constexpr double kFlopsAvx2 = 12 * 8 * 2;
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
-float fma_avx512(long iters) {
-  typedef float vf __attribute__((vector_size(64)));
-  MS_FMA_LOOP(vf, 16, 24)
-}
+MS_FMA_PEAK(avx512, 16, 24)
 #pragma GCC pop_options
-constexpr double kFlopsAvx512 = 24 * 16 * 2;
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
@@ -145,11 +138,11 @@ Loop loop_for(PeakKind kind, int simd) {
     case PeakKind::Fp32: {
 #ifdef MS_HAVE_PEAK_ISA
       const int w = kernels_for(simd).vw;
-      if (w >= 16) return {fma_avx512, kFlopsAvx512};
-      if (w >= 8) return {fma_avx2, kFlopsAvx2};
+      if (w >= 16) return {fma_avx512, kFlops_avx512};
+      if (w >= 8) return {fma_avx2, kFlops_avx2};
 #endif
       (void)simd;
-      return {fma_portable, kFlopsPortable};
+      return {fma_portable, kFlops_portable};
     }
     case PeakKind::Avx512Bf16:
 #ifdef MS_HAVE_PEAK_ISA

@@ -7,48 +7,20 @@
 
 namespace ms {
 
-namespace portable {
+// One instance per instruction set: simd_kernels.inc sets the target ISA, the
+// register tile and the vector types from VW.
+#define MS_SIMD_NS portable
 #define VW 4
-#define MR 4
-typedef float vf __attribute__((vector_size(16)));
-typedef int32_t vi __attribute__((vector_size(16)));
-typedef float vfu __attribute__((vector_size(16), aligned(4)));
-typedef int32_t viu __attribute__((vector_size(16), aligned(4)));
 #include "simd_kernels.inc"
-#undef VW
-#undef MR
-}  // namespace portable
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
+#define MS_SIMD_NS avx2
 #define VW 8
-#define MR 6
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-typedef float vfu __attribute__((vector_size(32), aligned(4)));
-typedef int32_t viu __attribute__((vector_size(32), aligned(4)));
 #include "simd_kernels.inc"
-#undef VW
-#undef MR
-}  // namespace avx2
-#pragma GCC pop_options
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
-namespace avx512 {
+#define MS_SIMD_NS avx512
 #define VW 16
-#define MR 8
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef float vfu __attribute__((vector_size(64), aligned(4)));
-typedef int32_t viu __attribute__((vector_size(64), aligned(4)));
 #include "simd_kernels.inc"
-#undef VW
-#undef MR
-}  // namespace avx512
-#pragma GCC pop_options
 #define MS_HAVE_X86_DISPATCH 1
 #endif
 

@@ -12,10 +12,10 @@ struct KernelSet {
   int mr;  // GEMM register-tile rows
   void (*gemm)(int M, int NN, int K, const float* A, long sam, long sak, const float* B, long ldb,
                float* C, long ldc, bool accumulate);
-  void (*block_stats)(const float* tile, int bc, int ldt, float s, float cvm_m2,
-                      const int32_t* tcol, const float* zt, float* m_out, float* l_out, float* o_out);
-  float (*block_grad)(const float* tile, int bc, int ldt, float s, float cvm_m2,
-                      const int32_t* tcol, const float* ptm1, const float* dzt, const float* lse,
+  void (*block_stats)(const float* tile, int classes, int ldt, float s, float cvm_m2,
+                      const int32_t* target_col, const float* zt, float* m_out, float* l_out, float* o_out);
+  float (*block_grad)(const float* tile, int classes, int ldt, float s, float cvm_m2,
+                      const int32_t* target_col, const float* target_pm1, const float* dzt, const float* lse,
                       const float* rowscale, const float* invn, float* gout, float* t);
   double (*sumsq)(const float* v, int d);
   // y[q] −= a·(b·x[q]) for q < n (x, y disjoint): the normalisation term of dW.

@@ -47,21 +47,21 @@ void heap_offer(float* sc, int32_t* cl, int k, float score, int32_t cls) {
 
 void cpu_topk(const float* x, const float* w, int64_t N, int64_t C, int64_t D, int k, int threads, int simd,
               int32_t* classes, float* scores) {
-  const KernelSet& K = kernels_for(simd);
+  const KernelSet& kern = kernels_for(simd);
   const BlockLayout lay = block_layout(N, C, threads);
-  const int64_t ldt = lay.ldt, Bc = lay.bc;
-  const NormalizedRows rows = normalize_rows(K, x, N, D, ldt);
+  const int64_t ldt = lay.ldt;
+  const NormalizedRows rows = normalize_rows(kern, x, N, D, ldt);
   const int T = lay.threads;
   std::vector<std::vector<float>> sc(T, std::vector<float>(N * k, -INFINITY));
   std::vector<std::vector<int32_t>> cl(T, std::vector<int32_t>(N * k, -1));
   std::vector<int64_t> bad(T, -1);
   parallel(T, [&](int t) {
-    std::vector<float> tile(Bc * ldt, 0.0f);
+    std::vector<float> tile(lay.block_classes * ldt, 0.0f);
     for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
-      const int64_t j0 = b * Bc, bc = std::min(Bc, C - j0);
-      K.gemm((int)bc, (int)N, (int)D, w + j0 * D, (long)D, 1, rows.xt.get(), (long)ldt, tile.data(), (long)ldt, false);
-      for (int64_t j = 0; j < bc; ++j) {
-        const double sq = K.sumsq(w + (j0 + j) * D, (int)D);
+      const auto [j0, count] = lay.block(b);
+      kern.gemm((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, rows.xt.get(), (long)ldt, tile.data(), (long)ldt, false);
+      for (int64_t j = 0; j < count; ++j) {
+        const double sq = kern.sumsq(w + (j0 + j) * D, (int)D);
         if (!(sq <= kMaxNormSq)) {
           bad[t] = j0 + j;
           return;

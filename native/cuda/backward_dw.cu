@@ -41,35 +41,20 @@ template <class T>
 struct DwCfg {
   using E = Elem<T>;
   using Tile = CosTile<T, kDwRows, kDwClasses, 8, 1>;
-  static constexpr int KX = 2 * E::kStep;        // rows per staged X̂ chunk (16 TF32 / 32 BF16)
-  static constexpr int LDX = kSlice + E::kPad;   // X̂ chunk row stride
+  using Chunk = Staged<T>;                        // X̂ in chunks of Chunk::K rows
   static constexpr int LDG = kDwClasses + E::kPad;
-  static constexpr int VPX = kSlice / E::kVec;
-  static constexpr int NVX = KX * VPX / kThreads;  // 8
-  static constexpr size_t kXsBytes = (size_t)KX * LDX * sizeof(T);
   static constexpr size_t kStageBytes = (size_t)(kThreads / 32) * 256 * sizeof(float);
-  static constexpr size_t kUnion = align128(cmax(cmax(Tile::kBytes, kXsBytes), kStageBytes));
+  static constexpr size_t kUnion = align128(cmax(cmax(Tile::kBytes, Chunk::kBytes), kStageBytes));
   static constexpr size_t kGsOffset = kUnion;
   static constexpr size_t kGsBytes = align128((size_t)kDwRows * LDG * sizeof(T));
   static constexpr size_t kTpartOffset = kGsOffset + kGsBytes;
   static constexpr size_t kCoefOffset = kTpartOffset + (kThreads / 32) * kDwClasses * sizeof(float);
   static constexpr size_t kSmem = kCoefOffset + 2 * kDwClasses * sizeof(float);  // coef, invw
-  static_assert((KX * VPX) % kThreads == 0, "whole vectors per thread");
-  static_assert(kDwRows % KX == 0, "whole chunks per row tile");
+  static_assert(kDwRows % Chunk::K == 0, "whole chunks per row tile");
   static_assert(kTileC % kDwClasses == 0 && kDwRows % kTileR == 0, "aligned with the filter mask");
   static_assert(kRowPad % kDwRows == 0, "row tiles cover N_pad exactly");
   static_assert(kSmem <= 99 * 1024, "fits sm_86/sm_89's 99 KiB per block");
 };
-
-template <class T>
-__device__ __forceinline__ void fetch_x_chunk(uint4 (&rx)[DwCfg<T>::NVX], const T* xop, int dp, int64_t r0, int q0) {
-  using Cfg = DwCfg<T>;
-#pragma unroll
-  for (int q = 0; q < Cfg::NVX; ++q) {
-    const int v = threadIdx.x + q * kThreads;
-    rx[q] = load_x16<T>(xop, dp, r0 + v / Cfg::VPX, q0 + (v % Cfg::VPX) * Elem<T>::kVec);
-  }
-}
 
 // One element of the fused SGD step (see SgdParams): the same operations in
 // the same order as the CPU head's Sgd::apply, in fp32.
@@ -102,7 +87,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
   float* coef = reinterpret_cast<float*>(smem + Cfg::kCoefOffset);
   float* invs = coef + kDwClasses;
   const float* S = reinterpret_cast<const float*>(smem);
-  const T* xop = static_cast<const T*>(p.xop);
+  const T* x_operand = static_cast<const T*>(p.x_operand);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int64_t j0 = (int64_t)blockIdx.x * kDwClasses;
@@ -118,18 +103,15 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
   if (warp == 0) invs[lane] = inv;
 
   Acc<T> acc[2][4];
-#pragma unroll
-  for (int a = 0; a < 2; ++a)
-#pragma unroll
-    for (int b = 0; b < 4; ++b) wmma::fill_fragment(acc[a][b], 0.0f);
+  zero_acc<T>(acc);
 
   const int64_t nrow_tiles = p.n_pad / kDwRows;
   for (int64_t rt = 0; rt < nrow_tiles; ++rt) {
-    const uint8_t* mrow = p.mask + ctm * p.nrt32 + rt * (kDwRows / kTileR);
+    const uint8_t* mrow = p.mask + ctm * p.row_tiles32 + rt * (kDwRows / kTileR);
     const uint8_t m0 = mrow[0], m1 = mrow[1], m2 = mrow[2], m3 = mrow[3];
     if (m0 != kMaskCompute && m1 != kMaskCompute && m2 != kMaskCompute && m3 != kMaskCompute) continue;
     const int64_t row0 = rt * kDwRows;
-    Tile::run(xop, row0, p.dp, p.w, j0, smem);
+    Tile::run(x_operand, row0, p.dp, p.w, j0, smem);
 
     // Rows 16·warp .. 16·warp+16 all fall in mask entry warp/2.
     const int sub = warp >> 1;
@@ -142,14 +124,8 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
       const int32_t y = p.labels[i];  // ≥ 0 local target, −1 ignored/padding, −2 counted without a local target
       float gv = 0.0f, cu = 0.0f;
       if (rows_on && jok && y != -1) {
-        if ((int64_t)y == jmine) {
-          gv = p.ptm1[i] * p.dzt[i];
-          cu = p.ctg[i];
-        } else {
-          cu = S[r * Tile::LDS + lane] * inv;
-          gv = grad_other(cu, p.lse[i], p.scale, p.cvm_m2);
-        }
-        gv *= p.inv_valid;
+        cu = S[r * Tile::LDS + lane] * inv;
+        gv = grad_entry(p, i, y, jmine, cu);
       }
       tl += gv * cu;
       Gs[r * Cfg::LDG + lane] = E::cvt(gv * inv);
@@ -164,34 +140,10 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dw(const BwdParams p) {
     }
 
     // dŴ'[32 classes, slice] += G'ᵀ(32×128) · X̂[rows, slice](128×slice).
-    uint4 rx[Cfg::NVX];
-    fetch_x_chunk<T>(rx, xop, p.dp, row0, q0);
-    for (int kc = 0; kc < kDwRows; kc += Cfg::KX) {
-      if (kc > 0) __syncthreads();  // the previous chunk's fragment loads are done
-#pragma unroll
-      for (int q = 0; q < Cfg::NVX; ++q) {
-        const int v = tid + q * kThreads;
-        *reinterpret_cast<uint4*>(Xs + (v / Cfg::VPX) * Cfg::LDX + (v % Cfg::VPX) * E::kVec) = rx[q];
-      }
-      __syncthreads();
-      if (kc + Cfg::KX < kDwRows) fetch_x_chunk<T>(rx, xop, p.dp, row0 + kc + Cfg::KX, q0);
-      if (active) {
-#pragma unroll
-        for (int ks = 0; ks < Cfg::KX; ks += E::kStep) {
-          // A = G'ᵀ: (m = class, k = row) at Gs[k·LDG + m], i.e. column-major.
-          FragAc<T> fa[2];
-#pragma unroll
-          for (int a = 0; a < 2; ++a) wmma::load_matrix_sync(fa[a], Gs + (kc + ks) * Cfg::LDG + a * 16, Cfg::LDG);
-#pragma unroll
-          for (int b = 0; b < 4; ++b) {
-            FragB<T> fb;  // (k = row, n = column) at Xs[k·LDX + n]
-            wmma::load_matrix_sync(fb, Xs + ks * Cfg::LDX + warp * 64 + b * 16, Cfg::LDX);
-#pragma unroll
-            for (int a = 0; a < 2; ++a) wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]);
-          }
-        }
-      }
-    }
+    // A = G'ᵀ: (m = class, k = row) at Gs[k·LDG + m], i.e. column-major.
+    mma_staged<T, FragAc<T>, Cfg::LDG, kDwRows>(
+        acc, Xs, [&](int r, int k) { return load_x16<T>(x_operand, p.dp, row0 + r, q0 + k); },
+        [&](int a, int k) { return Gs + k * Cfg::LDG + a * 16; }, active, warp);
     // The next Tile::run begins with a barrier (protects Xs, Gs and tpart).
   }
 

@@ -19,7 +19,7 @@
 // work) instead of spilling N×d or C×d partial sums to memory per tile.
 //
 // Tile ownership and bounds:
-//   blockIdx.x = g·nrt32 + rt; blockIdx.y = output slice (columns [512·y, 512·y+512) ∩ [0, dp));
+//   blockIdx.x = g·row_tiles32 + rt; blockIdx.y = output slice (columns [512·y, 512·y+512) ∩ [0, dp));
 //   rows [32·rt, 32·rt+32) ⊂ [0, N_pad); class tiles [g·tpg, min(nct, (g+1)·tpg));
 //   warp w owns output columns [q0 + 64w, q0 + 64w + 64): all inside dp or all
 //   outside (dp is a multiple of 64); an outside warp does no MMA and no store.
@@ -39,29 +39,14 @@ template <class T>
 struct DxCfg {
   using E = Elem<T>;
   using Tile = CosTile<T, kDxRows, kTileC, 2, 4>;
-  static constexpr int KW = 2 * E::kStep;                  // classes per staged W chunk (16 TF32 / 32 BF16)
-  static constexpr int LDW = kSlice + E::kPad;             // W chunk row stride (elements)
+  using Chunk = Staged<T>;                                  // W in chunks of Chunk::K classes
   static constexpr int LDG = kTileC + E::kPad;             // G' row stride (elements)
-  static constexpr int VPW = kSlice / E::kVec;             // 16-byte vectors per W chunk row
-  static constexpr int NVW = KW * VPW / kThreads;          // per thread (8)
-  static constexpr size_t kWsBytes = (size_t)KW * LDW * sizeof(T);
-  static constexpr size_t kUnion = align128(cmax(Tile::kBytes, kWsBytes));
+  static constexpr size_t kUnion = align128(cmax(Tile::kBytes, Chunk::kBytes));
   static constexpr size_t kGsBytes = align128((size_t)kDxRows * LDG * sizeof(T));
   static constexpr size_t kSmem = kUnion + kGsBytes;
-  static_assert((KW * VPW) % kThreads == 0, "whole vectors per thread");
-  static_assert(kTileC % KW == 0, "whole chunks per class tile");
+  static_assert(kTileC % Chunk::K == 0, "whole chunks per class tile");
   static_assert(kSmem <= 99 * 1024, "fits sm_86/sm_89's 99 KiB per block");
 };
-
-template <class T>
-__device__ __forceinline__ void fetch_w_chunk(uint4 (&rw)[DxCfg<T>::NVW], const WView& w, int64_t j0, int q0) {
-  using Cfg = DxCfg<T>;
-#pragma unroll
-  for (int q = 0; q < Cfg::NVW; ++q) {
-    const int v = threadIdx.x + q * kThreads;
-    rw[q] = load_w16<T>(w, j0 + v / Cfg::VPW, q0 + (v % Cfg::VPW) * Elem<T>::kVec);
-  }
-}
 
 template <class T>
 __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
@@ -75,7 +60,7 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
 
   const int tid = threadIdx.x, warp = tid >> 5;
   const int64_t bid = blockIdx.x;
-  const int64_t rt = bid % p.nrt32, g = bid / p.nrt32;
+  const int64_t rt = bid % p.row_tiles32, g = bid / p.row_tiles32;
   const int q0 = blockIdx.y * kSlice;
   const int64_t row0 = rt * kDxRows;
   const int64_t ct_begin = g * p.tiles_per_group;
@@ -84,16 +69,13 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
   const bool active = wq < p.dp;
 
   Acc<T> acc[2][4];
-#pragma unroll
-  for (int a = 0; a < 2; ++a)
-#pragma unroll
-    for (int b = 0; b < 4; ++b) wmma::fill_fragment(acc[a][b], 0.0f);
+  zero_acc<T>(acc);
 
   const int col = tid % kTileC, rbase = tid / kTileC;
   for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
-    if (p.mask[ct * p.nrt32 + rt] != kMaskCompute) continue;  // same value for every thread
+    if (p.mask[ct * p.row_tiles32 + rt] != kMaskCompute) continue;  // same value for every thread
     const int64_t col0 = ct * kTileC;
-    Tile::run(static_cast<const T*>(p.xop), row0, p.dp, p.w, col0, smem);
+    Tile::run(static_cast<const T*>(p.x_operand), row0, p.dp, p.w, col0, smem);
 
     // G' tile: g_ij·invw_j for my column, rows rbase, rbase+2, …
     const int64_t j = col0 + col;
@@ -106,42 +88,17 @@ __global__ void __launch_bounds__(kThreads, 1) backward_dx(const BwdParams p) {
       const int32_t y = p.labels[i];  // ≥ 0 local target, −1 ignored/padding, −2 counted without a local target
       float gv = 0.0f;
       if (jok && y != -1) {
-        gv = (int64_t)y == j ? p.ptm1[i] * p.dzt[i]
-                             : grad_other(S[r * Tile::LDS + col] * inv, p.lse[i], p.scale, p.cvm_m2);
-        gv *= p.inv_valid;
+        float c = S[r * Tile::LDS + col] * inv;
+        gv = grad_entry(p, i, y, j, c);
       }
       Gs[r * Cfg::LDG + col] = E::cvt(gv * inv);
     }
     __syncthreads();  // G' complete; S is dead, the W chunks may overwrite it
 
-    // dX̂[rows, slice] += G'(32×128) · W[tile](128×slice), 128 classes in chunks of KW.
-    uint4 rw[Cfg::NVW];
-    fetch_w_chunk<T>(rw, p.w, col0, q0);
-    for (int kc = 0; kc < kTileC; kc += Cfg::KW) {
-      if (kc > 0) __syncthreads();  // the previous chunk's fragment loads are done
-#pragma unroll
-      for (int q = 0; q < Cfg::NVW; ++q) {
-        const int v = tid + q * kThreads;
-        *reinterpret_cast<uint4*>(Ws + (v / Cfg::VPW) * Cfg::LDW + (v % Cfg::VPW) * E::kVec) = rw[q];
-      }
-      __syncthreads();  // chunk visible
-      if (kc + Cfg::KW < kTileC) fetch_w_chunk<T>(rw, p.w, col0 + kc + Cfg::KW, q0);
-      if (active) {
-#pragma unroll
-        for (int ks = 0; ks < Cfg::KW; ks += E::kStep) {
-          FragA<T> fa[2];
-#pragma unroll
-          for (int a = 0; a < 2; ++a) wmma::load_matrix_sync(fa[a], Gs + a * 16 * Cfg::LDG + kc + ks, Cfg::LDG);
-#pragma unroll
-          for (int b = 0; b < 4; ++b) {
-            FragB<T> fb;  // (k = class, n = column) at Ws[k·LDW + n]
-            wmma::load_matrix_sync(fb, Ws + ks * Cfg::LDW + warp * 64 + b * 16, Cfg::LDW);
-#pragma unroll
-            for (int a = 0; a < 2; ++a) wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]);
-          }
-        }
-      }
-    }
+    // dX̂[rows, slice] += G'(32×128) · W[tile](128×slice), 128 classes in chunks of Chunk::K.
+    mma_staged<T, FragA<T>, Cfg::LDG, kTileC>(
+        acc, Ws, [&](int r, int k) { return load_w16<T>(p.w, col0 + r, q0 + k); },
+        [&](int a, int k) { return Gs + a * 16 * Cfg::LDG + k; }, active, warp);
     // The next tile's Tile::run begins with a barrier: nobody overwrites Ws/Gs
     // before every warp has finished the MMAs above.
   }
@@ -163,7 +120,7 @@ template <class T>
 void launch_backward_dx(const BwdParams& p, int64_t groups, int slices, cudaStream_t s) {
   const size_t smem = DxCfg<T>::kSmem;
   MS_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&backward_dx<T>), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  const dim3 grid((unsigned)(groups * p.nrt32), (unsigned)slices);
+  const dim3 grid((unsigned)(groups * p.row_tiles32), (unsigned)slices);
   MS_LAUNCH(backward_dx<T>, grid, kThreads, smem, s, p);
   MS_CUDA_LAUNCHED("backward_dx");
 }

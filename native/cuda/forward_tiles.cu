@@ -14,7 +14,7 @@
 // class-tile order afterwards.
 //
 // Tile ownership and bounds:
-//   blockIdx.x = ct·nrt64 + rt (row tiles vary fastest, so the CTAs that read
+//   blockIdx.x = ct·row_tiles64 + rt (row tiles vary fastest, so the CTAs that read
 //   the same 128 class centres run together and share them through L2);
 //   rows  [rt·64, rt·64+64)   ⊂ [0, N_pad)  always (N_pad is a multiple of 128);
 //   classes [ct·128, ct·128+128), only those < C count (ncols below);
@@ -45,19 +45,19 @@ __global__ void __launch_bounds__(kThreads, 2) forward_tiles(const FwdParams p) 
   float* invw_s = reinterpret_cast<float*>(smem + Cfg::kInvOffset);
 
   const int64_t bid = blockIdx.x;
-  const int64_t rt = bid % p.nrt64, ct = bid / p.nrt64;
+  const int64_t rt = bid % p.row_tiles64, ct = bid / p.row_tiles64;
   const int64_t row0 = rt * kFwdRows, col0 = ct * kTileC;
   const int tid = threadIdx.x;
   const int ncols = (int)min((int64_t)kTileC, p.w.c - col0);  // ≥ 1 because ct < nct
 
   if (tid < kTileC) invw_s[tid] = tid < ncols ? p.w.invw[col0 + tid] : 0.0f;  // published by run()'s barriers
-  Tile::run(static_cast<const T*>(p.xop), row0, p.dp, p.w, col0, smem);
+  Tile::run(static_cast<const T*>(p.x_operand), row0, p.dp, p.w, col0, smem);
   const float* S = reinterpret_cast<const float*>(smem);
 
   const int r = tid >> 2, part = tid & 3;
   const int64_t i = row0 + r;
   const int32_t y = p.labels[i];  // −1 / −2 never match a column
-  const int tcol = (y >= 0 && (int64_t)y >= col0 && (int64_t)y < col0 + kTileC) ? (int)((int64_t)y - col0) : -1;
+  const int target_col = (y >= 0 && (int64_t)y >= col0 && (int64_t)y < col0 + kTileC) ? (int)((int64_t)y - col0) : -1;
   const float* Srow = S + r * Tile::LDS;
 
   // Pass 1: the row's max over the tile's non-target classes (a max is exact:
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kThreads, 2) forward_tiles(const FwdParams p) 
 #pragma unroll 2
   for (int k = 0; k < kTileC / 4; ++k) {
     const int col = 4 * k + part;
-    if (col < ncols && col != tcol) mx = fmaxf(mx, other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2));
+    if (col < ncols && col != target_col) mx = fmaxf(mx, other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2));
   }
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kThreads, 2) forward_tiles(const FwdParams p) 
 #pragma unroll 2
   for (int k = 0; k < kTileC / 4; ++k) {
     const int col = 4 * k + part;
-    if (col < ncols && col != tcol) l += expf(other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2) - mx);
+    if (col < ncols && col != target_col) l += expf(other_z(Srow[col] * invw_s[col], p.scale, p.cvm_m2) - mx);
   }
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
@@ -90,7 +90,7 @@ template <class T>
 void launch_forward(const FwdParams& p, cudaStream_t s) {
   const size_t smem = FwdCfg<T>::kSmem;
   MS_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(&forward_tiles<T>), cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  const int64_t blocks = p.nrt64 * p.nct;
+  const int64_t blocks = p.row_tiles64 * p.nct;
   MS_LAUNCH(forward_tiles<T>, (unsigned)blocks, kThreads, smem, s, p);
   MS_CUDA_LAUNCHED("forward_tiles");
 }

@@ -65,11 +65,11 @@ class LossRunner {
   // Normalises X (device, N×d) and takes the labels (device, N; ≥ 0 a local
   // target, −1 ignored, −2 counted with its target in another shard) and the
   // optional per-row device arrays: elastic margins, merged LSE (lse_in) and
-  // p_y − 1 (ptm1_in) from other shards. valid_rows = V, the number of counted
+  // p_y − 1 (target_pm1_in) from other shards. valid_rows = V, the number of counted
   // rows (the global count when sharded). Returns the smallest row of X with a
   // non-finite value or a norm above 1e30, or −1 (synchronises the stream).
   int64_t set_batch(const float* x_dev, const int32_t* labels_dev, const float* row_margins_dev, int64_t valid_rows,
-                    const float* lse_in_dev = nullptr, const float* ptm1_in_dev = nullptr);
+                    const float* lse_in_dev = nullptr, const float* target_pm1_in_dev = nullptr);
 
   // Target logits, the fused tiles, the LSE merge: per-row losses in per_sample().
   void forward(const DeviceWeights& w, const MarginParams& m);
@@ -80,7 +80,7 @@ class LossRunner {
   const float* row_sumexp() const { return row_l_.get(); }
   const float* row_sumexp_other() const { return row_o_.get(); }
   const float* target_logit() const { return zt_.get(); }
-  const float* target_cos() const { return ctg_.get(); }
+  const float* target_cos() const { return target_cos_.get(); }
   // Queues the copies of the per-row outputs out asks for (non-null fields:
   // per-sample loss, the LSE state, target logit and cosine) to the host.
   void download_row_stats(LossOutputs& out) const;
@@ -100,7 +100,12 @@ class LossRunner {
   static size_t workspace_bytes(int64_t n, int64_t c, int d, bool bf16_path, bool with_grad, int sms);
 
  private:
-  int64_t n_, c_, n_pad_, nct_, nrt32_, nrt64_;
+  // The fields FwdParams and BwdParams share, from this runner's buffers.
+  template <class P>
+  P tile_params(const DeviceWeights& w, const MarginParams& m) const;
+
+  int64_t n_, c_, n_pad_, nct_;
+  int64_t row_tiles32_, row_tiles64_;  // N_pad in tiles of kTileR (32) and of 64 rows
   int d_, dp_, slices_;
   bool bf16_;
   int sms_;
@@ -110,12 +115,12 @@ class LossRunner {
   DeviceBuffer<int32_t> labels_;     // N_pad, −1 padding
   const float* row_m_in_ = nullptr;  // borrowed (elastic margins)
   const float* lse_in_ = nullptr;    // borrowed
-  const float* ptm1_in_ = nullptr;   // borrowed
+  const float* target_pm1_in_ = nullptr;  // borrowed
   DeviceBuffer<float> x32_, invx_;   // N×d, N_pad
-  DeviceBuffer<unsigned char> xop_;  // N_pad×dp of T
-  DeviceBuffer<float> zt_, dzt_, ctg_, lse_, per_sample_, ptm1_, row_m_, row_l_, row_o_;
+  DeviceBuffer<unsigned char> x_operand_;  // N_pad×dp of T
+  DeviceBuffer<float> zt_, dzt_, target_cos_, lse_, per_sample_, target_pm1_, row_m_, row_l_, row_o_;
   DeviceBuffer<float2> partial_;     // nct×N_pad
-  DeviceBuffer<uint8_t> mask_;       // nct×nrt32
+  DeviceBuffer<uint8_t> mask_;       // nct×row_tiles32
   DeviceBuffer<float> dxp_;          // groups×N_pad×dp
   DeviceBuffer<unsigned long long> bad_;
   std::vector<uint8_t> mask_host_;
@@ -123,7 +128,7 @@ class LossRunner {
 
 // Class groups of backward_dx: enough CTAs for ~8 per multiprocessor, at most
 // 512 MiB of partials, at least one class tile per group.
-void choose_groups(int64_t nct, int64_t nrt32, int slices, int64_t n_pad, int dp, int sms, int64_t* groups,
+void choose_groups(int64_t nct, int64_t row_tiles32, int slices, int64_t n_pad, int dp, int sms, int64_t* groups,
                    int64_t* tiles_per_group);
 
 int device_multiprocessors();

@@ -386,7 +386,7 @@ void head_loss(DeviceHead* h, const LossProblem& p, LossOutputs& out, const Head
   // A read-only copy of the centres when the update would race with the reads (see the top of the file).
   const bool copy = p.class_index != nullptr || (backward && h->w.dp > kSlice);
 
-  DeviceBuffer<float> x, rm, lse_in, ptm1_in, gx;
+  DeviceBuffer<float> x, rm, lse_in, target_pm1_in, gx;
   DeviceBuffer<int32_t> labels, idx;
   DeviceWeights g;
   std::optional<LossRunner> runner;
@@ -396,10 +396,10 @@ void head_loss(DeviceHead* h, const LossProblem& p, LossOutputs& out, const Head
   upload(labels, p.labels, (size_t)N, "labels", s);
   upload(rm, p.row_margins, (size_t)N, "row margins", s);
   upload(lse_in, p.lse_in, (size_t)N, "merged LSE", s);
-  upload(ptm1_in, p.target_pm1_in, (size_t)N, "merged target p - 1", s);
+  upload(target_pm1_in, p.target_pm1_in, (size_t)N, "merged target p - 1", s);
   upload(idx, p.class_index, (size_t)C, "sampled class indices", s);
   runner.emplace(N, C, d, h->bf16, s);
-  const int64_t bad_x = runner->set_batch(x.get(), labels.get(), rm.get(), V, lse_in.get(), ptm1_in.get());
+  const int64_t bad_x = runner->set_batch(x.get(), labels.get(), rm.get(), V, lse_in.get(), target_pm1_in.get());
   if (bad_x >= 0) throw_bad_rows("embeddings", bad_x);
   x.release();
   if (copy) {
@@ -444,7 +444,7 @@ void head_topk(DeviceHead* h, const float* x, int64_t n, int k, int32_t* classes
   const int d = h->d;
   const int64_t n_pad = round_up(n, kRowPad);
   const int dp = (int)round_up(d, kDPad);
-  DeviceBuffer<float> xd, x32, invx, xop;
+  DeviceBuffer<float> xd, x32, invx, x_operand;
   // Class chunks: ~8 CTAs per multiprocessor in all, at least 256 classes each.
   const int64_t row_blocks = ceil_div(n, kTopkRows);
   const int chunks = (int)std::max<int64_t>(
@@ -456,14 +456,14 @@ void head_topk(DeviceHead* h, const float* x, int64_t n, int k, int32_t* classes
   upload(xd, x, (size_t)n * d, "X", s);
   x32.allocate((size_t)n * d, "normalised embeddings");
   invx.allocate((size_t)n_pad, "inverse norms of X");
-  xop.allocate((size_t)n_pad * dp, "embedding operand");
+  x_operand.allocate((size_t)n_pad * dp, "embedding operand");
   cl.allocate((size_t)n * k, "top-k classes");
   sc.allocate((size_t)n * k, "top-k scores");
   ccl.allocate((size_t)chunks * n * k, "top-k classes per class chunk");
   csc.allocate((size_t)chunks * n * k, "top-k scores per class chunk");
   bad.allocate(1, "non-finite flag");
   MS_CUDA_CHECK(cudaMemsetAsync(bad.get(), 0xff, sizeof(unsigned long long), s));
-  launch_prep_x<float>(xd.get(), n, d, dp, n_pad, x32.get(), invx.get(), xop.get(), bad.get(), s);
+  launch_prep_x<float>(xd.get(), n, d, dp, n_pad, x32.get(), invx.get(), x_operand.get(), bad.get(), s);
   const int64_t bx = read_flag(bad, s);
   if (bx >= 0) throw_bad_rows("embeddings", bx);
   ensure_norms(h);

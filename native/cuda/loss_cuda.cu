@@ -155,9 +155,9 @@ void refresh_norms(DeviceWeights& w, cudaStream_t s) {
 }
 
 // ---- Workspace ------------------------------------------------------------------
-void choose_groups(int64_t nct, int64_t nrt32, int slices, int64_t n_pad, int dp, int sms, int64_t* groups,
+void choose_groups(int64_t nct, int64_t row_tiles32, int slices, int64_t n_pad, int dp, int sms, int64_t* groups,
                    int64_t* tiles_per_group) {
-  const int64_t ctas_per_group = nrt32 * slices;
+  const int64_t ctas_per_group = row_tiles32 * slices;
   const int64_t want = ceil_div(8LL * sms, ctas_per_group);
   const int64_t bytes_per_group = n_pad * (int64_t)dp * (int64_t)sizeof(float);
   const int64_t cap = std::max<int64_t>(1, (512LL << 20) / bytes_per_group);
@@ -171,13 +171,13 @@ LossRunner::LossRunner(int64_t n, int64_t c, int d, bool bf16_path, cudaStream_t
     : n_(n), c_(c), d_(d), bf16_(bf16_path), s_(s) {
   n_pad_ = round_up(n, kRowPad);
   nct_ = ceil_div(c, kTileC);
-  nrt32_ = n_pad_ / kTileR;
-  nrt64_ = n_pad_ / 64;
+  row_tiles32_ = n_pad_ / kTileR;
+  row_tiles64_ = n_pad_ / 64;
   dp_ = (int)round_up(d, kDPad);
   slices_ = (int)ceil_div(dp_, kSlice);
   sms_ = device_multiprocessors();
   // Grid limits: blockIdx.x < 2³¹ for every tile kernel.
-  if (nrt64_ * nct_ > INT_MAX || nct_ * nrt32_ > (int64_t)INT_MAX * 8 || ceil_div(c, 32) > INT_MAX || n > INT_MAX) {
+  if (row_tiles64_ * nct_ > INT_MAX || nct_ * row_tiles32_ > (int64_t)INT_MAX * 8 || ceil_div(c, 32) > INT_MAX || n > INT_MAX) {
     throw CudaError{"problem too large for the CUDA backend's launch grid: N=" + std::to_string(n) +
                     ", C=" + std::to_string(c)};
   }
@@ -185,13 +185,13 @@ LossRunner::LossRunner(int64_t n, int64_t c, int d, bool bf16_path, cudaStream_t
   labels_.allocate((size_t)n_pad_, "labels");
   x32_.allocate((size_t)n * d, "normalised embeddings");
   invx_.allocate((size_t)n_pad_, "inverse norms of X");
-  xop_.allocate((size_t)n_pad_ * dp_ * esz, "embedding operand");
+  x_operand_.allocate((size_t)n_pad_ * dp_ * esz, "embedding operand");
   zt_.allocate((size_t)n_pad_, "target logits");
   dzt_.allocate((size_t)n_pad_, "target derivatives");
-  ctg_.allocate((size_t)n_pad_, "target cosines");
+  target_cos_.allocate((size_t)n_pad_, "target cosines");
   lse_.allocate((size_t)n_pad_, "LSE");
   per_sample_.allocate((size_t)n_pad_, "per-sample loss");
-  ptm1_.allocate((size_t)n_pad_, "target p - 1");
+  target_pm1_.allocate((size_t)n_pad_, "target p - 1");
   row_m_.allocate((size_t)n_pad_, "row max");
   row_l_.allocate((size_t)n_pad_, "row sumexp");
   row_o_.allocate((size_t)n_pad_, "row sumexp without target");
@@ -201,14 +201,14 @@ LossRunner::LossRunner(int64_t n, int64_t c, int d, bool bf16_path, cudaStream_t
 
 size_t LossRunner::workspace_bytes(int64_t n, int64_t c, int d, bool bf16_path, bool with_grad, int sms) {
   const int64_t n_pad = round_up(n, kRowPad), nct = ceil_div(c, kTileC), dp = round_up(d, kDPad);
-  const int64_t nrt32 = n_pad / kTileR;
+  const int64_t row_tiles32 = n_pad / kTileR;
   const int slices = (int)ceil_div(dp, kSlice);
   size_t b = (size_t)n_pad * 4 * 12 + (size_t)n * d * 4 + (size_t)n_pad * dp * (bf16_path ? 2 : 4) +
              (size_t)(nct * n_pad) * 8;
   if (with_grad) {
     int64_t g = 0, tpg = 0;
-    choose_groups(nct, nrt32, slices, n_pad, (int)dp, sms, &g, &tpg);
-    b += (size_t)(nct * nrt32) + (size_t)(g * n_pad * dp) * 4;
+    choose_groups(nct, row_tiles32, slices, n_pad, (int)dp, sms, &g, &tpg);
+    b += (size_t)(nct * row_tiles32) + (size_t)(g * n_pad * dp) * 4;
   }
   return b;
 }
@@ -226,22 +226,33 @@ void LossRunner::download_row_stats(LossOutputs& out) const {
 }
 
 int64_t LossRunner::set_batch(const float* x_dev, const int32_t* labels_dev, const float* row_margins_dev,
-                              int64_t valid_rows, const float* lse_in_dev, const float* ptm1_in_dev) {
+                              int64_t valid_rows, const float* lse_in_dev, const float* target_pm1_in_dev) {
   MS_CUDA_CHECK(cudaMemsetAsync(labels_.get(), 0xff, (size_t)n_pad_ * sizeof(int32_t), s_));  // −1
   MS_CUDA_CHECK(cudaMemcpyAsync(labels_.get(), labels_dev, (size_t)n_ * sizeof(int32_t), cudaMemcpyDeviceToDevice, s_));
   row_m_in_ = row_margins_dev;
   lse_in_ = lse_in_dev;
-  ptm1_in_ = ptm1_in_dev;
+  target_pm1_in_ = target_pm1_in_dev;
   inv_valid_ = valid_rows > 0 ? (float)(1.0 / (double)valid_rows) : 0.0f;
   MS_CUDA_CHECK(cudaMemsetAsync(bad_.get(), 0xff, sizeof(unsigned long long), s_));
-  if (bf16_) {
-    launch_prep_x<bf16>(x_dev, n_, d_, dp_, n_pad_, x32_.get(), invx_.get(), reinterpret_cast<bf16*>(xop_.get()),
-                        bad_.get(), s_);
-  } else {
-    launch_prep_x<float>(x_dev, n_, d_, dp_, n_pad_, x32_.get(), invx_.get(), reinterpret_cast<float*>(xop_.get()),
-                         bad_.get(), s_);
-  }
+  MS_OPERAND_SWITCH(bf16_, T, [&] {
+    launch_prep_x<T>(x_dev, n_, d_, dp_, n_pad_, x32_.get(), invx_.get(), reinterpret_cast<T*>(x_operand_.get()),
+                     bad_.get(), s_);
+  });
   return read_bad(bad_, s_);
+}
+
+template <class P>
+P LossRunner::tile_params(const DeviceWeights& w, const MarginParams& m) const {
+  P p{};
+  p.x_operand = x_operand_.get();
+  p.w = w.view();
+  p.labels = labels_.get();
+  p.scale = m.scale;
+  p.cvm_m2 = cvm_false_margin(m);
+  p.dp = dp_;
+  p.n_pad = n_pad_;
+  p.nct = nct_;
+  return p;
 }
 
 void LossRunner::forward(const DeviceWeights& w, const MarginParams& m) {
@@ -256,25 +267,13 @@ void LossRunner::forward(const DeviceWeights& w, const MarginParams& m) {
   tp.n_pad = n_pad_;
   tp.zt = zt_.get();
   tp.dzt = dzt_.get();
-  tp.ctg = ctg_.get();
+  tp.target_cos = target_cos_.get();
   launch_target(tp, s_);
 
-  FwdParams fp{};
-  fp.xop = xop_.get();
-  fp.w = wv;
-  fp.labels = labels_.get();
-  fp.scale = m.scale;
-  fp.cvm_m2 = cvm_false_margin(m);
-  fp.dp = dp_;
-  fp.n_pad = n_pad_;
-  fp.nrt64 = nrt64_;
-  fp.nct = nct_;
+  FwdParams fp = tile_params<FwdParams>(w, m);
+  fp.row_tiles64 = row_tiles64_;
   fp.partial = partial_.get();
-  if (bf16_) {
-    launch_forward<bf16>(fp, s_);
-  } else {
-    launch_forward<float>(fp, s_);
-  }
+  MS_OPERAND_SWITCH(bf16_, T, [&] { launch_forward<T>(fp, s_); });
   MergeParams mp{};
   mp.partial = partial_.get();
   mp.nct = nct_;
@@ -283,9 +282,9 @@ void LossRunner::forward(const DeviceWeights& w, const MarginParams& m) {
   mp.labels = labels_.get();
   mp.zt = zt_.get();
   mp.lse_in = lse_in_;
-  mp.ptm1_in = ptm1_in_;
+  mp.target_pm1_in = target_pm1_in_;
   mp.lse = lse_.get();
-  mp.ptm1 = ptm1_.get();
+  mp.target_pm1 = target_pm1_.get();
   mp.per_sample = per_sample_.get();
   mp.row_m = row_m_.get();
   mp.row_l = row_l_.get();
@@ -296,47 +295,35 @@ void LossRunner::forward(const DeviceWeights& w, const MarginParams& m) {
 int64_t LossRunner::backward(const DeviceWeights& w, const MarginParams& m, float grad_filter, float* grad_x,
                              float* grad_w, const SgdParams* sgd) {
   if (w.c != c_ || w.d != d_ || w.bf16_path != bf16_) throw CudaError{"LossRunner::backward: weight shape mismatch"};
-  if (!mask_) mask_.allocate((size_t)(nct_ * nrt32_), "filter mask");
-  launch_mask(partial_.get(), lse_.get(), labels_.get(), nct_, n_pad_, nrt32_, grad_filter, mask_.get(), s_);
+  if (!mask_) mask_.allocate((size_t)(nct_ * row_tiles32_), "filter mask");
+  launch_mask(partial_.get(), lse_.get(), labels_.get(), nct_, n_pad_, row_tiles32_, grad_filter, mask_.get(), s_);
 
   int64_t groups = 0, tpg = 0;
-  choose_groups(nct_, nrt32_, slices_, n_pad_, dp_, sms_, &groups, &tpg);
+  choose_groups(nct_, row_tiles32_, slices_, n_pad_, dp_, sms_, &groups, &tpg);
   if (!dxp_ || dxp_.size() < (size_t)(groups * n_pad_ * dp_)) {
     dxp_.allocate((size_t)(groups * n_pad_ * dp_), "dX partials");
   }
 
-  BwdParams bp{};
-  bp.xop = xop_.get();
-  bp.w = w.view();
-  bp.labels = labels_.get();
-  bp.ptm1 = ptm1_.get();
+  BwdParams bp = tile_params<BwdParams>(w, m);
+  bp.target_pm1 = target_pm1_.get();
   bp.dzt = dzt_.get();
-  bp.ctg = ctg_.get();
+  bp.target_cos = target_cos_.get();
   bp.lse = lse_.get();
   bp.inv_valid = inv_valid_;
-  bp.scale = m.scale;
-  bp.cvm_m2 = cvm_false_margin(m);
-  bp.dp = dp_;
-  bp.n_pad = n_pad_;
-  bp.nrt32 = nrt32_;
-  bp.nct = nct_;
+  bp.row_tiles32 = row_tiles32_;
   bp.mask = mask_.get();
   bp.tiles_per_group = tpg;
   bp.dxp = dxp_.get();
   bp.grad_w = grad_w;
   if (sgd) bp.sgd = *sgd;
-  if (bf16_) {
-    launch_backward_dx<bf16>(bp, groups, slices_, s_);
+  MS_OPERAND_SWITCH(bf16_, T, [&] {
+    launch_backward_dx<T>(bp, groups, slices_, s_);
     launch_finish_dx(dxp_.get(), groups, n_pad_, dp_, n_, d_, x32_.get(), invx_.get(), grad_x, s_);
-    launch_backward_dw<bf16>(bp, slices_, s_);
-  } else {
-    launch_backward_dx<float>(bp, groups, slices_, s_);
-    launch_finish_dx(dxp_.get(), groups, n_pad_, dp_, n_, d_, x32_.get(), invx_.get(), grad_x, s_);
-    launch_backward_dw<float>(bp, slices_, s_);
-  }
+    launch_backward_dw<T>(bp, slices_, s_);
+  });
 
   std::vector<uint8_t>& hm = mask_host_;
-  hm.resize((size_t)(nct_ * nrt32_));
+  hm.resize((size_t)(nct_ * row_tiles32_));
   MS_CUDA_CHECK(cudaMemcpyAsync(hm.data(), mask_.get(), hm.size(), cudaMemcpyDeviceToHost, s_));
   MS_CUDA_CHECK(cudaStreamSynchronize(s_));
   int64_t skipped = 0, total = 0;
@@ -463,89 +450,121 @@ bool cuda_device_info(CudaDeviceInfo* info) {
   return true;
 }
 
-void cuda_loss(const LossProblem& p, LossOutputs& out) {
-  using namespace cu;
-  std::string why;
-  if (!cuda_usable(&why)) throw CudaError{why};
+namespace cu {
+namespace {
+
+void check_shape(const LossProblem& p) {
   if (p.n < 1 || p.c < 1 || p.d < 1 || p.d > (1 << 24)) {
     throw InputError{"Expected N ≥ 1, C ≥ 1 and 1 ≤ d ≤ 2²⁴ for the CUDA backend but received N=" +
                      std::to_string(p.n) + ", C=" + std::to_string(p.c) + ", d=" + std::to_string(p.d)};
   }
-  MS_CUDA_CHECK(cudaSetDevice(0));
-  const int64_t N = p.n, C = p.c;
-  const int d = (int)p.d;
-  const bool backward = out.grad_x != nullptr && (out.grad_w != nullptr || p.block_update);
+}
 
-  // V may be given (the global count when sharded).
-  const RowCount rc = count_rows(p.labels, N);
-  const int64_t V = p.valid_rows > 0 ? p.valid_rows : rc.valid;
-  const int64_t groups_with_rows = rc.groups_with_rows;
-
-  // Declaration order matters: `stream` is declared last, so it is destroyed
-  // first and its destructor waits for the kernels before any buffer is freed.
+// The device side of one cuda_loss call. Declaration order matters: `stream`
+// is declared last, so it is destroyed first and its destructor waits for the
+// kernels before any buffer is freed.
+struct CallBuffers {
   DeviceWeights w;
-  DeviceBuffer<float> x, rm, lse_in, ptm1_in, gx, gw;
+  DeviceBuffer<float> x, rm, lse_in, target_pm1_in, gx, gw;
   DeviceBuffer<int32_t> labels;
   std::optional<LossRunner> runner;
   Stream stream;
-  const cudaStream_t s = stream.get();
-  auto upload_rows = [&](DeviceBuffer<float>& dst, const float* src, const char* what) {
-    if (!src) return;
-    dst.allocate((size_t)N, what);
-    MS_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src, (size_t)N * sizeof(float), cudaMemcpyHostToDevice, s));
-  };
+};
 
-  x.allocate((size_t)N * d, "X");
-  MS_CUDA_CHECK(cudaMemcpyAsync(x.get(), p.x, (size_t)N * d * sizeof(float), cudaMemcpyHostToDevice, s));
-  labels.allocate((size_t)N, "labels");
-  MS_CUDA_CHECK(cudaMemcpyAsync(labels.get(), p.labels, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  upload_rows(rm, p.row_margins, "row margins");
-  upload_rows(lse_in, p.lse_in, "merged LSE");
-  upload_rows(ptm1_in, p.target_pm1_in, "merged target p - 1");
-  runner.emplace(N, C, d, p.weights_bf16, s);
-  const int64_t bad_x = runner->set_batch(x.get(), labels.get(), rm.get(), V, lse_in.get(), ptm1_in.get());
+// N floats host → device, when the host array is given.
+void upload_rows(DeviceBuffer<float>& dst, const float* src, int64_t n, const char* what, cudaStream_t s) {
+  if (!src) return;
+  dst.allocate((size_t)n, what);
+  MS_CUDA_CHECK(cudaMemcpyAsync(dst.get(), src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, s));
+}
+
+// X, the labels and the optional per-row inputs to the device, X normalised
+// into the runner, then W. V is the count of rows the mean divides by.
+void upload_problem(CallBuffers& b, const LossProblem& p, int64_t V) {
+  const int64_t N = p.n;
+  const int d = (int)p.d;
+  const cudaStream_t s = b.stream.get();
+  b.x.allocate((size_t)N * d, "X");
+  MS_CUDA_CHECK(cudaMemcpyAsync(b.x.get(), p.x, (size_t)N * d * sizeof(float), cudaMemcpyHostToDevice, s));
+  b.labels.allocate((size_t)N, "labels");
+  MS_CUDA_CHECK(cudaMemcpyAsync(b.labels.get(), p.labels, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  upload_rows(b.rm, p.row_margins, N, "row margins", s);
+  upload_rows(b.lse_in, p.lse_in, N, "merged LSE", s);
+  upload_rows(b.target_pm1_in, p.target_pm1_in, N, "merged target p - 1", s);
+  b.runner.emplace(N, p.c, d, p.weights_bf16, s);
+  const int64_t bad_x =
+      b.runner->set_batch(b.x.get(), b.labels.get(), b.rm.get(), V, b.lse_in.get(), b.target_pm1_in.get());
   if (bad_x >= 0) throw bad_rows_error("embeddings", bad_x);
-  x.release();  // x̂ lives on in the runner
-  upload_weights(w, p.w, C, d, p.weights_bf16, s, /*src_on_device=*/false, p.class_index);
+  b.x.release();  // x̂ lives on in the runner
+  upload_weights(b.w, p.w, p.c, d, p.weights_bf16, s, /*src_on_device=*/false, p.class_index);
+}
 
-  runner->forward(w, p.margin);
-  runner->download_row_stats(out);
-  out.skipped_blocks = 0;
-  out.total_blocks = ceil_div(C, kTileC) * groups_with_rows;
-  if (backward) {
-    gx.allocate((size_t)N * d, "dX");
-    gw.allocate((size_t)C * d, "dW");
-    out.skipped_blocks = runner->backward(w, p.margin, p.grad_filter, gx.get(), gw.get());
-    MS_CUDA_CHECK(cudaMemcpyAsync(out.grad_x, gx.get(), (size_t)N * d * sizeof(float), cudaMemcpyDeviceToHost, s));
-    if (!p.block_update) {
-      MS_CUDA_CHECK(cudaMemcpyAsync(out.grad_w, gw.get(), (size_t)C * d * sizeof(float), cudaMemcpyDeviceToHost, s));
-    } else {
-      // The fused update hook, called in class order for blocks of kTileC
-      // classes, with null for a block the filter skipped entirely (as the
-      // CPU backend does): dW comes down in chunks of whole blocks.
-      const std::vector<uint8_t>& mask = runner->mask();
-      const int64_t nrt32 = (int64_t)(mask.size() / (size_t)ceil_div(C, kTileC));
-      const int64_t blocks_per_chunk = std::max<int64_t>(1, (int64_t)(64u << 20) / ((int64_t)kTileC * d * 4));
-      std::vector<float> host((size_t)(std::min(C, blocks_per_chunk * kTileC) * d));
-      for (int64_t j0 = 0; j0 < C; j0 += blocks_per_chunk * kTileC) {
-        const int64_t rows = std::min(C - j0, blocks_per_chunk * kTileC);
-        MS_CUDA_CHECK(cudaMemcpyAsync(host.data(), gw.get() + j0 * d, (size_t)rows * d * sizeof(float),
-                                      cudaMemcpyDeviceToHost, s));
-        stream.sync();
-        for (int64_t b0 = 0; b0 < rows; b0 += kTileC) {
-          const int64_t ct = (j0 + b0) / kTileC, bc = std::min<int64_t>(kTileC, rows - b0);
-          bool compute = false, filtered = false;
-          for (int64_t rt = 0; rt < nrt32; ++rt) {
-            compute |= mask[(size_t)(ct * nrt32 + rt)] == kMaskCompute;
-            filtered |= mask[(size_t)(ct * nrt32 + rt)] == kMaskFiltered;
-          }
-          p.block_update(j0 + b0, bc, (!compute && filtered) ? nullptr : host.data() + b0 * d);
-        }
+// The fused update hook, called in class order for blocks of kTileC
+// classes, with null for a block the filter skipped entirely (as the CPU
+// backend does): dW comes down in chunks of whole blocks.
+void update_blocks(CallBuffers& b, const LossProblem& p) {
+  const int64_t C = p.c;
+  const int d = (int)p.d;
+  const std::vector<uint8_t>& mask = b.runner->mask();
+  const int64_t row_tiles32 = (int64_t)(mask.size() / (size_t)ceil_div(C, kTileC));
+  const int64_t blocks_per_chunk = std::max<int64_t>(1, (int64_t)(64u << 20) / ((int64_t)kTileC * d * 4));
+  std::vector<float> host((size_t)(std::min(C, blocks_per_chunk * kTileC) * d));
+  for (int64_t j0 = 0; j0 < C; j0 += blocks_per_chunk * kTileC) {
+    const int64_t rows = std::min(C - j0, blocks_per_chunk * kTileC);
+    MS_CUDA_CHECK(cudaMemcpyAsync(host.data(), b.gw.get() + j0 * d, (size_t)rows * d * sizeof(float),
+                                  cudaMemcpyDeviceToHost, b.stream.get()));
+    b.stream.sync();
+    for (int64_t b0 = 0; b0 < rows; b0 += kTileC) {
+      const int64_t ct = (j0 + b0) / kTileC, count = std::min<int64_t>(kTileC, rows - b0);
+      bool compute = false, filtered = false;
+      for (int64_t rt = 0; rt < row_tiles32; ++rt) {
+        compute |= mask[(size_t)(ct * row_tiles32 + rt)] == kMaskCompute;
+        filtered |= mask[(size_t)(ct * row_tiles32 + rt)] == kMaskFiltered;
       }
+      p.block_update(j0 + b0, count, (!compute && filtered) ? nullptr : host.data() + b0 * d);
     }
   }
-  stream.sync();
-  finish_outputs(p.labels, N, V, out);
+}
+
+// Gradients on the device, then dX and dW (or the update hook) on the host.
+void backward_to_host(CallBuffers& b, const LossProblem& p, LossOutputs& out) {
+  const int64_t N = p.n, C = p.c;
+  const int d = (int)p.d;
+  const cudaStream_t s = b.stream.get();
+  b.gx.allocate((size_t)N * d, "dX");
+  b.gw.allocate((size_t)C * d, "dW");
+  out.skipped_blocks = b.runner->backward(b.w, p.margin, p.grad_filter, b.gx.get(), b.gw.get());
+  MS_CUDA_CHECK(cudaMemcpyAsync(out.grad_x, b.gx.get(), (size_t)N * d * sizeof(float), cudaMemcpyDeviceToHost, s));
+  if (!p.block_update) {
+    MS_CUDA_CHECK(cudaMemcpyAsync(out.grad_w, b.gw.get(), (size_t)C * d * sizeof(float), cudaMemcpyDeviceToHost, s));
+  } else {
+    update_blocks(b, p);
+  }
+}
+
+}  // namespace
+}  // namespace cu
+
+void cuda_loss(const LossProblem& p, LossOutputs& out) {
+  using namespace cu;
+  std::string why;
+  if (!cuda_usable(&why)) throw CudaError{why};
+  check_shape(p);
+  MS_CUDA_CHECK(cudaSetDevice(0));
+  const bool backward = out.grad_x != nullptr && (out.grad_w != nullptr || p.block_update);
+  // V may be given (the global count when sharded).
+  const RowCount rc = count_rows(p.labels, p.n);
+  const int64_t V = p.valid_rows > 0 ? p.valid_rows : rc.valid;
+
+  CallBuffers b;
+  upload_problem(b, p, V);
+  b.runner->forward(b.w, p.margin);
+  b.runner->download_row_stats(out);
+  out.skipped_blocks = 0;
+  out.total_blocks = ceil_div(p.c, kTileC) * rc.groups_with_rows;
+  if (backward) backward_to_host(b, p, out);
+  b.stream.sync();
+  finish_outputs(p.labels, p.n, V, out);
 }
 
 }  // namespace ms

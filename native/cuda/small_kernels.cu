@@ -40,7 +40,7 @@ __device__ __forceinline__ double warp_sum(double v) {
 // One warp per row (8 rows per block).
 template <class T>
 __global__ void __launch_bounds__(256) prep_x(const float* __restrict__ x, int64_t n, int d, int dp, int64_t n_pad,
-                                              float* __restrict__ x32, float* __restrict__ invx, T* __restrict__ xop,
+                                              float* __restrict__ x32, float* __restrict__ invx, T* __restrict__ x_operand,
                                               unsigned long long* bad) {
   const int64_t i = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(256) prep_x(const float* __restrict__ x, int64
     const bool in = real && k < d;
     const float v = in ? row[k] * inv : 0.0f;
     if (in) x32[i * (int64_t)d + k] = v;
-    xop[i * (int64_t)dp + k] = Elem<T>::cvt(v);
+    x_operand[i * (int64_t)dp + k] = Elem<T>::cvt(v);
   }
 }
 
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(256) target_logits(const TargetParams p) {
   if (i >= p.n_pad) return;
   const int32_t y = p.labels[i];  // −1 for ignored rows and padding (whose x32 rows do not exist)
   if (y < 0) {
-    if (lane == 0) p.zt[i] = p.dzt[i] = p.ctg[i] = 0.0f;
+    if (lane == 0) p.zt[i] = p.dzt[i] = p.target_cos[i] = 0.0f;
     return;
   }
   const int d = p.w.d;
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(256) target_logits(const TargetParams p) {
     const Logit L = target_logit(p.margin, c, rm);
     p.zt[i] = L.z;
     p.dzt[i] = L.dz;
-    p.ctg[i] = c;
+    p.target_cos[i] = c;
   }
 }
 
@@ -153,15 +153,15 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_lse(const MergeParams 
     for (int q = 0; q < kMergeWarps; ++q) a = lse_merge(a, LseState{sm[q][lane], sl[q][lane], sl[q][lane]});
     const int32_t y = p.labels[i];
     const float zt = p.zt[i];
-    float per = 0.0f, ptm1 = 0.0f;
+    float per = 0.0f, target_pm1 = 0.0f;
     if (y >= 0) {
       a = lse_merge(a, LseState{zt, 1.0f, 0.0f});  // the local target: in l, not in o
       const TargetTerms tt = target_terms(a, zt);
       per = tt.per_sample;
-      ptm1 = (p.ptm1_in && i < p.n) ? p.ptm1_in[i] : tt.pt_minus_1;
+      target_pm1 = (p.target_pm1_in && i < p.n) ? p.target_pm1_in[i] : tt.pt_minus_1;
     }
     p.lse[i] = (p.lse_in && i < p.n) ? p.lse_in[i] : lse_value(a);
-    p.ptm1[i] = ptm1;
+    p.target_pm1[i] = target_pm1;
     p.per_sample[i] = per;
     p.row_m[i] = a.m;
     p.row_l[i] = a.l;
@@ -169,14 +169,14 @@ __global__ void __launch_bounds__(kMergeWarps * 32) merge_lse(const MergeParams 
   }
 }
 
-// One warp per (class tile ct, rows [32·rt, 32·rt+32)); gw = ct·nrt32 + rt.
+// One warp per (class tile ct, rows [32·rt, 32·rt+32)); gw = ct·row_tiles32 + rt.
 __global__ void __launch_bounds__(256) filter_mask(const float2* __restrict__ partial, const float* __restrict__ lse,
                                                    const int32_t* __restrict__ labels, int64_t nct, int64_t n_pad,
-                                                   int64_t nrt32, float grad_filter, uint8_t* __restrict__ mask) {
+                                                   int64_t row_tiles32, float grad_filter, uint8_t* __restrict__ mask) {
   const int64_t gw = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
-  if (gw >= nct * nrt32) return;  // uniform per warp
-  const int64_t ct = gw / nrt32, rt = gw % nrt32;
+  if (gw >= nct * row_tiles32) return;  // uniform per warp
+  const int64_t ct = gw / row_tiles32, rt = gw % row_tiles32;
   const int64_t i = rt * kTileR + lane;
   const int32_t y = labels[i];
   const bool counted = y != -1;  // −2: counted, target in another shard
@@ -228,9 +228,9 @@ unsigned blocks_for_warps(int64_t warps) { return (unsigned)ceil_div(warps, 8); 
 }  // namespace
 
 template <class T>
-void launch_prep_x(const float* x, int64_t n, int d, int dp, int64_t n_pad, float* x32, float* invx, T* xop,
+void launch_prep_x(const float* x, int64_t n, int d, int dp, int64_t n_pad, float* x32, float* invx, T* x_operand,
                    unsigned long long* bad, cudaStream_t s) {
-  MS_LAUNCH(prep_x<T>, blocks_for_warps(n_pad), 256, 0, s, x, n, d, dp, n_pad, x32, invx, xop, bad);
+  MS_LAUNCH(prep_x<T>, blocks_for_warps(n_pad), 256, 0, s, x, n, d, dp, n_pad, x32, invx, x_operand, bad);
   MS_CUDA_LAUNCHED("prep_x");
 }
 template void launch_prep_x<float>(const float*, int64_t, int, int, int64_t, float*, float*, float*,
@@ -260,8 +260,8 @@ void launch_merge(const MergeParams& p, cudaStream_t s) {
 }
 
 void launch_mask(const float2* partial, const float* lse, const int32_t* labels, int64_t nct, int64_t n_pad,
-                 int64_t nrt32, float grad_filter, uint8_t* mask, cudaStream_t s) {
-  MS_LAUNCH(filter_mask, blocks_for_warps(nct * nrt32), 256, 0, s, partial, lse, labels, nct, n_pad, nrt32, grad_filter, mask);
+                 int64_t row_tiles32, float grad_filter, uint8_t* mask, cudaStream_t s) {
+  MS_LAUNCH(filter_mask, blocks_for_warps(nct * row_tiles32), 256, 0, s, partial, lse, labels, nct, n_pad, row_tiles32, grad_filter, mask);
   MS_CUDA_LAUNCHED("filter_mask");
 }
 

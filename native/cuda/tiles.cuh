@@ -10,7 +10,7 @@
 //   * the per-element gradient of a non-target logit (grad_other).
 //
 // Layout conventions (all kernels):
-//   xop   N_pad × dp operand copy of X̂ (T), zero rows ≥ N and zero columns ≥ d.
+//   x_operand   N_pad × dp operand copy of X̂ (T), zero rows ≥ N and zero columns ≥ d.
 //         N_pad = round_up(N, kRowPad), dp = round_up(d, kDPad).
 //   W     TF32 path: the caller's fp32 C×d rows (stride d, any d);
 //         BF16 path: C×dp bf16 rows, zero columns ≥ d.
@@ -87,6 +87,15 @@ using FragBc = wmma::fragment<wmma::matrix_b, 16, 16, Elem<T>::kStep, typename E
 template <class T>
 using Acc = wmma::fragment<wmma::accumulator, 16, 16, Elem<T>::kStep, float>;
 
+// A warp's M×N accumulator fragments set to zero.
+template <class T, int M, int N>
+__device__ __forceinline__ void zero_acc(Acc<T> (&acc)[M][N]) {
+#pragma unroll
+  for (int a = 0; a < M; ++a)
+#pragma unroll
+    for (int b = 0; b < N; ++b) wmma::fill_fragment(acc[a][b], 0.0f);
+}
+
 constexpr size_t cmax(size_t a, size_t b) { return a > b ? a : b; }
 constexpr size_t align128(size_t a) { return (a + 127) / 128 * 128; }
 
@@ -136,11 +145,11 @@ __device__ __forceinline__ float w_value(const WView& w, int64_t j, int q) {
   return w.wb ? __bfloat162float(w.wb[j * (int64_t)w.dp + q]) : w.w32[j * (int64_t)w.d + q];
 }
 
-// 16 bytes of xop row `row` from column k (zero for k ≥ dp). Rows < N_pad always exist.
+// 16 bytes of x_operand row `row` from column k (zero for k ≥ dp). Rows < N_pad always exist.
 template <class T>
-__device__ __forceinline__ uint4 load_x16(const T* xop, int dp, int64_t row, int k) {
+__device__ __forceinline__ uint4 load_x16(const T* x_operand, int dp, int64_t row, int k) {
   if (k >= dp) return zero16();
-  return __ldg(reinterpret_cast<const uint4*>(xop + row * (int64_t)dp + k));
+  return __ldg(reinterpret_cast<const uint4*>(x_operand + row * (int64_t)dp + k));
 }
 
 // ---- One BM×BN cosine tile --------------------------------------------------
@@ -176,12 +185,12 @@ struct CosTile {
   static_assert(kDPad % KC == 0, "dp is a whole number of K chunks");
 
   // Loads chunk k0 of both operands into registers (16 bytes per vector).
-  static __device__ __forceinline__ void fetch(uint4 (&ra)[NVA], uint4 (&rb)[NVB], const T* xop, int64_t row0, int dp,
+  static __device__ __forceinline__ void fetch(uint4 (&ra)[NVA], uint4 (&rb)[NVB], const T* x_operand, int64_t row0, int dp,
                                                const WView& w, int64_t col0, int k0) {
 #pragma unroll
     for (int q = 0; q < NVA; ++q) {
       const int v = threadIdx.x + q * kThreads;
-      ra[q] = load_x16<T>(xop, dp, row0 + v / VPR, k0 + (v % VPR) * E::kVec);
+      ra[q] = load_x16<T>(x_operand, dp, row0 + v / VPR, k0 + (v % VPR) * E::kVec);
     }
 #pragma unroll
     for (int q = 0; q < NVB; ++q) {
@@ -190,7 +199,7 @@ struct CosTile {
     }
   }
 
-  static __device__ void run(const T* __restrict__ xop, int64_t row0, int dp, const WView& w, int64_t col0,
+  static __device__ void run(const T* __restrict__ x_operand, int64_t row0, int dp, const WView& w, int64_t col0,
                              unsigned char* smem) {
     T* As = reinterpret_cast<T*>(smem);
     T* Bs = As + BM * LDK;
@@ -199,13 +208,10 @@ struct CosTile {
     const int wr = warp / WC, wc = warp % WC;
 
     Acc<T> acc[FM][FN];
-#pragma unroll
-    for (int a = 0; a < FM; ++a)
-#pragma unroll
-      for (int b = 0; b < FN; ++b) wmma::fill_fragment(acc[a][b], 0.0f);
+    zero_acc<T>(acc);
 
     uint4 ra[NVA], rb[NVB];
-    fetch(ra, rb, xop, row0, dp, w, col0, 0);
+    fetch(ra, rb, x_operand, row0, dp, w, col0, 0);
     for (int k0 = 0; k0 < dp; k0 += KC) {
       __syncthreads();  // previous chunk's fragment loads (or the caller's phase) are done with the region
 #pragma unroll
@@ -219,7 +225,7 @@ struct CosTile {
         *reinterpret_cast<uint4*>(Bs + (v / VPR) * LDK + (v % VPR) * E::kVec) = rb[q];
       }
       __syncthreads();  // chunk visible
-      if (k0 + KC < dp) fetch(ra, rb, xop, row0, dp, w, col0, k0 + KC);  // in flight during the MMAs
+      if (k0 + KC < dp) fetch(ra, rb, x_operand, row0, dp, w, col0, k0 + KC);  // in flight during the MMAs
 #pragma unroll
       for (int ks = 0; ks < KC; ks += E::kStep) {
         FragA<T> fa[FM];
@@ -244,6 +250,84 @@ struct CosTile {
     __syncthreads();  // S visible
   }
 };
+
+// ---- Staged chunks of the backward products -----------------------------------
+// Both backward kernels stream their B operand (W for dX̂, X̂ for dŴ) through
+// shared memory in chunks of K rows × kSlice columns, the next chunk held in
+// registers while the current one is multiplied, each warp owning a 32×64
+// block of the output slice (columns 64·warp …).
+template <class T>
+struct Staged {
+  using E = Elem<T>;
+  static constexpr int K = 2 * E::kStep;       // rows per chunk (16 TF32 / 32 BF16)
+  static constexpr int LD = kSlice + E::kPad;  // chunk row stride (elements)
+  static constexpr int VP = kSlice / E::kVec;  // 16-byte vectors per chunk row
+  static constexpr int NV = K * VP / kThreads; // per thread (8)
+  static constexpr size_t kBytes = (size_t)K * LD * sizeof(T);
+  static_assert((K * VP) % kThreads == 0, "whole vectors per thread");
+};
+
+// This thread's vectors of the chunk at rows k0 … k0 + K into registers:
+// load(r, k) gives the 16-byte vector at row r, column k of the slice.
+template <class T, class Load>
+__device__ __forceinline__ void fetch_chunk(uint4 (&r)[Staged<T>::NV], Load load, int k0) {
+  using S = Staged<T>;
+#pragma unroll
+  for (int q = 0; q < S::NV; ++q) {
+    const int v = threadIdx.x + q * kThreads;
+    r[q] = load(k0 + v / S::VP, (v % S::VP) * Elem<T>::kVec);
+  }
+}
+
+// The registers r (this thread's vectors of a chunk) into the chunk buffer Bs.
+template <class T>
+__device__ __forceinline__ void stage_chunk(T* Bs, const uint4 (&r)[Staged<T>::NV]) {
+  using S = Staged<T>;
+#pragma unroll
+  for (int q = 0; q < S::NV; ++q) {
+    const int v = threadIdx.x + q * kThreads;
+    *reinterpret_cast<uint4*>(Bs + (v / S::VP) * S::LD + (v % S::VP) * Elem<T>::kVec) = r[q];
+  }
+}
+
+// acc[a][b] += A(16·a …, k) · Bs(k, 64·warp + 16·b …) over the K rows of one
+// staged chunk. FA: A's fragment type (row- or column-major, stride LDA);
+// a_at(a, ks) the address of A's fragment a at depth ks of the chunk.
+template <class T, class FA, int LDA, class AAt>
+__device__ __forceinline__ void mma_chunk(Acc<T> (&acc)[2][4], AAt a_at, const T* Bs, int warp) {
+  using S = Staged<T>;
+#pragma unroll
+  for (int ks = 0; ks < S::K; ks += Elem<T>::kStep) {
+    FA fa[2];
+#pragma unroll
+    for (int a = 0; a < 2; ++a) wmma::load_matrix_sync(fa[a], a_at(a, ks), LDA);
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      FragB<T> fb;  // (k, n = column) at Bs[k·LD + n]
+      wmma::load_matrix_sync(fb, Bs + ks * S::LD + warp * 64 + b * 16, S::LD);
+#pragma unroll
+      for (int a = 0; a < 2; ++a) wmma::mma_sync(acc[a][b], fa[a], fb, acc[a][b]);
+    }
+  }
+}
+
+// acc += A · B over B's rows [0, KB): B streamed through the chunk buffer Bs
+// (load as in fetch_chunk), a_at(a, k) the address of A's fragment a at depth
+// k. Every thread of the CTA calls it (barriers); only `active` warps multiply.
+template <class T, class FA, int LDA, int KB, class Load, class AAt>
+__device__ __forceinline__ void mma_staged(Acc<T> (&acc)[2][4], T* Bs, Load load, AAt a_at, bool active, int warp) {
+  using S = Staged<T>;
+  static_assert(KB % S::K == 0, "whole chunks");
+  uint4 r[S::NV];
+  fetch_chunk<T>(r, load, 0);
+  for (int kc = 0; kc < KB; kc += S::K) {
+    if (kc > 0) __syncthreads();  // the previous chunk's fragment loads are done
+    stage_chunk<T>(Bs, r);
+    __syncthreads();  // chunk visible
+    if (kc + S::K < KB) fetch_chunk<T>(r, load, kc + S::K);
+    if (active) mma_chunk<T, FA, LDA>(acc, [&](int a, int ks) { return a_at(a, kc + ks); }, Bs, warp);
+  }
+}
 
 // ---- The softmax gradient of one logit ----------------------------------------
 // g_ij = (p_ij − [j = y_i])·dz_ij/dc·rowscale_i, p = exp(z − LSE_i). The target

@@ -2,7 +2,7 @@
 # Runs the CUDA backend's real kernel sources on the CPU (no GPU, no driver):
 # native/cuda/*.cu are compiled as plain C++ with emu.h force-included and the
 # reference WMMA (mma.h here) shadowing the real one, with AddressSanitizer and
-# UBSan, and linked with the CPU backend and native/cuda/selftest_main.cu. The
+# UBSan, and linked with the CPU backend and native/tools/cuda_selftest.cu. The
 # self-test then compares the emulated CUDA backend with the CPU backend.
 #
 #   test/gpu/emu/run.sh            the --emu suite (a few minutes on 2 cores)
@@ -21,10 +21,11 @@ flags=(-std=c++20 -O2 -g $san -pthread -Wall -Wno-unknown-pragmas -Wno-unused-fu
        -I test/gpu/emu -I "$cuda_inc" -include test/gpu/emu/emu.h)
 objs=()
 pids=()
-for f in small_kernels forward_tiles backward_dx backward_dw loss_cuda selftest_main; do
-  g++ -x c++ "${flags[@]}" -c "native/cuda/$f.cu" -o "$out/$f.o" &
+for f in native/cuda/small_kernels native/cuda/forward_tiles native/cuda/backward_dx native/cuda/backward_dw \
+         native/cuda/loss_cuda native/tools/cuda_selftest; do
+  g++ -x c++ "${flags[@]}" -c "$f.cu" -o "$out/$(basename "$f").o" &
   pids+=($!)
-  objs+=("$out/$f.o")
+  objs+=("$out/$(basename "$f").o")
 done
 for f in $(cd native/cpu && ls *.cc | sed "s/\.cc$//"); do
   g++ -std=c++17 -O2 -g $san -pthread -ffp-contract=fast -fno-strict-aliasing -Wno-psabi -c "native/cpu/$f.cc" -o "$out/$f.o" &

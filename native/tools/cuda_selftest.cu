@@ -1,6 +1,11 @@
-// selftest_main.cu — ms_cuda_selftest: the CUDA backend against the CPU
+// cuda_selftest.cu — ms_cuda_selftest: the CUDA backend against the CPU
 // backend, in C++ (no Node.js needed on the GPU machine). Not part of the
-// addon (CMake excludes native/cuda/*_main.cu from it).
+// addon: a program of its own, linked with the CUDA and CPU backends.
+//
+// Build and run:
+//   cmake-js compile && cmake --build build --target ms_cuda_selftest && build/ms_cuda_selftest
+//   scripts/check_gpu.sh (step selftest) builds it with nvcc alone;
+//   test/gpu/emu/run.sh builds it against the CPU emulation of the kernels (no GPU).
 //
 //   ms_cuda_selftest            all cases (a minute or so on an H100, most of it the CPU oracle)
 //   ms_cuda_selftest --small    three tiny cases (for compute-sanitizer memcheck / racecheck)
@@ -28,8 +33,8 @@
 #include <string>
 #include <vector>
 
-#include "../cpu/loss_cpu.h"
-#include "loss_cuda.h"
+#include "../cpu/loss_cpu.h"  // cpu_loss, the reference the CUDA backend is compared with
+#include "../cuda/loss_cuda.h"  // cuda_loss, cuda_usable, cuda_device_info
 
 using namespace ms;
 
@@ -270,103 +275,145 @@ void expect_input_error(const std::string& name, const Problem& p, const std::st
   if (!ok) ++failures;
 }
 
+// ---- MarginHead's extras ----------------------------------------------------
+// 45 rows against 300 of 900 classes (class_index, reversed), labels −2
+// (counted, target in another shard) and −1, a global V of 60.
+struct HeadCase {
+  Problem full;                 // X and the 900 centres; labels index the subset
+  std::vector<int32_t> index;   // problem class j is centre index[j]
+  int64_t c = 0;                // classes of the problem (index.size())
+  MarginParams m;
+  bool bf16 = false;
+};
+
+HeadCase head_case(bool bf16) {
+  HeadCase h;
+  h.full = random_problem(45, 900, 80, 1000);
+  for (int32_t j = 899; j >= 0; j -= 3) h.index.push_back(j);  // 300 classes, reversed
+  h.c = (int64_t)h.index.size();
+  for (int64_t i = 0; i < h.full.n; ++i)
+    h.full.labels[i] = (int32_t)(i % 5 == 1 ? -2 : i % 7 == 3 ? -1 : (i * 37) % h.c);
+  h.m = margin(MarginKind::Adaptive, 0.03f, 0.5f, 0);
+  h.bf16 = bf16;
+  return h;
+}
+
+// Everything one run of the head's problem returns, the hook's view included.
+struct HeadRun {
+  std::vector<float> ps, gx, gw, rmax, rsum, roth, rtgt, rcos, hooked;
+  std::vector<int64_t> nulls;  // blocks the hook got as null (filtered)
+  LossOutputs o;
+};
+
+// The head's problem with the merged inputs lse_in / target_pm1_in (or null)
+// and, when `hook`, the per-block update hook writing into r.hooked.
+LossProblem head_problem(const HeadCase& h, const float* lse_in, const float* target_pm1_in, bool hook, HeadRun& r) {
+  LossProblem lp;
+  lp.x = h.full.x.data();
+  lp.w = h.full.w.data();
+  lp.labels = h.full.labels.data();
+  lp.n = h.full.n;
+  lp.c = h.c;
+  lp.d = h.full.d;
+  lp.margin = h.m;
+  lp.weights_bf16 = h.bf16;
+  lp.class_index = h.index.data();
+  lp.valid_rows = 60;
+  lp.lse_in = lse_in;
+  lp.target_pm1_in = target_pm1_in;
+  if (hook) {
+    r.hooked.assign((size_t)(h.c * h.full.d), -7.0f);
+    lp.block_update = [&r, d = h.full.d](int64_t j0, int64_t count, const float* g) {
+      if (!g) {
+        r.nulls.push_back(j0);
+        return;
+      }
+      std::memcpy(r.hooked.data() + j0 * d, g, sizeof(float) * count * d);
+    };
+  }
+  return lp;
+}
+
+HeadRun run_head(const HeadCase& h, bool cuda, const float* lse_in, const float* target_pm1_in, bool hook) {
+  const int64_t n = h.full.n;
+  HeadRun r;
+  r.ps.assign((size_t)n, 0);
+  r.gx.assign((size_t)(n * h.full.d), 0);
+  r.gw.assign((size_t)(h.c * h.full.d), 0);
+  for (auto* v : {&r.rmax, &r.rsum, &r.roth, &r.rtgt, &r.rcos}) v->assign((size_t)n, 0);
+  r.o.per_sample = r.ps.data();
+  r.o.grad_x = r.gx.data();
+  r.o.grad_w = hook ? nullptr : r.gw.data();
+  r.o.row_max = r.rmax.data();
+  r.o.row_sumexp = r.rsum.data();
+  r.o.row_sumexp_other = r.roth.data();
+  r.o.row_target = r.rtgt.data();
+  r.o.row_target_cos = r.rcos.data();
+  LossProblem lp = head_problem(h, lse_in, target_pm1_in, hook, r);
+  if (cuda) {
+    cuda_loss(lp, r.o);
+  } else {
+    CpuOptions co;
+    cpu_loss(lp, r.o, co);
+  }
+  return r;
+}
+
+// The LSE and p_y − 1 a run's own row statistics give: as merged inputs they
+// must reproduce that run.
+void own_merged_inputs(const HeadRun& got, const std::vector<int32_t>& labels, std::vector<float>& lse_own,
+                       std::vector<float>& target_pm1_own) {
+  const size_t n = labels.size();
+  lse_own.assign(n, 0.0f);
+  target_pm1_own.assign(n, 0.0f);
+  for (size_t i = 0; i < n; ++i) {
+    const LseState a{got.rmax[i], got.rsum[i], got.roth[i]};
+    lse_own[i] = lse_value(a);
+    if (labels[i] >= 0) target_pm1_own[i] = target_terms(a, got.rtgt[i]).pt_minus_1;
+  }
+}
+
+// The largest error of the partial row statistics (target logit and cosine,
+// the LSE with and without the target), in logit units / 64; 1 where a row's
+// target is not where it should be.
+double head_stat_error(const HeadRun& got, const HeadRun& ref, const std::vector<int32_t>& labels) {
+  double e = 0;
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const bool tgt = labels[i] >= 0;
+    if (tgt != std::isfinite(got.rtgt[i])) e = 1;
+    if (tgt) e = std::fmax(e, std::fabs(got.rtgt[i] - ref.rtgt[i]) / 64.0);
+    // cos θ_y: fp64 dot on the device, fp32 on the CPU (|Δ| ≲ d·2⁻²⁴).
+    if (tgt != std::isfinite(got.rcos[i])) e = 1;
+    if (tgt) e = std::fmax(e, std::fabs((double)got.rcos[i] - ref.rcos[i]));
+    // Compare the states as LSE values (m and l are only defined up to a common factor).
+    const double a = got.rmax[i] + std::log((double)got.rsum[i]), b = ref.rmax[i] + std::log((double)ref.rsum[i]);
+    e = std::fmax(e, std::fabs(a - b) / 64.0);
+    const double ao = got.rmax[i] + std::log((double)got.roth[i]), bo = ref.rmax[i] + std::log((double)ref.roth[i]);
+    e = std::fmax(e, std::fabs(ao - bo) / 64.0);
+  }
+  return e;
+}
+
 // MarginHead's extras, against the CPU backend: labels −2 (counted, target in
 // another shard) with a global V, a class subset (class_index), the partial
 // row statistics, merged LSE / p_y − 1 inputs, and the per-block update hook.
 void head_extras(const std::string& name, bool bf16, const Tol& tol) {
-  Problem full = random_problem(45, 900, 80, 1000);
-  std::vector<int32_t> index;
-  for (int32_t j = 899; j >= 0; j -= 3) index.push_back(j);  // 300 classes, reversed
-  const int64_t C = (int64_t)index.size();
-  for (int64_t i = 0; i < full.n; ++i) full.labels[i] = (int32_t)(i % 5 == 1 ? -2 : i % 7 == 3 ? -1 : (i * 37) % C);
-  MarginParams m = margin(MarginKind::Adaptive, 0.03f, 0.5f, 0);
-  auto make = [&](const float* lse_in, const float* ptm1_in, bool hook, std::vector<float>& hooked,
-                  std::vector<int64_t>& nulls) {
-    LossProblem lp;
-    lp.x = full.x.data();
-    lp.w = full.w.data();
-    lp.labels = full.labels.data();
-    lp.n = full.n;
-    lp.c = C;
-    lp.d = full.d;
-    lp.margin = m;
-    lp.weights_bf16 = bf16;
-    lp.class_index = index.data();
-    lp.valid_rows = 60;
-    lp.lse_in = lse_in;
-    lp.target_pm1_in = ptm1_in;
-    if (hook) {
-      hooked.assign((size_t)(C * full.d), -7.0f);
-      lp.block_update = [&hooked, &nulls, d = full.d](int64_t j0, int64_t bc, const float* g) {
-        if (!g) {
-          nulls.push_back(j0);
-          return;
-        }
-        std::memcpy(hooked.data() + j0 * d, g, sizeof(float) * bc * d);
-      };
-    }
-    return lp;
-  };
-  struct Run {
-    std::vector<float> ps, gx, gw, rmax, rsum, roth, rtgt, rcos, hooked;
-    std::vector<int64_t> nulls;
-    LossOutputs o;
-  };
-  auto run = [&](bool cuda, const float* lse_in, const float* ptm1_in, bool hook) {
-    Run r;
-    r.ps.assign((size_t)full.n, 0);
-    r.gx.assign((size_t)(full.n * full.d), 0);
-    r.gw.assign((size_t)(C * full.d), 0);
-    for (auto* v : {&r.rmax, &r.rsum, &r.roth, &r.rtgt, &r.rcos}) v->assign((size_t)full.n, 0);
-    r.o.per_sample = r.ps.data();
-    r.o.grad_x = r.gx.data();
-    r.o.grad_w = hook ? nullptr : r.gw.data();
-    r.o.row_max = r.rmax.data();
-    r.o.row_sumexp = r.rsum.data();
-    r.o.row_sumexp_other = r.roth.data();
-    r.o.row_target = r.rtgt.data();
-    r.o.row_target_cos = r.rcos.data();
-    LossProblem lp = make(lse_in, ptm1_in, hook, r.hooked, r.nulls);
-    if (cuda) {
-      cuda_loss(lp, r.o);
-    } else {
-      CpuOptions co;
-      cpu_loss(lp, r.o, co);
-    }
-    return r;
-  };
+  const HeadCase h = head_case(bf16);
   Problem shape;
-  shape.n = full.n;
-  shape.c = C;
-  shape.d = full.d;
+  shape.n = h.full.n;
+  shape.c = h.c;
+  shape.d = h.full.d;
   try {
-    Run ref = run(false, nullptr, nullptr, false);
-    Run got = run(true, nullptr, nullptr, false);
+    HeadRun ref = run_head(h, false, nullptr, nullptr, false);
+    HeadRun got = run_head(h, true, nullptr, nullptr, false);
     // Merged inputs equal to the CUDA run's own values: the same result.
-    std::vector<float> lse_own((size_t)full.n), ptm1_own((size_t)full.n, 0.0f);
-    for (int64_t i = 0; i < full.n; ++i) {
-      lse_own[i] = lse_value(LseState{got.rmax[i], got.rsum[i], got.roth[i]});
-      if (full.labels[i] >= 0) {
-        const TargetTerms tt = target_terms(LseState{got.rmax[i], got.rsum[i], got.roth[i]}, got.rtgt[i]);
-        ptm1_own[i] = tt.pt_minus_1;
-      }
-    }
-    Run merged = run(true, lse_own.data(), ptm1_own.data(), true);
-    double loss_err = 0, stat_err = 0;
-    for (int64_t i = 0; i < full.n; ++i) {
+    std::vector<float> lse_own, target_pm1_own;
+    own_merged_inputs(got, h.full.labels, lse_own, target_pm1_own);
+    HeadRun merged = run_head(h, true, lse_own.data(), target_pm1_own.data(), true);
+    double loss_err = 0;
+    for (int64_t i = 0; i < h.full.n; ++i)
       loss_err = std::fmax(loss_err, std::fabs((double)got.ps[i] - ref.ps[i]) / std::fmax(1.0, std::fabs(ref.ps[i])));
-      const bool tgt = full.labels[i] >= 0;
-      if (tgt != std::isfinite(got.rtgt[i])) stat_err = 1;
-      if (tgt) stat_err = std::fmax(stat_err, std::fabs(got.rtgt[i] - ref.rtgt[i]) / 64.0);
-      // cos θ_y: fp64 dot on the device, fp32 on the CPU (|Δ| ≲ d·2⁻²⁴).
-      if (tgt != std::isfinite(got.rcos[i])) stat_err = 1;
-      if (tgt) stat_err = std::fmax(stat_err, std::fabs((double)got.rcos[i] - ref.rcos[i]));
-      // Compare the states as LSE values (m and l are only defined up to a common factor).
-      const double a = got.rmax[i] + std::log((double)got.rsum[i]), b = ref.rmax[i] + std::log((double)ref.rsum[i]);
-      stat_err = std::fmax(stat_err, std::fabs(a - b) / 64.0);
-      const double ao = got.rmax[i] + std::log((double)got.roth[i]), bo = ref.rmax[i] + std::log((double)ref.roth[i]);
-      stat_err = std::fmax(stat_err, std::fabs(ao - bo) / 64.0);
-    }
+    const double stat_err = head_stat_error(got, ref, h.full.labels);
     const double gx_l2 = rel_l2(got.gx, ref.gx), gx_max = rel_max(got.gx, ref.gx);
     const double gw_l2 = rel_l2(got.gw, ref.gw), gw_max = rel_max(got.gw, ref.gw);
     const double hook_err = std::fmax(rel_max(merged.hooked, got.gw), rel_max(merged.gx, got.gx));
@@ -437,9 +484,18 @@ void small_suite() {
   compare("small/bf16 d=513 filter", p, all_kinds()[4].m, true, 1e-6f, kBf16, false);
 }
 
-void full_suite() {
-  const auto kinds = all_kinds();
-  // Every kind on small odd shapes, both d paths (multiple of 4 / not).
+// ---- The suite ---------------------------------------------------------------
+// One suite, parameterised by where it runs. On a GPU: every case at full
+// size. Emulated (--emu, test/gpu/emu/run.sh: the kernels on the CPU, every
+// CTA 256 real threads): moderate shapes instead of the GPU-sized ones, fewer
+// kinds where a case repeats per kind, and the cases only the emulation can
+// set up (EMU_SMS: few multiprocessors → class groups of several tiles).
+struct Scope {
+  bool emulated = false;
+};
+
+// Every kind on small odd shapes, both d paths (multiple of 4 / not).
+void kind_cases(const std::vector<Named>& kinds) {
   for (const auto& k : kinds) {
     for (int64_t d : {64, 513}) {
       Problem p = random_problem(7, 127, d, 100 + (uint32_t)d);
@@ -447,138 +503,116 @@ void full_suite() {
       with_row_margins(p, k.m);
       compare(std::string("kind/") + k.name, p, k.m, false, 0.0f, kTf32);
     }
-  }
-  // Several row and class tiles, every kind.
-  for (const auto& k : kinds) {
-    Problem p = random_problem(300, 1000, 128, 200);
-    with_row_margins(p, k.m);
-    compare(std::string("tiles/") + k.name, p, k.m, false, 0.0f, kTf32);
-  }
-  // C = 1 and N = 1: the loss and the gradients are exactly zero.
-  {
-    Problem p = random_problem(1, 1, 64, 300);
-    compare("edge/N=1 C=1", p, kinds[4].m, false, 0.0f, kTf32);
-    Problem q = random_problem(9, 1, 513, 301);
-    compare("edge/C=1 d=513", q, kinds[1].m, false, 0.0f, kTf32);
-    Problem r = random_problem(1, 100003, 512, 302);
-    compare("edge/N=1 C=100003", r, kinds[4].m, false, 0.0f, kTf32);
-  }
-  // Ignored rows, all rows ignored, zero vectors.
-  {
-    Problem p = random_problem(70, 500, 96, 400);
-    for (int64_t i = 0; i < p.n; i += 3) p.labels[i] = -1;
-    for (int64_t k = 0; k < p.d; ++k) p.x[5 * p.d + k] = 0.0f;    // zero embedding (row 5 counted)
-    for (int64_t k = 0; k < p.d; ++k) p.w[17 * p.d + k] = 0.0f;   // zero class centre
-    compare("edge/ignored+zero vectors", p, kinds[4].m, false, 0.0f, kTf32);
-    Problem q = random_problem(40, 300, 64, 401);
-    for (auto& y : q.labels) y = -1;
-    compare("edge/all ignored", q, kinds[4].m, false, 0.0f, kTf32);
-  }
-  // Target cosines at and near ±1 (the clamp, the π fallback).
-  for (int kind : {1, 3, 4, 8}) {
-    Problem p = random_problem(16, 257, 128, 500);
-    near_parallel(p);
-    compare(std::string("near±1/") + kinds[kind].name, p, kinds[kind].m, false, 0.0f, kTf32);
-  }
-  // BF16 centres against the CPU's bf16 emulation.
-  for (int kind : {0, 4, 8}) {
-    Problem p = random_problem(64, 1000, 200, 600);
-    compare(std::string("bf16/") + kinds[kind].name, p, kinds[kind].m, true, 0.0f, kBf16);
-  }
-  // Gradient filtering: clustered rows, most tiles skipped; the result must
-  // stay within the TF32 tolerance of the exact CPU gradients.
-  {
-    Problem p = random_problem(512, 20000, 128, 700);
-    cluster(p, 0.8f, 701);
-    filter_case("filter/adaptive", p, kinds[4].m, 1e-8f);
-    filter_case("filter/cvm", p, kinds[8].m, 1e-6f);
-  }
-  // The face-recognition shape.
-  {
-    Problem p = random_problem(512, 100003, 512, 800);
-    compare("face/adaptive", p, kinds[4].m, false, 0.0f, kTf32);
-    compare("face/adaptive bf16", p, kinds[4].m, true, 0.0f, kBf16);
-  }
-  // Non-finite weights: the same message as the CPU backend.
-  head_extras("head/extras tf32", false, kTf32);
-  head_extras("head/extras bf16", true, kBf16);
-  {
-    Problem p = random_problem(4, 50, 32, 900);
-    p.w[37 * 32 + 5] = NAN;
-    p.w[41 * 32 + 1] = INFINITY;
-    expect_input_error("error/non-finite weights", p,
-                       "Expected finite values with row norms at most 1e30 for weights but received a non-finite value or a larger norm in row 37");
   }
 }
 
-// Moderate shapes for the CPU emulation of the kernels (test/gpu/emu/run.sh),
-// where every CTA runs 256 real threads: every kind, both d paths, several row
-// and class tiles, two output slices, class groups of several tiles, the edge
-// cases, bf16 and the filter.
-void emu_suite() {
-  const auto kinds = all_kinds();
-  for (const auto& k : kinds) {
-    for (int64_t d : {64, 513}) {
-      Problem p = random_problem(7, 127, d, 100 + (uint32_t)d);
-      p.labels[3] = -1;
-      with_row_margins(p, k.m);
-      compare(std::string("kind/") + k.name, p, k.m, false, 0.0f, kTf32);
-    }
+// Several row and class tiles.
+void tile_cases(const std::vector<Named>& kinds, Scope scope) {
+  std::vector<size_t> which;
+  if (scope.emulated) {
+    which = {1, 4, 8};
+  } else {
+    for (size_t k = 0; k < kinds.size(); ++k) which.push_back(k);
   }
-  for (int kind : {1, 4, 8}) {
+  for (size_t kind : which) {
     Problem p = random_problem(300, 1000, 128, 200);
     with_row_margins(p, kinds[kind].m);
     compare(std::string("tiles/") + kinds[kind].name, p, kinds[kind].m, false, 0.0f, kTf32);
   }
-  {
-    // Few multiprocessors → class groups of several tiles; d = 513 → two slices.
-    setenv("EMU_SMS", "2", 1);
-    Problem p = random_problem(200, 700, 513, 210);
-    p.labels[150] = -1;
-    compare("groups+slices/adaptive", p, kinds[4].m, false, 0.0f, kTf32);
-    compare("groups+slices/bf16", p, kinds[4].m, true, 0.0f, kBf16);
-    unsetenv("EMU_SMS");
+}
+
+// Emulated only: few multiprocessors → class groups of several tiles; d = 513 → two slices.
+void group_slice_cases(const std::vector<Named>& kinds) {
+  setenv("EMU_SMS", "2", 1);
+  Problem p = random_problem(200, 700, 513, 210);
+  p.labels[150] = -1;
+  compare("groups+slices/adaptive", p, kinds[4].m, false, 0.0f, kTf32);
+  compare("groups+slices/bf16", p, kinds[4].m, true, 0.0f, kBf16);
+  unsetenv("EMU_SMS");
+}
+
+// C = 1 and N = 1 (the loss and the gradients are exactly zero), ignored
+// rows, all rows ignored, zero vectors; on a GPU one row against 100003
+// classes, emulated d = 3.
+void edge_cases(const std::vector<Named>& kinds, Scope scope) {
+  Problem p = random_problem(1, 1, 64, 300);
+  compare("edge/N=1 C=1", p, kinds[4].m, false, 0.0f, kTf32);
+  Problem q = random_problem(9, 1, 513, 301);
+  compare("edge/C=1 d=513", q, kinds[1].m, false, 0.0f, kTf32);
+  if (!scope.emulated) {
+    Problem r = random_problem(1, 100003, 512, 302);
+    compare("edge/N=1 C=100003", r, kinds[4].m, false, 0.0f, kTf32);
   }
-  {
-    Problem p = random_problem(1, 1, 64, 300);
-    compare("edge/N=1 C=1", p, kinds[4].m, false, 0.0f, kTf32);
-    Problem q = random_problem(9, 1, 513, 301);
-    compare("edge/C=1 d=513", q, kinds[1].m, false, 0.0f, kTf32);
-    Problem r = random_problem(70, 500, 96, 400);
-    for (int64_t i = 0; i < r.n; i += 3) r.labels[i] = -1;
-    for (int64_t k = 0; k < r.d; ++k) r.x[5 * r.d + k] = 0.0f;
-    for (int64_t k = 0; k < r.d; ++k) r.w[17 * r.d + k] = 0.0f;
-    compare("edge/ignored+zero vectors", r, kinds[4].m, false, 0.0f, kTf32);
-    Problem t = random_problem(40, 300, 64, 401);
-    for (auto& y : t.labels) y = -1;
-    compare("edge/all ignored", t, kinds[4].m, false, 0.0f, kTf32);
+  Problem z = random_problem(70, 500, 96, 400);
+  for (int64_t i = 0; i < z.n; i += 3) z.labels[i] = -1;
+  for (int64_t k = 0; k < z.d; ++k) z.x[5 * z.d + k] = 0.0f;   // zero embedding (row 5 counted)
+  for (int64_t k = 0; k < z.d; ++k) z.w[17 * z.d + k] = 0.0f;  // zero class centre
+  compare("edge/ignored+zero vectors", z, kinds[4].m, false, 0.0f, kTf32);
+  Problem a = random_problem(40, 300, 64, 401);
+  for (auto& y : a.labels) y = -1;
+  compare("edge/all ignored", a, kinds[4].m, false, 0.0f, kTf32);
+  if (scope.emulated) {
     Problem u = random_problem(33, 129, 3, 402);
     compare("edge/d=3", u, kinds[3].m, false, 0.0f, kTf32);
   }
+}
+
+// Target cosines at and near ±1 (the clamp, the π fallback).
+void near_parallel_cases(const std::vector<Named>& kinds) {
   for (int kind : {1, 3, 4, 8}) {
     Problem p = random_problem(16, 257, 128, 500);
     near_parallel(p);
     compare(std::string("near±1/") + kinds[kind].name, p, kinds[kind].m, false, 0.0f, kTf32);
   }
-  for (int kind : {0, 8}) {
+}
+
+// BF16 centres against the CPU's bf16 emulation.
+void bf16_cases(const std::vector<Named>& kinds, Scope scope) {
+  const std::vector<int> which = scope.emulated ? std::vector<int>{0, 8} : std::vector<int>{0, 4, 8};
+  for (int kind : which) {
     Problem p = random_problem(64, 1000, 200, 600);
     compare(std::string("bf16/") + kinds[kind].name, p, kinds[kind].m, true, 0.0f, kBf16);
   }
-  {
-    Problem p = random_problem(128, 3000, 64, 700);
-    cluster(p, 0.8f, 701);
-    filter_case("filter/adaptive", p, kinds[4].m, 1e-8f);
-    filter_case("filter/cvm", p, kinds[8].m, 1e-6f);
-  }
+}
+
+// Gradient filtering: clustered rows, most tiles skipped; the result must
+// stay within the TF32 tolerance of the exact CPU gradients.
+void filter_cases(const std::vector<Named>& kinds, Scope scope) {
+  Problem p = scope.emulated ? random_problem(128, 3000, 64, 700) : random_problem(512, 20000, 128, 700);
+  cluster(p, 0.8f, 701);
+  filter_case("filter/adaptive", p, kinds[4].m, 1e-8f);
+  filter_case("filter/cvm", p, kinds[8].m, 1e-6f);
+}
+
+// GPU only: the face-recognition shape.
+void face_cases(const std::vector<Named>& kinds) {
+  Problem p = random_problem(512, 100003, 512, 800);
+  compare("face/adaptive", p, kinds[4].m, false, 0.0f, kTf32);
+  compare("face/adaptive bf16", p, kinds[4].m, true, 0.0f, kBf16);
+}
+
+// Non-finite weights: the same message as the CPU backend.
+void error_cases() {
+  Problem p = random_problem(4, 50, 32, 900);
+  p.w[37 * 32 + 5] = NAN;
+  p.w[41 * 32 + 1] = INFINITY;
+  expect_input_error("error/non-finite weights", p,
+                     "Expected finite values with row norms at most 1e30 for weights but received a non-finite value or a larger norm in row 37");
+}
+
+void suite(Scope scope) {
+  const auto kinds = all_kinds();
+  kind_cases(kinds);
+  tile_cases(kinds, scope);
+  if (scope.emulated) group_slice_cases(kinds);
+  edge_cases(kinds, scope);
+  near_parallel_cases(kinds);
+  bf16_cases(kinds, scope);
+  filter_cases(kinds, scope);
+  if (!scope.emulated) face_cases(kinds);
   head_extras("head/extras tf32", false, kTf32);
   head_extras("head/extras bf16", true, kBf16);
-  {
-    Problem p = random_problem(4, 50, 32, 900);
-    p.w[37 * 32 + 5] = NAN;
-    p.w[41 * 32 + 1] = INFINITY;
-    expect_input_error("error/non-finite weights", p,
-                       "Expected finite values with row norms at most 1e30 for weights but received a non-finite value or a larger norm in row 37");
-  }
+  error_cases();
 }
 
 }  // namespace
@@ -601,10 +635,8 @@ int main(int argc, char** argv) {
   if (json) std::fprintf(json, "[\n");
   if (small) {
     small_suite();
-  } else if (emu) {
-    emu_suite();
   } else {
-    full_suite();
+    suite(Scope{emu});
   }
   if (json) {
     std::fprintf(json, "\n]\n");
