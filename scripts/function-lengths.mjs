@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The longest functions of the project's sources, for keeping functions short.
 //
-//   node scripts/function-lengths.mjs [--top N] [--json]
+//   node scripts/function-lengths.mjs [--top N | --all] [--json]
 //
 // TypeScript / JavaScript: every function, method, arrow function and
 // constructor, measured with the TypeScript compiler's parser (a dev
@@ -96,8 +96,8 @@ export function allFunctions() {
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
   const args = process.argv.slice(2);
-  const top = Number(args[args.indexOf('--top') + 1]) || 25;
-  const rows = allFunctions().slice(0, args.includes('--top') ? top : 25);
+  const top = args.includes('--all') ? Infinity : Number(args[args.indexOf('--top') + 1]) || 25;
+  const rows = allFunctions().slice(0, top);
   if (args.includes('--json')) console.log(JSON.stringify(rows, null, 2));
   else for (const r of rows) console.log(`${String(r.lines).padStart(4)}  ${r.file}:${r.line}  ${r.name}`);
 }
