@@ -13,7 +13,7 @@
 //       forward against the tests' float64 JavaScript reference, test/reference.mjs).
 //
 // Prints one line "@@BENCH_RESULT {json}" (see common.mjs).
-import { referenceLoss } from '../test/reference.mjs';
+import { referenceLoss, relMaxErr } from '../test/reference.mjs';
 import {
   MARGIN, SCALE, emitResult, flops, loadAddon, loadPackage, makeInputs, median, require, summarize,
 } from './common.mjs';
@@ -252,15 +252,6 @@ async function timeJob() {
 }
 
 // ---------------------------------------------------------------- correctness
-function relErr(a, b) {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
 
 /** The fused CPU loss against the float64 reference of the tests (forward). */
 function checkFusedCpu(out, input, fused) {
@@ -268,7 +259,7 @@ function checkFusedCpu(out, input, fused) {
   out.against = 'float64 JavaScript reference (forward)';
   out.errors = {
     loss: Math.abs(fused.grad.loss - float64.loss) / Math.abs(float64.loss),
-    perSample: relErr(fused.grad.perSample, float64.perSample),
+    perSample: relMaxErr(fused.grad.perSample, float64.perSample),
     forwardLoss: Math.abs(fused.fwd.loss - float64.loss) / Math.abs(float64.loss),
   };
   out.loss = fused.grad.loss;
@@ -287,9 +278,9 @@ async function checkAgainstFused(out, input, fused) {
   out.errors = {
     loss: Math.abs(g.loss - fused.grad.loss) / Math.abs(fused.grad.loss),
     forwardLoss: Math.abs(f.loss - fused.fwd.loss) / Math.abs(fused.fwd.loss),
-    perSample: relErr(f.perSample, fused.fwd.perSample),
-    gradEmbeddings: relErr(g.gradEmbeddings, fused.grad.gradEmbeddings),
-    gradWeights: relErr(g.gradWeights, fused.grad.gradWeights),
+    perSample: relMaxErr(f.perSample, fused.fwd.perSample),
+    gradEmbeddings: relMaxErr(g.gradEmbeddings, fused.grad.gradEmbeddings),
+    gradWeights: relMaxErr(g.gradWeights, fused.grad.gradWeights),
   };
   im.dispose();
 }

@@ -163,29 +163,31 @@ void all_gather(const void* send, void* recv, size_t count, DType t) {
 // All-reduce and broadcast go in pieces of at most 2³⁰ elements (MPI counts are int).
 constexpr size_t kPiece = size_t(1) << 30;
 
+// Issues one non-blocking call per piece, issue(piece, n, &req), and waits for each.
+template <class Issue>
+void in_pieces(void* buf, size_t count, DType t, const char* what, Issue issue) {
+  char* p = static_cast<char*>(buf);
+  for (size_t done = 0; done < count; done += kPiece) {
+    MPI_Request req;
+    issue(p + done * type_size(t), (int)std::min(kPiece, count - done), &req);
+    wait(&req, what);
+  }
+}
+
 void all_reduce_sum(void* buf, size_t count, DType t) {
   std::lock_guard<std::mutex> lock(g_mu);
   ensure_usable("allReduce");
-  char* p = static_cast<char*>(buf);
-  for (size_t done = 0; done < count; done += kPiece) {
-    const int n = (int)std::min(kPiece, count - done);
-    MPI_Request req;
-    check(MPI_Iallreduce(MPI_IN_PLACE, p + done * type_size(t), n, mpi_type(t), MPI_SUM, MPI_COMM_WORLD, &req),
-          "MPI_Iallreduce");
-    wait(&req, "allReduce");
-  }
+  in_pieces(buf, count, t, "allReduce", [&](char* piece, int n, MPI_Request* req) {
+    check(MPI_Iallreduce(MPI_IN_PLACE, piece, n, mpi_type(t), MPI_SUM, MPI_COMM_WORLD, req), "MPI_Iallreduce");
+  });
 }
 
 void broadcast(void* buf, size_t count, DType t, int root) {
   std::lock_guard<std::mutex> lock(g_mu);
   ensure_usable("broadcast");
-  char* p = static_cast<char*>(buf);
-  for (size_t done = 0; done < count; done += kPiece) {
-    const int n = (int)std::min(kPiece, count - done);
-    MPI_Request req;
-    check(MPI_Ibcast(p + done * type_size(t), n, mpi_type(t), root, MPI_COMM_WORLD, &req), "MPI_Ibcast");
-    wait(&req, "broadcast");
-  }
+  in_pieces(buf, count, t, "broadcast", [&](char* piece, int n, MPI_Request* req) {
+    check(MPI_Ibcast(piece, n, mpi_type(t), root, MPI_COMM_WORLD, req), "MPI_Ibcast");
+  });
 }
 
 void barrier() {
