@@ -143,9 +143,10 @@ async function warmUp(call, out) {
   out.warmupTimes = warmTimes;
   for (let i = 0; i < (job.warmup ?? 1); i++) {
     const t0 = performance.now();
-    const result = call();
+    let result = call();
     warmTimes.push((performance.now() - t0) / 1e3);
     out.loss = result.loss;
+    result = null; // unreachable before the collection: the next call must not meet this one's outputs
     await collect();
     if (warmTimes.at(-1) > (job.runBudgetS ?? Infinity)) {
       out.status = `skipped: exceeded budget (one call took more than ${job.runBudgetS} s)`;
