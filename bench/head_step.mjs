@@ -1,9 +1,11 @@
 // bench/head_step.mjs — MarginHead step time and memory (the README's MarginHead.step table).
 // N = 128, d = 512, adaptive margin, SGD momentum 0.9; C from the command line
-// (default 1e5 and 1e6). Each size runs in this process one after the other;
+// (default 1e5 and 1e6). For each size the fp32 head and the bf16 head
+// (weightsDtype 'bfloat16': bf16 centres, stochastic rounding) run one after
+// the other in this process (--dtypes float32 or bfloat16 for one of them);
 // peak RSS is read from /proc (VmHWM) so it includes the centres and momentum.
 // With --checkpoint DIR it also times save/load of the largest head.
-// Run: node --expose-gc bench/head_step.mjs [C ...] [--checkpoint DIR]
+// Run: node --expose-gc bench/head_step.mjs [C ...] [--dtypes float32,bfloat16] [--checkpoint DIR]
 import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -15,12 +17,16 @@ const args = process.argv.slice(2);
 const sizes = args.filter((a) => /^\d/.test(a)).map(Number);
 const ckIdx = args.indexOf('--checkpoint');
 const ckDir = ckIdx >= 0 ? args[ckIdx + 1] : null;
+const dtIdx = args.indexOf('--dtypes');
+const dtypes = dtIdx >= 0 ? args[dtIdx + 1].split(',') : ['float32', 'bfloat16'];
+const cpu = (fs.readFileSync('/proc/cpuinfo', 'utf8').match(/model name\s*:\s*(.*)/) ?? [])[1] ?? 'unknown CPU';
+console.log(`${cpu}, ${native.info().cpu.threads} threads, bf16 path ${native.info().cpu.matrix}`);
 const N = 128, d = 512, reps = 5;
 const hwm = () => Number(fs.readFileSync('/proc/self/status', 'utf8').match(/VmHWM:\s+(\d+)/)[1]) * 1024;
 const gib = (b) => (b / 2 ** 30).toFixed(2) + ' GiB';
 
-for (const C of sizes.length ? sizes : [1e5, 1e6]) {
-  const head = new MarginHead({ classes: C, dim: d, margin: { kind: 'adaptive' }, optimizer: { lr: 0.1, momentum: 0.9, weightDecay: 5e-4 }, seed: 1 });
+for (const C of sizes.length ? sizes : [1e5, 1e6]) for (const weightsDtype of dtypes) {
+  const head = new MarginHead({ classes: C, dim: d, margin: { kind: 'adaptive' }, weightsDtype, optimizer: { lr: 0.1, momentum: 0.9, weightDecay: 5e-4 }, seed: 1 });
   const x = native.gaussian(0, 1, 2, 0, N * d);
   const y = new Int32Array(N).map((_, i) => (i * 7919) % C);
   head.step(x, y); // warm-up (touches the momentum buffer)
@@ -32,12 +38,12 @@ for (const C of sizes.length ? sizes : [1e5, 1e6]) {
   }
   times.sort((a, b) => a - b);
   const med = times[Math.floor(reps / 2)];
-  const state = 2 * C * d * 4;
-  console.log(`C=${C}: step median ${med.toFixed(0)} ms [${times[0].toFixed(0)}–${times[reps - 1].toFixed(0)}] ` +
+  const state = C * d * (weightsDtype === 'bfloat16' ? 2 : 4) + C * d * 4;
+  console.log(`C=${C} ${weightsDtype}: step median ${med.toFixed(0)} ms [${times[0].toFixed(0)}–${times[reps - 1].toFixed(0)}] ` +
     `(${(6 * N * d * C / med / 1e6).toFixed(0)} GFLOP/s), centres+momentum ${gib(state)}, peak RSS so far ${gib(hwm())}`);
   if (ckDir && C === Math.max(...(sizes.length ? sizes : [1e5, 1e6]))) {
     fs.mkdirSync(ckDir, { recursive: true });
-    const file = path.join(ckDir, `head-${C}.safetensors`);
+    const file = path.join(ckDir, `head-${C}-${weightsDtype}.safetensors`);
     const before = hwm();
     let t = Date.now();
     head.save(file);

@@ -6,7 +6,8 @@
  */
 import { ArgumentError, BackendUnavailableError, expected } from './errors';
 import { DEFAULT_SCALE, callNative, callNativeAsync, elasticMargins, nativeOptions, resolveBackend } from './loss';
-import { native, type NativeLossOptions, type NativeLossResult } from './native';
+import { native, type HostCentres, type NativeLossOptions, type NativeLossResult } from './native';
+import { copyInBf16, fillBf16, firstBeyondBf16, readTensorBf16, streamedBf16, widenBf16, zerosBf16 } from './bf16-centres';
 import { CENTRES, DeviceCentres, MOMENTUM, deviceHeadCompiled } from './head-cuda';
 import { CheckpointError, checkChunkFinite, readHeader, readTensor, readTensorChunks, saveSafetensors, type SafetensorsHeader, type SaveHooks, type TensorEntry } from './safetensors';
 import { classSample } from './sampling';
@@ -45,6 +46,15 @@ export interface MarginHeadOptions {
    * centres and the momentum live in device memory (see README, "MarginHead on CUDA").
    */
   backend?: 'auto' | BackendName;
+  /**
+   * Centre storage and compute. 'bfloat16': the head stores its centres in bf16
+   * (half the memory: 1 GB at 10⁶ × 512) on both backends, the loss runs on bf16
+   * operands (LossOptions.weightsDtype), and each SGD update is computed in fp32
+   * and rounded stochastically to bf16 (unbiased, so small steps do not vanish;
+   * keyed by seed, step and element, so deterministic). The momentum stays fp32.
+   * getWeights() and checkpoints give the values widened to fp32. See the README,
+   * "MarginHead in bf16". Default 'float32'.
+   */
   weightsDtype?: 'float32' | 'bfloat16';
   /** See LossOptions.gradFilter. Default 0 (exact). */
   gradFilter?: number;
@@ -118,7 +128,8 @@ export class MarginHead {
   readonly backend: BackendName;
   private readonly config: Required<Omit<MarginHeadOptions, 'init' | 'shard' | 'threads' | 'workspaceBytes'>> &
     Pick<MarginHeadOptions, 'shard' | 'threads' | 'workspaceBytes'>;
-  private weights: Float32Array | null;
+  /** CPU: the centres, fp32, or bf16 values when weightsDtype is 'bfloat16' (see bf16-centres.ts). */
+  private weights: HostCentres | null;
   private momentum: Float32Array | null;
   /** backend 'cuda': the centres and momentum on the device (weights and momentum stay null). */
   private device: DeviceCentres | null = null;
@@ -219,7 +230,7 @@ export class MarginHead {
     this.ensureUsable('predict');
     this.checkPredict(embeddings, k);
     const r = callNative(() =>
-      this.device ? this.device.topk(embeddings, k) : native.topk(embeddings, this.weights as Float32Array, this.dim, k, this.config.threads ?? 0),
+      this.device ? this.device.topk(embeddings, k) : native.topk(embeddings, this.weights as HostCentres, this.dim, k, this.config.threads ?? 0),
     );
     return this.globalClasses(r);
   }
@@ -231,7 +242,7 @@ export class MarginHead {
     this.busy = true;
     let r: { classes: Int32Array; scores: Float32Array };
     try {
-      r = await callNativeAsync(() => native.topkAsync(embeddings, this.weights as Float32Array, this.dim, k, this.config.threads ?? 0));
+      r = await callNativeAsync(() => native.topkAsync(embeddings, this.weights as HostCentres, this.dim, k, this.config.threads ?? 0));
     } finally {
       this.busy = false;
     }
@@ -297,7 +308,8 @@ export class MarginHead {
   getWeights(): Float32Array {
     this.ensureUsable('getWeights');
     if (this.device) return this.device.getAll(CENTRES);
-    return (this.weights as Float32Array).slice();
+    const w = this.weights as HostCentres;
+    return w instanceof Uint16Array ? widenBf16(w) : w.slice();
   }
 
   /** Replaces the centres (copied in). The momentum buffer is kept, as an optimizer's state would be. */
@@ -306,8 +318,11 @@ export class MarginHead {
     const n = this.localClasses * this.dim;
     if (!(weights instanceof Float32Array) || weights.length !== n) expected(`Float32Array of length ${n}`, 'weights', weights);
     validateFinite(weights, 'weights');
+    this.checkBf16Range(weights, 'weights');
+    const w = this.weights;
     if (this.device) this.device.setAll(CENTRES, weights);
-    else (this.weights as Float32Array).set(weights);
+    else if (w instanceof Uint16Array) copyInBf16(w, weights);
+    else (w as Float32Array).set(weights);
   }
 
   /** A copy of the momentum buffer, or null when momentum is 0. */
@@ -332,7 +347,7 @@ export class MarginHead {
     const shape = [this.localClasses, this.dim];
     const dev = this.device;
     const tensors: Record<string, TensorEntry> = {
-      weight: { dtype: 'F32', shape, data: dev ? dev.streamed(CENTRES) : (this.weights as Float32Array) },
+      weight: { dtype: 'F32', shape, data: dev ? dev.streamed(CENTRES) : this.hostWeightsData() },
     };
     if (dev?.hasMomentum) tensors.momentum = { dtype: 'F32', shape, data: dev.streamed(MOMENTUM) };
     else if (this.momentum) tensors.momentum = { dtype: 'F32', shape, data: this.momentum };
@@ -367,7 +382,9 @@ export class MarginHead {
       head.loadDeviceTensor(file, header, 'weight', CENTRES);
       if (head.device.hasMomentum) head.loadDeviceTensor(file, header, 'momentum', MOMENTUM);
     } else {
-      readTensor(file, header, 'weight', head.weights as Float32Array, { finite: true });
+      const w = head.weights as HostCentres;
+      if (w instanceof Uint16Array) readTensorBf16(file, header, 'weight', w);
+      else readTensor(file, header, 'weight', w, { finite: true });
       if (head.momentum) readTensor(file, header, 'momentum', head.momentum, { finite: true });
     }
     head.steps = steps;
@@ -412,7 +429,7 @@ export class MarginHead {
     return callNative(() =>
       this.device
         ? this.device.loss(embeddings, labels, opts, withGrad)
-        : native.loss(embeddings, this.weights as Float32Array, labels, this.dim, opts, withGrad),
+        : native.loss(embeddings, this.weights as HostCentres, labels, this.dim, opts, withGrad),
     );
   }
 
@@ -421,12 +438,13 @@ export class MarginHead {
     return callNativeAsync(() =>
       this.device
         ? this.device.lossAsync(embeddings, labels, opts, withGrad)
-        : native.lossAsync(embeddings, this.weights as Float32Array, labels, this.dim, opts, withGrad),
+        : native.lossAsync(embeddings, this.weights as HostCentres, labels, this.dim, opts, withGrad),
     );
   }
 
   /** The host centres: copied from init, drawn, or zero (to be read from a checkpoint). */
-  private initHostCentres(init: CentresInit): Float32Array {
+  private initHostCentres(init: CentresInit): HostCentres {
+    if (this.config.weightsDtype === 'bfloat16') return this.initHostCentresBf16(init);
     const n = this.localClasses * this.dim;
     if (init === 'normal') {
       // Keyed by the global element index, so shards draw exactly the rows
@@ -438,12 +456,38 @@ export class MarginHead {
     return weights;
   }
 
+  /** bf16 host centres: the fp32 values initHostCentres would hold, rounded to the nearest bf16, a chunk at a time. */
+  private initHostCentresBf16(init: CentresInit): Uint16Array {
+    const w = zerosBf16(this.localClasses * this.dim);
+    if (init instanceof Float32Array) {
+      this.checkBf16Range(init, 'init');
+      copyInBf16(w, init);
+    } else if (init === 'normal') {
+      fillBf16(w, (s, n) => native.gaussian(0, NORMAL_INIT_STD, this.config.seed, INIT_COUNTER, n, this.offset * this.dim + s));
+    }
+    return w;
+  }
+
+  /** bf16 centres: a value that would round to infinity is refused, not stored. */
+  private checkBf16Range(values: Float32Array, what: string): void {
+    if (this.config.weightsDtype !== 'bfloat16') return;
+    const at = firstBeyondBf16(values);
+    if (at >= 0) expected(`a value within bf16's range (|v| < 3.3961775e38: the centres are bf16)`, `${what}[${at}]`, values[at]);
+  }
+
+  /** The host centres as a checkpoint holds them: F32 (bf16 values widened, a chunk at a time). */
+  private hostWeightsData(): Float32Array | ReturnType<typeof streamedBf16> {
+    const w = this.weights as HostCentres;
+    return w instanceof Uint16Array ? streamedBf16(w) : w;
+  }
+
   /** The device centres, initialised as the CPU head's would be (the same values; rounded to bf16 when so stored). */
   private initDevice(init: CentresInit): DeviceCentres {
     const c = this.config;
     const dev = new DeviceCentres(this.localClasses, this.dim, c.weightsDtype === 'bfloat16', (c.optimizer.momentum ?? 0) > 0);
     try {
       if (init instanceof Float32Array) {
+        this.checkBf16Range(init, 'init');
         dev.setAll(CENTRES, init);
       } else if (init === 'normal') {
         // Drawn chunk by chunk, keyed by the global element index as on the CPU.
@@ -537,7 +581,16 @@ export class MarginHead {
 
   private sgd(lr: number): NativeLossOptions['sgd'] {
     const o = this.config.optimizer;
-    return { lr, momentum: o.momentum ?? 0, weightDecay: o.weightDecay ?? 0, momentumBuffer: this.momentum ?? undefined };
+    return {
+      lr,
+      momentum: o.momentum ?? 0,
+      weightDecay: o.weightDecay ?? 0,
+      momentumBuffer: this.momentum ?? undefined,
+      // bf16 centres: the update's stochastic rounding is keyed by (seed, step, global element).
+      roundSeed: this.config.seed,
+      roundStep: this.steps,
+      rowOffset: this.offset,
+    };
   }
 
   private prepareStep(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number }) {

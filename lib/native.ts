@@ -20,7 +20,17 @@ export interface NativeLossOptions {
   /** Return the per-row partial statistics (rowMax, rowSumExp, rowTarget). */
   stats?: boolean;
   /** Fused SGD update of the weights (in place) instead of returning gradWeights. */
-  sgd?: { lr: number; momentum: number; weightDecay: number; momentumBuffer?: Float32Array };
+  sgd?: {
+    lr: number;
+    momentum: number;
+    weightDecay: number;
+    momentumBuffer?: Float32Array;
+    /** bf16 centres: the stochastic rounding of the update is keyed by (roundSeed, roundStep) and the global element index. */
+    roundSeed?: number;
+    roundStep?: number;
+    /** The global class of local row 0 (a shard's offset). */
+    rowOffset?: number;
+  };
   weightsBf16: boolean;
   threads: number;
   workspaceBytes: number;
@@ -50,13 +60,22 @@ export interface NativeLossResult {
   rowTarget?: Float32Array;
 }
 
+/** Class centres as the CPU backend reads them: fp32, or bf16 values (the upper halves of fp32) in a Uint16Array (implies weightsBf16). */
+export type HostCentres = Float32Array | Uint16Array;
+
 export interface NativeAddon {
-  loss(x: Float32Array, w: Float32Array, labels: Int32Array, dim: number, opts: NativeLossOptions, withGrad: boolean): NativeLossResult;
-  lossAsync(x: Float32Array, w: Float32Array, labels: Int32Array, dim: number, opts: NativeLossOptions, withGrad: boolean): Promise<NativeLossResult>;
+  loss(x: Float32Array, w: HostCentres, labels: Int32Array, dim: number, opts: NativeLossOptions, withGrad: boolean): NativeLossResult;
+  lossAsync(x: Float32Array, w: HostCentres, labels: Int32Array, dim: number, opts: NativeLossOptions, withGrad: boolean): Promise<NativeLossResult>;
   /** n draws of mean + sigma·N(0,1), draw i keyed by (seed, counter, start + i). */
   gaussian(mean: number, sigma: number, seed: number, counter: number, n: number, start?: number): Float32Array;
   /** A zeroed Float32Array (huge-page backed when large). */
   zeros(n: number): Float32Array;
+  /** A zeroed Uint16Array for bf16 values (huge-page backed when large). */
+  _zerosBf16(n: number): Uint16Array;
+  /** dst[start + i] = src[i] rounded to bf16 (nearest even); src finite. */
+  _toBf16(src: Float32Array, dst: Uint16Array, start: number): void;
+  /** src[start, start + n) widened to fp32 (exact). */
+  _fromBf16(src: Uint16Array, start: number, n: number): Float32Array;
   /** The native defaults (native/loss_problem.h, native/cpu/loss_cpu.h): lib/loss.ts reads them once. */
   _defaults(): { scale: number; workspaceBytes: number };
   /** Test hook: the target logit of one cosine through native/margin_math.h. */
@@ -65,9 +84,9 @@ export interface NativeAddon {
   _productsSeconds(x: Float32Array, w: Float32Array, dim: number, threads: number, simd: number, backward: boolean): number;
   /** Benchmark hook: GFLOP/s of a register-only loop on all threads: kind 0 fp32 FMA, 1 VDPBF16PS, 2 TDPBF16PS; 0 where the CPU lacks it. */
   _peakGflops(kind: 0 | 1 | 2, threads: number, simd: number, seconds?: number): number;
-  topk(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): { classes: Int32Array; scores: Float32Array };
+  topk(x: Float32Array, w: HostCentres, dim: number, k: number, threads: number): { classes: Int32Array; scores: Float32Array };
   /** topk on the libuv thread pool. */
-  topkAsync(x: Float32Array, w: Float32Array, dim: number, k: number, threads: number): Promise<{ classes: Int32Array; scores: Float32Array }>;
+  topkAsync(x: Float32Array, w: HostCentres, dim: number, k: number, threads: number): Promise<{ classes: Int32Array; scores: Float32Array }>;
   /** Test hook: bytes the addon's large allocations hold now (big_alloc minus big_free). */
   _liveNativeBytes(): number;
   /**

@@ -35,6 +35,11 @@ struct LossProblem {
   // accumulation on the matrix path of CpuOptions::matrix; the target cosine,
   // norms and chain rule stay fp32 (fused_loss_cpu.cc).
   bool weights_bf16 = false;
+  // MarginHead with bf16 centres on the CPU: W is stored in bf16 (C×d, the
+  // upper halves of fp32 values) and read here instead of w, which is then
+  // null; implies weights_bf16. Widening bf16 to fp32 is exact, so the call
+  // computes what it would from the fp32 array of the same values.
+  const uint16_t* w_bf16 = nullptr;
 
   // ---- Used by MarginHead (class sampling, sharding, fused update) ----
   // Class j of the problem is row class_index[j] of w (c entries, distinct);

@@ -260,6 +260,50 @@ MS_HD float elastic_margin(float m, float sigma, uint64_t seed, uint64_t counter
   return (float)((double)m + (double)sigma * gaussian_draw(seed, counter, row));
 }
 
+// ---- bf16 centres: their update rounded stochastically ------------------
+// MarginHead with weightsDtype 'bfloat16' stores its centres in bf16 (both
+// backends). Rounding each update w − lr·b to the nearest bf16 would drop every
+// change smaller than half a bf16 step (2⁻⁹ of the element): late in training,
+// lr·b is often that small, and the centres would freeze. Stochastic rounding
+// keeps them moving in expectation: adding 16 uniform random bits below the
+// bf16 mantissa and truncating rounds the magnitude up with probability equal
+// to its distance from the lower neighbour over the gap, so E[round(v)] = v
+// (sign-magnitude: the same holds for negative v). The random bits are a hash
+// of (seed, step, element index): the result does not depend on the thread
+// count, the backend or the order of the blocks.
+MS_HD uint32_t float_bits(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(v);
+#else
+  uint32_t u;
+  __builtin_memcpy(&u, &v, 4);
+  return u;
+#endif
+}
+
+MS_HD float float_from_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float v;
+  __builtin_memcpy(&v, &u, 4);
+  return v;
+#endif
+}
+
+MS_HD float bf16_bits_to_float(uint16_t b) { return float_from_bits((uint32_t)b << 16); }
+
+// The key of one update (seed of the head, index of the step).
+MS_HD uint64_t stochastic_round_key(uint64_t seed, uint64_t step) {
+  return mix64(seed * 0x9e3779b97f4a7c15ULL + mix64(step + 0xd1b54a32d192ed03ULL));
+}
+
+// v (finite) rounded to bf16 stochastically; `element` = global row · d + column.
+MS_HD uint16_t bf16_round_stochastic(float v, uint64_t key, uint64_t element) {
+  const uint32_t r = (uint32_t)(mix64(key ^ mix64(element + 0x2545f4914f6cdd1dULL)) >> 48);
+  return (uint16_t)((float_bits(v) + r) >> 16);
+}
+
 // ---- L2 normalisation -----------------------------------------------------
 // A vector whose norm is ≤ kZeroNorm has no direction: it is treated as the
 // zero vector (x̂ = 0, every cosine 0) and receives a zero gradient. This is

@@ -65,6 +65,17 @@ inline float bf16_round(float v) {  // v rounded to bf16, as a float
 }
 // dst[k] = bf16_round(src[k]), k < n (vectorised; src == dst or disjoint).
 void round_bf16_array(const float* src, float* dst, int64_t n);
+// dst[k] = src[k] widened to fp32 (exact), k < n.
+inline void widen_bf16_array(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    const uint32_t u = (uint32_t)src[k] << 16;
+    std::memcpy(dst + k, &u, 4);
+  }
+}
+// dst[k] = to_bf16(src[k]), k < n.
+inline void narrow_bf16_array(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] = to_bf16(src[k]);
+}
 // dst[m·ldd + k] = bf16(src[m·lds + k]) for k < K, 0 for K ≤ k < Kp.
 void pack_rows_bf16(const float* src, long lds, int M, int K, int Kp, uint16_t* dst, long ldd);
 // Pair-packs the K×NN matrix whose element (k, n) is src[k·sk + n] (rows k

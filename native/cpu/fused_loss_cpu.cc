@@ -121,8 +121,10 @@ struct LossCall {
         gather(p.weights_bf16 || p.class_index),
         tile_floats((size_t)(block_classes * ldt)) {}
 
-  // Row j of the problem's W (through class_index when sampling).
-  const float* wrow(int64_t j) const { return p.w + (p.class_index ? (int64_t)p.class_index[j] : j) * D; }
+  // Row of W that problem class j reads (class_index when sampling).
+  int64_t row_of(int64_t j) const { return p.class_index ? (int64_t)p.class_index[j] : j; }
+  // Row j of the problem's fp32 W (not with bf16 storage, p.w_bf16).
+  const float* wrow(int64_t j) const { return p.w + row_of(j) * D; }
 
   // The rows whose label lands in classes [j0, j1), as a range of by_label.
   auto targets_in(int64_t j0, int64_t j1) const {
@@ -132,16 +134,18 @@ struct LossCall {
   }
 
   // The W rows of a block as the kernels see them: the rows themselves, or a
-  // gathered (class_index) and/or bf16-rounded copy in per-thread scratch.
+  // gathered (class_index) and/or bf16 copy in per-thread scratch (rounded
+  // from fp32 centres, or widened, exactly, from bf16 storage).
   const float* block_weights(ClassBlock blk, float* scratch) const {
     if (!gather) return p.w + blk.j0 * D;
     for (int64_t j = 0; j < blk.count; ++j) {
-      const float* src = wrow(blk.j0 + j);
       float* dst = scratch + j * D;
-      if (p.weights_bf16) {
-        round_bf16_array(src, dst, D);
+      if (p.w_bf16) {
+        widen_bf16_array(p.w_bf16 + row_of(blk.j0 + j) * D, dst, D);
+      } else if (p.weights_bf16) {
+        round_bf16_array(wrow(blk.j0 + j), dst, D);
       } else {
-        std::memcpy(dst, src, sizeof(float) * D);
+        std::memcpy(dst, wrow(blk.j0 + j), sizeof(float) * D);
       }
     }
     return scratch;
@@ -271,7 +275,7 @@ bool block_norms(LossCall& L, ThreadShare& sh, ClassBlock blk, const float* wb) 
   for (int64_t j = 0; j < blk.count; ++j) {
     const double sq = L.kern.sumsq(wn ? wn + j * L.D : L.wrow(blk.j0 + j), (int)L.D);
     if (!(sq <= kMaxNormSq)) {  // non-finite, or a norm the fp32 products would overflow
-      sh.bad_row = L.p.class_index ? L.p.class_index[blk.j0 + j] : blk.j0 + j;
+      sh.bad_row = L.row_of(blk.j0 + j);
       return false;
     }
     L.invw[blk.j0 + j] = inv_norm_from_sq(sq);

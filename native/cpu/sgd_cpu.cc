@@ -1,21 +1,31 @@
 // sgd_cpu.cc — see sgd_cpu.h.
 #include "sgd_cpu.h"
 
+#include "../margin_math.h"  // bf16_round_stochastic, bf16_bits_to_float
+
 namespace ms {
 
 void CpuSgd::apply(int64_t j0, int64_t bc, const float* g) const {
   for (int64_t j = 0; j < bc; ++j) {
     const int64_t r = class_index ? class_index[j0 + j] : j0 + j;
-    float* wr = w + r * d;
+    float* wr = w ? w + r * d : nullptr;
+    uint16_t* hr = w_bf16 ? w_bf16 + r * d : nullptr;
     float* br = buf ? buf + r * d : nullptr;
     const float* gr = g ? g + j * d : nullptr;
+    const uint64_t element0 = (uint64_t)(row_offset + r) * (uint64_t)d;
     for (int64_t q = 0; q < d; ++q) {
-      float gq = (gr ? gr[q] : 0.0f) + weight_decay * wr[q];
+      const float wq = hr ? bf16_bits_to_float(hr[q]) : wr[q];
+      float gq = (gr ? gr[q] : 0.0f) + weight_decay * wq;
       if (br) {
         br[q] = momentum * br[q] + gq;
         gq = br[q];
       }
-      wr[q] -= lr * gq;
+      const float nw = wq - lr * gq;
+      if (hr) {
+        hr[q] = bf16_round_stochastic(nw, round_key, element0 + (uint64_t)q);
+      } else {
+        wr[q] = nw;
+      }
     }
   }
 }

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "bf16_gemm.h"  // widen_bf16_array
 #include "class_blocks.h"
 #include "simd_dispatch.h"
 
@@ -45,7 +46,7 @@ void heap_offer(float* sc, int32_t* cl, int k, float score, int32_t cls) {
 }
 }  // namespace
 
-void cpu_topk(const float* x, const float* w, int64_t N, int64_t C, int64_t D, int k, int threads, int simd,
+void cpu_topk(const float* x, const float* w, const uint16_t* w_bf16, int64_t N, int64_t C, int64_t D, int k, int threads, int simd,
               int32_t* classes, float* scores) {
   const KernelSet& kern = kernels_for(simd);
   const BlockLayout lay = block_layout(N, C, threads);
@@ -57,11 +58,14 @@ void cpu_topk(const float* x, const float* w, int64_t N, int64_t C, int64_t D, i
   std::vector<int64_t> bad(T, -1);
   parallel(T, [&](int t) {
     std::vector<float> tile(lay.block_classes * ldt, 0.0f);
+    std::vector<float> widened(w_bf16 ? lay.block_classes * D : 0);
     for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
       const auto [j0, count] = lay.block(b);
-      kern.gemm((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, rows.xt.get(), (long)ldt, tile.data(), (long)ldt, false);
+      const float* wb = w ? w + j0 * D : widened.data();
+      if (!w) widen_bf16_array(w_bf16 + j0 * D, widened.data(), count * D);
+      kern.gemm((int)count, (int)N, (int)D, wb, (long)D, 1, rows.xt.get(), (long)ldt, tile.data(), (long)ldt, false);
       for (int64_t j = 0; j < count; ++j) {
-        const double sq = kern.sumsq(w + (j0 + j) * D, (int)D);
+        const double sq = kern.sumsq(wb + j * D, (int)D);
         if (!(sq <= kMaxNormSq)) {
           bad[t] = j0 + j;
           return;

@@ -69,7 +69,8 @@ __device__ __forceinline__ void sgd_update(const SgdParams& s, int64_t j, int q,
   }
   const float nw = w - s.lr * gq;
   if (s.wb) {
-    s.wb[r * dp + q] = __float2bfloat16_rn(nw);
+    const uint64_t element = (uint64_t)(s.row_offset + r) * (uint64_t)d + (uint64_t)q;
+    s.wb[r * dp + q] = __ushort_as_bfloat16(bf16_round_stochastic(nw, s.round_key, element));
   } else {
     s.w32[r * d + q] = nw;
   }

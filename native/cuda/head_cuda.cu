@@ -419,6 +419,8 @@ void head_loss(DeviceHead* h, const LossProblem& p, LossOutputs& out, const Head
     sp.lr = sgd->lr;
     sp.momentum = sgd->momentum;
     sp.weight_decay = sgd->weight_decay;
+    sp.round_key = sgd->round_key;
+    sp.row_offset = sgd->row_offset;
     if (h->bf16) {
       sp.wb = h->w.wb.get();
     } else {

@@ -22,6 +22,10 @@ struct DeviceHead;
 
 struct HeadSgd {
   float lr = 0, momentum = 0, weight_decay = 0;
+  // bf16 centres: the stochastic rounding's key (stochastic_round_key of the
+  // head's seed and step) and the global row of local row 0, as on the CPU.
+  uint64_t round_key = 0;
+  int64_t row_offset = 0;
 };
 
 // Throws CudaError (device unusable, out of memory). Centres start as zeros.

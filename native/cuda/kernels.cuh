@@ -58,9 +58,12 @@ struct FwdParams {
 struct SgdParams {
   float lr = 0, momentum = 0, weight_decay = 0;
   float* w32 = nullptr;   // TF32 path: master centres, row stride d
-  bf16* wb = nullptr;     // BF16 path: master centres, row stride dp (rounded to nearest even)
+  bf16* wb = nullptr;     // BF16 path: master centres, row stride dp (rounded stochastically:
+                          // bf16_round_stochastic, key round_key, element (row_offset + r)·d + q)
   float* mom = nullptr;   // momentum, row stride d (null when μ = 0)
   const int32_t* class_index = nullptr;  // device; null: problem class j is master row j
+  uint64_t round_key = 0;
+  int64_t row_offset = 0;
   __host__ __device__ bool on() const { return w32 != nullptr || wb != nullptr; }
 };
 

@@ -6,8 +6,13 @@
 //       (every backend sees the same values), and so does MarginHead's
 //       'normal' initialisation.
 //   zeros(n) → Float32Array, zeroed, huge-page backed when large (see new_f32).
+//   _zerosBf16(n) → Uint16Array, the same for bf16 values (MarginHead's bf16 centres).
+//   _toBf16(src: Float32Array, dst: Uint16Array, start) → dst[start + i] = bf16(src[i]),
+//       round to nearest even (src finite: lib/ checks it).
+//   _fromBf16(src: Uint16Array, start, n) → Float32Array of src[start, start + n) widened (exact).
 //
 // No options objects.
+#include "../cpu/bf16_gemm.h"  // to_bf16, widen_bf16_array
 #include "exports.h"
 #include "napi_util.h"
 
@@ -29,6 +34,39 @@ Napi::Value Gaussian(const Napi::CallbackInfo& info) {
 
 Napi::Value Zeros(const Napi::CallbackInfo& info) {
   return new_f32(info.Env(), (size_t)count_arg(info.Env(), info[0], "n"), "a zeroed Float32Array");
+}
+
+Napi::Value ZerosBf16(const Napi::CallbackInfo& info) {
+  return new_u16(info.Env(), (size_t)count_arg(info.Env(), info[0], "n"), "a zeroed Uint16Array");
+}
+
+// [start, start + n) of a typed array of `length` elements, checked.
+static void check_range(Napi::Env env, size_t start, size_t n, size_t length, const char* what) {
+  if (start > length || n > length - start) {
+    arg_error(env, "a range within its " + std::to_string(length) + " elements", what,
+              "[" + std::to_string(start) + ", " + std::to_string(start + n) + ")");
+  }
+}
+
+Napi::Value ToBf16(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto src = f32_arg(env, info[0], "src");
+  auto dst = u16_arg(env, info[1], "dst");
+  const size_t start = (size_t)count_arg(env, info[2], "start");
+  check_range(env, start, src.ElementLength(), dst.ElementLength(), "dst");
+  narrow_bf16_array(src.Data(), dst.Data() + start, (int64_t)src.ElementLength());
+  return env.Undefined();
+}
+
+Napi::Value FromBf16(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto src = u16_arg(env, info[0], "src");
+  const size_t start = (size_t)count_arg(env, info[1], "start");
+  const size_t n = (size_t)count_arg(env, info[2], "n");
+  check_range(env, start, n, src.ElementLength(), "src");
+  auto out = new_f32(env, n, "widened bf16 values");
+  widen_bf16_array(src.Data() + start, out.Data(), (int64_t)n);
+  return out;
 }
 
 }  // namespace ms::napi

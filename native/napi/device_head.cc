@@ -95,6 +95,8 @@ void read_options(Napi::Env env, const Napi::Object& o, HeadCall& r) {
     r.sgd.lr = (float)num(so, "lr", 0.0);
     r.sgd.momentum = (float)num(so, "momentum", 0.0);
     r.sgd.weight_decay = (float)num(so, "weightDecay", 0.0);
+    r.sgd.round_key = stochastic_round_key((uint64_t)num(so, "roundSeed", 0.0), (uint64_t)num(so, "roundStep", 0.0));
+    r.sgd.row_offset = (int64_t)num(so, "rowOffset", 0.0);
     r.with_sgd = true;
   }
 }

@@ -2,13 +2,16 @@
 // lossAsync (libuv pool, returns a promise), on the CPU or the CUDA backend.
 //
 //   loss(embeddings, weights, labels, dim, opts, withGrad) → NativeLossResult (lib/native.ts)
+//   weights: a Float32Array, or a Uint16Array of bf16 values (MarginHead's bf16
+//   centres on the CPU; implies weightsBf16)
 //
 // opts (NativeLossOptions), read here:
 //   margin: kind, scale, m1, m2, m3, fallback; rowMargins?   (margin_of)
 //   gradFilter, weightsBf16, backend: 'cpu' | 'cuda'
 //   CPU: threads, workspaceBytes, simd, matrix
 //   MarginHead: classIndex?, lseIn?, targetPm1In?, validRows, stats,
-//               sgd? { lr, momentum, weightDecay, momentumBuffer? }  (fused update of the weights, in place)
+//               sgd? { lr, momentum, weightDecay, momentumBuffer?,   (fused update of the weights, in place)
+//                      roundSeed?, roundStep?, rowOffset? }           (bf16 weights: the stochastic rounding's key)
 //   outPerSample?, outGradEmbeddings?, outGradWeights?  (the caller's output arrays)
 #include <limits>
 
@@ -34,16 +37,17 @@ struct LossCall {
 
   void repoint(const Held& h) {
     LossProblem& p = problem;
-    napi::repoint(p.x, h), napi::repoint(p.w, h), napi::repoint(p.labels, h), napi::repoint(p.row_margins, h);
+    napi::repoint(p.x, h), napi::repoint(p.w, h), napi::repoint(p.w_bf16, h), napi::repoint(p.labels, h);
+    napi::repoint(p.row_margins, h);
     napi::repoint(p.class_index, h), napi::repoint(p.lse_in, h), napi::repoint(p.target_pm1_in, h);
-    napi::repoint(sgd.w, h), napi::repoint(sgd.buf, h), napi::repoint(sgd.class_index, h);
+    napi::repoint(sgd.w, h), napi::repoint(sgd.w_bf16, h), napi::repoint(sgd.buf, h), napi::repoint(sgd.class_index, h);
     napi::repoint(out.per_sample, h), napi::repoint(out.grad_x, h), napi::repoint(out.grad_w, h);
   }
 
   std::string run() {
     // The update hook points at this request's own CpuSgd, so it is bound
     // only here, where the request sits while it runs (requests are moved).
-    if (sgd.w != nullptr) problem.block_update = sgd_block_update(&sgd);
+    if (sgd.on()) problem.block_update = sgd_block_update(&sgd);
     const LossProblem& p = problem;
     const std::string workspace =
         "the native workspace of N=" + std::to_string(p.n) + ", C=" + std::to_string(p.c) + ", d=" + std::to_string(p.d);
@@ -55,10 +59,13 @@ struct LossCall {
 
 // ---- Building the call (on the JS thread), step by step -----------------------
 
-// X (N×d), W (C×d) and the labels: their lengths checked against each other.
+// X (N×d), W (C×d: fp32, or bf16 storage) and the labels: their lengths checked against each other.
 void read_problem(Napi::Env env, const Napi::CallbackInfo& info, bool weights_written, LossCall& r) {
   auto x = f32_arg(env, info[0], "embeddings");
-  auto w = f32_arg(env, info[1], "weights");
+  const bool bf16_storage = is_u16(info[1]);
+  Napi::Uint16Array w16 = bf16_storage ? u16_arg(env, info[1], "weights") : Napi::Uint16Array();
+  Napi::Float32Array w32 = bf16_storage ? Napi::Float32Array() : f32_arg(env, info[1], "weights");
+  const Napi::TypedArray w = bf16_storage ? (Napi::TypedArray)w16 : (Napi::TypedArray)w32;
   auto labels = i32_arg(env, info[2], "labels");
   const int64_t d = count_arg(env, info[3], "dim");
   if (d < 1) arg_error(env, "a positive integer", "dim", "0");
@@ -70,7 +77,12 @@ void read_problem(Napi::Env env, const Napi::CallbackInfo& info, bool weights_wr
     arg_error(env, "a non-empty array whose length is a multiple of dim = " + std::to_string(d), "weights",
               "an array of length " + std::to_string(w.ElementLength()));
   }
-  p.x = x.Data(), p.w = w.Data(), p.labels = labels.Data();
+  p.x = x.Data(), p.labels = labels.Data();
+  if (bf16_storage) {
+    p.w_bf16 = w16.Data();
+  } else {
+    p.w = w32.Data();
+  }
   p.d = d;
   p.c = (int64_t)(w.ElementLength() / (size_t)d);
   r.arrays.read("embeddings", x);
@@ -102,11 +114,15 @@ void check_labels(Napi::Env env, const LossProblem& p) {
 }
 
 // The fused SGD update of W (options.sgd, with the gradient only).
-void read_sgd(Napi::Env env, const Napi::Object& so, Napi::Float32Array w, LossCall& r) {
+void read_sgd(Napi::Env env, const Napi::Object& so, const Napi::TypedArray& w, LossCall& r) {
   r.sgd.lr = (float)num(so, "lr", 0.0);
   r.sgd.momentum = (float)num(so, "momentum", 0.0);
   r.sgd.weight_decay = (float)num(so, "weightDecay", 0.0);
-  r.sgd.w = w.Data();  // the head owns W: updated in place
+  // The head owns W: updated in place (read_problem registered it as written).
+  r.sgd.w = const_cast<float*>(r.problem.w);
+  r.sgd.w_bf16 = const_cast<uint16_t*>(r.problem.w_bf16);
+  r.sgd.round_key = stochastic_round_key((uint64_t)num(so, "roundSeed", 0.0), (uint64_t)num(so, "roundStep", 0.0));
+  r.sgd.row_offset = (int64_t)num(so, "rowOffset", 0.0);
   r.sgd.class_index = r.problem.class_index;
   r.sgd.d = r.problem.d;
   auto mb = opt_f32(env, so, "momentumBuffer", "options.sgd.");
@@ -155,7 +171,7 @@ void add_outputs(Napi::Env env, const Napi::Object& o, LossCall& r) {
   }
   if (r.with_grad) {
     out.grad_x = add_output(env, o, "outGradEmbeddings", "gradEmbeddings", n * (size_t)r.problem.d, r);
-    if (r.sgd.w == nullptr) out.grad_w = add_output(env, o, "outGradWeights", "gradWeights", (size_t)(r.problem.c * r.problem.d), r);
+    if (!r.sgd.on()) out.grad_w = add_output(env, o, "outGradWeights", "gradWeights", (size_t)(r.problem.c * r.problem.d), r);
   }
 }
 
@@ -170,7 +186,7 @@ LossCall make_request(const Napi::CallbackInfo& info) {
   LossProblem& p = r.problem;
   p.margin = margin_of(o);
   p.grad_filter = (float)num(o, "gradFilter", 0.0);
-  p.weights_bf16 = flag(o, "weightsBf16");
+  p.weights_bf16 = flag(o, "weightsBf16") || p.w_bf16 != nullptr;
   p.row_margins = per_row_input(env, o, "rowMargins", p.n, r.arrays);
   read_class_index(env, o, r);
   check_labels(env, p);
@@ -178,9 +194,10 @@ LossCall make_request(const Napi::CallbackInfo& info) {
   p.target_pm1_in = per_row_input(env, o, "targetPm1In", p.n, r.arrays);
   p.valid_rows = (int64_t)num(o, "validRows", 0);
   r.with_stats = flag(o, "stats");
-  if (fused_update) read_sgd(env, sgd.As<Napi::Object>(), info[1].As<Napi::Float32Array>(), r);
+  if (fused_update) read_sgd(env, sgd.As<Napi::Object>(), info[1].As<Napi::TypedArray>(), r);
   r.cpu = read_cpu_options(o);
   r.use_cuda = o.Get("backend").ToString().Utf8Value() == "cuda";
+  if (r.use_cuda && p.w_bf16) arg_error(env, "a Float32Array (bf16 storage runs on the CPU backend)", "weights", "a Uint16Array");
   add_outputs(env, o, r);
   // Under the fused update W is written too; the outputs are checked against it as an input.
   r.arrays.check_no_overlap(env);

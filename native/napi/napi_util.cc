@@ -41,6 +41,14 @@ Napi::Int32Array i32_arg(Napi::Env env, const Napi::Value& v, const std::string&
   return typed_arg<Napi::Int32Array>(env, v, napi_int32_array, "Int32Array", what);
 }
 
+Napi::Uint16Array u16_arg(Napi::Env env, const Napi::Value& v, const std::string& what) {
+  return typed_arg<Napi::Uint16Array>(env, v, napi_uint16_array, "Uint16Array", what);
+}
+
+bool is_u16(const Napi::Value& v) {
+  return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array;
+}
+
 void expect_length(Napi::Env env, const Napi::TypedArray& a, size_t n, const std::string& what) {
   if (a.ElementLength() != n) {
     arg_error(env, "an array of length " + std::to_string(n), what, "an array of length " + std::to_string(a.ElementLength()));
@@ -146,6 +154,10 @@ Napi::Float32Array new_f32(Napi::Env env, size_t n, const std::string& what) {
 
 Napi::Int32Array new_i32(Napi::Env env, size_t n, const std::string& what) {
   return new_typed<Napi::Int32Array, int32_t>(env, n, what);
+}
+
+Napi::Uint16Array new_u16(Napi::Env env, size_t n, const std::string& what) {
+  return new_typed<Napi::Uint16Array, uint16_t>(env, n, what);
 }
 
 void block_release(Block* b) {

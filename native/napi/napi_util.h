@@ -75,6 +75,9 @@ Napi::Value guarded(const Napi::CallbackInfo& info) {
 // buffer is attached (a transferred ArrayBuffer leaves its views detached).
 Napi::Float32Array f32_arg(Napi::Env env, const Napi::Value& v, const std::string& what);
 Napi::Int32Array i32_arg(Napi::Env env, const Napi::Value& v, const std::string& what);
+// bf16 values (the upper halves of fp32 values) travel as a Uint16Array.
+Napi::Uint16Array u16_arg(Napi::Env env, const Napi::Value& v, const std::string& what);
+bool is_u16(const Napi::Value& v);
 // Element count as V8 stores it (napi_get_typedarray_info), never the JS property.
 void expect_length(Napi::Env env, const Napi::TypedArray& a, size_t n, const std::string& what);
 // A non-negative integer argument that fits in int64 (the JS side passes safe integers).
@@ -104,6 +107,7 @@ void set_loss_scalars(Napi::Object& res, const LossOutputs& out);
 // allocation would abort the process instead, so only small arrays take it).
 Napi::Float32Array new_f32(Napi::Env env, size_t n, const std::string& what);
 Napi::Int32Array new_i32(Napi::Env env, size_t n, const std::string& what);
+Napi::Uint16Array new_u16(Napi::Env env, size_t n, const std::string& what);
 
 // Memory new_f32/new_i32 allocated, reference-counted: the ArrayBuffer's
 // finalizer drops one reference and an async call that uses the memory holds

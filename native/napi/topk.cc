@@ -2,6 +2,7 @@
 // topk (synchronous) and topkAsync (libuv pool, returns a promise).
 //
 //   topk(embeddings, weights, dim, k, threads) → { classes: Int32Array N×k, scores: Float32Array N×k }
+//   weights: a Float32Array, or a Uint16Array of bf16 values (MarginHead's bf16 centres)
 //
 // k ≤ min(C, kMaxTopK), checked in lib/head.ts and again here. No options object.
 #include <algorithm>
@@ -18,6 +19,7 @@ constexpr int64_t kMaxTopK = 1024;
 struct TopKCall {
   const float* x = nullptr;
   const float* w = nullptr;
+  const uint16_t* w_bf16 = nullptr;
   int64_t n = 0, c = 0, d = 0;
   int k = 0, threads = 0;
   int32_t* classes = nullptr;
@@ -25,9 +27,9 @@ struct TopKCall {
   CallArrays arrays;
   std::vector<Output> outputs;
 
-  void repoint(const Held& h) { napi::repoint(x, h), napi::repoint(w, h); }
+  void repoint(const Held& h) { napi::repoint(x, h), napi::repoint(w, h), napi::repoint(w_bf16, h); }
   std::string run() {
-    return run_caught([&] { cpu_topk(x, w, n, c, d, k, threads, -1, classes, scores); },
+    return run_caught([&] { cpu_topk(x, w, w_bf16, n, c, d, k, threads, -1, classes, scores); },
                       "the top-k workspace of N=" + std::to_string(n) + ", k=" + std::to_string(k));
   }
   void set_scalars(Napi::Object&) const {}
@@ -37,7 +39,10 @@ TopKCall make_request(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   TopKCall r;
   auto x = f32_arg(env, info[0], "embeddings");
-  auto w = f32_arg(env, info[1], "weights");
+  const bool bf16_storage = is_u16(info[1]);
+  Napi::Uint16Array w16 = bf16_storage ? u16_arg(env, info[1], "weights") : Napi::Uint16Array();
+  Napi::Float32Array w32 = bf16_storage ? Napi::Float32Array() : f32_arg(env, info[1], "weights");
+  const Napi::TypedArray w = bf16_storage ? (Napi::TypedArray)w16 : (Napi::TypedArray)w32;
   r.d = count_arg(env, info[2], "dim");
   if (r.d < 1 || x.ElementLength() % (size_t)r.d || w.ElementLength() % (size_t)r.d || w.ElementLength() == 0) {
     arg_error(env, "embeddings and weights whose lengths are multiples of dim", "topk",
@@ -51,7 +56,11 @@ TopKCall make_request(const Napi::CallbackInfo& info) {
   r.k = (int)k;
   r.threads = info[4].IsNumber() ? info[4].As<Napi::Number>().Int32Value() : 0;
   r.x = x.Data();
-  r.w = w.Data();
+  if (bf16_storage) {
+    r.w_bf16 = w16.Data();
+  } else {
+    r.w = w32.Data();
+  }
   r.arrays.read("embeddings", x);
   r.arrays.read("weights", w);
   const size_t nk = (size_t)(r.n * r.k);

@@ -1,0 +1,85 @@
+/**
+ * MarginHead's centres in bf16 on the CPU (weightsDtype 'bfloat16'): C×d
+ * bf16 values in a Uint16Array (the upper halves of fp32 values, as the
+ * addon reads them), half the memory of fp32. Everything the head does to
+ * them from TypeScript goes through here, a bounded chunk at a time, so that
+ * no fp32 copy of all the centres ever exists: drawing them, copying them in
+ * (rounded to the nearest bf16) and out (widened, exact), checkpointing.
+ * The update (fused into the loss, native/cpu/sgd_cpu.cc) rounds
+ * stochastically; see the README, "MarginHead in bf16".
+ */
+import { native } from './native';
+import { CheckpointError, checkChunkFinite, readTensorChunks, type SafetensorsHeader, type StreamedTensor } from './safetensors';
+
+/** Elements per host chunk (16 MiB of fp32). */
+const CHUNK_ELEMENTS = 4 * 1024 * 1024;
+
+/** `n` bf16 zeros, in addon memory (an async step pins it instead of copying it). */
+export function zerosBf16(n: number): Uint16Array {
+  return native._zerosBf16(n);
+}
+
+/** Fills `dst` chunk by chunk: `draw(start, count)` gives fp32 elements [start, start + count), rounded to bf16 here. */
+export function fillBf16(dst: Uint16Array, draw: (start: number, count: number) => Float32Array): void {
+  for (let s = 0; s < dst.length; s += CHUNK_ELEMENTS) {
+    native._toBf16(draw(s, Math.min(CHUNK_ELEMENTS, dst.length - s)), dst, s);
+  }
+}
+
+/** dst ← src rounded to the nearest bf16 (src finite: the caller checks). */
+export function copyInBf16(dst: Uint16Array, src: Float32Array): void {
+  fillBf16(dst, (s, n) => src.subarray(s, s + n));
+}
+
+/** The values widened to fp32 (exact), one full copy. */
+export function widenBf16(src: Uint16Array): Float32Array {
+  const out = new Float32Array(src.length);
+  for (let s = 0; s < src.length; s += CHUNK_ELEMENTS) out.set(native._fromBf16(src, s, Math.min(CHUNK_ELEMENTS, src.length - s)), s);
+  return out;
+}
+
+/** The values widened to F32 for a checkpoint, a chunk at a time. */
+export function streamedBf16(src: Uint16Array): StreamedTensor {
+  return {
+    byteLength: src.length * 4,
+    *chunks() {
+      for (let s = 0; s < src.length; s += CHUNK_ELEMENTS) {
+        const chunk = native._fromBf16(src, s, Math.min(CHUNK_ELEMENTS, src.length - s));
+        yield new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+      }
+    },
+  };
+}
+
+/**
+ * Reads an F32 tensor of the checkpoint into bf16 storage, rounded to the
+ * nearest bf16 (values saved from bf16 centres come back bit for bit).
+ * Non-finite values are refused, as for fp32 centres.
+ */
+export function readTensorBf16(file: string, header: SafetensorsHeader, name: string, dst: Uint16Array): void {
+  const buf = new Float32Array(Math.min(CHUNK_ELEMENTS, dst.length));
+  readTensorChunks(
+    file,
+    header,
+    name,
+    dst.length * 4,
+    buf.byteLength,
+    (b, e) => new Uint8Array(buf.buffer, 0, e - b),
+    (b, chunk) => {
+      const values = new Float32Array(chunk.buffer, chunk.byteOffset, chunk.byteLength / 4);
+      checkChunkFinite(file, name, values, 0, values.length, b / 4);
+      const at = firstBeyondBf16(values);
+      if (at >= 0) throw new CheckpointError(`Corrupted checkpoint ${file}: tensor '${name}' holds ${values[at]} at element ${b / 4 + at}, beyond bf16's range`);
+      native._toBf16(values, dst, b / 4);
+    },
+  );
+}
+
+/** The smallest magnitude that rounds to infinity in bf16 (round to nearest even): (2 − 2⁻⁸)·2¹²⁷. */
+export const BF16_OVERFLOW = 2 ** 127 * (2 - 2 ** -8);
+
+/** Index of the first value whose bf16 rounding would be infinite, or −1. */
+export function firstBeyondBf16(a: Float32Array): number {
+  for (let i = 0; i < a.length; i++) if (!(Math.abs(a[i]) < BF16_OVERFLOW)) return i;
+  return -1;
+}
