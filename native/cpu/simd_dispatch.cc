@@ -2,6 +2,8 @@
 #include "simd_dispatch.h"
 
 #include <cmath>
+#include <memory>  // the per-thread packed-B buffer of the GEMM
+#include <new>
 
 #include "../margin_math.h"
 
