@@ -1,10 +1,10 @@
 /**
  * MarginHead's centres in bf16 on the CPU (weightsDtype 'bfloat16'): C×d
  * bf16 values in a Uint16Array (the upper halves of fp32 values, as the
- * addon reads them), half the memory of fp32. Everything the head does to
- * them from TypeScript goes through here, a bounded chunk at a time, so that
- * no fp32 copy of all the centres ever exists: drawing them, copying them in
- * (rounded to the nearest bf16) and out (widened, exact), checkpointing.
+ * addon reads them), half the memory of fp32. Nothing the head does to them
+ * makes an fp32 copy of all of them, except getWeights (which returns one):
+ * they are drawn in place (native _gaussianBf16), copied in rounded to the
+ * nearest bf16, and widened (exactly) a bounded chunk at a time for checkpoints.
  * The update (fused into the loss, native/cpu/sgd_cpu.cc) rounds
  * stochastically; see the README, "MarginHead in bf16".
  */
@@ -19,16 +19,9 @@ export function zerosBf16(n: number): Uint16Array {
   return native._zerosBf16(n);
 }
 
-/** Fills `dst` chunk by chunk: `draw(start, count)` gives fp32 elements [start, start + count), rounded to bf16 here. */
-export function fillBf16(dst: Uint16Array, draw: (start: number, count: number) => Float32Array): void {
-  for (let s = 0; s < dst.length; s += CHUNK_ELEMENTS) {
-    native._toBf16(draw(s, Math.min(CHUNK_ELEMENTS, dst.length - s)), dst, s);
-  }
-}
-
 /** dst ← src rounded to the nearest bf16 (src finite: the caller checks). */
 export function copyInBf16(dst: Uint16Array, src: Float32Array): void {
-  fillBf16(dst, (s, n) => src.subarray(s, s + n));
+  native._toBf16(src, dst, 0);
 }
 
 /** The values widened to fp32 (exact), one full copy. */

@@ -7,7 +7,7 @@
 import { ArgumentError, BackendUnavailableError, expected } from './errors';
 import { DEFAULT_SCALE, callNative, callNativeAsync, elasticMargins, nativeOptions, resolveBackend } from './loss';
 import { native, type HostCentres, type NativeLossOptions, type NativeLossResult } from './native';
-import { copyInBf16, fillBf16, firstBeyondBf16, readTensorBf16, streamedBf16, widenBf16, zerosBf16 } from './bf16-centres';
+import { copyInBf16, firstBeyondBf16, readTensorBf16, streamedBf16, widenBf16, zerosBf16 } from './bf16-centres';
 import { CENTRES, DeviceCentres, MOMENTUM, deviceHeadCompiled } from './head-cuda';
 import { CheckpointError, checkChunkFinite, readHeader, readTensor, readTensorChunks, saveSafetensors, type SafetensorsHeader, type SaveHooks, type TensorEntry } from './safetensors';
 import { classSample } from './sampling';
@@ -463,7 +463,7 @@ export class MarginHead {
       this.checkBf16Range(init, 'init');
       copyInBf16(w, init);
     } else if (init === 'normal') {
-      fillBf16(w, (s, n) => native.gaussian(0, NORMAL_INIT_STD, this.config.seed, INIT_COUNTER, n, this.offset * this.dim + s));
+      native._gaussianBf16(w, 0, NORMAL_INIT_STD, this.config.seed, INIT_COUNTER, this.offset * this.dim);
     }
     return w;
   }

@@ -70,6 +70,8 @@ export interface NativeAddon {
   gaussian(mean: number, sigma: number, seed: number, counter: number, n: number, start?: number): Float32Array;
   /** A zeroed Float32Array (huge-page backed when large). */
   zeros(n: number): Float32Array;
+  /** dst[i] = the draw gaussian(mean, sigma, seed, counter, n, start) gives for i, rounded to bf16 (nearest even). */
+  _gaussianBf16(dst: Uint16Array, mean: number, sigma: number, seed: number, counter: number, start: number): void;
   /** A zeroed Uint16Array for bf16 values (huge-page backed when large). */
   _zerosBf16(n: number): Uint16Array;
   /** dst[start + i] = src[i] rounded to bf16 (nearest even); src finite. */

@@ -18,6 +18,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("lossAsync", Napi::Function::New(env, guarded<LossAsync>));
   exports.Set("gaussian", Napi::Function::New(env, guarded<Gaussian>));
   exports.Set("zeros", Napi::Function::New(env, guarded<Zeros>));
+  exports.Set("_gaussianBf16", Napi::Function::New(env, guarded<GaussianBf16>));
   exports.Set("_zerosBf16", Napi::Function::New(env, guarded<ZerosBf16>));
   exports.Set("_toBf16", Napi::Function::New(env, guarded<ToBf16>));
   exports.Set("_fromBf16", Napi::Function::New(env, guarded<FromBf16>));

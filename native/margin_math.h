@@ -298,10 +298,20 @@ MS_HD uint64_t stochastic_round_key(uint64_t seed, uint64_t step) {
   return mix64(seed * 0x9e3779b97f4a7c15ULL + mix64(step + 0xd1b54a32d192ed03ULL));
 }
 
-// v (finite) rounded to bf16 stochastically; `element` = global row · d + column.
+// The random bits of the update: SplitMix64 keyed by the update's key, one
+// 64-bit output per group of four consecutive elements, 16 bits each (one
+// hash per four elements: the CPU head's update is otherwise cheap).
+MS_HD uint64_t stochastic_group_bits(uint64_t key, uint64_t group) {
+  return mix64(key + group * 0x9e3779b97f4a7c15ULL);
+}
+MS_HD uint32_t stochastic_lane(uint64_t group_bits, uint64_t element) {
+  return (uint32_t)(group_bits >> (16 * (element & 3))) & 0xffffu;
+}
+// v (finite) rounded to bf16 with 16 random bits r (uniform in [0, 2¹⁶)).
+MS_HD uint16_t bf16_round_with_bits(float v, uint32_t r) { return (uint16_t)((float_bits(v) + r) >> 16); }
+// v rounded stochastically; `element` = global row · d + column.
 MS_HD uint16_t bf16_round_stochastic(float v, uint64_t key, uint64_t element) {
-  const uint32_t r = (uint32_t)(mix64(key ^ mix64(element + 0x2545f4914f6cdd1dULL)) >> 48);
-  return (uint16_t)((float_bits(v) + r) >> 16);
+  return bf16_round_with_bits(v, stochastic_lane(stochastic_group_bits(key, element >> 2), element));
 }
 
 // ---- L2 normalisation -----------------------------------------------------

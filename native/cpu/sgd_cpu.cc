@@ -1,7 +1,7 @@
 // sgd_cpu.cc — see sgd_cpu.h.
 #include "sgd_cpu.h"
 
-#include "../margin_math.h"  // bf16_round_stochastic, bf16_bits_to_float
+#include "../margin_math.h"  // the stochastic rounding (bf16_round_stochastic), bf16_bits_to_float
 
 namespace ms {
 
@@ -13,6 +13,7 @@ void CpuSgd::apply(int64_t j0, int64_t bc, const float* g) const {
     float* br = buf ? buf + r * d : nullptr;
     const float* gr = g ? g + j * d : nullptr;
     const uint64_t element0 = (uint64_t)(row_offset + r) * (uint64_t)d;
+    uint64_t group = ~0ULL, bits = 0;  // the hash of the current group of four elements
     for (int64_t q = 0; q < d; ++q) {
       const float wq = hr ? bf16_bits_to_float(hr[q]) : wr[q];
       float gq = (gr ? gr[q] : 0.0f) + weight_decay * wq;
@@ -22,7 +23,12 @@ void CpuSgd::apply(int64_t j0, int64_t bc, const float* g) const {
       }
       const float nw = wq - lr * gq;
       if (hr) {
-        hr[q] = bf16_round_stochastic(nw, round_key, element0 + (uint64_t)q);
+        const uint64_t e = element0 + (uint64_t)q;
+        if (e >> 2 != group) {
+          group = e >> 2;
+          bits = stochastic_group_bits(round_key, group);
+        }
+        hr[q] = bf16_round_with_bits(nw, stochastic_lane(bits, e));
       } else {
         wr[q] = nw;
       }

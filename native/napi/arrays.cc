@@ -6,6 +6,8 @@
 //       (every backend sees the same values), and so does MarginHead's
 //       'normal' initialisation.
 //   zeros(n) → Float32Array, zeroed, huge-page backed when large (see new_f32).
+//   _gaussianBf16(dst: Uint16Array, mean, sigma, seed, counter, start) → dst[i] = bf16 of the
+//       draw gaussian(…, start) gives for i (round to nearest even), in place: no fp32 copy.
 //   _zerosBf16(n) → Uint16Array, the same for bf16 values (MarginHead's bf16 centres).
 //   _toBf16(src: Float32Array, dst: Uint16Array, start) → dst[start + i] = bf16(src[i]),
 //       round to nearest even (src finite: lib/ checks it).
@@ -34,6 +36,19 @@ Napi::Value Gaussian(const Napi::CallbackInfo& info) {
 
 Napi::Value Zeros(const Napi::CallbackInfo& info) {
   return new_f32(info.Env(), (size_t)count_arg(info.Env(), info[0], "n"), "a zeroed Float32Array");
+}
+
+Napi::Value GaussianBf16(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto dst = u16_arg(env, info[0], "dst");
+  const double m = info[1].As<Napi::Number>().DoubleValue();
+  const double sigma = info[2].As<Napi::Number>().DoubleValue();
+  const uint64_t seed = (uint64_t)count_arg(env, info[3], "seed");
+  const uint64_t counter = (uint64_t)count_arg(env, info[4], "counter");
+  const uint64_t start = (uint64_t)count_arg(env, info[5], "start");
+  uint16_t* o = dst.Data();
+  for (size_t i = 0; i < dst.ElementLength(); ++i) o[i] = to_bf16(elastic_margin((float)m, (float)sigma, seed, counter, start + i));
+  return env.Undefined();
 }
 
 Napi::Value ZerosBf16(const Napi::CallbackInfo& info) {

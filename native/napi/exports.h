@@ -13,7 +13,7 @@ Export LossSync, LossAsync;
 // topk.cc
 Export TopK, TopKAsync;
 // arrays.cc
-Export Gaussian, Zeros, ZerosBf16, ToBf16, FromBf16;
+Export Gaussian, GaussianBf16, Zeros, ZerosBf16, ToBf16, FromBf16;
 // device_info.cc
 Export Info;
 // hooks.cc: the internal natives ("_" names)
