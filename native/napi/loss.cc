@@ -62,10 +62,8 @@ struct LossCall {
 // X (N×d), W (C×d: fp32, or bf16 storage) and the labels: their lengths checked against each other.
 void read_problem(Napi::Env env, const Napi::CallbackInfo& info, bool weights_written, LossCall& r) {
   auto x = f32_arg(env, info[0], "embeddings");
-  const bool bf16_storage = is_u16(info[1]);
-  Napi::Uint16Array w16 = bf16_storage ? u16_arg(env, info[1], "weights") : Napi::Uint16Array();
-  Napi::Float32Array w32 = bf16_storage ? Napi::Float32Array() : f32_arg(env, info[1], "weights");
-  const Napi::TypedArray w = bf16_storage ? (Napi::TypedArray)w16 : (Napi::TypedArray)w32;
+  const CentresArg centres = centres_arg(env, info[1], "weights");
+  const Napi::TypedArray& w = centres.array;
   auto labels = i32_arg(env, info[2], "labels");
   const int64_t d = count_arg(env, info[3], "dim");
   if (d < 1) arg_error(env, "a positive integer", "dim", "0");
@@ -78,11 +76,7 @@ void read_problem(Napi::Env env, const Napi::CallbackInfo& info, bool weights_wr
               "an array of length " + std::to_string(w.ElementLength()));
   }
   p.x = x.Data(), p.labels = labels.Data();
-  if (bf16_storage) {
-    p.w_bf16 = w16.Data();
-  } else {
-    p.w = w32.Data();
-  }
+  p.w = centres.f32, p.w_bf16 = centres.bf16;
   p.d = d;
   p.c = (int64_t)(w.ElementLength() / (size_t)d);
   r.arrays.read("embeddings", x);

@@ -45,8 +45,18 @@ Napi::Uint16Array u16_arg(Napi::Env env, const Napi::Value& v, const std::string
   return typed_arg<Napi::Uint16Array>(env, v, napi_uint16_array, "Uint16Array", what);
 }
 
-bool is_u16(const Napi::Value& v) {
-  return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array;
+CentresArg centres_arg(Napi::Env env, const Napi::Value& v, const std::string& what) {
+  CentresArg c;
+  if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array) {
+    auto a = u16_arg(env, v, what);
+    c.array = a;
+    c.bf16 = a.Data();
+  } else {
+    auto a = f32_arg(env, v, what);
+    c.array = a;
+    c.f32 = a.Data();
+  }
+  return c;
 }
 
 void expect_length(Napi::Env env, const Napi::TypedArray& a, size_t n, const std::string& what) {

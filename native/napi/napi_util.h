@@ -77,7 +77,15 @@ Napi::Float32Array f32_arg(Napi::Env env, const Napi::Value& v, const std::strin
 Napi::Int32Array i32_arg(Napi::Env env, const Napi::Value& v, const std::string& what);
 // bf16 values (the upper halves of fp32 values) travel as a Uint16Array.
 Napi::Uint16Array u16_arg(Napi::Env env, const Napi::Value& v, const std::string& what);
-bool is_u16(const Napi::Value& v);
+// Class centres as the CPU backend takes them (loss, topk): a Float32Array, or
+// a Uint16Array of bf16 values (MarginHead's bf16 centres). Exactly one of
+// f32 / bf16 is set; `array` is the one given.
+struct CentresArg {
+  Napi::TypedArray array;
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+};
+CentresArg centres_arg(Napi::Env env, const Napi::Value& v, const std::string& what);
 // Element count as V8 stores it (napi_get_typedarray_info), never the JS property.
 void expect_length(Napi::Env env, const Napi::TypedArray& a, size_t n, const std::string& what);
 // A non-negative integer argument that fits in int64 (the JS side passes safe integers).

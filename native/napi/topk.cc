@@ -39,10 +39,8 @@ TopKCall make_request(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   TopKCall r;
   auto x = f32_arg(env, info[0], "embeddings");
-  const bool bf16_storage = is_u16(info[1]);
-  Napi::Uint16Array w16 = bf16_storage ? u16_arg(env, info[1], "weights") : Napi::Uint16Array();
-  Napi::Float32Array w32 = bf16_storage ? Napi::Float32Array() : f32_arg(env, info[1], "weights");
-  const Napi::TypedArray w = bf16_storage ? (Napi::TypedArray)w16 : (Napi::TypedArray)w32;
+  const CentresArg centres = centres_arg(env, info[1], "weights");
+  const Napi::TypedArray& w = centres.array;
   r.d = count_arg(env, info[2], "dim");
   if (r.d < 1 || x.ElementLength() % (size_t)r.d || w.ElementLength() % (size_t)r.d || w.ElementLength() == 0) {
     arg_error(env, "embeddings and weights whose lengths are multiples of dim", "topk",
@@ -56,11 +54,7 @@ TopKCall make_request(const Napi::CallbackInfo& info) {
   r.k = (int)k;
   r.threads = info[4].IsNumber() ? info[4].As<Napi::Number>().Int32Value() : 0;
   r.x = x.Data();
-  if (bf16_storage) {
-    r.w_bf16 = w16.Data();
-  } else {
-    r.w = w32.Data();
-  }
+  r.w = centres.f32, r.w_bf16 = centres.bf16;
   r.arrays.read("embeddings", x);
   r.arrays.read("weights", w);
   const size_t nk = (size_t)(r.n * r.k);
