@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cc",
         "native/napi/napi_util.cc",
+        "native/napi/async_work.cc",
         "native/napi/loss.cc",
         "native/napi/topk.cc",
         "native/napi/arrays.cc",
@@ -24,7 +25,7 @@
         "native/comm/mpi_stub.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
-      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "MS_MPI_NODE_GYP"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "MS_MPI_NODE_GYP"],
       "cflags!": ["-fno-exceptions", "-O2"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-O2"],
       "cflags_cc": ["-std=c++17", "-O3", "-ffp-contract=fast", "-fexceptions", "-Wno-psabi", "-fno-strict-aliasing"],

@@ -127,9 +127,10 @@ class MpiCommunicator implements Communicator {
     return recv;
   }
 
-  allGatherAsync<T extends CommArray>(send: T): Promise<T> {
+  async allGatherAsync<T extends CommArray>(send: T): Promise<T> {
     const recv = this.gatherTarget(send);
-    return this.enqueue(() => natives._commAllGather(send, recv, true) as Promise<void>).then(() => recv);
+    await this.enqueue(() => natives._commAllGather(send, recv, true) as Promise<void>);
+    return recv;
   }
 
   allReduceSum<T extends CommArray>(buf: T): T {
@@ -138,9 +139,10 @@ class MpiCommunicator implements Communicator {
     return buf;
   }
 
-  allReduceSumAsync<T extends CommArray>(buf: T): Promise<T> {
+  async allReduceSumAsync<T extends CommArray>(buf: T): Promise<T> {
     checkArray(buf, 'allReduceSum buffer');
-    return this.enqueue(() => natives._commAllReduce(buf, true) as Promise<void>).then(() => buf);
+    await this.enqueue(() => natives._commAllReduce(buf, true) as Promise<void>);
+    return buf;
   }
 
   broadcast<T extends CommArray>(buf: T, root = 0): T {
@@ -149,16 +151,17 @@ class MpiCommunicator implements Communicator {
     return buf;
   }
 
-  broadcastAsync<T extends CommArray>(buf: T, root = 0): Promise<T> {
+  async broadcastAsync<T extends CommArray>(buf: T, root = 0): Promise<T> {
     this.checkBroadcast(buf, root);
-    return this.enqueue(() => natives._commBroadcast(buf, root, true) as Promise<void>).then(() => buf);
+    await this.enqueue(() => natives._commBroadcast(buf, root, true) as Promise<void>);
+    return buf;
   }
 
   barrier(): void {
     this.sync(() => natives._commBarrier(false));
   }
 
-  barrierAsync(): Promise<void> {
+  async barrierAsync(): Promise<void> {
     return this.enqueue(() => natives._commBarrier(true) as Promise<void>);
   }
 

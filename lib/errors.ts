@@ -30,6 +30,34 @@ export class NativeError extends Error {
   }
 }
 
+/** The names of MarginHead's asynchronous calls (one at a time on a head). */
+export type HeadAsyncCall = 'stepAsync' | 'predictAsync';
+
+/**
+ * A MarginHead call made while an asynchronous call on the same head is still
+ * running (`running` names it). A head runs one call at a time: await the
+ * running call first. Asynchronous calls reject with it; synchronous ones throw it.
+ */
+export class HeadBusyError extends Error {
+  readonly code = 'ERR_MARGIN_SOFTMAX_HEAD_BUSY';
+  constructor(
+    readonly call: string,
+    readonly running: HeadAsyncCall,
+  ) {
+    super(`MarginHead.${call}: a ${running}() call is still running on this head (await it first)`);
+    this.name = 'HeadBusyError';
+  }
+}
+
+/** A MarginHead call after dispose(). */
+export class HeadDisposedError extends Error {
+  readonly code = 'ERR_MARGIN_SOFTMAX_HEAD_DISPOSED';
+  constructor(readonly call: string) {
+    super(`MarginHead.${call}: the head has been disposed`);
+    this.name = 'HeadDisposedError';
+  }
+}
+
 /** Formats a received value for an error message: its type, and its length for arrays. */
 export function describe(value: unknown): string {
   if (value === null) return 'null';

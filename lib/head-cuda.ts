@@ -26,6 +26,7 @@ interface DeviceHeadAddon {
   headLoss(h: Handle, x: Float32Array, labels: Int32Array, opts: NativeLossOptions, withGrad: boolean): NativeLossResult;
   headLossAsync(h: Handle, x: Float32Array, labels: Int32Array, opts: NativeLossOptions, withGrad: boolean): Promise<NativeLossResult>;
   headTopk(h: Handle, x: Float32Array, k: number, dim: number): { classes: Int32Array; scores: Float32Array };
+  headTopkAsync(h: Handle, x: Float32Array, k: number, dim: number): Promise<{ classes: Int32Array; scores: Float32Array }>;
   headBytes(h: Handle): number;
 }
 
@@ -78,6 +79,10 @@ export class DeviceCentres {
 
   topk(x: Float32Array, k: number): { classes: Int32Array; scores: Float32Array } {
     return callNative(() => this.dev.headTopk(this.live(), x, k, this.dim));
+  }
+
+  topkAsync(x: Float32Array, k: number): Promise<{ classes: Int32Array; scores: Float32Array }> {
+    return callNativeAsync(() => this.dev.headTopkAsync(this.live(), x, k, this.dim));
   }
 
   /** Rows per host chunk. */

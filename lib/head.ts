@@ -4,7 +4,7 @@
  * backward pass, samples classes (Partial FC), shards classes across
  * devices or processes, predicts top-k classes and checkpoints to safetensors.
  */
-import { ArgumentError, BackendUnavailableError, expected } from './errors';
+import { ArgumentError, BackendUnavailableError, HeadBusyError, HeadDisposedError, expected, type HeadAsyncCall } from './errors';
 import { DEFAULT_SCALE, callNative, callNativeAsync, elasticMargins, nativeOptions, resolveBackend } from './loss';
 import { native, type HostCentres, type NativeLossOptions, type NativeLossResult } from './native';
 import { copyInBf16, firstBeyondBf16, readTensorBf16, streamedBf16, widenBf16, zerosBf16 } from './bf16-centres';
@@ -119,6 +119,17 @@ interface Pending {
   margins?: Float32Array;
 }
 
+/**
+ * The loss head: the class centres, the fused loss over them, and their SGD
+ * update. A head runs one call at a time. Its asynchronous calls
+ * ({@link MarginHead.stepAsync}, {@link MarginHead.predictAsync}) run on the
+ * libuv pool and report every error by rejecting, never by throwing; while one
+ * runs, every other call on the same head (synchronous or not) is refused with
+ * a {@link HeadBusyError} naming it, except {@link MarginHead.dispose} (the
+ * head is released when the call settles) and the read-only properties.
+ * Different heads, and the free functions (lossAndGradAsync, forwardAsync),
+ * may run at the same time without limit.
+ */
 export class MarginHead {
   readonly classes: number;
   readonly dim: number;
@@ -135,7 +146,8 @@ export class MarginHead {
   private device: DeviceCentres | null = null;
   private disposeWhenSettled = false;
   private steps = 0;
-  private busy = false;
+  /** The asynchronous call now running on this head, if any (one at a time). */
+  private running: HeadAsyncCall | null = null;
   private pending: Pending | null = null;
 
   constructor(options: MarginHeadOptions) {
@@ -190,13 +202,12 @@ export class MarginHead {
     this.ensureUsable('stepAsync');
     this.ensureUnsharded('stepAsync');
     const call = this.prepareStep(embeddings, labels, opts);
-    this.busy = true;
+    this.running = 'stepAsync';
     let r: NativeLossResult;
     try {
       r = await this.lossAsync(embeddings, call.labels, call.opts, true);
     } finally {
-      this.busy = false;
-      if (this.disposeWhenSettled) this.dispose();
+      this.settled();
     }
     this.steps++;
     return this.stepResult(r, call.margins);
@@ -239,12 +250,14 @@ export class MarginHead {
   async predictAsync(embeddings: Float32Array, k: number): Promise<{ classes: Int32Array; scores: Float32Array }> {
     this.ensureUsable('predictAsync');
     this.checkPredict(embeddings, k);
-    this.busy = true;
+    this.running = 'predictAsync';
     let r: { classes: Int32Array; scores: Float32Array };
     try {
-      r = await callNativeAsync(() => native.topkAsync(embeddings, this.weights as HostCentres, this.dim, k, this.config.threads ?? 0));
+      r = await (this.device
+        ? this.device.topkAsync(embeddings, k)
+        : callNativeAsync(() => native.topkAsync(embeddings, this.weights as HostCentres, this.dim, k, this.config.threads ?? 0)));
     } finally {
-      this.busy = false;
+      this.settled();
     }
     return this.globalClasses(r);
   }
@@ -393,8 +406,8 @@ export class MarginHead {
 
   /** Releases the centres and the momentum (device memory too); any later call throws. */
   dispose(): void {
-    if (this.busy && this.device) {
-      this.disposeWhenSettled = true; // the running stepAsync still uses the device buffers
+    if (this.running && this.device) {
+      this.disposeWhenSettled = true; // the running call still uses the device buffers
       return;
     }
     this.device?.free();
@@ -420,8 +433,14 @@ export class MarginHead {
   // ---- Internals -----------------------------------------------------------
 
   private ensureUsable(what: string): void {
-    if (this.disposed || this.disposeWhenSettled) throw new Error(`MarginHead.${what}: the head has been disposed`);
-    if (this.busy) throw new Error(`MarginHead.${what}: a stepAsync() call is still running on this head`);
+    if (this.disposed || this.disposeWhenSettled) throw new HeadDisposedError(what);
+    if (this.running) throw new HeadBusyError(what, this.running);
+  }
+
+  /** An asynchronous call has settled: the head takes calls again (or is released, when dispose() came meanwhile). */
+  private settled(): void {
+    this.running = null;
+    if (this.disposeWhenSettled) this.dispose();
   }
 
   /** The fused loss on this head's centres (on the device or on the host), failures as typed errors. */

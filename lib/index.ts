@@ -9,7 +9,7 @@
  * ```
  */
 export { lossAndGrad, lossAndGradAsync, forward, forwardAsync, allocFloat32, backends, deviceInfo, DEFAULT_SCALE, ADAPTIVE_DEFAULTS } from './loss';
-export { ArgumentError, BackendUnavailableError, NativeError } from './errors';
+export { ArgumentError, BackendUnavailableError, NativeError, HeadBusyError, HeadDisposedError, type HeadAsyncCall } from './errors';
 export type * from './types';
 export { MARGIN_KINDS, MARGIN_KIND_NAMES, nativeMarginParams, type MarginKindSpec, type MarginParamSpec, type MarginKindName, type MarginOf, type RequiredParamNames, type OptionalParamNames } from './margins';
 export { MAX_THREADS, MAX_PARAMETER } from './validate';

@@ -3,9 +3,12 @@
 // native/napi/ (exports.h names the file of each function); lib/native.ts
 // types them. Names starting with "_" are internal (tests, benchmarks, lib/).
 // Every export runs inside guarded() (napi/napi_util.h): a C++ exception
-// becomes a JS error instead of terminating the process.
+// becomes a JS error instead of terminating the process. Init runs once per
+// environment (the main thread, each Worker) and gives it its own state
+// (napi/async_work.h); nothing N-API holds is shared between environments.
 #include <napi.h>
 
+#include "napi/async_work.h"
 #include "napi/exports.h"
 #include "napi/napi_util.h"
 
@@ -14,6 +17,7 @@ namespace {
 using namespace ms::napi;
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  init_env_state(env);
   exports.Set("loss", Napi::Function::New(env, guarded<LossSync>));
   exports.Set("lossAsync", Napi::Function::New(env, guarded<LossAsync>));
   exports.Set("gaussian", Napi::Function::New(env, guarded<Gaussian>));
@@ -48,6 +52,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("headLoss", Napi::Function::New(env, guarded<HeadLoss>));
   exports.Set("headLossAsync", Napi::Function::New(env, guarded<HeadLossAsync>));
   exports.Set("headTopk", Napi::Function::New(env, guarded<HeadTopK>));
+  exports.Set("headTopkAsync", Napi::Function::New(env, guarded<HeadTopKAsync>));
   exports.Set("headBytes", Napi::Function::New(env, guarded<HeadBytes>));
 #endif
   return exports;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../comm/comm.h"
+#include "async_work.h"
 #include "exports.h"
 
 namespace ms::napi {
@@ -49,33 +50,32 @@ Napi::Error to_js(Napi::Env env, const CommError& e) {
 }
 
 // A collective on the libuv pool; the arrays it reads and writes are held by
-// persistent references until it settles.
-class CommWorker : public Napi::AsyncWorker {
+// persistent references until it completes (async_work.h).
+class CommWorker : public AsyncCall {
  public:
   CommWorker(Napi::Env env, std::function<void()> job, const std::vector<Napi::Value>& keep)
-      : Napi::AsyncWorker(env, "margin-softmax:comm"), deferred_(Napi::Promise::Deferred::New(env)), job_(std::move(job)) {
+      : AsyncCall(env, "margin-softmax:comm"), job_(std::move(job)) {
     for (const auto& v : keep) keep_.push_back(Napi::Persistent(v.As<Napi::Object>()));
   }
-  Napi::Promise promise() { return deferred_.Promise(); }
 
-  void Execute() override {
+ private:
+  std::string Run() override {
     try {
       job_();
     } catch (const CommError& e) {
       failed_ = true;
       error_ = e;
     }
+    return "";
   }
-  void OnOK() override {
+  void Settle() override {
     if (failed_) {
-      deferred_.Reject(to_js(Env(), error_).Value());
+      deferred().Reject(to_js(Env(), error_).Value());
     } else {
-      deferred_.Resolve(Env().Undefined());
+      deferred().Resolve(Env().Undefined());
     }
   }
 
- private:
-  Napi::Promise::Deferred deferred_;
   std::function<void()> job_;
   std::vector<Napi::ObjectReference> keep_;
   bool failed_ = false;
@@ -94,7 +94,7 @@ Napi::Value dispatch(Napi::Env env, bool async, std::function<void()> job, const
   }
   auto* w = new CommWorker(env, std::move(job), keep);
   Napi::Promise p = w->promise();
-  w->Queue();
+  w->Start();
   return p;
 }
 

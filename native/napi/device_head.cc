@@ -7,7 +7,7 @@
 //   headSetRows(handle, which, row0, rows, dim)   which: 0 centres, 1 momentum
 //   headGetRows(handle, which, row0, out, dim)
 //   headLoss(handle, x, labels, opts, withGrad) / headLossAsync(...) → the loss result, or its promise
-//   headTopk(handle, x, k, dim) → { classes, scores }
+//   headTopk(handle, x, k, dim) / headTopkAsync(...) → { classes, scores }, or its promise
 //   headBytes(handle) → device bytes the head holds
 //
 // opts of headLoss, read here: kind, scale, m1, m2, m3, fallback (margin_of),
@@ -193,20 +193,52 @@ Napi::Value HeadLossAsync(const Napi::CallbackInfo& info) {
   return call_async(info.Env(), "margin-softmax:head", make_request(info));
 }
 
-Napi::Value HeadTopK(const Napi::CallbackInfo& info) {
+namespace {
+
+// One top-k over the resident centres, built on the JS thread.
+struct HeadTopKCall {
+  DeviceHead* head = nullptr;
+  const float* x = nullptr;
+  int64_t n = 0;
+  int k = 0;
+  int32_t* classes = nullptr;
+  float* scores = nullptr;
+  CallArrays arrays;
+  std::vector<Output> outputs;
+
+  void repoint(const Held& h) { napi::repoint(x, h); }
+  std::string run() {
+    return run_caught([&] { head_topk(head, x, n, k, classes, scores); }, kHostMemory);
+  }
+  void set_scalars(Napi::Object&) const {}
+};
+
+HeadTopKCall make_topk_request(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  HeadRef* ref = ref_of(info[0]);
+  HeadTopKCall r;
+  r.head = ref_of(info[0])->head;
+  r.arrays.keep(info[0].As<Napi::Object>());  // the handle outlives an async call
   auto x = f32_arg(env, info[1], "embeddings");
-  const int k = info[2].As<Napi::Number>().Int32Value();
+  r.k = info[2].As<Napi::Number>().Int32Value();
   const int64_t d = info[3].As<Napi::Number>().Int64Value();
-  const int64_t n = (int64_t)x.ElementLength() / d;
-  auto classes = new_i32(env, (size_t)(n * k), "the top-k classes");
-  auto scores = new_f32(env, (size_t)(n * k), "the top-k scores");
-  run_or_throw(env, [&] { head_topk(ref->head, x.Data(), n, k, classes.Data(), scores.Data()); });
-  Napi::Object res = Napi::Object::New(env);
-  res.Set("classes", classes);
-  res.Set("scores", scores);
-  return res;
+  r.x = x.Data();
+  r.n = (int64_t)x.ElementLength() / d;
+  r.arrays.read("embeddings", x);
+  auto classes = new_i32(env, (size_t)(r.n * r.k), "the top-k classes");
+  auto scores = new_f32(env, (size_t)(r.n * r.k), "the top-k scores");
+  r.classes = classes.Data();
+  r.scores = scores.Data();
+  r.outputs = {{"classes", classes}, {"scores", scores}};
+  return r;
+}
+
+}  // namespace
+
+Napi::Value HeadTopK(const Napi::CallbackInfo& info) { return call_sync(info.Env(), make_topk_request(info)); }
+
+// lib/head.ts refuses other calls on the head until the promise settles.
+Napi::Value HeadTopKAsync(const Napi::CallbackInfo& info) {
+  return call_async(info.Env(), "margin-softmax:head-topk", make_topk_request(info));
 }
 
 Napi::Value HeadBytes(const Napi::CallbackInfo& info) {

@@ -23,6 +23,6 @@ Export MarginKinds;
 // comm.cc: the collectives
 Export CommInfo, CommInit, CommSetTimeout, CommAllGather, CommAllReduce, CommBroadcast, CommBarrier, CommShutdown;
 // device_head.cc: MarginHead on the CUDA device (built with CUDA only)
-Export HeadCreate, HeadFree, HeadSetRows, HeadGetRows, HeadLoss, HeadLossAsync, HeadTopK, HeadBytes;
+Export HeadCreate, HeadFree, HeadSetRows, HeadGetRows, HeadLoss, HeadLossAsync, HeadTopK, HeadTopKAsync, HeadBytes;
 
 }  // namespace ms::napi

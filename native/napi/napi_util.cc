@@ -121,8 +121,10 @@ struct Block {
 
 namespace {
 
-std::mutex g_blocks_mutex;
-std::map<uintptr_t, Block*> g_blocks;  // by start address
+// Never destroyed: a pool thread may release a block while the process exits
+// (process.exit() with an async call in flight), after static destructors ran.
+std::mutex& g_blocks_mutex = *new std::mutex();
+std::map<uintptr_t, Block*>& g_blocks = *new std::map<uintptr_t, Block*>();  // by start address
 
 // V8's limit on a typed array's length on 64-bit platforms (v8::TypedArray::kMaxLength).
 constexpr size_t kMaxTypedLength = size_t(1) << 32;

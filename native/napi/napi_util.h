@@ -25,6 +25,7 @@
 #include "../cpu/big_alloc.h"
 #include "../cuda/loss_cuda.h"
 #include "../loss_problem.h"
+#include "async_work.h"
 
 namespace ms::napi {
 
@@ -233,40 +234,35 @@ Napi::Value call_sync(Napi::Env env, R r) {
   return result_of(env, r);
 }
 
-// Runs the request on the libuv pool, its arrays held (see Held) until the promise settles.
+// Runs the request on the libuv pool, its arrays held (see Held) until the
+// call completes, whether or not its environment still runs JS (async_work.h).
 template <class R>
-class CallWorker : public Napi::AsyncWorker {
+class CallWorker : public AsyncCall {
  public:
-  CallWorker(Napi::Env env, const char* name, R req)
-      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), req_(std::move(req)) {
+  CallWorker(Napi::Env env, const char* name, R req) : AsyncCall(env, name), req_(std::move(req)) {
     held_ = req_.arrays.hold();
     kept_ = req_.arrays.keep_alive();
     req_.arrays = CallArrays();
     for (const auto& h : held_) req_.repoint(*h);
     for (const Output& o : req_.outputs) output_refs_.push_back(Napi::Persistent(static_cast<Napi::Object>(o.array)));
   }
-  Napi::Promise promise() const { return deferred_.Promise(); }
-  void Execute() override {
-    const std::string err = req_.run();
-    if (!err.empty()) SetError(err);
-  }
-  void OnOK() override {
+
+ private:
+  std::string Run() override { return req_.run(); }
+  void Settle() override {
     for (const auto& h : held_) {
       if (!h->deliver()) {
-        deferred_.Reject(Napi::Error::New(Env(), "Expected the arrays written by the call (options.out, the head's centres) to stay "
-                                                 "attached until it settles but one was transferred (detached); its results are lost").Value());
+        deferred().Reject(Napi::Error::New(Env(), "Expected the arrays written by the call (options.out, the head's centres) to stay "
+                                                  "attached until it settles but one was transferred (detached); its results are lost").Value());
         return;
       }
     }
     // The handles stored at construction belonged to a closed scope: take
     // fresh ones from the persistent references.
     for (size_t k = 0; k < req_.outputs.size(); ++k) req_.outputs[k].array = output_refs_[k].Value().template As<Napi::TypedArray>();
-    deferred_.Resolve(result_of(Env(), req_));
+    deferred().Resolve(result_of(Env(), req_));
   }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
- private:
-  Napi::Promise::Deferred deferred_;
   R req_;
   std::vector<std::unique_ptr<Held>> held_;
   std::vector<Napi::ObjectReference> kept_;
@@ -277,7 +273,7 @@ template <class R>
 Napi::Value call_async(Napi::Env env, const char* name, R r) {
   auto* worker = new CallWorker<R>(env, name, std::move(r));
   Napi::Promise promise = worker->promise();
-  worker->Queue();
+  worker->Start();
   return promise;
 }
 

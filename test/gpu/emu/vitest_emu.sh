@@ -22,7 +22,7 @@ obj="$repo/build/emu-obj"
 mkdir -p "$obj" build/Release
 napi_inc="$(node -p "require('node-api-headers').include_dir")"
 addon_inc="$(node -p "require('node-addon-api').include_dir")"
-common=(-O2 -g -fPIC -pthread -w -DMS_WITH_CUDA=1 -DMS_MPI_DISABLED=1 -DNAPI_VERSION=8 -DNAPI_CPP_EXCEPTIONS -DNODE_ADDON_API_DISABLE_DEPRECATED)
+common=(-O2 -g -fPIC -pthread -w -DMS_WITH_CUDA=1 -DMS_MPI_DISABLED=1 -DNAPI_VERSION=8 -DNAPI_CPP_EXCEPTIONS -DNODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS -DNODE_ADDON_API_DISABLE_DEPRECATED)
 pids=()
 for f in native/cuda/*.cu; do  # the CUDA backend (its programs live in native/tools)
   g++ -x c++ -std=c++20 "${common[@]}" -I test/gpu/emu -I "$cuda_inc" -include test/gpu/emu/emu.h \
