@@ -19,7 +19,6 @@ import {
   HeadBusyError,
   HeadDisposedError,
   MARGIN_KIND_NAMES,
-  MARGIN_KINDS,
   MarginHead,
   forward,
   forwardAsync,
@@ -29,6 +28,7 @@ import {
   type MarginKindName,
 } from '../lib';
 import { native } from '../lib/native';
+import { typical } from './helpers';
 import { randomProblem } from './reference.mjs';
 import { expectCleanTeardown } from './stress/harness';
 
@@ -45,7 +45,7 @@ async function collect(): Promise<void> {
 
 /** Options for each kind with its typical parameters. */
 function optionsFor(kind: MarginKindName, threads: number): LossOptions {
-  return { margin: { kind, ...MARGIN_KINDS[kind].typical } as LossOptions['margin'], threads };
+  return { margin: typical(kind) as LossOptions['margin'], threads };
 }
 
 describe('concurrency', () => {
@@ -92,7 +92,7 @@ describe('concurrency', () => {
     const refused = head.stepAsync(new Float32Array(3), p.labels);
     await expect(refused).rejects.toThrow(/Expected/);
     await expect(head.predictAsync(p.embeddings, -1)).rejects.toThrow(/Expected/);
-    await expect(lossAndGradAsync({ ...p, dim: 7 }, { margin: { kind: 'none' } })).rejects.toThrow(/Expected/);
+    await expect(lossAndGradAsync({ ...p, dim: 7 }, { margin: { kind: 'none' } as unknown as LossOptions['margin'] })).rejects.toThrow(/Expected/);
     head.dispose();
     await expect(head.stepAsync(p.embeddings, p.labels)).rejects.toThrow(HeadDisposedError);
     await expect(head.predictAsync(p.embeddings, 1)).rejects.toMatchObject({ code: 'ERR_MARGIN_SOFTMAX_HEAD_DISPOSED' });
@@ -140,11 +140,11 @@ describe('teardown during work', () => {
   test('workers terminated, or calling process.exit, before, during and after every async call and a save: the process lives, its results are unchanged, native memory returns', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-teardown-'));
     try {
-      await expectCleanTeardown({ backend: 'cpu', rounds: 2, dir }, 240_000);
+      await expectCleanTeardown({ backend: 'cpu', rounds: 2, dir }, 420_000);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
-  });
+  }, 480_000);
 });
 
 describe('churn of heads', () => {

@@ -36,5 +36,5 @@ suite('worker teardown on the CUDA backend', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
-  });
+  }, 960_000);
 });
