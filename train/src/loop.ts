@@ -21,7 +21,7 @@ import {
   type CheckpointState,
 } from './checkpoint';
 import { backboneOf, marginLabel, modelFingerprint, type TrainConfig } from './config';
-import { averageGradients, broadcastVariables, shareOf } from './distributed';
+import { agreeOnResume, anyRankStops, averageGradients, broadcastVariables, headShardsDir, loadShardedHead, saveShardedHead, shareOf } from './distributed';
 import { DataError, loadBatch, mnistSource, scanImageFolder, splitByIdentity, subset, type DataSource, type LoadedBatch, type Sample, type Split } from './data';
 import { evaluateVerification } from './evaluate';
 import { flipHorizontal, shiftImage } from './images';
@@ -301,12 +301,15 @@ function newRunState(
 /** The epochs and the end of the run, with Ctrl-C handled (hooks.handleSignals) meanwhile. */
 async function trainWithCtrlC(run: RunState): Promise<void> {
   const onSigint = stopOnCtrlC(run);
-  if (run.hooks.handleSignals) process.on('SIGINT', onSigint);
+  // Under mpirun, Ctrl-C reaches the ranks as SIGTERM (after mpirun's
+  // odls_base_sigkill_timeout), and `kill -USR1 <mpirun>` as SIGUSR1 at once.
+  const signals: NodeJS.Signals[] = run.comm ? ['SIGINT', 'SIGTERM', 'SIGUSR1'] : ['SIGINT'];
+  if (run.hooks.handleSignals) for (const sig of signals) process.on(sig, onSigint);
   try {
     await trainEpochs(run);
     await finishRun(run);
   } finally {
-    if (run.hooks.handleSignals) process.removeListener('SIGINT', onSigint);
+    if (run.hooks.handleSignals) for (const sig of signals) process.removeListener(sig, onSigint);
   }
 }
 
@@ -318,7 +321,6 @@ function openRun(cfg: TrainConfig, hooks: TrainHooks): RunContext {
   // and writes the run folder, every rank writes its shard of the head.
   const comm = cfg.distributed === 'mpi' ? mpiCommunicator() : null;
   const isRoot = !comm || comm.rank === 0;
-  if (comm && hooks.resume) throw new CheckpointMismatchError('--resume is not supported with --distributed mpi in this version');
   if (!(Number.isSafeInteger(cfg.workers) && cfg.workers >= 1)) throw new ArgumentError(`Expected an integer ≥ 1 for workers but received ${cfg.workers}`);
   // MPI ranks are the data-parallel replicas already.
   if (comm && cfg.workers > 1) throw new ArgumentError(`Expected --workers 1 with --distributed mpi (one backbone per rank) but received --workers ${cfg.workers}`);
@@ -340,14 +342,31 @@ function openRun(cfg: TrainConfig, hooks: TrainHooks): RunContext {
   return { cfg, hooks, t0, verbose, comm, isRoot, log, warn, out, files, src, split, trainSamples, fingerprint };
 }
 
-/** Creates (or clears, --overwrite) the run folder; returns the checkpoint to resume, checked against this run. */
+/**
+ * Creates (or clears, --overwrite) the run folder; returns the checkpoint to
+ * resume, checked against this run. Distributed: rank 0 decides from its
+ * run checkpoint, the other ranks get the epoch and the head's step.
+ */
 function prepareRunFolder(ctx: RunContext): CheckpointState | null {
   const { hooks, out, comm } = ctx;
   fs.mkdirSync(out, { recursive: true });
-  if (hooks.overwrite && !hooks.resume && ctx.isRoot) {
-    for (const f of ['checkpoint', 'metrics.jsonl', 'theta.jsonl', 'eval.json', 'plots']) fs.rmSync(path.join(out, f), { recursive: true, force: true });
+  if (hooks.overwrite && !hooks.resume) {
+    if (ctx.isRoot) for (const f of ['checkpoint', 'metrics.jsonl', 'theta.jsonl', 'eval.json', 'plots']) fs.rmSync(path.join(out, f), { recursive: true, force: true });
+    fs.rmSync(headShardsDir(out), { recursive: true, force: true });
   }
   comm?.barrier(); // the other ranks look at the folder once rank 0 has cleared it
+  if (!comm) return resumeDecision(ctx);
+  let state: CheckpointState | null = null;
+  const point = agreeOnResume(comm, () => {
+    state = resumeDecision(ctx);
+    return state && { epoch: state.epoch, step: state.step };
+  });
+  // The other ranks know the epoch and the step; the rest of the state is rank 0's business.
+  return state ?? (point && ({ format: 'margin-softmax/run', version: 1, ...point } as CheckpointState));
+}
+
+function resumeDecision(ctx: RunContext): CheckpointState | null {
+  const { hooks, out } = ctx;
   const existing = readCheckpointState(out);
   if (hooks.resume) {
     if (!existing) throw new CheckpointMismatchError(`Nothing to resume: ${path.join(out, 'checkpoint')} holds no checkpoint`);
@@ -379,6 +398,12 @@ async function buildModelAndHead(
   resumed: CheckpointState | null,
 ): Promise<{ model: TF.LayersModel; head: MarginHead; sharded: ShardedMarginHead | null }> {
   const { cfg, split, out, comm } = ctx;
+  if (resumed && comm) {
+    // Rank 0's backbone reaches the others in makeOptimizer; each rank reads its head shards.
+    const model = ctx.isRoot ? await loadBackbone(tf, out) : buildBackbone(tf, backboneOf(cfg), cfg.seed);
+    const sharded = loadShardedHead(out, comm, resumed.step);
+    return { model, head: sharded.shard, sharded };
+  }
   if (resumed) {
     const model = await loadBackbone(tf, out);
     const head = loadHead(out, cfg.backend);
@@ -409,15 +434,22 @@ function writeRunConfig(ctx: RunContext, head: MarginHead): void {
   if (ctx.isRoot) fs.writeFileSync(path.join(out, 'config.json'), JSON.stringify({ ...cfg, out, split, dataId: src.id, headBackend: head.backend }, null, 2));
 }
 
-/** The backbone's SGD, with its momentum restored on --resume (and the replicas made equal over MPI ranks). */
+/**
+ * The backbone's SGD, with its momentum restored on --resume. Over MPI ranks
+ * rank 0's weights (batch-norm statistics included) and momentum are copied
+ * to the others, so the replicas start equal.
+ */
 function makeOptimizer(ctx: RunContext, tf: Tf, model: TF.LayersModel, resumed: CheckpointState | null): BackboneSgd {
   const { cfg, comm, out } = ctx;
   const optimizer = new BackboneSgd(tf, model.trainableWeights, { momentum: cfg.momentum, weightDecay: cfg.weightDecay });
-  if (comm) broadcastVariables(tf, comm, optimizer.variables);
-  if (resumed) {
+  if (resumed && ctx.isRoot) {
     const named = loadOptimizerState(tf, out);
     optimizer.setState(named);
     tf.dispose(Object.values(named));
+  }
+  if (comm) {
+    broadcastVariables(tf, comm, model.weights.map((w) => w.read() as TF.Variable));
+    if (resumed) broadcastVariables(tf, comm, optimizer.state().map((s) => s.tensor as TF.Variable));
   }
   return optimizer;
 }
@@ -565,6 +597,8 @@ async function trainEpoch(run: RunState, epoch: number, lr: number): Promise<Epo
     if (hooks.stopAfterBatches !== undefined && run.batchesRun >= hooks.stopAfterBatches) run.stopRequested = true;
     // Let the event loop run (a Ctrl-C is delivered there).
     await new Promise((resolve) => setImmediate(resolve));
+    // Distributed: a stop asked on any rank stops every rank after this batch.
+    if (run.comm) run.stopRequested = anyRankStops(run.comm, run.stopRequested);
     if (run.stopRequested) break;
   }
   bar.end();
@@ -705,13 +739,12 @@ async function saveEpochCheckpoint(run: RunState, epoch: number, lr: number, val
     lr,
     savedAt: new Date().toISOString(),
   };
+  // Every rank's head shard first (where it runs), then rank 0's run
+  // checkpoint naming that generation: a save cut short leaves a matching pair.
+  if (sharded) saveShardedHead(sharded, run.out);
   if (run.isRoot) {
     await saveCheckpoint(run.tf, run.out, { model: run.model, head: sharded ? null : run.head, optimizer: run.optimizer, state });
     fs.writeFileSync(run.files.eval, JSON.stringify({ epoch, before: run.before, after: val ?? run.after }, null, 2));
-  }
-  if (sharded) {
-    run.comm?.barrier(); // rank 0 has put the new checkpoint folder in place
-    sharded.save(path.join(run.out, 'checkpoint', 'head-shards'));
   }
 }
 
