@@ -385,6 +385,27 @@ describe('sharded head in one process (localCommunicator)', () => {
     expect(back.shard.getMomentum()).toEqual(single.getMomentum());
   });
 
+  it('ElasticFace: shards in one process draw the margins of the unsharded head (keyed by step and global row)', () => {
+    const options: MarginHeadOptions = { ...base, margin: { kind: 'elastic-arc', m: 0.5, sigma: 0.1, seed: 9 } };
+    const rnd = seededRandom(4);
+    const single = new MarginHead(options);
+    const shards = [0, 1, 2].map((k) => new MarginHead({ ...options, shard: { ...shardRange(C, 3, k), total: C } }));
+    for (let s = 0; s < 3; s++) {
+      const x = new Float32Array(N * D).map(() => rnd() - 0.5);
+      const y = new Int32Array(N).map(() => Math.floor(rnd() * C));
+      const want = single.step(x, y);
+      const merged = mergeStats(shards.map((h) => h.partialStats(x, y)));
+      const grad = new Float32Array(N * D);
+      for (const h of shards) {
+        const g = h.finishStep(merged).gradEmbeddings;
+        for (let i = 0; i < g.length; i++) grad[i] += g[i];
+      }
+      // σ = 0.1 moves a row's loss by O(s·σ): different draws would differ far beyond rounding.
+      expect(Math.abs(merged.loss - want.loss)).toBeLessThan(1e-5 * Math.abs(want.loss));
+      expectClose(grad, want.gradEmbeddings);
+    }
+  });
+
   it('refuses a bad comm, a missing or corrupted manifest, and different batch sizes with typed errors', () => {
     expect(() => new ShardedMarginHead({ ...base, comm: {} as never })).toThrow(/Expected a Communicator/);
     const dir = tmpDir();
