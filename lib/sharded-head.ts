@@ -18,7 +18,7 @@
 import type { Communicator } from './comm';
 import { ArgumentError, expected } from './errors';
 import { MarginHead, type MarginHeadOptions, type StepResult } from './head';
-import { mergeStats, type ShardStats } from './shard';
+import { mergeStats, type MergedStats, type ShardStats } from './shard';
 import { loadShard, saveShards, shardRange } from './sharded-checkpoint';
 
 export interface ShardedMarginHeadOptions extends Omit<MarginHeadOptions, 'shard' | 'init'> {
@@ -59,6 +59,8 @@ export class ShardedMarginHead {
   readonly localClasses: number;
   private readonly comm: Communicator;
   private local: MarginHead;
+  /** A stepAsync() is in flight. */
+  private running = false;
 
   /** `loaded`: used by {@link load}, the shard read from a checkpoint. */
   constructor(options: ShardedMarginHeadOptions, loaded?: MarginHead) {
@@ -93,29 +95,67 @@ export class ShardedMarginHead {
    * over ranks), and this rank's centres updated.
    */
   step(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number } = {}): ShardedStepResult {
+    this.ensureIdle('step');
     this.checkInStep(labels);
     return this.stepChecked(embeddings, labels, opts);
   }
 
   private stepChecked(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number }): ShardedStepResult {
-    const n = labels.length;
     const t0 = performance.now();
     const stats = packStats(this.local.partialStats(embeddings, labels));
     const t1 = performance.now();
-    const parts = unpackStats(this.comm.allGather(stats), this.size, n);
+    const gathered = this.comm.allGather(stats);
     const t2 = performance.now();
-    const merged = mergeStats(parts);
-    const { gradEmbeddings } = this.local.finishStep(merged, opts);
+    const { merged, parts, gradEmbeddings } = this.finish(gathered, labels.length, opts);
     const t3 = performance.now();
     this.comm.allReduceSum(gradEmbeddings);
-    const t4 = performance.now();
+    return this.result(merged, parts, gradEmbeddings, [t0, t1, t2, t3, performance.now()]);
+  }
+
+  /**
+   * {@link step} with the collectives on the libuv pool, issued in call
+   * order: while this rank waits for its peers the event loop runs (timers,
+   * I/O, a signal handler). The local compute runs on the calling thread.
+   * One call at a time: the head refuses other calls until it settles.
+   */
+  async stepAsync(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number } = {}): Promise<ShardedStepResult> {
+    this.ensureIdle('stepAsync');
+    this.running = true;
+    try {
+      if (!(labels instanceof Int32Array)) expected('Int32Array', 'labels', labels);
+      this.checkAgreement(labels, await this.comm.allGatherAsync(this.stepKey(labels)));
+      const t0 = performance.now();
+      const stats = packStats(this.local.partialStats(embeddings, labels));
+      const t1 = performance.now();
+      const gathered = await this.comm.allGatherAsync(stats);
+      const t2 = performance.now();
+      const { merged, parts, gradEmbeddings } = this.finish(gathered, labels.length, opts);
+      const t3 = performance.now();
+      await this.comm.allReduceSumAsync(gradEmbeddings);
+      return this.result(merged, parts, gradEmbeddings, [t0, t1, t2, t3, performance.now()]);
+    } finally {
+      this.running = false;
+    }
+  }
+
+  /** Phase 2 on this rank: merge the gathered stats, this shard's dLoss/dX share and centre update. */
+  private finish(gathered: Float32Array, n: number, opts: { lr?: number }) {
+    const parts = unpackStats(gathered, this.size, n);
+    const merged = mergeStats(parts);
+    const { gradEmbeddings } = this.local.finishStep(merged, opts);
+    return { merged, parts, gradEmbeddings };
+  }
+
+  /** `t`: the times (ms) at the start, after phase 1, the all-gather, phase 2 and the all-reduce. */
+  private result(merged: MergedStats, parts: ShardStats[], gradEmbeddings: Float32Array, t: number[]): ShardedStepResult {
+    const n = merged.lse.length;
     return {
       loss: merged.loss,
       accuracy: merged.accuracy,
       gradEmbeddings,
       targetCos: mergeTargetCos(parts, n),
       traffic: this.traffic(n),
-      seconds: { stats: (t1 - t0) / 1e3, allGather: (t2 - t1) / 1e3, finish: (t3 - t2) / 1e3, allReduce: (t4 - t3) / 1e3 },
+      seconds: { stats: (t[1] - t[0]) / 1e3, allGather: (t[2] - t[1]) / 1e3, finish: (t[3] - t[2]) / 1e3, allReduce: (t[4] - t[3]) / 1e3 },
     };
   }
 
@@ -126,6 +166,7 @@ export class ShardedMarginHead {
    * back the gradient of its own rows. Loss and accuracy are the global batch's.
    */
   stepLocal(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number } = {}): ShardedStepResult {
+    this.ensureIdle('stepLocal');
     if (!(labels instanceof Int32Array)) expected('Int32Array', 'labels', labels);
     if (!(embeddings instanceof Float32Array) || embeddings.length !== labels.length * this.dim) {
       expected(`Float32Array of length ${labels.length * this.dim} (labels.length × dim)`, 'embeddings', embeddings);
@@ -147,6 +188,7 @@ export class ShardedMarginHead {
 
   /** Top-k classes (global ids) by cosine over all shards for each row (N×k, descending). */
   predict(embeddings: Float32Array, k: number): { classes: Int32Array; scores: Float32Array } {
+    this.ensureIdle('predict');
     if (!Number.isInteger(k) || k < 1 || k > this.classes) expected(`an integer in [1, ${this.classes}]`, 'k', k);
     const kLocal = Math.min(k, this.localClasses);
     const mine = this.local.predict(embeddings, kLocal);
@@ -169,6 +211,7 @@ export class ShardedMarginHead {
    * Keeps the newest `keep` generations (default 2). See ./sharded-checkpoint.
    */
   save(dir: string, options: { keep?: number } = {}): void {
+    this.ensureIdle('save');
     saveShards({ comm: this.comm, classes: this.classes, dim: this.dim, local: this.local }, dir, options?.keep ?? 2);
   }
 
@@ -200,10 +243,21 @@ export class ShardedMarginHead {
 
   // ---- Internals -----------------------------------------------------------
 
+  private ensureIdle(what: string): void {
+    if (this.running) throw new ArgumentError(`ShardedMarginHead.${what}: a stepAsync() call is still running on this head (await it first)`);
+  }
+
   /** Every rank must be at the same step with the same batch size: checked with one small all-gather. */
   private checkInStep(labels: Int32Array): void {
     if (!(labels instanceof Int32Array)) expected('Int32Array', 'labels', labels);
-    const all = this.comm.allGather(new Int32Array([labels.length, this.local.stepCount]));
+    this.checkAgreement(labels, this.comm.allGather(this.stepKey(labels)));
+  }
+
+  private stepKey(labels: Int32Array): Int32Array {
+    return new Int32Array([labels.length, this.local.stepCount]);
+  }
+
+  private checkAgreement(labels: Int32Array, all: Int32Array): void {
     for (let r = 0; r < this.size; r++) {
       if (all[2 * r] !== labels.length) {
         throw new ArgumentError(`Expected the same batch size on every rank but received ${labels.length} rows on rank ${this.rank} and ${all[2 * r]} on rank ${r}`);

@@ -264,6 +264,14 @@ describe.skipIf(skip !== null)(`sharded head over MPI (${label})`, () => {
     });
   }
 
+  it('stepAsync (3 processes): the collectives off the event loop give the results of step', () => {
+    const dir = tmpDir();
+    const data = writeBatches(dir);
+    const r = mpirun(transport, 3, dir, { dir, N, dim: D, steps: STEPS, head: base, async: true });
+    expect(r.status, r.output).toBe(0);
+    expectMatchesReference(dir, 3, reference(data));
+  });
+
   it('data parallel (stepLocal, 2 processes): each rank gets the gradient of its own rows', () => {
     const dir = tmpDir();
     const data = writeBatches(dir);
@@ -404,6 +412,23 @@ describe('sharded head in one process (localCommunicator)', () => {
       expect(Math.abs(merged.loss - want.loss)).toBeLessThan(1e-5 * Math.abs(want.loss));
       expectClose(grad, want.gradEmbeddings);
     }
+  });
+
+  it('stepAsync equals step, and the head refuses other calls while one is in flight', async () => {
+    const rnd = seededRandom(6);
+    const x = new Float32Array(N * D).map(() => rnd() - 0.5);
+    const y = new Int32Array(N).map(() => Math.floor(rnd() * C));
+    const a = new ShardedMarginHead({ ...base, comm: localCommunicator() });
+    const b = new ShardedMarginHead({ ...base, comm: localCommunicator() });
+    for (let s = 0; s < 2; s++) {
+      const want = a.step(x, y);
+      const pending = b.stepAsync(x, y);
+      expect(() => b.step(x, y)).toThrow(/ShardedMarginHead\.step: a stepAsync\(\) call is still running on this head/);
+      const got = await pending;
+      expect(got.loss).toBe(want.loss);
+      expect(got.gradEmbeddings).toEqual(want.gradEmbeddings);
+    }
+    expect(b.stepCount).toBe(2);
   });
 
   it('refuses a bad comm, a missing or corrupted manifest, and different batch sizes with typed errors', () => {

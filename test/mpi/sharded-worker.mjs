@@ -41,6 +41,8 @@ for (let s = job.firstStep ?? 0; s < job.steps; s++) {
     // Data parallel: this rank's rows only (N / K each, in rank order).
     const rows = N / comm.size;
     r = head.stepLocal(xs.slice(comm.rank * rows * dim, (comm.rank + 1) * rows * dim), ys.slice(comm.rank * rows, (comm.rank + 1) * rows));
+  } else if (job.async) {
+    r = await head.stepAsync(xs, ys);
   } else {
     r = head.step(xs, ys);
   }
