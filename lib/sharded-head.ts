@@ -15,6 +15,7 @@
  * file per rank, written where the rank runs, and a manifest; a checkpoint
  * loads into any number of ranks.
  */
+import * as os from 'node:os';
 import type { Communicator } from './comm';
 import { ArgumentError, expected } from './errors';
 import { MarginHead, type MarginHeadOptions, type StepResult } from './head';
@@ -78,6 +79,7 @@ export class ShardedMarginHead {
     this.size = comm.size;
     this.offset = range.offset;
     this.localClasses = range.count;
+    if (!loaded) warnIfThreadsShareCpus(comm, options.threads);
   }
 
   /** This rank's shard (a MarginHead over classes [offset, offset + localClasses)). */
@@ -278,6 +280,24 @@ export class ShardedMarginHead {
       gradBytes: others === 0 ? 0 : 2 * n * this.dim * 4,
     };
   }
+}
+
+/**
+ * A rank whose head runs more threads than the CPUs it may run on is slowed
+ * by about that ratio: Open MPI binds each rank of a job of up to 2 ranks to
+ * one core by default, so one rank with 2 threads runs them on one core.
+ */
+function warnIfThreadsShareCpus(comm: Communicator, threads: number | undefined): void {
+  if (comm.engine !== 'mpi') return;
+  const cpus = os.availableParallelism();
+  const want = threads && threads > 0 ? threads : os.cpus().length;
+  if (want <= cpus) return;
+  process.emitWarning(
+    `ShardedMarginHead: rank ${comm.rank} may run on ${cpus} CPU(s) but its head runs ${want} threads, which share them ` +
+      `(Open MPI binds each rank of a job of up to 2 ranks to one core): start mpirun with --bind-to none, ` +
+      `or give each rank ${want} cores (--map-by slot:PE=${want}), or pass threads: ${cpus}`,
+    { code: 'MARGIN_SOFTMAX_CPU_BINDING' },
+  );
 }
 
 function checkComm(options: { comm?: Communicator }): Communicator {

@@ -272,6 +272,21 @@ describe.skipIf(skip !== null)(`sharded head over MPI (${label})`, () => {
     expectMatchesReference(dir, 3, reference(data));
   });
 
+  if (transport === 'shm') {
+    it('one rank bound to one core (Open MPI\'s default for ≤ 2 ranks) with a 2-thread head is told so; unbound it is not', () => {
+      const dir = tmpDir();
+      writeBatches(dir);
+      const job = { dir, N, dim: D, steps: 1, head: { ...base, threads: 2 } };
+      const bound = mpirun(transport, 1, dir, job);
+      expect(bound.status, bound.output).toBe(0);
+      expect(bound.output).toMatch(/ShardedMarginHead: rank 0 may run on 1 CPU\(s\) but its head runs 2 threads, which share them .*--bind-to none/);
+      if (os.availableParallelism() < 2) return; // unbound, 2 threads still exceed this machine's CPUs
+      const free = spawnSync('mpirun', ['--allow-run-as-root', '--bind-to', 'none', '-np', '1', '--mca', 'btl', 'self', process.execPath, WORKER, JSON.stringify(job)], { encoding: 'utf8', timeout: 90_000 });
+      expect(free.status, free.stderr).toBe(0);
+      expect(free.stderr).not.toMatch(/may run on/);
+    });
+  }
+
   it('data parallel (stepLocal, 2 processes): each rank gets the gradient of its own rows', () => {
     const dir = tmpDir();
     const data = writeBatches(dir);
