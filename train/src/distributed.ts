@@ -13,6 +13,7 @@
  * optimizer state to the others; each rank reads the shards it needs from
  * its own folder.
  */
+import * as fs from 'fs';
 import * as path from 'path';
 import type * as TF from '@tensorflow/tfjs';
 import { ShardedMarginHead, type Communicator } from 'margin-softmax';
@@ -81,6 +82,8 @@ export function loadShardedHead(out: string, comm: Communicator, step: number): 
 export interface ResumePoint {
   epoch: number;
   step: number;
+  /** Batches of epoch `epoch + 1` already run (a run stopped within it), else 0. */
+  batchesDone: number;
 }
 
 /**
@@ -89,12 +92,12 @@ export interface ResumePoint {
  * one broadcast.
  */
 export function agreeOnResume(comm: Communicator, decide: () => ResumePoint | null): ResumePoint | null {
-  const msg = new Float64Array(3);
+  const msg = new Float64Array(4);
   let failure: unknown = null;
   if (comm.rank === 0) {
     try {
       const p = decide();
-      msg.set(p ? [1, p.epoch, p.step] : [0, 0, 0]);
+      msg.set(p ? [1, p.epoch, p.step, p.batchesDone] : [0, 0, 0, 0]);
     } catch (err) {
       failure = err;
       msg[0] = -1;
@@ -103,7 +106,30 @@ export function agreeOnResume(comm: Communicator, decide: () => ResumePoint | nu
   comm.broadcast(msg, 0);
   if (failure) throw failure;
   if (msg[0] < 0) throw new Error('Rank 0 could not prepare the run folder (its message says why)');
-  return msg[0] === 1 ? { epoch: msg[1], step: msg[2] } : null;
+  return msg[0] === 1 ? { epoch: msg[1], step: msg[2], batchesDone: msg[3] } : null;
+}
+
+/** Where a rank stopped within an epoch: the batches done and its augmentation RNG (the ranks' differ). */
+export interface RankPlace {
+  epoch: number;
+  batchesDone: number;
+  rngState: number;
+}
+
+/** Written into the head generation about to be saved (step-S), so it lives and goes with this rank's shard. */
+export function writeRankResume(out: string, sharded: ShardedMarginHead, place: RankPlace): void {
+  const dir = path.join(headShardsDir(out), `step-${sharded.stepCount}`);
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, `place-rank-${sharded.rank}-of-${sharded.size}.json`), JSON.stringify(place) + '\n');
+}
+
+export function readRankResume(out: string, sharded: ShardedMarginHead, step: number): RankPlace {
+  const file = path.join(headShardsDir(out), `step-${step}`, `place-rank-${sharded.rank}-of-${sharded.size}.json`);
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as RankPlace;
+  } catch (err) {
+    throw new Error(`Cannot resume within the epoch: ${file} (where this rank stopped) is unreadable: ${(err as Error).message}`);
+  }
 }
 
 /** Whether any rank asked to stop (one small all-reduce): every rank stops after the same batch. */

@@ -21,7 +21,7 @@ import {
   type CheckpointState,
 } from './checkpoint';
 import { backboneOf, marginLabel, modelFingerprint, type TrainConfig } from './config';
-import { agreeOnResume, anyRankStops, averageGradients, broadcastVariables, headShardsDir, loadShardedHead, saveShardedHead, shareOf } from './distributed';
+import { agreeOnResume, anyRankStops, averageGradients, broadcastVariables, headShardsDir, loadShardedHead, readRankResume, saveShardedHead, shareOf, writeRankResume } from './distributed';
 import { DataError, loadBatch, mnistSource, scanImageFolder, splitByIdentity, subset, type DataSource, type LoadedBatch, type Sample, type Split } from './data';
 import { evaluateVerification } from './evaluate';
 import { flipHorizontal, shiftImage } from './images';
@@ -210,6 +210,11 @@ interface EpochTally {
   images: number;
   seconds: number;
   headSeconds: number;
+  /** Batches of the epoch run so far (those skipped on a resume within the epoch included), of `batches`. */
+  done: number;
+  batches: number;
+  /** The epoch's augmentation RNG after the last batch run (a stop within the epoch saves it). */
+  rngState: number;
 }
 
 /**
@@ -359,7 +364,7 @@ function prepareRunFolder(ctx: RunContext): CheckpointState | null {
   let state: CheckpointState | null = null;
   const point = agreeOnResume(comm, () => {
     state = resumeDecision(ctx);
-    return state && { epoch: state.epoch, step: state.step };
+    return state && { epoch: state.epoch, step: state.step, batchesDone: state.batchesDone ?? 0 };
   });
   // The other ranks know the epoch and the step; the rest of the state is rank 0's business.
   return state ?? (point && ({ format: 'margin-softmax/run', version: 1, ...point } as CheckpointState));
@@ -550,8 +555,16 @@ async function trainEpochs(run: RunState): Promise<void> {
   const startEpoch = run.resumed ? run.resumed.epoch : 0;
   for (let epoch = startEpoch + 1; epoch <= run.cfg.epochs; epoch++) {
     const lr = lrAt(run.cfg, epoch);
-    const tally = await trainEpoch(run, epoch, lr);
-    if (run.stopRequested) {
+    const tally = await trainEpoch(run, epoch, lr, epoch === startEpoch + 1 ? run.resumed : null);
+    if (run.stopRequested && tally.done < tally.batches && run.sharded) {
+      // Distributed: every rank saves where it stopped (its head shard, rank 0 the run checkpoint).
+      run.stopped = true;
+      await saveStopCheckpoint(run, epoch, lr, tally);
+      return;
+    }
+    // Distributed, a stop after the epoch's last batch completes the epoch (its checkpoint) first.
+    const epochRan = run.sharded !== null && tally.done === tally.batches;
+    if (run.stopRequested && !epochRan) {
       run.stopped = true;
       logStop(run, epoch);
       return;
@@ -559,13 +572,14 @@ async function trainEpochs(run: RunState): Promise<void> {
     await finishEpoch(run, epoch, lr, tally);
     if (run.stopRequested) {
       run.stopped = true;
+      if (run.sharded) run.log(`Stopped after epoch ${epoch}, its checkpoint saved: continue with --resume.`);
       return;
     }
   }
 }
 
 /** One pass over the training images in this epoch's shuffled order, batch by batch. */
-async function trainEpoch(run: RunState, epoch: number, lr: number): Promise<EpochTally> {
+async function trainEpoch(run: RunState, epoch: number, lr: number, resumed: CheckpointState | null): Promise<EpochTally> {
   const { cfg, hooks } = run;
   const bs = cfg.batchSize;
   run.loss.lr = lr * cfg.headLrMult;
@@ -576,11 +590,16 @@ async function trainEpoch(run: RunState, epoch: number, lr: number): Promise<Epo
   const total = nBatches * bs > order.length ? order.length : nBatches * bs;
   const bar = new ProgressBar(`${hooks.progressLabel ?? ''}epoch ${epoch}/${cfg.epochs}`, total, process.stderr, hooks.progress ?? run.verbose);
   run.loss.theta.reset();
-  const tally: EpochTally = { lossSum: 0, accSum: 0, rows: 0, images: 0, seconds: 0, headSeconds: 0 };
+  const tally: EpochTally = { lossSum: 0, accSum: 0, rows: 0, images: 0, seconds: 0, headSeconds: 0, done: 0, batches: nBatches, rngState: rng.state };
   const headAtStart = run.loss.headSeconds;
-  for (let b = 0; b < nBatches; b++) {
+  // A run stopped within this epoch goes on after the batches it ran, with its RNG where it was.
+  const first = resumedWithin(run, resumed, rng);
+  tally.done = first;
+  for (let b = first; b < nBatches; b++) {
     const tb = Date.now();
     const batch = nextBatch(run, order.slice(b * bs, Math.min(order.length, (b + 1) * bs)), rng);
+    tally.done = b + 1;
+    tally.rngState = rng.state;
     if (!batch) continue;
     const n = batch.labels.length;
     const loss = trainStep(run, batch, lr);
@@ -746,6 +765,46 @@ async function saveEpochCheckpoint(run: RunState, epoch: number, lr: number, val
     await saveCheckpoint(run.tf, run.out, { model: run.model, head: sharded ? null : run.head, optimizer: run.optimizer, state });
     fs.writeFileSync(run.files.eval, JSON.stringify({ epoch, before: run.before, after: val ?? run.after }, null, 2));
   }
+}
+
+/**
+ * A distributed run stopped within epoch `epoch`: every rank writes its head
+ * shard and its place in the epoch (the augmentation RNG) beside it, then
+ * rank 0 the run checkpoint with the batches done; --resume goes on from the
+ * next batch. The partial epoch's metrics are not kept.
+ */
+async function saveStopCheckpoint(run: RunState, epoch: number, lr: number, tally: EpochTally): Promise<void> {
+  const sharded = run.sharded as ShardedMarginHead;
+  writeRankResume(run.out, sharded, { epoch, batchesDone: tally.done, rngState: tally.rngState });
+  saveShardedHead(sharded, run.out);
+  if (run.isRoot) {
+    const state: CheckpointState = {
+      format: 'margin-softmax/run',
+      version: 1,
+      epoch: epoch - 1,
+      batchesDone: tally.done,
+      step: run.head.stepCount,
+      fingerprint: run.fingerprint,
+      trainClasses: run.split.trainClasses,
+      valClasses: run.split.valClasses,
+      dataId: run.src.id,
+      lr,
+      savedAt: new Date().toISOString(),
+    };
+    await saveCheckpoint(run.tf, run.out, { model: run.model, head: null, optimizer: run.optimizer, state });
+  }
+  run.log(`Stopped during epoch ${epoch} after batch ${tally.done} of ${tally.batches}: every rank saved where it stopped (${path.join(run.out, 'checkpoint')} and each rank's head-shards): continue with --resume.`);
+}
+
+/** The first batch to run in this epoch: after those a stopped run had done (its RNG restored), else 0. */
+function resumedWithin(run: RunState, resumed: CheckpointState | null, rng: Rng): number {
+  if (!resumed?.batchesDone || !run.sharded) return 0;
+  const place = readRankResume(run.out, run.sharded, resumed.step);
+  if (place.epoch !== resumed.epoch + 1 || place.batchesDone !== resumed.batchesDone) {
+    throw new CheckpointMismatchError(`${run.out}: this rank stopped at epoch ${place.epoch} batch ${place.batchesDone}, rank 0 at epoch ${resumed.epoch + 1} batch ${resumed.batchesDone}`);
+  }
+  rng.state = place.rngState;
+  return place.batchesDone;
 }
 
 /** The final verification (read back from eval.json when this process evaluated none) and the plots. */

@@ -101,7 +101,7 @@ describe.skipIf(skipReason !== null)('mpirun -np 2 margin-softmax train --distri
 });
 
 describe.skipIf(hostsSkipReason !== null)('margin-softmax train --distributed mpi on 2 hosts that share nothing but TCP', () => {
-  test('trains into per-host folders, stops on Ctrl-C (SIGINT to mpirun) on every rank, and resumes', async () => {
+  test('trains into per-host folders, stops on Ctrl-C (SIGINT to mpirun) on every rank where it is, and resumes from there', async () => {
     const hosts = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ms-hosts-train-')), 'hosts');
     const h0 = path.join(hosts, 'h0', 'run');
     const h1 = path.join(hosts, 'h1', 'run');
@@ -113,27 +113,35 @@ describe.skipIf(hostsSkipReason !== null)('margin-softmax train --distributed mp
     expect(newestShards(path.join(h0, 'head-shards')).files).toEqual(['manifest.json', 'shard-0-of-2.safetensors']);
     expect(newestShards(path.join(h1, 'head-shards')).files).toEqual(['manifest.json', 'shard-1-of-2.safetensors']);
 
-    // Resumed for up to 12 epochs, Ctrl-C once epoch 2 is done: both ranks stop after the same batch.
+    const perEpoch = JSON.parse(fs.readFileSync(path.join(h0, 'checkpoint', 'state.json'), 'utf8')).step;
+
+    // Resumed for up to 12 epochs, Ctrl-C once epoch 2 is done: every rank
+    // stops after the same batch and saves where it stopped.
     const stopped = await trainOnHosts(hosts, ['--epochs', '12', '--resume'], /epoch 2\/12: loss/);
-    expect(stopped.output).toMatch(/Stopped during epoch (\d+); the checkpoint of epoch \d+ in \S+ is kept: continue with --resume/);
+    expect(stopped.output).toMatch(/Stopped during epoch \d+ after batch \d+ of \d+: every rank saved where it stopped|Stopped after epoch \d+, its checkpoint saved/);
     expect(stopped.output).not.toMatch(/after epoch 12/);
     const state = JSON.parse(fs.readFileSync(path.join(h0, 'checkpoint', 'state.json'), 'utf8'));
     expect(state.epoch).toBeGreaterThanOrEqual(2);
     expect(state.epoch).toBeLessThan(12);
-    // The head generation named by the run checkpoint is on both hosts.
+    // The head generation named by the run checkpoint is on both hosts, with each rank's place in the epoch.
     for (const [dir, rank] of [[h0, 0], [h1, 1]] as const) {
-      expect(fs.existsSync(path.join(dir, 'head-shards', `step-${state.step}`, `shard-${rank}-of-2.safetensors`))).toBe(true);
+      const gen = path.join(dir, 'head-shards', `step-${state.step}`);
+      expect(fs.existsSync(path.join(gen, `shard-${rank}-of-2.safetensors`))).toBe(true);
+      if (state.batchesDone) expect(JSON.parse(fs.readFileSync(path.join(gen, `place-rank-${rank}-of-2.json`), 'utf8')).batchesDone).toBe(state.batchesDone);
     }
+    expect(state.step).toBe(state.epoch * perEpoch + (state.batchesDone ?? 0));
 
+    // Resumed again to the end of the epoch it stopped in: exactly the batches not yet run.
     const resumed = await trainOnHosts(hosts, ['--epochs', String(state.epoch + 1), '--resume']);
     expect(resumed.status, resumed.output).toBe(0);
     expect(resumed.output.match(/after epoch \d+/g)).toEqual([`after epoch ${state.epoch + 1}`]);
     const epochs = fs.readFileSync(path.join(h0, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).epoch);
     expect(epochs).toEqual(Array.from({ length: state.epoch + 2 }, (_, e) => e));
     const last = JSON.parse(fs.readFileSync(path.join(h0, 'checkpoint', 'state.json'), 'utf8'));
+    expect(last.step).toBe((state.epoch + 1) * perEpoch);
+    expect(last.batchesDone).toBeUndefined();
     const heads = [0, 1].map((r) => MarginHead.load(path.join([h0, h1][r], 'head-shards', `step-${last.step}`, `shard-${r}-of-2.safetensors`)));
     expect(heads[0].stepCount).toBe(last.step);
     expect(heads[1].stepCount).toBe(last.step);
-    expect(last.step).toBeGreaterThan(state.step);
   }, 600_000);
 });
