@@ -55,6 +55,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Namespaces left by a job of this script that was killed outright (SIGKILL
+# skips the trap): their creator's pid is in the name.
+for ns in $(ip netns list | awk '{print $1}' | grep -E '^ms[0-9]+x' || true); do
+  owner=${ns#ms}
+  owner=${owner%%x*}
+  if ! kill -0 "$owner" 2>/dev/null; then
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns delete "$ns" 2>/dev/null || true
+  fi
+done
+
 ip netns add "$switch"
 created+=("$switch")
 ip -n "$switch" link add br0 type bridge
