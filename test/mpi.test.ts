@@ -9,7 +9,7 @@
 // compiled library (dist/, from `npm run build:ts`). Where any is missing the
 // suite is skipped and says why; MARGIN_SOFTMAX_REQUIRE_MPI=1 (set by CI once
 // it has installed Open MPI) turns the skip into a failure.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -31,7 +31,11 @@ function whyNot(): string | null {
 
 function whyNotHosts(): string | null {
   if (process.getuid?.() !== 0) return 'network namespaces need root';
-  if (spawnSync('ip', ['netns', 'list']).status !== 0) return 'iproute2 (ip netns) is not available';
+  // Creating one tells whether this machine (a container, say) allows network namespaces.
+  const probe = `ms${process.pid}xprobe`;
+  const made = spawnSync('ip', ['netns', 'add', probe], { encoding: 'utf8' });
+  if (made.status !== 0) return `cannot create a network namespace (ip netns add: ${(made.stderr || made.error?.message || '').trim()})`;
+  spawnSync('ip', ['netns', 'delete', probe]);
   return null;
 }
 
@@ -59,9 +63,27 @@ function mpirun(transport: Transport, np: number, dir: string, job: object | str
       ? ['mpirun', '--allow-run-as-root', '--oversubscribe', '-np', String(np), '--wdir', dir,
          '--mca', 'btl', 'self,vader', '--mca', 'btl_vader_single_copy_mechanism', 'none', '--mca', 'oob_tcp_if_include', 'lo', ...program]
       : ['bash', HARNESS, String(np), path.join(dir, 'hosts'), '-np', String(np), '--', ...program];
-  const t0 = Date.now();
-  const r = spawnSync(args[0], args.slice(1), { encoding: 'utf8', timeout: timeoutMs, killSignal: 'SIGKILL' });
-  return { status: r.status, signal: r.signal, output: `${r.stdout}\n${r.stderr}`, seconds: (Date.now() - t0) / 1000 };
+  return run(args, timeoutMs);
+}
+
+/**
+ * A command's status and output. Asynchronous: vitest's worker must keep
+ * answering its runner while the jobs run (a long synchronous wait makes
+ * vitest report an RPC timeout).
+ */
+function run(args: string[], timeoutMs: number): Promise<{ status: number | null; signal: NodeJS.Signals | null; output: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(args[0], args.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (status, signal) => {
+      clearTimeout(timer);
+      resolve({ status, signal, output: `${stdout}\n${stderr}`, stderr });
+    });
+  });
 }
 
 /** Where rank `rank`'s relative paths lead. */
@@ -205,9 +227,9 @@ function expectMatchesReference(dir: string, np: number, ref: ReturnType<typeof 
 
 for (const { transport, skip, label } of TRANSPORTS) {
 describe.skipIf(skip !== null)(`collectives over MPI (${label})`, () => {
-  it('3 processes: all-gather, all-reduce, broadcast, barrier, sync and async, on f32, f64 and i32', () => {
+  it('3 processes: all-gather, all-reduce, broadcast, barrier, sync and async, on f32, f64 and i32', async () => {
     const dir = tmpDir();
-    const r = mpirun(transport, 3, dir, dir, 90_000, path.join(__dirname, 'mpi', 'comm-worker.mjs'));
+    const r = await mpirun(transport, 3, dir, dir, 90_000, path.join(__dirname, 'mpi', 'comm-worker.mjs'));
     expect(r.status, r.output).toBe(0);
     const K = 3;
     for (let rank = 0; rank < K; rank++) {
@@ -233,10 +255,10 @@ describe.skipIf(skip !== null)(`collectives over MPI (${label})`, () => {
 
 describe.skipIf(skip !== null)(`sharded head over MPI (${label})`, () => {
   for (const np of [2, 3]) {
-    it(`${np} processes equal the single-process head over ${STEPS} steps (loss, accuracy, dX, centres), then save`, () => {
+    it(`${np} processes equal the single-process head over ${STEPS} steps (loss, accuracy, dX, centres), then save`, async () => {
       const dir = tmpDir();
       const data = writeBatches(dir);
-      const r = mpirun(transport, np, dir, { dir, N, dim: D, steps: STEPS, head: base, saveTo: 'ckpt', predictK: 3 });
+      const r = await mpirun(transport, np, dir, { dir, N, dim: D, steps: STEPS, head: base, saveTo: 'ckpt', predictK: 3 });
       expect(r.status, r.output).toBe(0);
       const ref = reference(data);
       expectMatchesReference(dir, np, ref);
@@ -264,59 +286,59 @@ describe.skipIf(skip !== null)(`sharded head over MPI (${label})`, () => {
     });
   }
 
-  it('stepAsync (3 processes): the collectives off the event loop give the results of step', () => {
+  it('stepAsync (3 processes): the collectives off the event loop give the results of step', async () => {
     const dir = tmpDir();
     const data = writeBatches(dir);
-    const r = mpirun(transport, 3, dir, { dir, N, dim: D, steps: STEPS, head: base, async: true });
+    const r = await mpirun(transport, 3, dir, { dir, N, dim: D, steps: STEPS, head: base, async: true });
     expect(r.status, r.output).toBe(0);
     expectMatchesReference(dir, 3, reference(data));
   });
 
   if (transport === 'shm') {
-    it('one rank bound to one core (Open MPI\'s default for ≤ 2 ranks) with a 2-thread head is told so; unbound it is not', () => {
+    it('one rank bound to one core (Open MPI\'s default for ≤ 2 ranks) with a 2-thread head is told so; unbound it is not', async () => {
       const dir = tmpDir();
       writeBatches(dir);
       const job = { dir, N, dim: D, steps: 1, head: { ...base, threads: 2 } };
-      const bound = mpirun(transport, 1, dir, job);
+      const bound = await mpirun(transport, 1, dir, job);
       expect(bound.status, bound.output).toBe(0);
       expect(bound.output).toMatch(/ShardedMarginHead: rank 0 may run on 1 CPU\(s\) but its head runs 2 threads, which share them .*--bind-to none/);
       if (os.availableParallelism() < 2) return; // unbound, 2 threads still exceed this machine's CPUs
-      const free = spawnSync('mpirun', ['--allow-run-as-root', '--bind-to', 'none', '-np', '1', '--mca', 'btl', 'self', process.execPath, WORKER, JSON.stringify(job)], { encoding: 'utf8', timeout: 90_000 });
+      const free = await run(['mpirun', '--allow-run-as-root', '--bind-to', 'none', '-np', '1', '--mca', 'btl', 'self', process.execPath, WORKER, JSON.stringify(job)], 90_000);
       expect(free.status, free.stderr).toBe(0);
       expect(free.stderr).not.toMatch(/may run on/);
     });
   }
 
-  it('data parallel (stepLocal, 2 processes): each rank gets the gradient of its own rows', () => {
+  it('data parallel (stepLocal, 2 processes): each rank gets the gradient of its own rows', async () => {
     const dir = tmpDir();
     const data = writeBatches(dir);
-    const r = mpirun(transport, 2, dir, { dir, N, dim: D, steps: STEPS, head: base, local: true });
+    const r = await mpirun(transport, 2, dir, { dir, N, dim: D, steps: STEPS, head: base, local: true });
     expect(r.status, r.output).toBe(0);
     expectMatchesReference(dir, 2, reference(data), true);
   });
 
-  it('checkpoint round trip across rank counts: 2 ranks save after 2 steps, 3 ranks resume for 2 more, 2 ranks again', () => {
+  it('checkpoint round trip across rank counts: 2 ranks save after 2 steps, 3 ranks resume for 2 more, 2 ranks again', async () => {
     const dir = tmpDir();
     const steps = 4;
     const data = writeBatches(dir, steps);
-    const first = mpirun(transport, 2, dir, { dir, N, dim: D, steps: 2, head: base, saveTo: 'a' });
+    const first = await mpirun(transport, 2, dir, { dir, N, dim: D, steps: 2, head: base, saveTo: 'a' });
     expect(first.output).toMatch(/rank 1 done/);
     if (transport === 'tcp') {
       // A new host holds nothing: the job stops, naming the shard each rank lacks and where it looked.
-      const lacking = mpirun(transport, 3, dir, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: 'a' });
+      const lacking = await mpirun(transport, 3, dir, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: 'a' });
       expect(lacking.status).not.toBe(0);
       expect(lacking.output).toMatch(/Rank 2 of 3 found no sharded checkpoint \(no manifest\.json\)/);
       spreadCheckpoint(dir, 'a', 2, 3);
       fs.rmSync(path.join(hostFolder(transport, dir, 1), 'a', 'step-2', 'shard-0-of-2.safetensors'));
-      const missing = mpirun(transport, 3, dir, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: 'a' });
+      const missing = await mpirun(transport, 3, dir, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: 'a' });
       expect(missing.status).not.toBe(0);
       expect(missing.output).toMatch(/rank 1 \(host h1\) needs shard-0-of-2\.safetensors \(classes \[0, 101\), written by rank 0\) of step 2 for its classes \[67, 135\) but found none in \S*h1\/a\/step-2/);
       spreadCheckpoint(dir, 'a', 2, 3);
     }
-    const r3 = mpirun(transport, 3, dir, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: 'a', saveTo: 'b' });
+    const r3 = await mpirun(transport, 3, dir, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: 'a', saveTo: 'b' });
     expect(r3.status, r3.output).toBe(0);
     if (transport === 'tcp') spreadCheckpoint(dir, 'b', 3, 2);
-    const r2 = mpirun(transport, 2, dir, { dir, N, dim: D, firstStep: 3, steps: 4, loadFrom: 'b' });
+    const r2 = await mpirun(transport, 2, dir, { dir, N, dim: D, firstStep: 3, steps: 4, loadFrom: 'b' });
     expect(r2.status, r2.output).toBe(0);
     // Momentum and the step count travelled too: the resumed steps equal an uninterrupted run.
     const ref = reference(data, steps);
@@ -327,27 +349,27 @@ describe.skipIf(skip !== null)(`sharded head over MPI (${label})`, () => {
     expect(JSON.parse(fs.readFileSync(path.join(hostFolder(transport, dir, 0), 'b', 'step-3', 'manifest.json'), 'utf8')).ranks).toBe(3);
   });
 
-  it('a rank killed during a save leaves the previous generation loadable on every host', () => {
+  it('a rank killed during a save leaves the previous generation loadable on every host', async () => {
     const dir = tmpDir();
     const data = writeBatches(dir, 4);
-    expect(mpirun(transport, 2, dir, { dir, N, dim: D, steps: 2, head: base, saveTo: 'a' }).status).toBe(0);
+    expect((await mpirun(transport, 2, dir, { dir, N, dim: D, steps: 2, head: base, saveTo: 'a' })).status).toBe(0);
     // Rank 1 dies once every rank has written its step-3 shard, before any manifest of step 3.
-    const killed = mpirun(transport, 2, dir, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: 'a', saveTo: 'a', fault: { rank: 1, phase: 'save', call: 1, mode: 'kill' }, timeoutMs: 10_000 });
+    const killed = await mpirun(transport, 2, dir, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: 'a', saveTo: 'a', fault: { rank: 1, phase: 'save', call: 1, mode: 'kill' }, timeoutMs: 10_000 });
     expect(killed.status).not.toBe(0);
     expect(killed.output).toMatch(/rank 1 .*exited on signal 9/);
     for (let k = 0; k < 2; k++) expect(fs.existsSync(path.join(hostFolder(transport, dir, k), 'a', 'step-3', 'manifest.json'))).toBe(false);
     // The next job resumes from step 2, as an uninterrupted run would.
-    const again = mpirun(transport, 2, dir, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: 'a' });
+    const again = await mpirun(transport, 2, dir, { dir, N, dim: D, firstStep: 2, steps: 3, loadFrom: 'a' });
     expect(again.status, again.output).toBe(0);
     const ref = reference(data, 3);
     for (let rank = 0; rank < 2; rank++) expectClose(readGrad(dir, 2, rank), ref.steps[2].grad);
   });
 
-  it('Partial FC (sampleRate 0.5): 2 processes equal two shards in one process', () => {
+  it('Partial FC (sampleRate 0.5): 2 processes equal two shards in one process', async () => {
     const dir = tmpDir();
     const data = writeBatches(dir);
     const options = { ...base, sampleRate: 0.5 };
-    const r = mpirun(transport, 2, dir, { dir, N, dim: D, steps: STEPS, head: options });
+    const r = await mpirun(transport, 2, dir, { dir, N, dim: D, steps: STEPS, head: options });
     expect(r.status, r.output).toBe(0);
     const shards = [0, 1].map((k) => new MarginHead({ ...options, shard: { ...shardRange(C, 2, k), total: C } }));
     for (let s = 0; s < STEPS; s++) {
@@ -363,21 +385,21 @@ describe.skipIf(skip !== null)(`sharded head over MPI (${label})`, () => {
     }
   });
 
-  it('a rank killed mid-step (SIGKILL at its phase-1 all-gather) ends the job with an error naming it, not a hang', () => {
+  it('a rank killed mid-step (SIGKILL at its phase-1 all-gather) ends the job with an error naming it, not a hang', async () => {
     const dir = tmpDir();
     writeBatches(dir);
     // Call 1 is the step's batch-size check, call 2 the stats all-gather of step 0.
-    const r = mpirun(transport, 3, dir, { dir, N, dim: D, steps: STEPS, head: base, fault: { rank: 1, call: 2, mode: 'kill' }, timeoutMs: 10_000 });
+    const r = await mpirun(transport, 3, dir, { dir, N, dim: D, steps: STEPS, head: base, fault: { rank: 1, call: 2, mode: 'kill' }, timeoutMs: 10_000 });
     expect(r.signal).toBeNull(); // mpirun ended by itself, before this test's 90 s limit
     expect(r.status).not.toBe(0);
     expect(r.output).toMatch(/rank 1 .*exited on signal 9/);
     expect(r.output).not.toMatch(/rank \d done/);
   });
 
-  it('a rank that stalls mid-step makes the others throw CommError (timeout) and the job abort', () => {
+  it('a rank that stalls mid-step makes the others throw CommError (timeout) and the job abort', async () => {
     const dir = tmpDir();
     writeBatches(dir);
-    const r = mpirun(transport, 3, dir, { dir, N, dim: D, steps: STEPS, head: base, fault: { rank: 1, call: 2, mode: 'stall' }, timeoutMs: 3_000 });
+    const r = await mpirun(transport, 3, dir, { dir, N, dim: D, steps: STEPS, head: base, fault: { rank: 1, call: 2, mode: 'stall' }, timeoutMs: 3_000 });
     expect(r.signal).toBeNull();
     expect(r.status).not.toBe(0);
     expect(r.output).toMatch(/CommError: allGather on rank [02] timed out after 3 s: a peer rank died or did not reach the same collective/);

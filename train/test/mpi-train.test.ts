@@ -25,7 +25,16 @@ function whyNot(): string | null {
 }
 const skipReason = whyNot();
 // Separate hosts: network namespaces (test/hosts/netns-mpirun.sh), root only.
-const hostsSkipReason = skipReason ?? (process.getuid?.() !== 0 ? 'network namespaces need root' : spawnSync('ip', ['netns', 'list']).status !== 0 ? 'iproute2 (ip netns) is not available' : null);
+const hostsSkipReason = skipReason ?? whyNotHosts();
+
+function whyNotHosts(): string | null {
+  if (process.getuid?.() !== 0) return 'network namespaces need root';
+  const probe = `ms${process.pid}xprobe`;
+  const made = spawnSync('ip', ['netns', 'add', probe], { encoding: 'utf8' });
+  if (made.status !== 0) return `cannot create a network namespace (ip netns add: ${(made.stderr || made.error?.message || '').trim()})`;
+  spawnSync('ip', ['netns', 'delete', probe]);
+  return null;
+}
 if (hostsSkipReason && process.env.MARGIN_SOFTMAX_REQUIRE_MPI === '1') throw new Error(`MARGIN_SOFTMAX_REQUIRE_MPI=1 but ${hostsSkipReason}`);
 if (skipReason) console.warn(`train/test/mpi-train.test.ts skipped: ${skipReason}`);
 else if (hostsSkipReason) console.warn(`train/test/mpi-train.test.ts: the separate-hosts run is skipped: ${hostsSkipReason}`);
