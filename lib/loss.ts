@@ -57,11 +57,18 @@ export function allocFloat32(n: number): Float32Array {
   return callNative(() => native.zeros(n));
 }
 
-/** Draws the per-row margins of the elastic kinds, or returns undefined for the other kinds. */
-export function elasticMargins(margin: Margin, n: number): Float32Array | undefined {
+/**
+ * Draws the per-row margins of the elastic kinds, or returns undefined for
+ * the other kinds. Row i of draw `counter` is the same number wherever it is
+ * drawn. `step`: a head's step count, the counter when the margin names none
+ * (so every shard of a sharded head, in one process or many, and the
+ * unsharded head draw the same margins for the same step, also after a
+ * resume); without either, a per-seed counter of this process.
+ */
+export function elasticMargins(margin: Margin, n: number, step?: number): Float32Array | undefined {
   if (!MARGIN_KINDS[margin.kind].rowMargins) return undefined;
   const { m, sigma, seed, counter: given } = margin as Extract<Margin, { seed: number }>;
-  let counter = given;
+  let counter = given ?? step;
   if (counter === undefined) {
     counter = elasticCounters.get(seed) ?? 0;
     elasticCounters.set(seed, counter + 1);

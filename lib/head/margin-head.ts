@@ -127,7 +127,7 @@ export class MarginHead {
     const centres = this.ensureUsable('evaluate');
     this.ensureUnsharded('evaluate');
     validateBatch(embeddings, labels, this.dim, this.localClasses);
-    const margins = elasticMargins(this.config.margin, labels.length);
+    const margins = elasticMargins(this.config.margin, labels.length, this.steps);
     const r = this.loss(centres, embeddings, labels, this.baseOptions(margins), false);
     const top = this.predict(embeddings, 1);
     let hit = 0;
@@ -179,7 +179,7 @@ export class MarginHead {
     const centres = this.ensureUsable('partialStats');
     const local = this.localLabels(labels, embeddings);
     const sample = this.sample(local);
-    const margins = elasticMargins(this.config.margin, labels.length);
+    const margins = elasticMargins(this.config.margin, labels.length, this.steps);
     const opts = { ...this.baseOptions(margins), classIndex: sample.classIndex, stats: true };
     const r = this.loss(centres, embeddings, sample.labels, opts, false);
     this.pending = { embeddings, labels: sample.labels, classIndex: sample.classIndex, margins };
@@ -388,7 +388,7 @@ export class MarginHead {
     const lr = stepLr(opts, this.config);
     validateBatch(embeddings, labels, this.dim, this.localClasses);
     const sample = this.sample(labels);
-    const margins = elasticMargins(this.config.margin, labels.length);
+    const margins = elasticMargins(this.config.margin, labels.length, this.steps);
     const o: NativeLossOptions = { ...this.baseOptions(margins), classIndex: sample.classIndex, stats: true, sgd: this.sgd(lr) };
     return { opts: o, labels: sample.labels, margins };
   }

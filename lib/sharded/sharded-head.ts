@@ -11,17 +11,16 @@
  *      all-reduce (sum) of dLoss/dX (N·d floats).
  *
  * Partial FC sampling happens per shard (each rank samples its own classes,
- * positives always kept). Checkpoints: one safetensors file per rank plus a
- * manifest.json; a checkpoint loads into any number of ranks.
+ * positives always kept). Checkpoints (./sharded-checkpoint): one safetensors
+ * file per rank, written where the rank runs, and a manifest; a checkpoint
+ * loads into any number of ranks.
  */
-import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import type { Communicator } from './comm';
 import { ArgumentError, expected } from '../errors';
 import { MarginHead, type MarginHeadOptions, type StepResult } from '../head/margin-head';
-import { CheckpointError, readHeader, saveSafetensors, type SafetensorsHeader, type TensorEntry } from '../io/safetensors';
-import { mergeStats, type ShardStats } from './stats';
+import { mergeStats, type MergedStats, type ShardStats } from './stats';
+import { loadShard, saveShards, shardRange } from './sharded-checkpoint';
 
 export interface ShardedMarginHeadOptions extends Omit<MarginHeadOptions, 'shard' | 'init'> {
   /** The ranks that share the classes (mpiCommunicator(), or localCommunicator() for one process). */
@@ -46,35 +45,10 @@ export interface ShardedStepResult extends StepResult {
   seconds: { stats: number; allGather: number; finish: number; allReduce: number };
 }
 
-const MANIFEST = 'manifest.json';
-const MANIFEST_FORMAT = 'margin-softmax/sharded-head';
-const MANIFEST_VERSION = '1';
 /** Per-row stats exchanged in phase 1: max, sumExp, sumExpOther, target, targetCos. */
 const STATS_PER_ROW = 5;
 
-interface ManifestShard {
-  rank: number;
-  file: string;
-  offset: number;
-  count: number;
-}
-
-interface Manifest {
-  format: string;
-  version: string;
-  classes: number;
-  dim: number;
-  ranks: number;
-  steps: number;
-  momentum: boolean;
-  shards: ManifestShard[];
-}
-
-/** The contiguous slice of `classes` that `rank` of `size` owns (sizes differ by at most one). */
-export function shardRange(classes: number, size: number, rank: number): { offset: number; count: number } {
-  const offset = Math.floor((rank * classes) / size);
-  return { offset, count: Math.floor(((rank + 1) * classes) / size) - offset };
-}
+export { shardRange };
 
 export class ShardedMarginHead {
   readonly classes: number;
@@ -86,6 +60,8 @@ export class ShardedMarginHead {
   readonly localClasses: number;
   private readonly comm: Communicator;
   private local: MarginHead;
+  /** A stepAsync() is in flight. */
+  private running = false;
 
   /** `loaded`: used by {@link load}, the shard read from a checkpoint. */
   constructor(options: ShardedMarginHeadOptions, loaded?: MarginHead) {
@@ -103,6 +79,7 @@ export class ShardedMarginHead {
     this.size = comm.size;
     this.offset = range.offset;
     this.localClasses = range.count;
+    if (!loaded) warnIfThreadsShareCpus(comm, options.threads);
   }
 
   /** This rank's shard (a MarginHead over classes [offset, offset + localClasses)). */
@@ -120,29 +97,67 @@ export class ShardedMarginHead {
    * over ranks), and this rank's centres updated.
    */
   step(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number } = {}): ShardedStepResult {
+    this.ensureIdle('step');
     this.checkInStep(labels);
     return this.stepChecked(embeddings, labels, opts);
   }
 
   private stepChecked(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number }): ShardedStepResult {
-    const n = labels.length;
     const t0 = performance.now();
     const stats = packStats(this.local.partialStats(embeddings, labels));
     const t1 = performance.now();
-    const parts = unpackStats(this.comm.allGather(stats), this.size, n);
+    const gathered = this.comm.allGather(stats);
     const t2 = performance.now();
-    const merged = mergeStats(parts);
-    const { gradEmbeddings } = this.local.finishStep(merged, opts);
+    const { merged, parts, gradEmbeddings } = this.finish(gathered, labels.length, opts);
     const t3 = performance.now();
     this.comm.allReduceSum(gradEmbeddings);
-    const t4 = performance.now();
+    return this.result(merged, parts, gradEmbeddings, [t0, t1, t2, t3, performance.now()]);
+  }
+
+  /**
+   * {@link step} with the collectives on the libuv pool, issued in call
+   * order: while this rank waits for its peers the event loop runs (timers,
+   * I/O, a signal handler). The local compute runs on the calling thread.
+   * One call at a time: the head refuses other calls until it settles.
+   */
+  async stepAsync(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number } = {}): Promise<ShardedStepResult> {
+    this.ensureIdle('stepAsync');
+    this.running = true;
+    try {
+      if (!(labels instanceof Int32Array)) expected('Int32Array', 'labels', labels);
+      this.checkAgreement(labels, await this.comm.allGatherAsync(this.stepKey(labels)));
+      const t0 = performance.now();
+      const stats = packStats(this.local.partialStats(embeddings, labels));
+      const t1 = performance.now();
+      const gathered = await this.comm.allGatherAsync(stats);
+      const t2 = performance.now();
+      const { merged, parts, gradEmbeddings } = this.finish(gathered, labels.length, opts);
+      const t3 = performance.now();
+      await this.comm.allReduceSumAsync(gradEmbeddings);
+      return this.result(merged, parts, gradEmbeddings, [t0, t1, t2, t3, performance.now()]);
+    } finally {
+      this.running = false;
+    }
+  }
+
+  /** Phase 2 on this rank: merge the gathered stats, this shard's dLoss/dX share and centre update. */
+  private finish(gathered: Float32Array, n: number, opts: { lr?: number }) {
+    const parts = unpackStats(gathered, this.size, n);
+    const merged = mergeStats(parts);
+    const { gradEmbeddings } = this.local.finishStep(merged, opts);
+    return { merged, parts, gradEmbeddings };
+  }
+
+  /** `t`: the times (ms) at the start, after phase 1, the all-gather, phase 2 and the all-reduce. */
+  private result(merged: MergedStats, parts: ShardStats[], gradEmbeddings: Float32Array, t: number[]): ShardedStepResult {
+    const n = merged.lse.length;
     return {
       loss: merged.loss,
       accuracy: merged.accuracy,
       gradEmbeddings,
       targetCos: mergeTargetCos(parts, n),
       traffic: this.traffic(n),
-      seconds: { stats: (t1 - t0) / 1e3, allGather: (t2 - t1) / 1e3, finish: (t3 - t2) / 1e3, allReduce: (t4 - t3) / 1e3 },
+      seconds: { stats: (t[1] - t[0]) / 1e3, allGather: (t[2] - t[1]) / 1e3, finish: (t[3] - t[2]) / 1e3, allReduce: (t[4] - t[3]) / 1e3 },
     };
   }
 
@@ -153,6 +168,7 @@ export class ShardedMarginHead {
    * back the gradient of its own rows. Loss and accuracy are the global batch's.
    */
   stepLocal(embeddings: Float32Array, labels: Int32Array, opts: { lr?: number } = {}): ShardedStepResult {
+    this.ensureIdle('stepLocal');
     if (!(labels instanceof Int32Array)) expected('Int32Array', 'labels', labels);
     if (!(embeddings instanceof Float32Array) || embeddings.length !== labels.length * this.dim) {
       expected(`Float32Array of length ${labels.length * this.dim} (labels.length × dim)`, 'embeddings', embeddings);
@@ -174,6 +190,7 @@ export class ShardedMarginHead {
 
   /** Top-k classes (global ids) by cosine over all shards for each row (N×k, descending). */
   predict(embeddings: Float32Array, k: number): { classes: Int32Array; scores: Float32Array } {
+    this.ensureIdle('predict');
     if (!Number.isInteger(k) || k < 1 || k > this.classes) expected(`an integer in [1, ${this.classes}]`, 'k', k);
     const kLocal = Math.min(k, this.localClasses);
     const mine = this.local.predict(embeddings, kLocal);
@@ -189,52 +206,30 @@ export class ShardedMarginHead {
   }
 
   /**
-   * Writes `dir`/shard-R-of-K.safetensors on every rank, then rank 0 writes
-   * `dir`/manifest.json. Collective: every rank calls it; a rank that fails
-   * to write makes every rank throw. `dir` must be the same folder for all
-   * ranks (a shared file system across machines).
+   * Writes this rank's shard and the manifest into `dir`/step-S/ (S: the
+   * step count), in `dir` as this rank sees it: a folder on the rank's own
+   * host, or one shared folder. Collective: every rank calls it; a rank that
+   * fails makes every rank throw, and the previous generation stays whole.
+   * Keeps the newest `keep` generations (default 2). See ./sharded-checkpoint.
    */
-  save(dir: string): void {
-    if (typeof dir !== 'string' || dir === '') expected('a folder path', 'dir', dir);
-    const file = shardFile(this.rank, this.size);
-    let failure = '';
-    try {
-      fs.mkdirSync(dir, { recursive: true });
-      this.local.save(path.join(dir, file));
-    } catch (err) {
-      failure = (err as Error).message;
-    }
-    this.agreeOrThrow(failure, 'save its shard');
-    if (this.rank === 0) {
-      try {
-        writeManifest(dir, this.manifest());
-      } catch (err) {
-        failure = (err as Error).message;
-      }
-    }
-    this.agreeOrThrow(failure, 'write the manifest');
+  save(dir: string, options: { keep?: number } = {}): void {
+    this.ensureIdle('save');
+    saveShards({ comm: this.comm, classes: this.classes, dim: this.dim, local: this.local }, dir, options?.keep ?? 2);
   }
 
   /**
-   * Loads a checkpoint written by {@link save} with any number of ranks:
-   * with the same number each rank reads its own file; otherwise each rank
-   * assembles its new slice from the rows of the old shards that overlap it.
-   * Collective: every rank calls it.
+   * Loads a checkpoint written by {@link save} with any number of ranks.
+   * `paths`: the folder(s) where this rank finds the shards it needs (its
+   * own host's folder; with another number of ranks, also copies of the
+   * other hosts' shards). `step` picks a generation; by default the newest
+   * that every rank holds. Collective: every rank calls it.
    */
-  static load(dir: string, options: { comm: Communicator }): ShardedMarginHead {
+  static load(paths: string | string[], options: { comm: Communicator; step?: number }): ShardedMarginHead {
     const comm = checkComm(options);
-    const manifest = readManifest(dir);
-    if (manifest.classes < comm.size) {
-      throw new CheckpointError(`Checkpoint ${dir} has ${manifest.classes} classes: it cannot be split over ${comm.size} ranks (at least one class per rank)`);
-    }
-    const range = shardRange(manifest.classes, comm.size, comm.rank);
-    let local: MarginHead;
-    if (manifest.ranks === comm.size) {
-      local = MarginHead.load(path.join(dir, manifest.shards[comm.rank].file));
-      checkShard(local, range, dir);
-    } else {
-      local = loadResharded(dir, manifest, range);
-    }
+    const list = typeof paths === 'string' ? [paths] : paths;
+    if (!Array.isArray(list) || list.length === 0 || list.some((p) => typeof p !== 'string' || p === '')) expected('a folder path or a non-empty array of them', 'paths', paths);
+    if (options.step !== undefined && !(Number.isSafeInteger(options.step) && options.step >= 0)) expected('a step count (an integer ≥ 0)', 'step', options.step);
+    const { manifest, local } = loadShard(list, comm, options.step);
     // The shard carries its own configuration (margin, optimizer, …) from its
     // checkpoint; the options here only size the slices.
     return new ShardedMarginHead({ classes: manifest.classes, dim: manifest.dim, margin: { kind: 'softmax' }, comm }, local);
@@ -250,10 +245,21 @@ export class ShardedMarginHead {
 
   // ---- Internals -----------------------------------------------------------
 
+  private ensureIdle(what: string): void {
+    if (this.running) throw new ArgumentError(`ShardedMarginHead.${what}: a stepAsync() call is still running on this head (await it first)`);
+  }
+
   /** Every rank must be at the same step with the same batch size: checked with one small all-gather. */
   private checkInStep(labels: Int32Array): void {
     if (!(labels instanceof Int32Array)) expected('Int32Array', 'labels', labels);
-    const all = this.comm.allGather(new Int32Array([labels.length, this.local.stepCount]));
+    this.checkAgreement(labels, this.comm.allGather(this.stepKey(labels)));
+  }
+
+  private stepKey(labels: Int32Array): Int32Array {
+    return new Int32Array([labels.length, this.local.stepCount]);
+  }
+
+  private checkAgreement(labels: Int32Array, all: Int32Array): void {
     for (let r = 0; r < this.size; r++) {
       if (all[2 * r] !== labels.length) {
         throw new ArgumentError(`Expected the same batch size on every rank but received ${labels.length} rows on rank ${this.rank} and ${all[2 * r]} on rank ${r}`);
@@ -274,30 +280,24 @@ export class ShardedMarginHead {
       gradBytes: others === 0 ? 0 : 2 * n * this.dim * 4,
     };
   }
+}
 
-  /** Shares a failure of one rank with all: every rank throws the same CheckpointError. */
-  private agreeOrThrow(failure: string, what: string): void {
-    const flags = this.comm.allGather(new Int32Array([failure ? 1 : 0]));
-    const bad = Array.from(flags).findIndex((f) => f !== 0);
-    if (bad < 0) return;
-    const detail = bad === this.rank ? `: ${failure}` : ' (see that rank for the cause)';
-    throw new CheckpointError(`Rank ${bad} of ${this.size} could not ${what}${detail}`);
-  }
-
-  private manifest(): Manifest {
-    const shards: ManifestShard[] = [];
-    for (let r = 0; r < this.size; r++) shards.push({ rank: r, file: shardFile(r, this.size), ...shardRange(this.classes, this.size, r) });
-    return {
-      format: MANIFEST_FORMAT,
-      version: MANIFEST_VERSION,
-      classes: this.classes,
-      dim: this.dim,
-      ranks: this.size,
-      steps: this.local.stepCount,
-      momentum: this.local.getMomentum() !== null,
-      shards,
-    };
-  }
+/**
+ * A rank whose head runs more threads than the CPUs it may run on is slowed
+ * by about that ratio: Open MPI binds each rank of a job of up to 2 ranks to
+ * one core by default, so one rank with 2 threads runs them on one core.
+ */
+function warnIfThreadsShareCpus(comm: Communicator, threads: number | undefined): void {
+  if (comm.engine !== 'mpi') return;
+  const cpus = os.availableParallelism();
+  const want = threads && threads > 0 ? threads : os.cpus().length;
+  if (want <= cpus) return;
+  process.emitWarning(
+    `ShardedMarginHead: rank ${comm.rank} may run on ${cpus} CPU(s) but its head runs ${want} threads, which share them ` +
+      `(Open MPI binds each rank of a job of up to 2 ranks to one core): start mpirun with --bind-to none, ` +
+      `or give each rank ${want} cores (--map-by slot:PE=${want}), or pass threads: ${cpus}`,
+    { code: 'MARGIN_SOFTMAX_CPU_BINDING' },
+  );
 }
 
 function checkComm(options: { comm?: Communicator }): Communicator {
@@ -307,10 +307,6 @@ function checkComm(options: { comm?: Communicator }): Communicator {
     expected('a Communicator (mpiCommunicator() or localCommunicator())', 'comm', c);
   }
   return c;
-}
-
-function shardFile(rank: number, size: number): string {
-  return `shard-${rank}-of-${size}.safetensors`;
 }
 
 function packStats(s: ShardStats): Float32Array {
@@ -364,119 +360,3 @@ function topOfGathered(ids: Int32Array, scores: Float32Array, size: number, n: n
   }
   return { classes, scores: best };
 }
-
-function writeManifest(dir: string, m: Manifest): void {
-  const file = path.join(dir, MANIFEST);
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify(m, null, 2) + '\n');
-  fs.renameSync(tmp, file);
-}
-
-function readManifest(dir: string): Manifest {
-  const file = path.join(dir, MANIFEST);
-  let m: Manifest;
-  try {
-    m = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new CheckpointError(`Cannot read the sharded checkpoint's manifest ${file}: ${(err as Error).message}`);
-  }
-  if (m?.format !== MANIFEST_FORMAT) throw new CheckpointError(`${file} is not a margin-softmax sharded head manifest (format = ${JSON.stringify(m?.format)})`);
-  if (m.version !== MANIFEST_VERSION) throw new CheckpointError(`${file}: manifest version ${JSON.stringify(m.version)} is not supported (expected ${MANIFEST_VERSION})`);
-  if (!Number.isSafeInteger(m.classes) || !Number.isSafeInteger(m.dim) || !Array.isArray(m.shards) || m.shards.length !== m.ranks) {
-    throw new CheckpointError(`Corrupted manifest ${file}: expected classes, dim, ranks and one shard entry per rank`);
-  }
-  // The shards must tile [0, classes) in rank order.
-  let next = 0;
-  m.shards.forEach((s, r) => {
-    if (s?.rank !== r || s.offset !== next || !(s.count > 0) || typeof s.file !== 'string' || path.basename(s.file) !== s.file) {
-      throw new CheckpointError(`Corrupted manifest ${file}: shard entry ${r} does not continue the class range at ${next}`);
-    }
-    next += s.count;
-  });
-  if (next !== m.classes) throw new CheckpointError(`Corrupted manifest ${file}: the shards cover ${next} classes, not ${m.classes}`);
-  return m;
-}
-
-function checkShard(h: MarginHead, range: { offset: number; count: number }, dir: string): void {
-  if (h.offset !== range.offset || h.localClasses !== range.count) {
-    throw new CheckpointError(
-      `Checkpoint ${dir}: the shard file holds classes [${h.offset}, ${h.offset + h.localClasses}) but this rank owns [${range.offset}, ${range.offset + range.count})`,
-    );
-  }
-}
-
-/**
- * This rank's new slice assembled from the overlapping rows of the old
- * shards. The rows go into a temporary single-shard checkpoint that
- * MarginHead.load reads, so the one loader checks the configuration and
- * restores the centres, the momentum and the step count.
- */
-function loadResharded(dir: string, m: Manifest, range: { offset: number; count: number }): MarginHead {
-  const d = m.dim;
-  const weight = new Float32Array(range.count * d);
-  const momentum = m.momentum ? new Float32Array(range.count * d) : null;
-  let config: Record<string, unknown> | null = null;
-  for (const s of m.shards) {
-    const lo = Math.max(s.offset, range.offset);
-    const hi = Math.min(s.offset + s.count, range.offset + range.count);
-    if (lo >= hi) continue;
-    const file = path.join(dir, s.file);
-    const header = readHeader(file);
-    config ??= shardConfig(file, header);
-    for (const [name, into] of [['weight', weight], ['momentum', momentum]] as const) {
-      if (!into) continue;
-      checkShardTensor(file, header, name, s.count, d);
-      readRows(file, header, name, (lo - s.offset) * d, (hi - lo) * d, into, (lo - range.offset) * d);
-    }
-  }
-  const tensors: Record<string, TensorEntry> = { weight: { dtype: 'F32', shape: [range.count, d], data: weight } };
-  if (momentum) tensors.momentum = { dtype: 'F32', shape: [range.count, d], data: momentum };
-  const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'margin-softmax-reshard-'));
-  const tmp = path.join(tmpDir, 'shard.safetensors');
-  try {
-    const metadata = {
-      format: 'margin-softmax/head',
-      version: '1',
-      config: JSON.stringify({ ...config, shard: { ...range, total: m.classes } }),
-      steps: String(m.steps),
-    };
-    saveSafetensors(tmp, tensors, metadata);
-    return MarginHead.load(tmp);
-  } finally {
-    fs.rmSync(tmpDir, { recursive: true, force: true });
-  }
-}
-
-function shardConfig(file: string, header: SafetensorsHeader): Record<string, unknown> {
-  try {
-    return JSON.parse(header.metadata.config);
-  } catch {
-    throw new CheckpointError(`Corrupted checkpoint ${file}: metadata.config is not valid JSON`);
-  }
-}
-
-function checkShardTensor(file: string, header: SafetensorsHeader, name: string, rows: number, dim: number): void {
-  const t = header.tensors[name];
-  if (!t) throw new CheckpointError(`Checkpoint ${file} has no tensor '${name}'`);
-  if (t.dtype !== 'F32' || t.shape.length !== 2 || t.shape[0] !== rows || t.shape[1] !== dim) {
-    throw new CheckpointError(`Checkpoint ${file}: expected F32 [${rows}, ${dim}] for '${name}' (as the manifest says) but found ${t.dtype} ${JSON.stringify(t.shape)}`);
-  }
-}
-
-/** Reads `count` floats of tensor `name` starting at element `start` into `into` at `at`. */
-function readRows(file: string, header: SafetensorsHeader, name: string, start: number, count: number, into: Float32Array, at: number): void {
-  const t = header.tensors[name];
-  const view = new Uint8Array(into.buffer, into.byteOffset + at * 4, count * 4);
-  const fd = fs.openSync(file, 'r');
-  try {
-    let done = 0;
-    while (done < view.length) {
-      const got = fs.readSync(fd, view, done, view.length - done, header.dataStart + t.begin + start * 4 + done);
-      if (got === 0) throw new CheckpointError(`Truncated checkpoint ${file} while reading '${name}'`);
-      done += got;
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-

@@ -28,6 +28,8 @@ export interface CheckpointState {
   version: 1;
   /** Completed epochs. */
   epoch: number;
+  /** Batches of the next epoch already run: a distributed run stopped within it (absent: none). */
+  batchesDone?: number;
   step: number;
   fingerprint: Record<string, unknown>;
   trainClasses: string[];

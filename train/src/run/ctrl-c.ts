@@ -9,11 +9,14 @@ import type { RunState } from './state';
 export async function withCtrlC(run: RunState, body: () => Promise<void>): Promise<void> {
   const onSigint = stopOnCtrlC(run);
   const { handleSignals } = run.ctx.hooks;
-  if (handleSignals) process.on('SIGINT', onSigint);
+  // Under mpirun, Ctrl-C reaches the ranks as SIGTERM (after mpirun's
+  // odls_base_sigkill_timeout), and `kill -USR1 <mpirun>` as SIGUSR1 at once.
+  const signals: NodeJS.Signals[] = run.ctx.comm ? ['SIGINT', 'SIGTERM', 'SIGUSR1'] : ['SIGINT'];
+  if (handleSignals) for (const sig of signals) process.on(sig, onSigint);
   try {
     await body();
   } finally {
-    if (handleSignals) process.removeListener('SIGINT', onSigint);
+    if (handleSignals) for (const sig of signals) process.removeListener(sig, onSigint);
   }
 }
 

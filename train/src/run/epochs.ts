@@ -11,9 +11,10 @@ import { loadBatch, type LoadedBatch, type Sample } from '../data/datasets';
 import { flipHorizontal, shiftImage } from '../data/images';
 import { Rng, subSeed } from '../data/rng';
 import { formatVerification, type VerificationResult } from '../eval/protocol';
-import { readCheckpointState, saveCheckpoint, type CheckpointState } from './checkpoint';
+import type { ShardedMarginHead } from 'margin-softmax';
+import { CheckpointMismatchError, readCheckpointState, saveCheckpoint, type CheckpointState } from './checkpoint';
 import type { TrainConfig } from './config';
-import { averageGradients, shareOf } from './distributed';
+import { anyRankStops, averageGradients, readRankResume, saveShardedHead, shareOf, writeRankResume } from './distributed';
 import { epochLine, epochRecord, valRecord, type EpochRecord, type EpochTally } from './metrics';
 import { ProgressBar } from './progress';
 import type { BackboneReplicas } from './replicas';
@@ -44,8 +45,16 @@ export async function trainEpochs(run: RunState): Promise<void> {
   const startEpoch = progress.resumed ? progress.resumed.epoch : 0;
   for (let epoch = startEpoch + 1; epoch <= run.ctx.cfg.epochs; epoch++) {
     const lr = lrAt(run.ctx.cfg, epoch);
-    const tally = await trainEpoch(run, epoch, lr);
-    if (progress.stopRequested) {
+    const tally = await trainEpoch(run, epoch, lr, epoch === startEpoch + 1 ? progress.resumed : null);
+    const sharded = run.model.sharded !== null;
+    if (progress.stopRequested && tally.done < tally.batches && sharded) {
+      // Distributed: every rank saves where it stopped (its head shard, rank 0 the run checkpoint).
+      progress.stopped = true;
+      await saveStopCheckpoint(run, epoch, lr, tally);
+      return;
+    }
+    // Distributed, a stop after the epoch's last batch completes the epoch (its checkpoint) first.
+    if (progress.stopRequested && !(sharded && tally.done === tally.batches)) {
       progress.stopped = true;
       logStop(run, epoch);
       return;
@@ -53,13 +62,14 @@ export async function trainEpochs(run: RunState): Promise<void> {
     await finishEpoch(run, epoch, lr, tally);
     if (progress.stopRequested) {
       progress.stopped = true;
+      if (sharded) run.ctx.log(`Stopped after epoch ${epoch}, its checkpoint saved: continue with --resume.`);
       return;
     }
   }
 }
 
 /** One pass over the training images in this epoch's shuffled order, batch by batch. */
-async function trainEpoch(run: RunState, epoch: number, lr: number): Promise<EpochTally> {
+async function trainEpoch(run: RunState, epoch: number, lr: number, resumed: CheckpointState | null): Promise<EpochTally> {
   const { cfg, hooks, comm } = run.ctx;
   const { progress, data } = run;
   const headLoss = run.model.loss;
@@ -72,11 +82,16 @@ async function trainEpoch(run: RunState, epoch: number, lr: number): Promise<Epo
   const total = nBatches * bs > order.length ? order.length : nBatches * bs;
   const bar = new ProgressBar(`${hooks.progressLabel ?? ''}epoch ${epoch}/${cfg.epochs}`, total, process.stderr, hooks.progress ?? run.ctx.verbose);
   headLoss.theta.reset();
-  const tally: EpochTally = { lossSum: 0, accSum: 0, rows: 0, images: 0, seconds: 0, headSeconds: 0 };
+  const tally: EpochTally = { lossSum: 0, accSum: 0, rows: 0, images: 0, seconds: 0, headSeconds: 0, done: 0, batches: nBatches, rngState: rng.state };
   const headAtStart = headLoss.headSeconds;
-  for (let b = 0; b < nBatches; b++) {
+  // A run stopped within this epoch goes on after the batches it ran, with its RNG where it was.
+  const first = resumedWithin(run, resumed, rng);
+  tally.done = first;
+  for (let b = first; b < nBatches; b++) {
     const tb = Date.now();
     const batch = nextBatch(run, order.slice(b * bs, Math.min(order.length, (b + 1) * bs)), rng);
+    tally.done = b + 1;
+    tally.rngState = rng.state;
     if (!batch) continue;
     const n = batch.labels.length;
     const loss = trainStep(run, batch, lr);
@@ -93,6 +108,8 @@ async function trainEpoch(run: RunState, epoch: number, lr: number): Promise<Epo
     if (hooks.stopAfterBatches !== undefined && progress.batchesRun >= hooks.stopAfterBatches) progress.stopRequested = true;
     // Let the event loop run (a Ctrl-C is delivered there).
     await new Promise((resolve) => setImmediate(resolve));
+    // Distributed: a stop asked on any rank stops every rank after this batch.
+    if (comm) progress.stopRequested = anyRankStops(comm, progress.stopRequested);
     if (progress.stopRequested) break;
   }
   bar.end();
@@ -206,12 +223,54 @@ async function saveEpochCheckpoint(run: RunState, epoch: number, lr: number, val
     lr,
     savedAt: new Date().toISOString(),
   };
+  // Every rank's head shard first (where it runs), then rank 0's run
+  // checkpoint naming that generation: a save cut short leaves a matching pair.
+  if (sharded) saveShardedHead(sharded, ctx.out);
   if (ctx.isRoot) {
     await saveCheckpoint(tf, ctx.out, { model: backbone, head: sharded ? null : head, optimizer, state });
     fs.writeFileSync(ctx.files.eval, JSON.stringify({ epoch, before: progress.before, after: val ?? progress.after }, null, 2));
   }
-  if (sharded) {
-    ctx.comm?.barrier(); // rank 0 has put the new checkpoint folder in place
-    sharded.save(path.join(ctx.out, 'checkpoint', 'head-shards'));
+}
+
+/**
+ * A distributed run stopped within epoch `epoch`: every rank writes its head
+ * shard and its place in the epoch (the augmentation RNG) beside it, then
+ * rank 0 the run checkpoint with the batches done; --resume goes on from the
+ * next batch. The partial epoch's metrics are not kept.
+ */
+async function saveStopCheckpoint(run: RunState, epoch: number, lr: number, tally: EpochTally): Promise<void> {
+  const { ctx } = run;
+  const { tf, backbone, head, optimizer } = run.model;
+  const sharded = run.model.sharded as ShardedMarginHead;
+  writeRankResume(ctx.out, sharded, { epoch, batchesDone: tally.done, rngState: tally.rngState });
+  saveShardedHead(sharded, ctx.out);
+  if (ctx.isRoot) {
+    const state: CheckpointState = {
+      format: 'margin-softmax/run',
+      version: 1,
+      epoch: epoch - 1,
+      batchesDone: tally.done,
+      step: head.stepCount,
+      fingerprint: ctx.fingerprint,
+      trainClasses: run.data.split.trainClasses,
+      valClasses: run.data.split.valClasses,
+      dataId: run.data.src.id,
+      lr,
+      savedAt: new Date().toISOString(),
+    };
+    await saveCheckpoint(tf, ctx.out, { model: backbone, head: null, optimizer, state });
   }
+  ctx.log(`Stopped during epoch ${epoch} after batch ${tally.done} of ${tally.batches}: every rank saved where it stopped (${path.join(ctx.out, 'checkpoint')} and each rank's head-shards): continue with --resume.`);
+}
+
+/** The first batch to run in this epoch: after those a stopped run had done (its RNG restored), else 0. */
+function resumedWithin(run: RunState, resumed: CheckpointState | null, rng: Rng): number {
+  const sharded = run.model.sharded;
+  if (!resumed?.batchesDone || !sharded) return 0;
+  const place = readRankResume(run.ctx.out, sharded, resumed.step);
+  if (place.epoch !== resumed.epoch + 1 || place.batchesDone !== resumed.batchesDone) {
+    throw new CheckpointMismatchError(`${run.ctx.out}: this rank stopped at epoch ${place.epoch} batch ${place.batchesDone}, rank 0 at epoch ${resumed.epoch + 1} batch ${resumed.batchesDone}`);
+  }
+  rng.state = place.rngState;
+  return place.batchesDone;
 }

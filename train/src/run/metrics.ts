@@ -44,6 +44,11 @@ export interface EpochTally {
   images: number;
   seconds: number;
   headSeconds: number;
+  /** Batches of the epoch run so far (those skipped on a resume within the epoch included), of `batches`. */
+  done: number;
+  batches: number;
+  /** The epoch's augmentation RNG after the last batch run (a stop within the epoch saves it). */
+  rngState: number;
 }
 
 /**

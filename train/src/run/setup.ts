@@ -17,7 +17,7 @@ import { BackboneSgd } from '../model/optimizer';
 import type { Tf } from '../model/tf';
 import { checkFingerprint, CheckpointMismatchError, loadBackbone, loadHead, loadOptimizerState, readCheckpointState, type CheckpointState } from './checkpoint';
 import { backboneOf, marginLabel, modelFingerprint, openSource, type TrainConfig } from './config';
-import { broadcastVariables } from './distributed';
+import { agreeOnResume, broadcastVariables, headShardsDir, loadShardedHead } from './distributed';
 import { makeHeadLoss } from './head-loss';
 import { readJsonl, writeJsonl, type EpochRecord, type ThetaRow } from './metrics';
 import { BackboneReplicas } from './replicas';
@@ -31,7 +31,6 @@ export function openRun(cfg: TrainConfig, hooks: TrainHooks): { ctx: RunContext;
   // and writes the run folder, every rank writes its shard of the head.
   const comm = cfg.distributed === 'mpi' ? mpiCommunicator() : null;
   const isRoot = !comm || comm.rank === 0;
-  if (comm && hooks.resume) throw new CheckpointMismatchError('--resume is not supported with --distributed mpi in this version');
   if (!(Number.isSafeInteger(cfg.workers) && cfg.workers >= 1)) throw new ArgumentError(`Expected an integer ≥ 1 for workers but received ${cfg.workers}`);
   // MPI ranks are the data-parallel replicas already.
   if (comm && cfg.workers > 1) throw new ArgumentError(`Expected --workers 1 with --distributed mpi (one backbone per rank) but received --workers ${cfg.workers}`);
@@ -60,10 +59,24 @@ export function openRun(cfg: TrainConfig, hooks: TrainHooks): { ctx: RunContext;
 export function prepareRunFolder(ctx: RunContext, data: RunData): CheckpointState | null {
   const { hooks, out, comm } = ctx;
   fs.mkdirSync(out, { recursive: true });
-  if (hooks.overwrite && !hooks.resume && ctx.isRoot) {
-    for (const f of ['checkpoint', 'metrics.jsonl', 'theta.jsonl', 'eval.json', 'plots']) fs.rmSync(path.join(out, f), { recursive: true, force: true });
+  if (hooks.overwrite && !hooks.resume) {
+    if (ctx.isRoot) for (const f of ['checkpoint', 'metrics.jsonl', 'theta.jsonl', 'eval.json', 'plots']) fs.rmSync(path.join(out, f), { recursive: true, force: true });
+    fs.rmSync(headShardsDir(out), { recursive: true, force: true });
   }
   comm?.barrier(); // the other ranks look at the folder once rank 0 has cleared it
+  if (!comm) return resumeDecision(ctx, data);
+  // Distributed: rank 0 decides from its run checkpoint, the other ranks get the epoch and the head's step.
+  let state: CheckpointState | null = null;
+  const point = agreeOnResume(comm, () => {
+    state = resumeDecision(ctx, data);
+    return state && { epoch: state.epoch, step: state.step, batchesDone: state.batchesDone ?? 0 };
+  });
+  // The rest of the state is rank 0's business.
+  return state ?? (point && ({ format: 'margin-softmax/run', version: 1, ...point } as CheckpointState));
+}
+
+function resumeDecision(ctx: RunContext, data: RunData): CheckpointState | null {
+  const { hooks, out } = ctx;
   const existing = readCheckpointState(out);
   if (hooks.resume) {
     if (!existing) throw new CheckpointMismatchError(`Nothing to resume: ${path.join(out, 'checkpoint')} holds no checkpoint`);
@@ -98,6 +111,12 @@ export async function buildModelAndHead(
 ): Promise<{ backbone: TF.LayersModel; head: MarginHead; sharded: ShardedMarginHead | null }> {
   const { cfg, out, comm } = ctx;
   const { split } = data;
+  if (resumed && comm) {
+    // Rank 0's backbone reaches the others in makeOptimizer; each rank reads its head shards.
+    const backbone = ctx.isRoot ? await loadBackbone(tf, out) : buildBackbone(tf, backboneOf(cfg), cfg.seed);
+    const sharded = loadShardedHead(out, comm, resumed.step);
+    return { backbone, head: sharded.shard, sharded };
+  }
   if (resumed) {
     const backbone = await loadBackbone(tf, out);
     const head = loadHead(out, cfg.backend);
@@ -129,15 +148,22 @@ export function writeRunConfig(ctx: RunContext, data: RunData, head: MarginHead)
   if (ctx.isRoot) fs.writeFileSync(path.join(out, 'config.json'), JSON.stringify({ ...cfg, out, split, dataId: src.id, headBackend: head.backend }, null, 2));
 }
 
-/** The backbone's SGD, with its momentum restored on --resume (and the replicas made equal over MPI ranks). */
+/**
+ * The backbone's SGD, with its momentum restored on --resume. Over MPI ranks
+ * rank 0's weights (batch-norm statistics included) and momentum are copied
+ * to the others, so the replicas start equal.
+ */
 export function makeOptimizer(ctx: RunContext, tf: Tf, backbone: TF.LayersModel, resumed: CheckpointState | null): BackboneSgd {
   const { cfg, comm, out } = ctx;
   const optimizer = new BackboneSgd(tf, backbone.trainableWeights, { momentum: cfg.momentum, weightDecay: cfg.weightDecay });
-  if (comm) broadcastVariables(tf, comm, optimizer.variables);
-  if (resumed) {
+  if (resumed && ctx.isRoot) {
     const named = loadOptimizerState(tf, out);
     optimizer.setState(named);
     tf.dispose(Object.values(named));
+  }
+  if (comm) {
+    broadcastVariables(tf, comm, backbone.weights.map((w) => w.read() as TF.Variable));
+    if (resumed) broadcastVariables(tf, comm, optimizer.state().map((st) => st.tensor as TF.Variable));
   }
   return optimizer;
 }
