@@ -64,6 +64,7 @@ const OPTIM_HELP = `Optimisation:
   --epochs N (10)  --batch-size N (32)  --lr X (0.1)  --lr-steps 6,9  --lr-factor 0.1
   --momentum 0.9  --weight-decay 5e-4  --head-lr-mult 1
   --flip 0.5             probability of a horizontal flip of a training image; --shift N: random ±N px translation
+  --rotate D, --scale-jitter S, --shear D   random affine augmentation: rotation ±D°, scale 1 ± S, shear ±D°
   --seed N               initialisation, shuffling and augmentation seed (default 0)
   --tf-backend wasm|cpu  tfjs backend (default wasm: the fastest that installs from npm alone)
   --backend auto|cpu|cuda   the margin head's backend (default auto: CUDA where a device is usable)
@@ -187,6 +188,9 @@ const OPTIONS = {
   'head-lr-mult': { type: 'string' },
   flip: { type: 'string' },
   shift: { type: 'string' },
+  rotate: { type: 'string' },
+  'scale-jitter': { type: 'string' },
+  shear: { type: 'string' },
   seed: { type: 'string' },
   'tf-backend': { type: 'string' },
   backend: { type: 'string' },
@@ -300,6 +304,9 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.headLrMult = num(v['head-lr-mult'], 'head-lr-mult', (x) => x >= 0, 'a number ≥ 0') ?? c.headLrMult;
   c.flip = num(v.flip, 'flip', (x) => x >= 0 && x <= 1, 'a probability in [0, 1]') ?? c.flip;
   c.shift = int(v.shift, 'shift') ?? c.shift;
+  c.rotate = num(v.rotate, 'rotate', (x) => x >= 0 && x <= 180, 'degrees in [0, 180]') ?? c.rotate;
+  c.scaleJitter = num(v['scale-jitter'], 'scale-jitter', (x) => x >= 0 && x <= 0.9, 'a fraction in [0, 0.9]') ?? c.scaleJitter;
+  c.shear = num(v.shear, 'shear', (x) => x >= 0 && x <= 60, 'degrees in [0, 60]') ?? c.shear;
   c.tfBackend = tfBackendFrom(v) ?? c.tfBackend;
   c.backend = headBackendFrom(v) ?? c.backend;
   c.threads = int(v.threads, 'threads') ?? c.threads;

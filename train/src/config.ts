@@ -41,6 +41,10 @@ export interface TrainConfig extends BackboneConfig {
   flip: number;
   /** Random translation of each training image by up to ±shift pixels (0 = none). */
   shift: number;
+  /** Random affine augmentation (./augment): rotation ±rotate°, scale 1 ± scaleJitter, shear ±shear° (0 = none; with any of them, the shift is continuous). */
+  rotate: number;
+  scaleJitter: number;
+  shear: number;
 
   /** Test-time flip averaging in evaluation. */
   evalFlip: boolean;
@@ -93,6 +97,9 @@ export const DEFAULT_CONFIG: TrainConfig = {
   headLrMult: 1,
   flip: 0.5,
   shift: 0,
+  rotate: 0,
+  scaleJitter: 0,
+  shear: 0,
   evalFlip: false,
   evalEvery: 1,
   evalSeed: 0,

@@ -25,6 +25,7 @@ import { averageGradients, broadcastVariables, shareOf } from './distributed';
 import { DataError, loadBatch, mnistSource, scanImageFolder, splitByIdentity, subset, type DataSource, type LoadedBatch, type Sample, type Split } from './data';
 import { evaluateVerification } from './evaluate';
 import { flipHorizontal, shiftImage } from './images';
+import { checkAffineRanges, drawAffine, isAffine, warpAffine, type AffineRanges } from './augment';
 import { buildBackbone, countParams } from './model';
 import { BackboneSgd } from './optimizer';
 import { rocSpec, thetaSpec, trainingCurvesSpec, writeSvgs, type EpochMetrics, type VlSpec } from './plots';
@@ -319,6 +320,7 @@ function openRun(cfg: TrainConfig, hooks: TrainHooks): RunContext {
   const comm = cfg.distributed === 'mpi' ? mpiCommunicator() : null;
   const isRoot = !comm || comm.rank === 0;
   if (comm && hooks.resume) throw new CheckpointMismatchError('--resume is not supported with --distributed mpi in this version');
+  checkAffineRanges(affineOf(cfg));
   if (!(Number.isSafeInteger(cfg.workers) && cfg.workers >= 1)) throw new ArgumentError(`Expected an integer ≥ 1 for workers but received ${cfg.workers}`);
   // MPI ranks are the data-parallel replicas already.
   if (comm && cfg.workers > 1) throw new ArgumentError(`Expected --workers 1 with --distributed mpi (one backbone per rank) but received --workers ${cfg.workers}`);
@@ -585,8 +587,11 @@ function nextBatch(run: RunState, rows: Sample[], rng: Rng): LoadedBatch | null 
   const n = batch.labels.length;
   if (n < 2) return null;
   const per = cfg.height * cfg.width * cfg.channels;
+  const affine = affineOf(cfg);
+  const scratch = isAffine(affine) ? new Float32Array(per) : null;
   for (let i = 0; i < n; i++) {
-    if (cfg.shift > 0) {
+    if (scratch) warpAffine(batch.data, i * per, cfg.height, cfg.width, cfg.channels, drawAffine(affine, rng), scratch);
+    else if (cfg.shift > 0) {
       const dy = rng.int(2 * cfg.shift + 1) - cfg.shift;
       const dx = rng.int(2 * cfg.shift + 1) - cfg.shift;
       shiftImage(batch.data, i * per, cfg.height, cfg.width, cfg.channels, dy, dx);
@@ -594,6 +599,10 @@ function nextBatch(run: RunState, rows: Sample[], rng: Rng): LoadedBatch | null 
     if (rng.next() < cfg.flip) flipHorizontal(batch.data, i * per, cfg.height, cfg.width, cfg.channels);
   }
   return batch;
+}
+
+function affineOf(cfg: TrainConfig): AffineRanges {
+  return { rotate: cfg.rotate ?? 0, scale: cfg.scaleJitter ?? 0, shear: cfg.shear ?? 0, shift: cfg.shift };
 }
 
 /** One SGD step of the backbone and the head on a batch; returns the batch's loss. */
