@@ -22,7 +22,8 @@ import {
 } from './checkpoint';
 import { backboneOf, marginLabel, modelFingerprint, type TrainConfig } from './config';
 import { averageGradients, broadcastVariables, shareOf } from './distributed';
-import { DataError, loadBatch, mnistSource, scanImageFolder, splitByIdentity, subset, type DataSource, type LoadedBatch, type Sample, type Split } from './data';
+import { DecodedCache } from './decoded-cache';
+import { DataError, mnistSource, scanImageFolder, splitByIdentity, subset, type DataSource, type LoadedBatch, type Sample, type Split } from './data';
 import { evaluateVerification } from './evaluate';
 import { flipHorizontal, shiftImage } from './images';
 import { checkAffineRanges, drawAffine, isAffine, warpAffine, type AffineRanges } from './augment';
@@ -158,6 +159,8 @@ interface RunContext {
   src: DataSource;
   split: Split;
   trainSamples: Sample[];
+  /** The training images decoded once, kept between epochs. */
+  cache: DecodedCache;
   fingerprint: Record<string, unknown>;
 }
 
@@ -339,7 +342,8 @@ function openRun(cfg: TrainConfig, hooks: TrainHooks): RunContext {
   };
   const files = { metrics: path.join(out, 'metrics.jsonl'), theta: path.join(out, 'theta.jsonl'), eval: path.join(out, 'eval.json') };
   const fingerprint = modelFingerprint(cfg, split.trainClasses.length);
-  return { cfg, hooks, t0, verbose, comm, isRoot, log, warn, out, files, src, split, trainSamples, fingerprint };
+  const cache = new DecodedCache(src, { height: cfg.height, width: cfg.width, channels: cfg.channels });
+  return { cfg, hooks, t0, verbose, comm, isRoot, log, warn, out, files, src, split, trainSamples, cache, fingerprint };
 }
 
 /** Creates (or clears, --overwrite) the run folder; returns the checkpoint to resume, checked against this run. */
@@ -575,14 +579,13 @@ async function trainEpoch(run: RunState, epoch: number, lr: number): Promise<Epo
 }
 
 /**
- * This rank's share of the batch `rows`, read from disk and augmented (shift,
- * then flip, image by image, in the epoch's RNG order); null when fewer than
- * two images remain (unreadable ones skipped).
+ * This rank's share of the batch `rows`, decoded (from disk the first time)
+ * and augmented (affine or shift, then flip, image by image, in the epoch's
+ * RNG order); null when fewer than two images remain (unreadable ones skipped).
  */
 function nextBatch(run: RunState, rows: Sample[], rng: Rng): LoadedBatch | null {
   const { cfg, comm } = run;
-  const shape = { height: cfg.height, width: cfg.width, channels: cfg.channels };
-  const batch = loadBatch(run.src, comm ? shareOf(rows, comm.rank, comm.size) : rows, shape, cfg.onBadImage, run.warn);
+  const batch = run.cache.load(comm ? shareOf(rows, comm.rank, comm.size) : rows, cfg.onBadImage, run.warn);
   for (const s of batch.skipped) run.badRefs.add(s.ref);
   const n = batch.labels.length;
   if (n < 2) return null;
