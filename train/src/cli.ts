@@ -70,8 +70,8 @@ const OPTIM_HELP = `Optimisation:
   --backend auto|cpu|cuda   the margin head's backend (default auto: CUDA where a device is usable)
   --threads N            CPU threads of the margin head (default all)
   --workers N            backbone replicas, each on a share of every batch (N − 1 worker threads; default 1);
-                         the head still steps on the whole batch, batch norm normalises each share on its own;
-                         experimental above 1 (a 20-epoch run diverged with 2 and not with 1: see the README)
+                         the head steps on the whole batch and batch norm is synchronised over the replicas,
+                         so the step is the one-model step (up to the order of fp32 sums)
   --distributed mpi      run as one rank of \`mpirun -np K\`: the backbone data-parallel,
                          the head sharded over the ranks (needs the addon built with MPI)`;
 
