@@ -33,6 +33,7 @@ import { rocSpec, thetaSpec, trainingCurvesSpec, writeSvgs, type EpochMetrics, t
 import { clock, ProgressBar } from './progress';
 import { formatVerification, type VerificationResult } from './protocol';
 import { BackboneReplicas } from './replicas';
+import { batchNormInTraining } from './sync-batch-norm';
 import { Rng, subSeed } from './rng';
 import { setupTf, type Tf } from './tf';
 
@@ -261,6 +262,8 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   let replicas: BackboneReplicas | null = null;
   try {
     replicas = await startReplicas(ctx, tf, model);
+    // Replicas patch it with their exchange; one model normalises its own batch through the same closed form.
+    if (!replicas) batchNormInTraining(tf, model);
     const run = newRunState(ctx, tf, resumed, { model, head, sharded, optimizer, replicas });
     logRunHeader(run);
     run.evaluate = verificationOf(run);

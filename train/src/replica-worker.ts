@@ -10,7 +10,7 @@ import { parentPort, workerData, type MessagePort } from 'worker_threads';
 import type * as TF from '@tensorflow/tfjs';
 import { buildBackbone } from './model';
 import { bump, CMD, CTRL, replicaBuffers, waitFor, type ReplicaBuffers, type ReplicaSpec } from './replicas';
-import { ReplicaExchange, synchroniseBatchNorm } from './sync-batch-norm';
+import { ReplicaExchange, batchNormInTraining } from './sync-batch-norm';
 import { setupTf, type Tf } from './tf';
 
 interface Data {
@@ -123,7 +123,7 @@ async function main(): Promise<void> {
   const sizes = model.weights.map((w) => w.read().size);
   if (sizes.join(',') !== spec.weightSizes.join(',')) throw new Error(`replica weights [${sizes}] differ from the main model's [${spec.weightSizes}]`);
   const exchange = new ReplicaExchange(spec.exchange, data.exchange, data.index);
-  synchroniseBatchNorm(tf, model, exchange);
+  batchNormInTraining(tf, model, exchange);
   const replica = new Replica(tf, model, spec, replicaBuffers(spec, data.sab), data.weights, exchange);
   parentPort?.postMessage({ ready: true });
   replica.serve(data.errors);

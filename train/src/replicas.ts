@@ -30,7 +30,7 @@ import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from '
 import type * as TF from '@tensorflow/tfjs';
 import type { MarginHead, StepResult } from 'margin-softmax';
 import type { BackboneConfig } from './model';
-import { exchangeBytes, exchangeLength, ReplicaExchange, synchroniseBatchNorm, type ExchangeSpec } from './sync-batch-norm';
+import { exchangeBytes, exchangeLength, ReplicaExchange, batchNormInTraining, type ExchangeSpec } from './sync-batch-norm';
 import type { Tf, TfBackendName } from './tf';
 
 /** Slots of a replica's control array (Int32Array over shared memory). */
@@ -156,7 +156,7 @@ export class BackboneReplicas {
     this.weights = new Float32Array(this.weightsSab);
     this.exchangeSab = new SharedArrayBuffer(exchangeBytes(spec.exchange));
     this.exchange = new ReplicaExchange(spec.exchange, this.exchangeSab, 0);
-    synchroniseBatchNorm(tf, model, this.exchange);
+    batchNormInTraining(tf, model, this.exchange);
   }
 
   /** Starts `count − 1` worker replicas of `model` (its current weights). */
