@@ -47,6 +47,7 @@ const DATA_HELP = `Data:
                          Without --data: the embedded MNIST default (digits as identities, 7/8/9 held out).
   --val-classes N        identities held out for verification (default: 25 % of them)
   --split-seed N         seed of the identity split (default 0)
+  --val-groups A,B       hold out every identity under these top folders instead (Omniglot: whole alphabets)
   --size 32 | HxW        input size after resizing (default 32x32)
   --channels 1|3         greyscale or colour input (default 1)
   --on-bad-image stop|skip   an unreadable image stops the run (default) or is skipped with a warning
@@ -162,6 +163,7 @@ const OPTIONS = {
   'val-classes': { type: 'string' },
   'val-fraction': { type: 'string' },
   'split-seed': { type: 'string' },
+  'val-groups': { type: 'string' },
   size: { type: 'string' },
   channels: { type: 'string' },
   'on-bad-image': { type: 'string' },
@@ -274,6 +276,7 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.out = v.out ?? (command === 'compare' ? 'runs/compare' : 'runs/default');
   c.seed = int(v.seed, 'seed') ?? c.seed;
   c.splitSeed = int(v['split-seed'], 'split-seed') ?? c.splitSeed;
+  c.valGroups = v['val-groups'] !== undefined ? v['val-groups'].split(',').map((g) => g.trim()).filter(Boolean) : c.valGroups;
   c.valClasses = int(v['val-classes'], 'val-classes', 2) ?? null;
   c.valFraction = num(v['val-fraction'], 'val-fraction', (x) => x > 0 && x < 1, 'a fraction in (0, 1)') ?? c.valFraction;
   c.mnistPerClass = int(v['mnist-per-class'], 'mnist-per-class', 1) ?? c.mnistPerClass;

@@ -19,6 +19,8 @@ export interface TrainConfig extends BackboneConfig {
   /** Held-out identities: a count, or a fraction of all identities when `valClasses` is null. */
   valClasses: number | null;
   valFraction: number;
+  /** Hold out whole groups instead (the first path component of an identity: Omniglot's alphabets); empty = the seeded split. */
+  valGroups: string[];
   /** MNIST default: images per training digit. */
   mnistPerClass: number;
   /** MNIST default: images per held-out digit. */
@@ -76,6 +78,7 @@ export const DEFAULT_CONFIG: TrainConfig = {
   splitSeed: 0,
   valClasses: null,
   valFraction: 0.25,
+  valGroups: [],
   mnistPerClass: 300,
   mnistEvalPerClass: 100,
   height: 32,

@@ -23,6 +23,7 @@ import {
 import { backboneOf, marginLabel, modelFingerprint, type TrainConfig } from './config';
 import { averageGradients, broadcastVariables, shareOf } from './distributed';
 import { DecodedCache } from './decoded-cache';
+import { splitByGroups } from './group-split';
 import { DataError, mnistSource, scanImageFolder, splitByIdentity, subset, type DataSource, type LoadedBatch, type Sample, type Split } from './data';
 import { evaluateVerification } from './evaluate';
 import { flipHorizontal, shiftImage } from './images';
@@ -333,7 +334,7 @@ function openRun(cfg: TrainConfig, hooks: TrainHooks): RunContext {
   const log = !isRoot ? () => {} : hooks.log ?? ((m: string) => verbose && process.stderr.write(`${m}\n`));
   const out = path.resolve(cfg.out);
   const src = openSource(cfg);
-  const split = splitByIdentity(src, { count: cfg.valClasses ?? undefined, fraction: cfg.valFraction }, cfg.splitSeed);
+  const split = cfg.valGroups?.length ? splitByGroups(src, cfg.valGroups) : splitByIdentity(src, { count: cfg.valClasses ?? undefined, fraction: cfg.valFraction }, cfg.splitSeed);
   const trainSamples = subset(src, split.trainClasses);
   if (trainSamples.length < 2) throw new DataError(`Only ${trainSamples.length} training images in ${src.name}`);
   const warned = new Set<string>();
