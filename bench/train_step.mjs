@@ -2,9 +2,9 @@
 // application's backbone on the tfjs wasm backend, the fused head): per batch,
 // CPU milliseconds of
 //   load      read + decode + resize the batch's images from disk (data.loadBatch)
-//   cached    the same batch from the decoded-image cache (decoded-cache.ts, what
+//   cached    the same batch from the decoded-image cache (train/src/data/decoded-cache.ts, what
 //             the training loop does after the first epoch)
-//   augment   random affine warp of every image (augment.ts; --rotate 10 etc.)
+//   augment   random affine warp of every image (train/src/data/augment.ts; --rotate 10 etc.)
 //   forward   backbone forward, training mode (batch-norm statistics)
 //   fwd+bwd   forward and backward of the backbone (tf.variableGrads) with the head as its loss
 //   head      the fused head step alone (MarginHead.step: loss, gradient, centre update)
@@ -13,7 +13,7 @@
 // machine is shared, and this process is single-threaded (no --workers here),
 // so its CPU time is the step's cost however busy the cores are.
 // Needs the training package built (npx tsc -p train/tsconfig.json).
-// The backbone's batch norm is the training loop's (sync-batch-norm.ts, closed
+// The backbone's batch norm is the training loop's (train/src/model/sync-batch-norm.ts, closed
 // form); --bn-ab instead times fwd+bwd with tfjs's own batch norm and with the
 // closed form, interleaved in this process, and their largest gradient difference.
 // Run: node bench/train_step.mjs [--data DIR] [--sizes 32,48] [--widths 16,32,64] [--batch 32] [--reps 8] [--bn-ab]
@@ -22,14 +22,14 @@ import * as fs from 'node:fs';
 const require = createRequire(import.meta.url);
 const { MarginHead } = require('../dist/index.js');
 const { marginLoss } = require('../dist/tfjs.js');
-const { setupTf } = require('../train/dist/tf.js');
-const { buildBackbone } = require('../train/dist/model.js');
-const { scanImageFolder, loadBatch, subset } = require('../train/dist/data.js');
-const { drawAffine, warpAffine } = require('../train/dist/augment.js');
-const { DecodedCache } = require('../train/dist/decoded-cache.js');
-const { batchNormInTraining } = require('../train/dist/sync-batch-norm.js');
-const { BackboneSgd } = require('../train/dist/optimizer.js');
-const { Rng } = require('../train/dist/rng.js');
+const { setupTf } = require('../train/dist/model/tf.js');
+const { buildBackbone } = require('../train/dist/model/backbone.js');
+const { scanImageFolder, loadBatch, subset } = require('../train/dist/data/datasets.js');
+const { drawAffine, warpAffine } = require('../train/dist/data/augment.js');
+const { DecodedCache } = require('../train/dist/data/decoded-cache.js');
+const { batchNormInTraining } = require('../train/dist/model/sync-batch-norm.js');
+const { BackboneSgd } = require('../train/dist/model/optimizer.js');
+const { Rng } = require('../train/dist/data/rng.js');
 
 const arg = (name, def) => {
   const i = process.argv.indexOf(`--${name}`);

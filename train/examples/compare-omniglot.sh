@@ -31,9 +31,9 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
         --flip 0 --rotate 10 --scale-jitter 0.15 --shear 10 --shift 2 \
         --epochs "$EPOCHS" --lr 0.1 --lr-steps "$STEPS" "$@"
       node dist/cli.js eval --checkpoint "$out" --data "$DATA" --n-way 20 --k-shot 1 --episodes 1000 --json "$out/oneshot.json" > /dev/null
-      node dist/ledger.js record "$out" "$out/oneshot.json" "$file"
+      node dist/commands/ledger.js record "$out" "$out/oneshot.json" "$file"
       echo "recorded $file"
     done
   done
 fi
-node dist/ledger.js report "$RESULTS" --losses "$LOSSES" --seeds "$SEEDS" --reference arcface
+node dist/commands/ledger.js report "$RESULTS" --losses "$LOSSES" --seeds "$SEEDS" --reference arcface

@@ -5,9 +5,9 @@
  */
 import { expect, test } from 'vitest';
 import { ArgumentError } from 'margin-softmax';
-import { checkAffineRanges, drawAffine, isAffine, warpAffine } from '../src/augment';
-import { shiftImage } from '../src/images';
-import { Rng } from '../src/rng';
+import { checkAffineRanges, drawAffine, isAffine, warpAffine } from '../src/data/augment';
+import { shiftImage } from '../src/data/images';
+import { Rng } from '../src/data/rng';
 
 const H = 7;
 const W = 7;

@@ -5,9 +5,9 @@
  * time it is met, never cached.
  */
 import { expect, test } from 'vitest';
-import { DataError, loadBatch, mnistSource, type DataSource, type Sample } from '../src/data';
-import { DecodedCache } from '../src/decoded-cache';
-import { ImageError } from '../src/images';
+import { DataError, loadBatch, mnistSource, type DataSource, type Sample } from '../src/data/datasets';
+import { DecodedCache } from '../src/data/decoded-cache';
+import { ImageError } from '../src/data/images';
 
 const shape = { height: 12, width: 12, channels: 1 };
 

@@ -4,9 +4,9 @@
  * identities refused with a typed error.
  */
 import { expect, test } from 'vitest';
-import { configFromArgs, parse } from '../src/cli';
-import { DataError, type DataSource } from '../src/data';
-import { groupOf, splitByGroups } from '../src/group-split';
+import { configFromArgs, parse } from '../src/commands/options';
+import { DataError, type DataSource } from '../src/data/datasets';
+import { groupOf, splitByGroups } from '../src/data/group-split';
 
 const src: DataSource = {
   id: 'folder:/x',

@@ -8,8 +8,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, expect, test } from 'vitest';
-import { makeMargin, marginLabel } from '../src/config';
-import { entryFile, entryOfRun, ledgerReport, readEntries, type LedgerEntry } from '../src/ledger';
+import { makeMargin, marginLabel } from '../src/run/config';
+import { entryFile, entryOfRun, ledgerReport, readEntries, type LedgerEntry } from '../src/commands/ledger';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-ledger-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

@@ -19,10 +19,10 @@ import { beforeAll, describe, expect, test } from 'vitest';
 import type * as TF from '@tensorflow/tfjs';
 import { MarginHead } from 'margin-softmax';
 import { marginLoss } from 'margin-softmax/tfjs';
-import { buildBackbone, type BackboneConfig } from '../src/model';
-import { BackboneReplicas } from '../src/replicas';
-import { Rng } from '../src/rng';
-import { setupTf, type Tf } from '../src/tf';
+import { buildBackbone, type BackboneConfig } from '../src/model/backbone';
+import { BackboneReplicas } from '../src/run/replicas';
+import { Rng } from '../src/data/rng';
+import { setupTf, type Tf } from '../src/model/tf';
 
 const U = 2 ** -24; // fp32 unit roundoff
 const ROWS = 16;
