@@ -19,7 +19,7 @@ function counting(bad = new Set<string>()): { src: DataSource; reads: Map<string
     ...base,
     read: (s: Sample) => {
       reads.set(s.ref, (reads.get(s.ref) ?? 0) + 1);
-      if (bad.has(s.ref)) throw new ImageError(`${s.ref}: not an image`);
+      if (bad.has(s.ref)) throw new ImageError(s.ref, 'not an image');
       return base.read(s);
     },
   };

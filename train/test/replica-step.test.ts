@@ -74,7 +74,7 @@ function movingOf(model: TF.LayersModel): Map<string, Float32Array> {
 }
 
 function gradsOf(model: TF.LayersModel, grads: TF.NamedTensorMap): Map<string, Float32Array> {
-  return new Map(model.trainableWeights.map((w) => [key(w), Float32Array.from(grads[w.read().name].dataSync() as Float32Array)]));
+  return new Map(model.trainableWeights.map((w) => [key(w), Float32Array.from(grads[(w.read() as TF.Variable).name].dataSync() as Float32Array)]));
 }
 
 /** One model, the whole batch through it at once. */
@@ -85,11 +85,13 @@ function oneModelStep(cfg: BackboneConfig): StepOut {
   try {
     const loss = marginLoss(head, tf, { lr: LR });
     const vars = model.trainableWeights.map((w) => w.read() as TF.Variable);
-    return tf.tidy(() => {
+    let out: StepOut | null = null;
+    tf.tidy(() => {
       const x = tf.tensor4d(data, [ROWS, cfg.height, cfg.width, cfg.channels]);
       const { value, grads } = tf.variableGrads(() => loss(model.apply(x, { training: true }) as TF.Tensor2D, labels), vars);
-      return { loss: value.dataSync()[0], grads: gradsOf(model, grads), moving: movingOf(model) };
+      out = { loss: value.dataSync()[0], grads: gradsOf(model, grads), moving: movingOf(model) };
     });
+    return out as unknown as StepOut;
   } finally {
     model.dispose();
     head.dispose();
@@ -107,12 +109,14 @@ async function replicatedStep(cfg: BackboneConfig): Promise<StepOut> {
     expect(n0).toBe(ROWS / 2);
     const loss = marginLoss(replicas.gatheringHead(head), tf, { lr: LR });
     const vars = model.trainableWeights.map((w) => w.read() as TF.Variable);
-    return tf.tidy(() => {
+    let out: StepOut | null = null;
+    tf.tidy(() => {
       const x = tf.tensor4d(data.subarray(0, n0 * cfg.height * cfg.width), [n0, cfg.height, cfg.width, cfg.channels]);
       const { value, grads } = tf.variableGrads(() => loss(model.apply(x, { training: true }) as TF.Tensor2D, labels), vars);
       const summed = replicas.reduce(grads);
-      return { loss: value.dataSync()[0], grads: gradsOf(model, summed), moving: movingOf(model) };
+      out = { loss: value.dataSync()[0], grads: gradsOf(model, summed), moving: movingOf(model) };
     });
+    return out as unknown as StepOut;
   } finally {
     await replicas.close();
     model.dispose();
