@@ -10,6 +10,7 @@
  *     them: every kind is also checked there.
  */
 import type { MarginKindName } from '../lib/margins';
+import { MARGIN_PRESETS } from '../train/src/run/margin-presets';
 
 export const TYPICAL: Readonly<Record<MarginKindName, Readonly<Record<string, number>>>> = {
   softmax: {},
@@ -23,13 +24,7 @@ export const TYPICAL: Readonly<Record<MarginKindName, Readonly<Record<string, nu
   cvm: { m1: 0.3, m2: 0.2 },
 };
 
-export const PAPER: Readonly<Record<MarginKindName, Readonly<Record<string, number>>>> = {
-  softmax: {},
-  arcface: { m: 0.5 },
-  cosface: { m: 0.35 },
-  combined: { m1: 1, m2: 0.3, m3: 0.2 },
-  adaptive: { m1: 0.03, m2: 0.5 },
-  'elastic-arc': { m: 0.5, sigma: 0.05 },
-  'elastic-cos': { m: 0.35, sigma: 0.05 },
-  cvm: { m1: 0.3, m2: 0.2 },
-};
+/** The training application's paper settings (train/src/run/margin-presets.ts), the one place they are written. */
+export const PAPER: Readonly<Record<MarginKindName, Readonly<Record<string, number>>>> = Object.fromEntries(
+  Object.entries(MARGIN_PRESETS).map(([kind, preset]) => [kind, preset.paper]),
+) as Record<MarginKindName, Readonly<Record<string, number>>>;

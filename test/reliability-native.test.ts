@@ -58,7 +58,7 @@ describe('async calls keep their arrays alive', () => {
     const p = randomProblem(32, 20000, 64, 3);
     const expectedStep = twin.step(p.embeddings, p.labels);
     const pending = head.stepAsync(p.embeddings, p.labels);
-    transfer((head as unknown as { weights: Float32Array }).weights);
+    transfer((head as unknown as { centres: { values: Float32Array } }).centres.values);
     await collect();
     const r = await pending;
     expect(r.loss).toBe(expectedStep.loss);
