@@ -30,6 +30,7 @@ const DATA_HELP = `Data:
                          Without --data: the embedded MNIST default (digits as identities, 7/8/9 held out).
   --val-classes N        identities held out for verification (default: 25 % of them)
   --split-seed N         seed of the identity split (default 0)
+  --val-groups A,B       hold out every identity under these top folders instead (Omniglot: whole alphabets)
   --size 32 | HxW        input size after resizing (default 32x32)
   --channels 1|3         greyscale or colour input (default 1)
   --on-bad-image stop|skip   an unreadable image stops the run (default) or is skipped with a warning
@@ -47,13 +48,14 @@ const OPTIM_HELP = `Optimisation:
   --epochs N (10)  --batch-size N (32)  --lr X (0.1)  --lr-steps 6,9  --lr-factor 0.1
   --momentum 0.9  --weight-decay 5e-4  --head-lr-mult 1
   --flip 0.5             probability of a horizontal flip of a training image; --shift N: random ±N px translation
+  --rotate D, --scale-jitter S, --shear D   random affine augmentation: rotation ±D°, scale 1 ± S, shear ±D°
   --seed N               initialisation, shuffling and augmentation seed (default 0)
   --tf-backend wasm|cpu  tfjs backend (default wasm: the fastest that installs from npm alone)
   --backend auto|cpu|cuda   the margin head's backend (default auto: CUDA where a device is usable)
   --threads N            CPU threads of the margin head (default all)
   --workers N            backbone replicas, each on a share of every batch (N − 1 worker threads; default 1);
-                         the head still steps on the whole batch, batch norm normalises each share on its own;
-                         experimental above 1 (a 20-epoch run diverged with 2 and not with 1: see the README)
+                         the head steps on the whole batch and batch norm is synchronised over the replicas,
+                         so the step is the one-model step (up to the order of fp32 sums)
   --distributed mpi      run as one rank of \`mpirun -np K\`: the backbone data-parallel,
                          the head sharded over the ranks (needs the addon built with MPI)`;
 

@@ -19,6 +19,7 @@ const OPTIONS = {
   'val-classes': { type: 'string' },
   'val-fraction': { type: 'string' },
   'split-seed': { type: 'string' },
+  'val-groups': { type: 'string' },
   size: { type: 'string' },
   channels: { type: 'string' },
   'on-bad-image': { type: 'string' },
@@ -45,6 +46,9 @@ const OPTIONS = {
   'head-lr-mult': { type: 'string' },
   flip: { type: 'string' },
   shift: { type: 'string' },
+  rotate: { type: 'string' },
+  'scale-jitter': { type: 'string' },
+  shear: { type: 'string' },
   seed: { type: 'string' },
   'tf-backend': { type: 'string' },
   backend: { type: 'string' },
@@ -129,6 +133,7 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.out = v.out ?? (command === 'compare' ? 'runs/compare' : 'runs/default');
   c.seed = int(v.seed, 'seed') ?? c.seed;
   c.splitSeed = int(v['split-seed'], 'split-seed') ?? c.splitSeed;
+  c.valGroups = v['val-groups'] !== undefined ? v['val-groups'].split(',').map((g) => g.trim()).filter(Boolean) : c.valGroups;
   c.valClasses = int(v['val-classes'], 'val-classes', 2) ?? null;
   c.valFraction = num(v['val-fraction'], 'val-fraction', (x) => x > 0 && x < 1, 'a fraction in (0, 1)') ?? c.valFraction;
   c.mnistPerClass = int(v['mnist-per-class'], 'mnist-per-class', 1) ?? c.mnistPerClass;
@@ -159,6 +164,9 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.headLrMult = num(v['head-lr-mult'], 'head-lr-mult', (x) => x >= 0, 'a number ≥ 0') ?? c.headLrMult;
   c.flip = num(v.flip, 'flip', (x) => x >= 0 && x <= 1, 'a probability in [0, 1]') ?? c.flip;
   c.shift = int(v.shift, 'shift') ?? c.shift;
+  c.rotate = num(v.rotate, 'rotate', (x) => x >= 0 && x <= 180, 'degrees in [0, 180]') ?? c.rotate;
+  c.scaleJitter = num(v['scale-jitter'], 'scale-jitter', (x) => x >= 0 && x <= 0.9, 'a fraction in [0, 0.9]') ?? c.scaleJitter;
+  c.shear = num(v.shear, 'shear', (x) => x >= 0 && x <= 60, 'degrees in [0, 60]') ?? c.shear;
   c.tfBackend = tfBackendFrom(v) ?? c.tfBackend;
   c.backend = headBackendFrom(v) ?? c.backend;
   c.threads = int(v.threads, 'threads') ?? c.threads;

@@ -29,6 +29,8 @@ export interface BackboneConfig {
   blocks: number;
   /** Dropout before the embedding layer (0 = none). */
   dropout: number;
+  /** Batch normalisation after every convolution and around the embedding (default true; false only for checks that need a batch-independent network). */
+  batchNorm?: boolean;
 }
 
 export const DEFAULT_BACKBONE: Omit<BackboneConfig, 'height' | 'width' | 'channels'> = {
@@ -52,7 +54,7 @@ export function buildBackbone(tf: Tf, cfg: BackboneConfig, seed = 0): TF.LayersM
       .conv2d({ filters, kernelSize: kernel, strides: stride, padding: 'same', useBias: false, kernelInitializer: init(), name })
       .apply(x) as TF.SymbolicTensor;
   const bn = (x: TF.SymbolicTensor, name: string) =>
-    tf.layers.batchNormalization({ momentum: BN_MOMENTUM, epsilon: BN_EPSILON, name }).apply(x) as TF.SymbolicTensor;
+    cfg.batchNorm === false ? x : (tf.layers.batchNormalization({ momentum: BN_MOMENTUM, epsilon: BN_EPSILON, name }).apply(x) as TF.SymbolicTensor);
   const relu = (x: TF.SymbolicTensor, name: string) => tf.layers.reLU({ name }).apply(x) as TF.SymbolicTensor;
 
   const input = tf.input({ shape: [cfg.height, cfg.width, cfg.channels], name: 'image' });

@@ -2,6 +2,7 @@
  * Training configuration: defaults, margin parsing, and the fingerprint that
  * ties a checkpoint to the configuration that produced it.
  */
+import type { AffineRanges } from '../data/augment';
 import { MARGIN_KINDS, MARGIN_KIND_NAMES, type Margin, type MarginKind } from 'margin-softmax';
 import type { BackboneConfig } from '../model/backbone';
 import { mnistSource, scanImageFolder, type BadImagePolicy, type DataSource } from '../data/datasets';
@@ -20,6 +21,8 @@ export interface TrainConfig extends BackboneConfig {
   /** Held-out identities: a count, or a fraction of all identities when `valClasses` is null. */
   valClasses: number | null;
   valFraction: number;
+  /** Hold out whole groups instead (the first path component of an identity: Omniglot's alphabets); empty = the seeded split. */
+  valGroups: string[];
   /** MNIST default: images per training digit. */
   mnistPerClass: number;
   /** MNIST default: images per held-out digit. */
@@ -42,6 +45,10 @@ export interface TrainConfig extends BackboneConfig {
   flip: number;
   /** Random translation of each training image by up to ±shift pixels (0 = none). */
   shift: number;
+  /** Random affine augmentation (../data/augment): rotation ±rotate°, scale 1 ± scaleJitter, shear ±shear° (0 = none; with any of them, the shift is continuous). */
+  rotate: number;
+  scaleJitter: number;
+  shear: number;
 
   /** Test-time flip averaging in evaluation. */
   evalFlip: boolean;
@@ -73,6 +80,7 @@ export const DEFAULT_CONFIG: TrainConfig = {
   splitSeed: 0,
   valClasses: null,
   valFraction: 0.25,
+  valGroups: [],
   mnistPerClass: 300,
   mnistEvalPerClass: 100,
   height: 32,
@@ -94,6 +102,9 @@ export const DEFAULT_CONFIG: TrainConfig = {
   headLrMult: 1,
   flip: 0.5,
   shift: 0,
+  rotate: 0,
+  scaleJitter: 0,
+  shear: 0,
   evalFlip: false,
   evalEvery: 1,
   evalSeed: 0,
@@ -146,6 +157,11 @@ export function marginLabel(m: Margin): string {
 /** The data set a configuration names: its --data ImageFolder, or the embedded MNIST default. */
 export function openSource(cfg: Pick<TrainConfig, 'data' | 'mnistPerClass' | 'mnistEvalPerClass'>): DataSource {
   return cfg.data ? scanImageFolder(cfg.data) : mnistSource({ perClass: cfg.mnistPerClass, evalPerClass: cfg.mnistEvalPerClass });
+}
+
+/** The random affine augmentation's ranges (../data/augment). */
+export function affineOf(cfg: TrainConfig): AffineRanges {
+  return { rotate: cfg.rotate ?? 0, scale: cfg.scaleJitter ?? 0, shear: cfg.shear ?? 0, shift: cfg.shift };
 }
 
 export function backboneOf(cfg: TrainConfig): BackboneConfig {

@@ -7,13 +7,14 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type * as TF from '@tensorflow/tfjs';
-import { loadBatch, type LoadedBatch, type Sample } from '../data/datasets';
+import { drawAffine, isAffine, warpAffine } from '../data/augment';
+import type { LoadedBatch, Sample } from '../data/datasets';
 import { flipHorizontal, shiftImage } from '../data/images';
 import { Rng, subSeed } from '../data/rng';
 import { formatVerification, type VerificationResult } from '../eval/protocol';
 import type { ShardedMarginHead } from 'margin-softmax';
 import { CheckpointMismatchError, readCheckpointState, saveCheckpoint, type CheckpointState } from './checkpoint';
-import type { TrainConfig } from './config';
+import { affineOf, type TrainConfig } from './config';
 import { anyRankStops, averageGradients, readRankResume, saveShardedHead, shareOf, writeRankResume } from './distributed';
 import { epochLine, epochRecord, valRecord, type EpochRecord, type EpochTally } from './metrics';
 import { ProgressBar } from './progress';
@@ -118,20 +119,22 @@ async function trainEpoch(run: RunState, epoch: number, lr: number, resumed: Che
 }
 
 /**
- * This rank's share of the batch `rows`, read from disk and augmented (shift,
- * then flip, image by image, in the epoch's RNG order); null when fewer than
- * two images remain (unreadable ones skipped).
+ * This rank's share of the batch `rows`, decoded (from disk the first time)
+ * and augmented (affine or shift, then flip, image by image, in the epoch's
+ * RNG order); null when fewer than two images remain (unreadable ones skipped).
  */
 function nextBatch(run: RunState, rows: Sample[], rng: Rng): LoadedBatch | null {
   const { cfg, comm } = run.ctx;
-  const shape = { height: cfg.height, width: cfg.width, channels: cfg.channels };
-  const batch = loadBatch(run.data.src, comm ? shareOf(rows, comm.rank, comm.size) : rows, shape, cfg.onBadImage, run.ctx.warn);
+  const batch = run.data.cache.load(comm ? shareOf(rows, comm.rank, comm.size) : rows, cfg.onBadImage, run.ctx.warn);
   for (const s of batch.skipped) run.data.badRefs.add(s.ref);
   const n = batch.labels.length;
   if (n < 2) return null;
   const per = cfg.height * cfg.width * cfg.channels;
+  const affine = affineOf(cfg);
+  const scratch = isAffine(affine) ? new Float32Array(per) : null;
   for (let i = 0; i < n; i++) {
-    if (cfg.shift > 0) {
+    if (scratch) warpAffine(batch.data, i * per, cfg.height, cfg.width, cfg.channels, drawAffine(affine, rng), scratch);
+    else if (cfg.shift > 0) {
       const dy = rng.int(2 * cfg.shift + 1) - cfg.shift;
       const dx = rng.int(2 * cfg.shift + 1) - cfg.shift;
       shiftImage(batch.data, i * per, cfg.height, cfg.width, cfg.channels, dy, dx);

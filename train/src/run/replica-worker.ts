@@ -2,19 +2,24 @@
  * A backbone replica in a worker thread (see ./replicas): it loads the main
  * thread's weights after each update; on each step it runs the forward pass
  * on its share of the batch, hands its embeddings over, backpropagates the rows of
- * dLoss/dEmbeddings it gets back, and writes its weight gradients and its
- * batch-norm moving statistics to shared memory.
+ * dLoss/dEmbeddings it gets back, and writes its weight gradients to shared
+ * memory; its batch norm is synchronised with the other replicas'
+ * (../model/sync-batch-norm).
  */
 import { parentPort, workerData, type MessagePort } from 'worker_threads';
 import type * as TF from '@tensorflow/tfjs';
 import { buildBackbone } from '../model/backbone';
 import { bump, CMD, CTRL, replicaBuffers, waitFor, type ReplicaBuffers, type ReplicaSpec } from './replicas';
+import { ReplicaExchange, batchNormInTraining } from '../model/sync-batch-norm';
 import { setupTf, type Tf } from '../model/tf';
 
 interface Data {
   spec: ReplicaSpec;
   sab: SharedArrayBuffer;
   weights: SharedArrayBuffer;
+  /** The batch-norm exchange and this replica's index in it. */
+  exchange: SharedArrayBuffer;
+  index: number;
   errors: MessagePort;
 }
 
@@ -30,6 +35,7 @@ class Replica {
     private readonly spec: ReplicaSpec,
     private readonly buf: ReplicaBuffers,
     weights: SharedArrayBuffer,
+    private readonly exchange: ReplicaExchange,
   ) {
     this.weights = new Float32Array(weights);
   }
@@ -61,6 +67,7 @@ class Replica {
     const { tf, spec, buf } = this;
     const { height, width, channels, dim } = spec.backbone;
     const n = Atomics.load(buf.ctrl, CTRL.rows);
+    this.exchange.begin();
     tf.tidy(() => {
       const x = tf.tensor4d(buf.input.slice(0, n * height * width * channels), [n, height, width, channels]);
       // The loss of this share is the main thread's: a customGrad that hands
@@ -91,12 +98,16 @@ class Replica {
     });
   }
 
-  /** The gradients of the trainable weights and the values of the others (moving statistics), in model.weights order. */
+  /** The gradients of the trainable weights, in model.weights order (the slots of the others are left alone). */
   private writeParams(grads: TF.NamedTensorMap): void {
     let at = 0;
     this.model.weights.forEach((w, i) => {
       const v = w.read() as TF.Variable;
-      const t = this.spec.trainable[i] ? grads[v.name] : v;
+      if (!this.spec.trainable[i]) {
+        at += this.spec.weightSizes[i];
+        return;
+      }
+      const t = grads[v.name];
       if (!t) throw new Error(`no gradient for ${v.name}`);
       this.buf.params.set(t.dataSync() as Float32Array, at);
       at += this.spec.weightSizes[i];
@@ -111,7 +122,9 @@ async function main(): Promise<void> {
   const model = buildBackbone(tf, spec.backbone, spec.seed);
   const sizes = model.weights.map((w) => w.read().size);
   if (sizes.join(',') !== spec.weightSizes.join(',')) throw new Error(`replica weights [${sizes}] differ from the main model's [${spec.weightSizes}]`);
-  const replica = new Replica(tf, model, spec, replicaBuffers(spec, data.sab), data.weights);
+  const exchange = new ReplicaExchange(spec.exchange, data.exchange, data.index);
+  batchNormInTraining(tf, model, exchange);
+  const replica = new Replica(tf, model, spec, replicaBuffers(spec, data.sab), data.weights, exchange);
   parentPort?.postMessage({ ready: true });
   replica.serve(data.errors);
 }

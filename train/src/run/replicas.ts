@@ -12,12 +12,13 @@
  *      batch: the embeddings of every share in batch order; each replica gets
  *      its rows of dLoss/dEmbeddings and backpropagates them;
  *   3. the weight gradients are summed in replica order (a fixed order: a seed
- *      gives the same run), the batch-norm moving statistics averaged over
- *      the replicas, and the main thread's optimizer (momentum and weight
- *      decay, once) updates its model; the workers load its weights at the
- *      start of the next step.
- * What differs from one replica: each batch-norm layer normalises a share
- * with that share's statistics (as data-parallel training without SyncBN).
+ *      gives the same run), and the main thread's optimizer (momentum and
+ *      weight decay, once) updates its model; the workers load its weights
+ *      at the start of the next step.
+ * Batch norm is synchronised (../model/sync-batch-norm): every share is normalised
+ * with the whole batch's mean and variance, so the step is the one-model
+ * step up to the order of fp32 sums (train/test/replica-step.test.ts), and
+ * the moving statistics are the same on every replica.
  *
  * The threads meet through SharedArrayBuffers and Atomics.wait (the step is
  * synchronous on both sides: the head's loss is computed inside tfjs's
@@ -29,6 +30,7 @@ import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from '
 import type * as TF from '@tensorflow/tfjs';
 import type { MarginHead, StepResult } from 'margin-softmax';
 import type { BackboneConfig } from '../model/backbone';
+import { exchangeBytes, exchangeLength, ReplicaExchange, batchNormInTraining, type ExchangeSpec } from '../model/sync-batch-norm';
 import type { Tf, TfBackendName } from '../model/tf';
 
 /** Slots of a replica's control array (Int32Array over shared memory). */
@@ -56,6 +58,8 @@ export interface ReplicaSpec {
   weightSizes: number[];
   /** Which of model.weights are trainable (get gradients). */
   trainable: boolean[];
+  /** The batch-norm exchange's size (replicas, longest vector). */
+  exchange: ExchangeSpec;
 }
 
 /** One replica's shared buffers (the layout both sides compute from the spec). */
@@ -64,7 +68,7 @@ export interface ReplicaBuffers {
   input: Float32Array;
   emb: Float32Array;
   gradEmb: Float32Array;
-  /** Gradients of the trainable weights, then the non-trainable weights' values (batch-norm moving statistics), packed in model.weights order. */
+  /** Gradients of the trainable weights, packed in model.weights order (a slot of each non-trainable weight too, unused). */
   params: Float32Array;
 }
 
@@ -139,6 +143,9 @@ export class BackboneReplicas {
   private readonly weightsSab: SharedArrayBuffer;
   /** The shares of the step in flight (replica 0 first). */
   private shares: number[] = [];
+  private readonly exchangeSab: SharedArrayBuffer;
+  private readonly exchange: ReplicaExchange;
+  private steps = 0;
 
   private constructor(
     private readonly tf: Tf,
@@ -147,6 +154,9 @@ export class BackboneReplicas {
   ) {
     this.weightsSab = new SharedArrayBuffer(4 * sum(spec.weightSizes));
     this.weights = new Float32Array(this.weightsSab);
+    this.exchangeSab = new SharedArrayBuffer(exchangeBytes(spec.exchange));
+    this.exchange = new ReplicaExchange(spec.exchange, this.exchangeSab, 0);
+    batchNormInTraining(tf, model, this.exchange);
   }
 
   /** Starts `count − 1` worker replicas of `model` (its current weights). */
@@ -155,6 +165,7 @@ export class BackboneReplicas {
       ...opts,
       weightSizes: model.weights.map((w) => w.read().size),
       trainable: model.weights.map((w) => w.trainable),
+      exchange: { replicas: count, maxLen: exchangeLength(model) },
     };
     const r = new BackboneReplicas(tf, model, spec);
     try {
@@ -174,7 +185,11 @@ export class BackboneReplicas {
   private async spawn(): Promise<Remote> {
     const sab = new SharedArrayBuffer(replicaBytes(this.spec));
     const { port1, port2 } = new MessageChannel();
-    const worker = new Worker(workerScript(), { workerData: { spec: this.spec, sab, weights: this.weightsSab, errors: port2 }, transferList: [port2] });
+    const index = this.remotes.length + 1;
+    const worker = new Worker(workerScript(), {
+      workerData: { spec: this.spec, sab, weights: this.weightsSab, exchange: this.exchangeSab, index, errors: port2 },
+      transferList: [port2],
+    });
     await new Promise<void>((resolve, reject) => {
       worker.once('message', (m: { ready?: boolean; error?: string }) => (m.ready ? resolve() : reject(new Error(`A backbone replica failed to start: ${m.error}`))));
       worker.once('error', reject);
@@ -193,6 +208,8 @@ export class BackboneReplicas {
    */
   scatter(data: Float32Array, rows: number): number {
     this.shares = sharesOf(rows, this.count);
+    // Before any worker starts: the step's number and how many replicas share its batch norm.
+    this.exchange.announce(++this.steps, this.shares.length);
     const per = data.length / rows;
     let at = this.shares[0];
     this.shares.slice(1).forEach((n, i) => {
@@ -236,8 +253,8 @@ export class BackboneReplicas {
 
   /**
    * The weight gradients of the whole batch: replica 0's (`grads`) plus the
-   * workers', summed in replica order; the batch-norm moving statistics of
-   * the main model set to the mean over the replicas.
+   * workers', summed in replica order. The batch-norm moving statistics need
+   * nothing: synchronised, they are the same on every replica.
    */
   reduce(grads: TF.NamedTensorMap): TF.NamedTensorMap {
     const tf = this.tf;
@@ -248,13 +265,10 @@ export class BackboneReplicas {
     this.model.weights.forEach((w, i) => {
       const size = this.spec.weightSizes[i];
       const v = w.read() as TF.Variable;
-      const acc = Float32Array.from((this.spec.trainable[i] ? grads[v.name] : v).dataSync() as Float32Array);
-      for (const r of active) addInto(acc, r.buf.params.subarray(at, at + size));
-      if (this.spec.trainable[i]) out[v.name] = tf.tensor(acc, v.shape, 'float32');
-      else {
-        const scale = 1 / (active.length + 1);
-        for (let j = 0; j < size; j++) acc[j] *= scale;
-        v.assign(tf.tensor(acc, v.shape, 'float32'));
+      if (this.spec.trainable[i]) {
+        const acc = Float32Array.from(grads[v.name].dataSync() as Float32Array);
+        for (const r of active) addInto(acc, r.buf.params.subarray(at, at + size));
+        out[v.name] = tf.tensor(acc, v.shape, 'float32');
       }
       at += size;
     });
@@ -303,6 +317,7 @@ export class BackboneReplicas {
   }
 
   async close(): Promise<void> {
+    this.exchange.announce(++this.steps, 1); // the main model's batch norm is tfjs's own again
     for (const r of this.remotes) {
       Atomics.store(r.buf.ctrl, CTRL.cmd, CMD.exit);
       bump(r.buf.ctrl, CTRL.go);

@@ -10,13 +10,16 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type * as TF from '@tensorflow/tfjs';
 import { ArgumentError, MarginHead, mpiCommunicator, ShardedMarginHead } from 'margin-softmax';
+import { checkAffineRanges } from '../data/augment';
 import { DataError, splitByIdentity, subset } from '../data/datasets';
+import { DecodedCache } from '../data/decoded-cache';
+import { splitByGroups } from '../data/group-split';
 import { evaluateVerification } from '../eval/evaluate';
 import { buildBackbone, countParams } from '../model/backbone';
 import { BackboneSgd } from '../model/optimizer';
 import type { Tf } from '../model/tf';
 import { checkFingerprint, CheckpointMismatchError, loadBackbone, loadHead, loadOptimizerState, readCheckpointState, type CheckpointState } from './checkpoint';
-import { backboneOf, marginLabel, modelFingerprint, openSource, type TrainConfig } from './config';
+import { affineOf, backboneOf, marginLabel, modelFingerprint, openSource, type TrainConfig } from './config';
 import { agreeOnResume, broadcastVariables, headShardsDir, loadShardedHead } from './distributed';
 import { makeHeadLoss } from './head-loss';
 import { readJsonl, writeJsonl, type EpochRecord, type ThetaRow } from './metrics';
@@ -31,13 +34,14 @@ export function openRun(cfg: TrainConfig, hooks: TrainHooks): { ctx: RunContext;
   // and writes the run folder, every rank writes its shard of the head.
   const comm = cfg.distributed === 'mpi' ? mpiCommunicator() : null;
   const isRoot = !comm || comm.rank === 0;
+  checkAffineRanges(affineOf(cfg));
   if (!(Number.isSafeInteger(cfg.workers) && cfg.workers >= 1)) throw new ArgumentError(`Expected an integer ≥ 1 for workers but received ${cfg.workers}`);
   // MPI ranks are the data-parallel replicas already.
   if (comm && cfg.workers > 1) throw new ArgumentError(`Expected --workers 1 with --distributed mpi (one backbone per rank) but received --workers ${cfg.workers}`);
   const log = !isRoot ? () => {} : hooks.log ?? ((m: string) => verbose && process.stderr.write(`${m}\n`));
   const out = path.resolve(cfg.out);
   const src = openSource(cfg);
-  const split = splitByIdentity(src, { count: cfg.valClasses ?? undefined, fraction: cfg.valFraction }, cfg.splitSeed);
+  const split = cfg.valGroups?.length ? splitByGroups(src, cfg.valGroups) : splitByIdentity(src, { count: cfg.valClasses ?? undefined, fraction: cfg.valFraction }, cfg.splitSeed);
   const trainSamples = subset(src, split.trainClasses);
   if (trainSamples.length < 2) throw new DataError(`Only ${trainSamples.length} training images in ${src.name}`);
   const warned = new Set<string>();
@@ -51,7 +55,7 @@ export function openRun(cfg: TrainConfig, hooks: TrainHooks): { ctx: RunContext;
   const fingerprint = modelFingerprint(cfg, split.trainClasses.length);
   return {
     ctx: { cfg, hooks, t0, verbose, comm, isRoot, log, warn, out, files, fingerprint },
-    data: { src, split, trainSamples, badRefs: new Set<string>() },
+    data: { src, split, trainSamples, cache: new DecodedCache(src, { height: cfg.height, width: cfg.width, channels: cfg.channels }), badRefs: new Set<string>() },
   };
 }
 

@@ -8,6 +8,7 @@
 import type * as TF from '@tensorflow/tfjs';
 import type { Communicator, MarginHead, ShardedMarginHead } from 'margin-softmax';
 import type { DataSource, Sample, Split } from '../data/datasets';
+import type { DecodedCache } from '../data/decoded-cache';
 import type { BackboneSgd } from '../model/optimizer';
 import type { Tf } from '../model/tf';
 import type { VerificationResult } from '../eval/protocol';
@@ -62,6 +63,8 @@ export interface RunData {
   src: DataSource;
   split: Split;
   trainSamples: Sample[];
+  /** The training images decoded once, kept between epochs. */
+  cache: DecodedCache;
   /** Images found unreadable (--on-bad-image skip): left out of the later epochs. */
   badRefs: Set<string>;
 }

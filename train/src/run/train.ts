@@ -13,6 +13,7 @@
 import * as fs from 'fs';
 import { formatVerification, type VerificationResult } from '../eval/protocol';
 import type { Split } from '../data/datasets';
+import { batchNormInTraining } from '../model/sync-batch-norm';
 import { setupTf } from '../model/tf';
 import { marginLabel, type TrainConfig } from './config';
 import { withCtrlC } from './ctrl-c';
@@ -56,6 +57,8 @@ export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<T
   let replicas: BackboneReplicas | null = null;
   try {
     replicas = await startReplicas(ctx, tf, backbone);
+    // Replicas patch it with their exchange; one model normalises its own batch through the same closed form.
+    if (!replicas) batchNormInTraining(tf, backbone);
     const run = assembleRun(ctx, data, tf, resumed, { backbone, head, sharded, optimizer, replicas });
     logRunHeader(run);
     run.progress.before = evaluateBefore(run);
