@@ -19,6 +19,8 @@
         "native/cpu/topk_cpu.cc",
         "native/cpu/thread_pool.cc",
         "native/cpu/simd_dispatch.cc",
+        "native/cpu/neon_kernels.cc",
+        "native/cpu/neon_bf16_gemm.cc",
         "native/cpu/bf16_gemm.cc",
         "native/cpu/peak_cpu.cc",
         "native/cuda_stub.cc",
