@@ -9,6 +9,7 @@
  *   node test/arm64/kernels.mjs                       # the addon 'margin-softmax' resolves to
  *   EXPECT_ARCH=arm64 EXPECT_SIMD=neon EXPECT_MATRIX=neon-bf16 node test/arm64/kernels.mjs
  *
+ * ONLY=fp32 or ONLY=bf16 runs one half.
  * EXPECT_*: what deviceInfo() must report (so that an emulator without BF16,
  * or a binary without the NEON kernels, fails instead of passing on less).
  * The tolerances are those of test/cpu-backend.test.ts (fp32) and
@@ -127,7 +128,7 @@ function checkBf16(matrix, p, margin, d) {
 }
 
 const t0 = Date.now();
-for (const simd of simdLevels) {
+for (const simd of process.env.ONLY === 'bf16' ? [] : simdLevels) {
   assert.equal(binding.info(SIMD_CODES[simd]).cpu.simd, simd, `the addon runs simd '${simd}'`);
   for (const [n, c, d] of SHAPES) {
     const p = randomProblem(n, c, d, 11 + n);
@@ -137,7 +138,7 @@ for (const simd of simdLevels) {
   checkFiniteDifferences(simd, randomProblem(12, 90, 20, 6), { kind: 'cvm', m1: 0.3, m2: 0.2 });
   console.log(`simd '${simd}': float64 reference and finite differences pass (${((Date.now() - t0) / 1e3).toFixed(1)} s)`);
 }
-for (const matrix of matrixPaths) {
+for (const matrix of process.env.ONLY === 'fp32' ? [] : matrixPaths) {
   for (const [n, c, d] of SHAPES) {
     const p = randomProblem(n, c, d, 31 + n);
     for (const margin of [MARGINS[0], MARGINS[1], MARGINS[4]]) checkBf16(matrix, p, margin, d);
