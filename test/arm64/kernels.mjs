@@ -9,7 +9,7 @@
  *   node test/arm64/kernels.mjs                       # the addon 'margin-softmax' resolves to
  *   EXPECT_ARCH=arm64 EXPECT_SIMD=neon EXPECT_MATRIX=neon-bf16 node test/arm64/kernels.mjs
  *
- * ONLY=fp32 or ONLY=bf16 runs one half.
+ * ONLY=fp32 or ONLY=bf16 runs one half (ONLY=all or unset: both).
  * EXPECT_*: what deviceInfo() must report (so that an emulator without BF16,
  * or a binary without the NEON kernels, fails instead of passing on less).
  * The tolerances are those of test/cpu-backend.test.ts (fp32) and
