@@ -101,7 +101,7 @@ function sourceBuildAdvice(platform, arch) {
   const where = `${platform}-${arch}`;
   const lines = [`margin-softmax: the addon could not be built for ${where}.`];
   if (PREBUILT_PLATFORMS.includes(where)) {
-    lines.push(`  A prebuilt binary for ${where} (glibc) ships in the package; it did not load here (musl, or glibc older than 2.29, or libstdc++ older than GCC 12's?).`);
+    lines.push(`  A prebuilt binary for ${where} (glibc) ships in the package; it did not load here (musl, glibc older than 2.34 on x64 or 2.29 on arm64, or a libstdc++ older than GCC 12's?).`);
   } else {
     lines.push(`  The package ships prebuilt binaries for ${PREBUILT_PLATFORMS.join(' and ')} (glibc) only; on ${where} it is compiled at install.`);
   }
