@@ -2,7 +2,7 @@
  * The loss functions: argument validation, backend choice, and the call into
  * the fused native kernels. N = labels.length, C = weights.length / dim.
  */
-import { mpiInfo } from './comm';
+import { mpiInfo } from './sharded/comm';
 import { ArgumentError, BackendUnavailableError, NativeError, expected } from './errors';
 import { MARGIN_KINDS, nativeMarginParams } from './margins';
 import { MATRIX_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';

@@ -122,7 +122,7 @@ function loadAddon(): NativeAddon {
     throw new NativeError(
       `margin-softmax: no loadable native addon for ${process.platform}-${process.arch} in ${PACKAGE_ROOT} ` +
         `(${(err as Error).message.split('\n')[0]}). Build it from source: npm rebuild margin-softmax --build-from-source ` +
-        `(needs a C++17 compiler; see the README's Install section).`,
+        `(needs a C++17 compiler; see docs/packaging.md).`,
       { cause: err },
     );
   }
