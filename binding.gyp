@@ -19,6 +19,8 @@
         "native/cpu/topk_cpu.cc",
         "native/cpu/thread_pool.cc",
         "native/cpu/simd_dispatch.cc",
+        "native/cpu/neon_kernels.cc",
+        "native/cpu/neon_bf16_gemm.cc",
         "native/cpu/bf16_gemm.cc",
         "native/cpu/peak_cpu.cc",
         "native/cuda/cuda_stub.cc",
@@ -32,7 +34,9 @@
       "ldflags": ["-pthread"],
       "xcode_settings": {
         "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
-        "OTHER_CPLUSPLUSFLAGS": ["-std=c++17", "-O3"]
+        "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
+        "MACOSX_DEPLOYMENT_TARGET": "10.15",
+        "OTHER_CPLUSPLUSFLAGS": ["-std=c++17", "-O3", "-ffp-contract=fast", "-fno-strict-aliasing"]
       }
     }
   ]

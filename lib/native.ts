@@ -97,14 +97,15 @@ export interface NativeAddon {
    */
   _marginKinds(): { name: string; code: number; angular: boolean; rowMargins: boolean; slots: Record<'m1' | 'm2' | 'm3', string>; typical: Record<'m1' | 'm2' | 'm3', number> }[];
   info(simd?: number): {
-    cpu: { threads: number; simd: 'avx512' | 'avx2' | 'portable'; simdWidth: number; matrix: 'amx-bf16' | 'avx512-bf16' | 'none' };
+    cpu: { threads: number; simd: 'avx512' | 'avx2' | 'neon' | 'portable'; simdWidth: number; matrix: 'amx-bf16' | 'avx512-bf16' | 'neon-bf16' | 'none' };
     cuda: { compiled: boolean; usable: boolean; reason?: string; [key: string]: unknown };
   };
 }
 
-export const SIMD_CODES = { auto: -1, portable: 4, avx2: 8, avx512: 16 } as const;
+/** Must match the level codes of native/cpu/simd_dispatch.h (ordered: a level the CPU lacks falls back below it). */
+export const SIMD_CODES = { auto: -1, portable: 4, neon: 5, avx2: 8, avx512: 16 } as const;
 /** Must match ms::MatrixPath in native/cpu/bf16_gemm.h. */
-export const MATRIX_CODES = { auto: -1, none: 0, 'avx512-bf16': 1, 'amx-bf16': 2 } as const;
+export const MATRIX_CODES = { auto: -1, none: 0, 'avx512-bf16': 1, 'amx-bf16': 2, 'neon-bf16': 3 } as const;
 
 /**
  * The package root (dist/.. or lib/..): node-gyp-build looks there for a

@@ -69,7 +69,7 @@ export interface LossOptions {
    * Class-centre precision. 'bfloat16': the centres are rounded to bf16 as they
    * are read, and the cosine tiles and both gradient products take bf16 operands
    * (X̂, the centres, the softmax gradient) with fp32 accumulation: tensor cores on
-   * CUDA; AMX or AVX512-BF16 on the CPU where it has them (`deviceInfo().cpu.matrix`,
+   * CUDA; AMX, AVX512-BF16 or (aarch64) BFDOT on the CPU where it has them (`deviceInfo().cpu.matrix`,
    * forced by `matrix`), else the same rounding with the fp32 kernels. Norms, the
    * target cosine (so the margin) and the chain rule stay fp32. Error bound: docs/cpu.md,
    * "bf16 on the CPU". Default 'float32'.
@@ -78,7 +78,7 @@ export interface LossOptions {
   /**
    * CPU, weightsDtype 'bfloat16' only: the bf16 product path. 'auto' (default) is
    * `deviceInfo().cpu.matrix`; a path the CPU lacks falls back to the best one below
-   * it (amx-bf16 → avx512-bf16 → none), as `simd` does.
+   * it (amx-bf16 → avx512-bf16 → none; neon-bf16 → none), as `simd` does.
    */
   matrix?: 'auto' | CpuMatrixPath;
   /**
@@ -91,8 +91,8 @@ export interface LossOptions {
    * (tiles beyond it are recomputed). Default 64 MiB; 0 always recomputes.
    */
   workspaceBytes?: number;
-  /** CPU instruction set: 'auto' (default, the best the CPU has), 'avx512', 'avx2' or 'portable'. */
-  simd?: 'auto' | 'avx512' | 'avx2' | 'portable';
+  /** CPU instruction set: 'auto' (default, the best the CPU has), 'avx512', 'avx2', 'neon' (aarch64) or 'portable'. */
+  simd?: 'auto' | 'avx512' | 'avx2' | 'neon' | 'portable';
   /**
    * Write the results into these arrays instead of new ones (every entry is
    * overwritten; the result object returns the same arrays). A training loop
@@ -134,11 +134,11 @@ export interface LossAndGradResult extends ForwardResult {
 }
 
 /** The CPU's bf16 product paths, best first: AMX tiles, AVX512-BF16 dot products, none (rounded operands, fp32 kernels). */
-export type CpuMatrixPath = 'amx-bf16' | 'avx512-bf16' | 'none';
+export type CpuMatrixPath = 'amx-bf16' | 'avx512-bf16' | 'neon-bf16' | 'none';
 
 export interface CpuInfo {
   threads: number;
-  simd: 'avx512' | 'avx2' | 'portable';
+  simd: 'avx512' | 'avx2' | 'neon' | 'portable';
   /** Floats per vector register (16, 8 or 4). */
   simdWidth: number;
   /** The path weightsDtype 'bfloat16' uses here: 'amx-bf16' needs AMX-BF16 and the OS's tile permission. */

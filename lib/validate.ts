@@ -200,11 +200,11 @@ export function validateOptions(options: LossOptions): void {
   if (o.workspaceBytes !== undefined && (!Number.isSafeInteger(o.workspaceBytes) || o.workspaceBytes < 0)) {
     expected('a non-negative integer', 'options.workspaceBytes', o.workspaceBytes);
   }
-  if (o.simd !== undefined && !['auto', 'avx512', 'avx2', 'portable'].includes(o.simd as string)) {
-    expected(`'auto', 'avx512', 'avx2' or 'portable'`, 'options.simd', o.simd);
+  if (o.simd !== undefined && !['auto', 'avx512', 'avx2', 'neon', 'portable'].includes(o.simd as string)) {
+    expected(`'auto', 'avx512', 'avx2', 'neon' or 'portable'`, 'options.simd', o.simd);
   }
-  if (o.matrix !== undefined && !['auto', 'amx-bf16', 'avx512-bf16', 'none'].includes(o.matrix as string)) {
-    expected(`'auto', 'amx-bf16', 'avx512-bf16' or 'none'`, 'options.matrix', o.matrix);
+  if (o.matrix !== undefined && !['auto', 'amx-bf16', 'avx512-bf16', 'neon-bf16', 'none'].includes(o.matrix as string)) {
+    expected(`'auto', 'amx-bf16', 'avx512-bf16', 'neon-bf16' or 'none'`, 'options.matrix', o.matrix);
   }
 }
 

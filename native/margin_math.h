@@ -111,13 +111,18 @@ MS_HD bool has_row_margin(MarginKind k) {
 // Non-target logit z_j for j ≠ y. Only CVM adds a false-class margin:
 // z = s·(c + m2·c²), dz/dc = s·(1 + 2·m2·c). Templated on the value type so
 // the CPU backend's SIMD epilogue evaluates exactly this formula on vectors.
+// The SIMD code of an ISA beyond the baseline uses the expressions
+// (MS_OTHER_Z, MS_OTHER_DZ): clang does not let a function compiled for the
+// baseline take or return its wider vectors, inlined or not.
+#define MS_OTHER_Z(c, s, cvm_m2) ((s) * ((c) + (cvm_m2) * (c) * (c)))
+#define MS_OTHER_DZ(c, s, cvm_m2) ((s) * (1.0f + 2.0f * (cvm_m2) * (c)))
 template <class F>
 MS_HD F other_z(F c, float s, float cvm_m2) {
-  return s * (c + cvm_m2 * c * c);
+  return MS_OTHER_Z(c, s, cvm_m2);
 }
 template <class F>
 MS_HD F other_dz(F c, float s, float cvm_m2) {
-  return s * (1.0f + 2.0f * cvm_m2 * c);
+  return MS_OTHER_DZ(c, s, cvm_m2);
 }
 // The false-class margin coefficient: m2 for CVM, 0 for every other kind.
 MS_HD float cvm_false_margin(const MarginParams& p) {

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
- * The package's install step. The tarball carries a prebuilt addon for
+ * The package's install step. The tarball carries prebuilt addons for
  * linux-x64 (prebuilds/, the node-gyp-build layout: CPU backend + CUDA kernels,
- * cudart linked statically, so it loads with or without an NVIDIA driver).
+ * cudart linked statically, so it loads with or without an NVIDIA driver) and
+ * linux-arm64 (CPU backend, NEON kernels), both for glibc (docs/platforms.md).
  * When it loads here, nothing is compiled. Otherwise, or when asked, the addon
  * is built from source:
  *
@@ -93,19 +94,50 @@ function buildFromSource(cpuOnly) {
   return 1;
 }
 
+const PREBUILT_PLATFORMS = ['linux-x64', 'linux-arm64'];
+
+/** What to do where the addon could not be built: named for this platform (docs/platforms.md). */
+function sourceBuildAdvice(platform, arch) {
+  const where = `${platform}-${arch}`;
+  const lines = [`margin-softmax: the addon could not be built for ${where}.`];
+  if (PREBUILT_PLATFORMS.includes(where)) {
+    lines.push(`  A prebuilt binary for ${where} (glibc) ships in the package; it did not load here (musl, glibc older than 2.34 on x64 or 2.29 on arm64, or a libstdc++ older than GCC 12's?).`);
+  } else {
+    lines.push(`  The package ships prebuilt binaries for ${PREBUILT_PLATFORMS.join(' and ')} (glibc) only; on ${where} it is compiled at install.`);
+  }
+  if (platform === 'win32') {
+    lines.push('  Windows: the CPU kernels use GCC/Clang vector extensions, which MSVC does not compile; this build has never been run on Windows.',
+      '  Use WSL2 (Linux: the prebuilt binary), or build with clang-cl: install LLVM and CMake, then',
+      '  npm install cmake-js, then in node_modules/margin-softmax: npx cmake-js compile --CDCMAKE_GENERATOR_TOOLSET=ClangCL --CDMS_DISABLE_CUDA=ON.');
+  } else if (platform === 'darwin') {
+    lines.push('  macOS: install the Xcode command line tools (xcode-select --install; Apple clang) and, for the CMake build, CMake ≥ 3.18',
+      '  (brew install cmake) and cmake-js; node-gyp, bundled with npm, builds the CPU backend without CMake.');
+  } else {
+    lines.push('  Install a C++17 compiler (GCC ≥ 9 or clang ≥ 10) and either CMake ≥ 3.18 with cmake-js (npm install cmake-js) or',
+      '  node-gyp\'s requirements (python3, make), then run npm install again.');
+  }
+  lines.push('  docs/platforms.md lists what is prebuilt, what builds from source and what has been run where.');
+  return lines.join('\n');
+}
+
 function main() {
   const env = process.env;
   const cpuOnly = cpuOnlyRequested(env);
   if (buildFromSourceRequested(env) || cpuOnly) {
     console.log(`margin-softmax: building from source as requested${cpuOnly ? ' (CPU only)' : ''}`);
-    return buildFromSource(cpuOnly);
+    return reportFailure(buildFromSource(cpuOnly));
   }
   const problem = prebuiltProblem();
   if (problem === null) return 0;
   console.log(`margin-softmax: no usable prebuilt addon for ${process.platform}-${process.arch} (${problem}); building from source`);
-  return buildFromSource(false);
+  return reportFailure(buildFromSource(false));
+}
+
+function reportFailure(status) {
+  if (status !== 0) console.error(sourceBuildAdvice(process.platform, process.arch));
+  return status;
 }
 
 if (require.main === module) process.exitCode = main();
 
-module.exports = { buildFromSourceRequested, cpuOnlyRequested };
+module.exports = { buildFromSourceRequested, cpuOnlyRequested, sourceBuildAdvice };

@@ -8,14 +8,60 @@
  *
  * Release the package from a machine with nvcc, so that the binary carries
  * the CUDA kernels too; MARGIN_SOFTMAX_REQUIRE_CUDA=1 makes that a check.
+ *
+ * On linux-x64 it also packs prebuilds/linux-arm64/node.napi.glibc.node,
+ * cross-compiled by scripts/build-arm64.sh (run here, incrementally) where
+ * aarch64-linux-gnu-g++ is on the PATH; MARGIN_SOFTMAX_REQUIRE_ARM64=1 makes
+ * a missing cross compiler an error instead of a tarball without it.
  */
 'use strict';
+const { spawnSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
 
 const ROOT = path.join(__dirname, '..');
 const BUILT = path.join(ROOT, 'build', 'Release', 'margin_softmax.node');
 const PREBUILDS = path.join(ROOT, 'prebuilds');
+const BUILT_ARM64 = path.join(ROOT, 'build-arm64', 'Release', 'margin_softmax.node');
+const EM_AARCH64 = 183;
+
+/** e_machine of an ELF file (null when it is not one). */
+function elfMachine(file) {
+  const h = Buffer.alloc(20);
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.readSync(fd, h, 0, 20, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return h.readUInt32BE(0) === 0x7f454c46 ? h.readUInt16LE(18) : null;
+}
+
+/** The cross-compiled linux-arm64 addon, when this machine can build it: 0 packed or skipped, 1 failed. */
+function packArm64() {
+  const required = process.env.MARGIN_SOFTMAX_REQUIRE_ARM64 === '1';
+  if (process.platform !== 'linux' || process.arch !== 'x64') return 0;
+  const hasCross = spawnSync('aarch64-linux-gnu-g++', ['--version'], { stdio: 'ignore' }).status === 0;
+  if (!hasCross) {
+    const msg = 'prebuild: aarch64-linux-gnu-g++ not found: the tarball has no linux-arm64 binary (apt-get install g++-aarch64-linux-gnu)';
+    console[required ? 'error' : 'warn'](msg);
+    return required ? 1 : 0;
+  }
+  const r = spawnSync('bash', [path.join(ROOT, 'scripts', 'build-arm64.sh')], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+  if (r.status !== 0 || !fs.existsSync(BUILT_ARM64)) {
+    console.error('prebuild: the linux-arm64 cross build failed (bash scripts/build-arm64.sh)');
+    return 1;
+  }
+  if (elfMachine(BUILT_ARM64) !== EM_AARCH64) {
+    console.error(`prebuild: ${path.relative(ROOT, BUILT_ARM64)} is not an aarch64 ELF binary`);
+    return 1;
+  }
+  const dir = path.join(PREBUILDS, 'linux-arm64');
+  fs.mkdirSync(dir, { recursive: true });
+  fs.copyFileSync(BUILT_ARM64, path.join(dir, 'node.napi.glibc.node'));
+  console.log(`prebuild: prebuilds/linux-arm64/node.napi.glibc.node (${(fs.statSync(BUILT_ARM64).size / 1e6).toFixed(1)} MB, cross-compiled, CPU backend)`);
+  return 0;
+}
 
 function libcTag() {
   if (process.platform !== 'linux') return '';
@@ -48,7 +94,7 @@ function main(args) {
     console.error('prebuild: MARGIN_SOFTMAX_REQUIRE_CUDA=1 but the addon was built without CUDA (no nvcc, or MS_DISABLE_CUDA)');
     return 1;
   }
-  return 0;
+  return packArm64();
 }
 
 process.exitCode = main(process.argv.slice(2));

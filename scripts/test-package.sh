@@ -8,6 +8,11 @@
 #      the addon must come from prebuilds/ and nothing may be compiled.
 #   2. --build-from-source without cmake-js: npm's node-gyp builds the CPU backend.
 #   3. --margin-softmax-cpu-only with cmake-js installed: cmake-js, CUDA disabled.
+# After 1, where the tarball carries prebuilds/linux-arm64 and qemu-aarch64 is
+# installed, scripts/test-arm64.sh runs that binary, as installed in the same
+# project, under emulation with an arm64 Node (MARGIN_SOFTMAX_REQUIRE_ARM64=1:
+# a tarball without it, or no qemu, fails instead of skipping).
+# CC/CXX, where set, are the compilers of the two source builds.
 # Needs build/Release (the addon to ship; `npm ci` builds it). SKIP_SOURCE_BUILDS=1
 # runs only the first.
 set -euo pipefail
@@ -49,6 +54,15 @@ start=$(date +%s)
 echo "install: $(( $(date +%s) - start )) s, node_modules $(du -sh "$p/node_modules" | cut -f1)"
 if [ -e "$p/node_modules/margin-softmax/build" ]; then echo "the prebuilt install compiled something (build/ exists)"; exit 1; fi
 (cd "$p" && EXPECT_ADDON=prebuilds node example.mjs)
+
+echo "== 1b. the linux-arm64 prebuilt of the same install, under qemu-aarch64"
+if tar -tzf "$tgz" | grep '^package/prebuilds/linux-arm64/' >/dev/null && { command -v qemu-aarch64-static || command -v qemu-aarch64; } >/dev/null; then
+  bash scripts/test-arm64.sh "$p"
+elif [ "${MARGIN_SOFTMAX_REQUIRE_ARM64:-0}" = 1 ]; then
+  echo "MARGIN_SOFTMAX_REQUIRE_ARM64=1 but the tarball has no prebuilds/linux-arm64 or qemu-aarch64 is not installed"; exit 1
+else
+  echo "skipped: no prebuilds/linux-arm64 in the tarball (no aarch64-linux-gnu-g++) or no qemu-aarch64"
+fi
 
 if [ "${SKIP_SOURCE_BUILDS:-0}" = 1 ]; then exit 0; fi
 

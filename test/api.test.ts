@@ -219,8 +219,8 @@ describe('backends() and deviceInfo()', () => {
     expect(['cpu', 'cuda']).toContain(info.backend);
     expect(info.backend === 'cuda').toBe(info.cuda.usable);
     expect(Number.isInteger(info.cpu.threads) && info.cpu.threads >= 1).toBe(true);
-    expect(['avx512', 'avx2', 'portable']).toContain(info.cpu.simd);
-    expect(info.cpu.simdWidth).toBe({ avx512: 16, avx2: 8, portable: 4 }[info.cpu.simd]);
+    expect(['avx512', 'avx2', 'neon', 'portable']).toContain(info.cpu.simd);
+    expect(info.cpu.simdWidth).toBe({ avx512: 16, avx2: 8, neon: 4, portable: 4 }[info.cpu.simd]);
     expect(typeof info.cuda.compiled).toBe('boolean');
     expect(typeof info.cuda.usable).toBe('boolean');
     if (!info.cuda.usable) {
@@ -441,7 +441,7 @@ describe('bad inputs raise typed errors', () => {
       ['threads', [0, -1, 1.5, 1025, NaN, '2']],
       ['gradFilter', [-1e-9, 1, 2, NaN, Infinity, '0.1']],
       ['workspaceBytes', [-1, 1.5, NaN, Infinity, 2 ** 60, '0']],
-      ['simd', ['sse', 'AVX2', 'neon', 16]],
+      ['simd', ['sse', 'AVX2', 'sve', 16]],
       ['weightsDtype', ['float16', 'bf16', 'fp32', 32]],
     ];
     for (const [field, values] of table) {

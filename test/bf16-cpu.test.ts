@@ -19,13 +19,14 @@ import { randomProblem, referenceLoss, relMaxErr, roundBf16 } from './reference.
 
 const U = 2 ** -8; // bf16 unit roundoff (8 significand bits, round to nearest even)
 const S = 64;
-const ORDER: CpuMatrixPath[] = ['none', 'avx512-bf16', 'amx-bf16'];
+const ORDER: CpuMatrixPath[] = process.arch === 'arm64' ? ['none', 'neon-bf16'] : ['none', 'avx512-bf16', 'amx-bf16'];
 const best = deviceInfo().cpu.matrix;
 const available = new Set(ORDER.slice(0, ORDER.indexOf(best) + 1));
 const WHY: Record<CpuMatrixPath, string> = {
   none: '',
   'avx512-bf16': 'the CPU lacks AVX512-BF16 (VDPBF16PS)',
   'amx-bf16': 'the CPU lacks AMX-BF16, or the OS refused the tile-data permission',
+  'neon-bf16': 'the CPU lacks FEAT_BF16 (BFDOT)',
 };
 const MARGINS: Margin[] = (['adaptive', 'arcface', 'cvm'] as const).map(typical);
 

@@ -1,8 +1,9 @@
 // bf16_gemm.cc — see bf16_gemm.h. Every kernel here is compiled on every
-// x86-64 GCC/Clang build (inside `#pragma GCC target` regions, so the rest of
+// x86-64 GCC/Clang build (inside MS_TARGET_PUSH regions, so the rest of
 // the addon keeps the baseline ISA) and runs only where best_matrix_path()
 // found the CPU able to.
 #include "bf16_gemm.h"
+#include "target_region.h"
 
 #include <algorithm>
 #include <cstring>
@@ -14,7 +15,9 @@
 #include <immintrin.h>
 // GCC 12 warns about the intrinsics' own _mm512_undefined_*() placeholders.
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -39,10 +42,9 @@ namespace ms {
   }
 
 #ifdef MS_HAVE_BF16_ISA
-#pragma GCC push_options
-#pragma GCC target("avx512f")
+MS_TARGET_PUSH("avx512f")
 MS_ROUND_BF16_ARRAY(round_bf16_array_avx512, 16)
-#pragma GCC pop_options
+MS_TARGET_POP
 #endif
 MS_ROUND_BF16_ARRAY(round_bf16_array_portable, 4)
 
@@ -55,7 +57,10 @@ void round_bf16_array(const float* src, float* dst, int64_t n) {
 }
 
 const char* matrix_path_name(MatrixPath p) {
-  return p == MatrixPath::AmxBf16 ? "amx-bf16" : p == MatrixPath::Avx512Bf16 ? "avx512-bf16" : "none";
+  return p == MatrixPath::AmxBf16      ? "amx-bf16"
+         : p == MatrixPath::Avx512Bf16 ? "avx512-bf16"
+         : p == MatrixPath::NeonBf16   ? "neon-bf16"
+                                       : "none";
 }
 
 #ifdef MS_HAVE_BF16_ISA
@@ -104,19 +109,35 @@ bool amx_bf16_usable() { return false; }
 MatrixPath best_matrix_path() {
   if (amx_bf16_usable()) return MatrixPath::AmxBf16;
   if (cpu_has_avx512_bf16()) return MatrixPath::Avx512Bf16;
+  if (cpu_has_neon_bf16()) return MatrixPath::NeonBf16;
   return MatrixPath::None;
 }
 
+namespace {
+int matrix_rank(MatrixPath p) {
+  return p == MatrixPath::AmxBf16 ? 2 : p == MatrixPath::None ? 0 : 1;
+}
+bool matrix_available(MatrixPath p) {
+  switch (p) {
+    case MatrixPath::AmxBf16: return amx_bf16_usable();
+    case MatrixPath::Avx512Bf16: return cpu_has_avx512_bf16();
+    case MatrixPath::NeonBf16: return cpu_has_neon_bf16();
+    default: return true;
+  }
+}
+}  // namespace
+
 MatrixPath resolve_matrix_path(int requested) {
-  const MatrixPath best = best_matrix_path();
-  if (requested < 0 || requested > (int)best) return best;
-  if (requested == (int)MatrixPath::AmxBf16 && !amx_bf16_usable()) return best;
-  return (MatrixPath)requested;
+  if (requested < 0) return best_matrix_path();
+  const MatrixPath asked = (MatrixPath)requested;
+  if (matrix_available(asked)) return asked;
+  for (MatrixPath p : {MatrixPath::AmxBf16, MatrixPath::Avx512Bf16, MatrixPath::NeonBf16})
+    if (matrix_rank(p) <= matrix_rank(asked) && matrix_available(p)) return p;
+  return MatrixPath::None;
 }
 
 #ifdef MS_HAVE_BF16_ISA
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
+MS_TARGET_PUSH("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")
 
 namespace {
 
@@ -233,17 +254,16 @@ void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t*
   }
 }
 
-#pragma GCC pop_options
+MS_TARGET_POP
 
 // ---- AMX GEMM (TDPBF16PS): amx_gemm.inc ------------------------------------
-#pragma GCC push_options
-#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+MS_TARGET_PUSH("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 
 namespace {
 #include "amx_gemm.inc"
 }  // namespace
 
-#pragma GCC pop_options
+MS_TARGET_POP
 
 void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C,
                long ldc, bool accumulate) {
@@ -251,12 +271,31 @@ void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long l
   gemm_avx512_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
 }
 
-#else  // no x86 matrix instructions in this build: never selected.
+#else  // no x86 matrix instructions in this build: the packing as scalar loops (for NeonBf16).
 
-void pack_rows_bf16(const float*, long, int, int, int, uint16_t*, long) {}
-void pack_rows_bf16_t(const float*, long, int, int, int, uint16_t*, long) {}
-void pack_pairs_bf16(const float*, long, int, int, int, uint16_t*) {}
-void bf16_gemm(MatrixPath, int, int, int, const uint16_t*, long, const uint16_t*, float*, long, bool) {}
+void pack_rows_bf16(const float* src, long lds, int M, int K, int Kp, uint16_t* dst, long ldd) {
+  for (int m = 0; m < M; ++m)
+    for (int k = 0; k < Kp; ++k) dst[(long)m * ldd + k] = k < K ? to_bf16(src[(long)m * lds + k]) : 0;
+}
+
+void pack_rows_bf16_t(const float* src, long sk, int M, int K, int Kp, uint16_t* dst, long ldd) {
+  for (int m = 0; m < M; ++m)
+    for (int k = 0; k < Kp; ++k) dst[(long)m * ldd + k] = k < K ? to_bf16(src[(long)k * sk + m]) : 0;
+}
+
+void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t* dst) {
+  const int Np = (int)round_up(NN, kBf16NPad);
+  for (int n = 0; n < Np; ++n)
+    for (int k = 0; k < Kp; ++k)
+      dst[(long)(n / 32) * 32 * Kp + (long)(k / 2) * 64 + 2 * (n % 32) + (k & 1)] =
+          (k < K && n < NN) ? to_bf16(src[(long)k * sk + n]) : 0;
+}
+
+void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C,
+               long ldc, bool accumulate) {
+  // Only NeonBf16 can be selected here (best_matrix_path: cpu_has_neon_bf16).
+  if (path == MatrixPath::NeonBf16) gemm_neon_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
+}
 
 #endif
 

@@ -22,7 +22,8 @@
 
 namespace ms {
 
-enum class MatrixPath : int { None = 0, Avx512Bf16 = 1, AmxBf16 = 2 };
+// Codes as lib/native.ts MATRIX_CODES. NeonBf16: BFDOT on aarch64 (neon_bf16_gemm.cc).
+enum class MatrixPath : int { None = 0, Avx512Bf16 = 1, AmxBf16 = 2, NeonBf16 = 3 };
 
 constexpr int kBf16KPad = 32;  // one AMX tile row: 32 bf16
 constexpr int kBf16NPad = 32;  // two AVX-512 vectors / AMX tiles of columns
@@ -31,24 +32,30 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // The best path this CPU (and, for AMX, the OS) allows; computed once.
 MatrixPath best_matrix_path();
-// requested: −1 = best; otherwise the path asked for, or the best one below it
-// where the CPU lacks it (as the SIMD option falls back).
+// requested: −1 = best; otherwise the path asked for, or where the CPU lacks
+// it the best one it has at or below it (as the SIMD option falls back); the
+// ranks: none < avx512-bf16 = neon-bf16 < amx-bf16.
 MatrixPath resolve_matrix_path(int requested);
 const char* matrix_path_name(MatrixPath p);
 bool cpu_has_avx512_bf16();
 // CPUID says AMX-TILE and AMX-BF16, and the kernel granted the tile-data
 // permission to this process (arch_prctl(ARCH_REQ_XCOMP_PERM), asked once).
 bool amx_bf16_usable();
+// aarch64: FEAT_BF16 (BFDOT), as the OS reports it (getauxval(AT_HWCAP2) & HWCAP2_BF16).
+bool cpu_has_neon_bf16();
+// The NeonBf16 product (neon_bf16_gemm.cc; aarch64 builds with FEAT_BF16 support only).
+void gemm_neon_bf16(int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C, long ldc,
+                    bool accumulate);
 
 // C[m·ldc + n] = (accumulate ? C : 0) + Σ_k A[m][k]·B[k][n], m < M, n < NN.
-// path must be Avx512Bf16 or AmxBf16 (and available).
+// path must be Avx512Bf16, AmxBf16 or NeonBf16 (and available).
 void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp,
                float* C, long ldc, bool accumulate);
 inline int64_t pair_packed_size(int64_t Kp, int64_t NN) { return Kp * round_up(NN, kBf16NPad); }
 
 // ---- Conversions (round to nearest even; inputs are finite) ----
-// The pack_* functions run only where a matrix path is available (both imply
-// AVX-512), and use it.
+// The pack_* functions run only where a matrix path is available; on x86-64
+// (AVX-512 there) they use it, elsewhere they are scalar loops.
 // Inline so that loops over arrays vectorise.
 inline uint16_t to_bf16(float v) {
   uint32_t u;

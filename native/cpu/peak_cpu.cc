@@ -19,13 +19,16 @@
 #include "bf16_gemm.h"
 #include "class_blocks.h"
 #include "simd_dispatch.h"
+#include "target_region.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && (defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11)
 #define MS_HAVE_PEAK_ISA 1
 #include <immintrin.h>
 // GCC 12 warns about the intrinsics' own _mm512_undefined_*() placeholders.
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#ifndef __clang__
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #endif
 
 namespace ms {
@@ -55,18 +58,15 @@ namespace {
 MS_FMA_PEAK(portable, 4, 12)
 
 #ifdef MS_HAVE_PEAK_ISA
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+MS_TARGET_PUSH("avx2,fma")
 MS_FMA_PEAK(avx2, 8, 12)
-#pragma GCC pop_options
+MS_TARGET_POP
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+MS_TARGET_PUSH("avx512f,avx512vl,avx512dq,avx2,fma")
 MS_FMA_PEAK(avx512, 16, 24)
-#pragma GCC pop_options
+MS_TARGET_POP
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
+MS_TARGET_PUSH("avx512f,avx512bw,avx512vl,avx512bf16")
 constexpr int kDpAcc = 16;
 float dpbf16_loop(long iters) {
   __m512 acc[kDpAcc];
@@ -83,11 +83,10 @@ float dpbf16_loop(long iters) {
   for (int k = 0; k < kDpAcc; ++k) s += _mm512_reduce_add_ps(acc[k]);
   return s;
 }
-#pragma GCC pop_options
+MS_TARGET_POP
 constexpr double kFlopsDp = kDpAcc * 16 * 4;
 
-#pragma GCC push_options
-#pragma GCC target("amx-tile,amx-bf16")
+MS_TARGET_PUSH("amx-tile,amx-bf16")
 struct alignas(64) PeakTileConfig {
   uint8_t palette = 1;
   uint8_t start_row = 0;
@@ -123,7 +122,7 @@ float amx_loop(long iters) {
   _tile_release();
   return out[0];
 }
-#pragma GCC pop_options
+MS_TARGET_POP
 constexpr double kFlopsAmx = 4.0 * 16 * 16 * 32 * 2;
 #endif
 

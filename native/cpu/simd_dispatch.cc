@@ -6,6 +6,7 @@
 #include <new>
 
 #include "../margin_math.h"
+#include "target_region.h"
 
 namespace ms {
 
@@ -34,17 +35,36 @@ int best_simd_width() {
     return 16;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
 #endif
-  return 4;
+#if defined(__aarch64__)
+  return kSimdNeon;
+#endif
+  return kSimdPortable;
 }
 
-const KernelSet& kernels_for(int width) {
+int simd_level(int requested) {
   const int best = best_simd_width();
-  const int w = (width < 0 || width > best) ? best : width;
+  const int w = (requested < 0 || requested > best) ? best : requested;
+  if (w >= kSimdAvx512 && best >= kSimdAvx512) return kSimdAvx512;
+  if (w >= kSimdAvx2 && best >= kSimdAvx2) return kSimdAvx2;
+  if (w >= kSimdNeon && best == kSimdNeon) return kSimdNeon;
+  return kSimdPortable;
+}
+
+const char* simd_level_name(int level) {
+  return level == kSimdAvx512 ? "avx512" : level == kSimdAvx2 ? "avx2" : level == kSimdNeon ? "neon" : "portable";
+}
+
+const KernelSet& kernels_for(int level) {
+  switch (simd_level(level)) {
 #ifdef MS_HAVE_X86_DISPATCH
-  if (w >= 16) return avx512::kernels;
-  if (w >= 8) return avx2::kernels;
+    case kSimdAvx512: return avx512::kernels;
+    case kSimdAvx2: return avx2::kernels;
 #endif
-  return portable::kernels;
+#if defined(__aarch64__)
+    case kSimdNeon: return neon::kernels;
+#endif
+    default: return portable::kernels;
+  }
 }
 
 }  // namespace ms

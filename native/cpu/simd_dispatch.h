@@ -24,9 +24,19 @@ struct KernelSet {
   void (*scale)(float* v, float a, int n);
 };
 
-// width: 16 (AVX-512), 8 (AVX2+FMA), 4 (portable); −1 = best supported.
-// Falls back to the best supported width at or below the one asked for.
-const KernelSet& kernels_for(int width);
-int best_simd_width();
+// SIMD level codes (lib/native.ts SIMD_CODES), ordered so that a level the
+// CPU lacks falls back to the best supported one below it: 16 AVX-512,
+// 8 AVX2+FMA, 5 NEON (aarch64, 4 lanes), 4 portable; −1 = best supported.
+constexpr int kSimdPortable = 4, kSimdNeon = 5, kSimdAvx2 = 8, kSimdAvx512 = 16;
+const KernelSet& kernels_for(int level);
+#if defined(__aarch64__)
+namespace neon {
+extern const KernelSet kernels;  // neon_kernels.cc
+}
+#endif
+int best_simd_width();  // the best level code this CPU runs
+// The level kernels_for(requested) runs, and its name ('avx512', 'avx2', 'neon', 'portable').
+int simd_level(int requested);
+const char* simd_level_name(int level);
 
 }  // namespace ms

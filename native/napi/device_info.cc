@@ -6,6 +6,7 @@
 //         runtimeVersion, multiprocessors; headBytes (held by device heads).
 #include "../cpu/bf16_gemm.h"
 #include "../cpu/loss_cpu.h"
+#include "../cpu/simd_dispatch.h"
 #include "../cuda/head_cuda.h"
 #include "../cuda/loss_cuda.h"
 #include "exports.h"
@@ -15,11 +16,11 @@ namespace ms::napi {
 namespace {
 
 Napi::Object cpu_info(Napi::Env env, int requested_simd) {
-  const int width = cpu_simd_width(requested_simd);
+  const int level = simd_level(requested_simd);
   Napi::Object cpu = Napi::Object::New(env);
   cpu.Set("threads", cpu_default_threads());
-  cpu.Set("simd", cpu_simd_name(width));
-  cpu.Set("simdWidth", width);
+  cpu.Set("simd", simd_level_name(level));
+  cpu.Set("simdWidth", kernels_for(level).vw);
   cpu.Set("matrix", matrix_path_name(best_matrix_path()));
   return cpu;
 }
