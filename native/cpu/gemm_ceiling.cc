@@ -38,7 +38,14 @@ double products_seconds(const float* x, const float* w, int64_t N, int64_t C, in
     std::vector<float> tile(block_classes * ldt, 0.0f), dx(N * D, 0.0f);
     for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
       const auto [j0, count] = lay.block(b);
-      kern.gemm((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt, (long)ldt, tile.data(), (long)ldt, false);
+      // The next block's centres come into L2 during this product, as in the loss.
+      const int64_t next = b + 1 < lay.hi(t) ? lay.block(b + 1).count * D : 0;
+      if (kern.gemm_prefetch && next > 0) {
+        kern.gemm_prefetch((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt, (long)ldt, tile.data(), (long)ldt,
+                           false, w + (j0 + count) * D, (size_t)next * sizeof(float));
+      } else {
+        kern.gemm((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt, (long)ldt, tile.data(), (long)ldt, false);
+      }
       if (!backward) continue;
       kern.gemm((int)count, (int)D, (int)N, tile.data(), (long)ldt, 1, x, (long)D, gw.get() + j0 * D, (long)D, false);
       kern.gemm((int)N, (int)D, (int)count, tile.data(), 1, (long)ldt, w + j0 * D, (long)D, dx.data(), (long)D, true);
