@@ -76,6 +76,9 @@ struct RowOperands {
   std::unique_ptr<uint16_t[]> xt_packed, xn_packed;      // bf16 on a matrix path
   const float* xt = nullptr;  // the fp32 kernels' X̂ᵀ and X̂ operands
   const float* xn = nullptr;
+  // xt and xn packed once as the B operands of the cosine and dŴ products
+  // (KernelSet::pack_b_whole), where the kernel set can; else null.
+  std::unique_ptr<float[]> xt_b, xn_b;
 };
 
 // Bytes that a product fetches into L2 while it runs (the next block's operands).
@@ -183,6 +186,17 @@ struct LossCall {
     }
   }
 
+  // The fp32 GEMM on a B operand that every block shares (X̂ᵀ or X̂): its
+  // packed form Bp where there is one, else B itself.
+  void gemm_shared(int M, int NN, int K, const float* A, long sam, long sak, const float* B, long ldb,
+                   const float* Bp, float* C, long ldc, Prefetch next) const {
+    if (Bp) {
+      kern.gemm_packed(M, NN, K, A, sam, sak, Bp, C, ldc, false, next.at, next.bytes);
+    } else {
+      gemm(M, NN, K, A, sam, sak, B, ldb, C, ldc, false, next);
+    }
+  }
+
   // Cosine tile of a block: tile[j·ldt + i] = invn_j·(w_j·x̂_i); padding lanes 0.
   // wa: per-thread scratch for the block's bf16 rows (block_classes×d_pad) on a matrix path.
   void cos_tile(const float* wb, ClassBlock blk, float* tile, uint16_t* wa, Prefetch next) const {
@@ -191,7 +205,8 @@ struct LossCall {
       bf16_gemm(ops.path, (int)blk.count, (int)ldt, (int)ops.d_pad, wa, (long)ops.d_pad, ops.xt_packed.get(), tile,
                 (long)ldt, false);
     } else {
-      gemm((int)blk.count, (int)N, (int)D, wb, (long)D, 1, ops.xt, (long)ldt, tile, (long)ldt, false, next);
+      gemm_shared((int)blk.count, (int)N, (int)D, wb, (long)D, 1, ops.xt, (long)ldt, ops.xt_b.get(), tile, (long)ldt,
+                  next);
     }
     for (int64_t j = 0; j < blk.count; ++j) {
       float* row = tile + j * ldt;
@@ -236,6 +251,16 @@ void prepare_rows(LossCall& L, const CpuOptions& opt) {
   }
   ops.xt = ops.xt_rounded ? ops.xt_rounded.get() : xt;
   ops.xn = ops.xn_rounded ? ops.xn_rounded.get() : xn;
+  const KernelSet& k = L.kern;
+  if (!ops.packed && k.pack_b_whole && k.gemm_packed) {
+    const int64_t nr = 2 * k.vw;  // the kernels' panel width
+    ops.xt_b = uninit<float>((size_t)(L.D * round_up(L.N, nr)));
+    k.pack_b_whole((int)L.D, (int)L.N, ops.xt, (long)L.ldt, ops.xt_b.get());
+    if (L.backward) {
+      ops.xn_b = uninit<float>((size_t)(L.N * round_up(L.D, nr)));
+      k.pack_b_whole((int)L.N, (int)L.D, ops.xn, (long)L.D, ops.xn_b.get());
+    }
+  }
 }
 
 // ---- The per-row arrays, V and each row's weight 1/V. ----
@@ -468,7 +493,8 @@ void grad_w_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, 
     bf16_gemm(ops.path, (int)blk.count, (int)D, (int)ops.ldt_pad, bs.g_cls.get(), (long)ops.ldt_pad,
               ops.xn_packed.get(), gw, (long)D, false);
   } else {
-    L.gemm((int)blk.count, (int)D, (int)N, bs.g.get(), (long)L.ldt, 1, ops.xn, (long)D, gw, (long)D, false, next);
+    L.gemm_shared((int)blk.count, (int)D, (int)N, bs.g.get(), (long)L.ldt, 1, ops.xn, (long)D, ops.xn_b.get(), gw,
+                  (long)D, next);
   }
   for (int64_t j = 0; j < blk.count; ++j) {
     // w·invn² underflows for huge norms: form it as (invn·t)·(invn·w).

@@ -28,6 +28,12 @@ struct KernelSet {
   // a set without it: callers then use gemm.
   void (*gemm_prefetch)(int M, int NN, int K, const float* A, long sam, long sak, const float* B, long ldb,
                         float* C, long ldc, bool accumulate, const void* next, size_t next_bytes);
+  // A B operand shared by many products, packed once (K·round_up(NN, 2·vw)
+  // floats at dst), and gemm_prefetch on it without packing. Null in a set
+  // without them: callers then use gemm / gemm_prefetch on the plain B.
+  void (*pack_b_whole)(int K, int NN, const float* B, long ldb, float* dst);
+  void (*gemm_packed)(int M, int NN, int K, const float* A, long sam, long sak, const float* Bp, float* C, long ldc,
+                      bool accumulate, const void* next, size_t next_bytes);
 };
 
 // width: 16 (AVX-512), 8 (AVX2+FMA), 4 (portable); −1 = best supported.
