@@ -11,15 +11,19 @@
 // Rows: fp32 and weightsDtype 'bfloat16' (the bf16 product path deviceInfo().cpu.matrix
 // names), fresh outputs and options.out; peak RSS and the memory beyond inputs and
 // outputs (one child process per row, so each peak is clean); and the tile
-// workspace's effect (default 64 MiB vs 0 = always recompute) at C = 10⁵.
+// workspace's effect (default 64 MiB vs 0 = always recompute) at C = 10⁵; and
+// each path's error against the float64 reference (bench/cpu_paths_error.mjs,
+// at C = --error-classes, 10⁴ by default: the reference is O(N·d·C) in
+// JavaScript; the kernels and blocking do not depend on C).
 //
 //   npm run bench:cpu
-//   node bench/cpu_loss.mjs --reps=9 --sizes=10000,100000 --threads=2 [--no-bf16]
+//   node bench/cpu_loss.mjs --reps=9 --sizes=10000,100000 --threads=2 [--no-bf16] [--error-classes=10000]
 //
 // Prints a Markdown table and writes bench/results/cpu.json.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { pathErrors } from './cpu_paths_error.mjs';
 import {
   MARGIN, RESULTS_DIR, SCALE, fmtBytes, fmtC, fmtGflops, fmtTime, loadAddon, loadPackage, machineDescription, runChild,
 } from './common.mjs';
@@ -36,8 +40,14 @@ const reps = Number(opt('reps', 7));
 const threads = opt('threads', null);
 const outFile = path.resolve(opt('out', path.join(RESULTS_DIR, 'cpu.json')));
 const withBf16 = !argv.includes('--no-bf16');
-const TARGET_PEAK_FRACTION = 0.8; // forward + backward at C = 10⁵ and 10⁶, fp32, AVX-512
-const TARGET_EXTRA_BYTES = 100e6; // extra memory at C = 10⁶
+const errorClasses = Number(opt('error-classes', 10000));
+// Targets, forward + backward at default settings, as fractions of the peak of
+// the path's own instructions: fp32 of the fp32 FMA peak, bf16 of the bf16 peak.
+const TARGETS = {
+  fp32: { 100000: 0.85, 1000000: 0.7 },
+  bf16: { 100000: 0.7, 1000000: 0.55 },
+};
+const TARGET_EXTRA_BYTES = 150 * 1024 * 1024; // extra memory at C = 10⁶
 
 const t0 = Date.now();
 const log = (...a) => console.error(`[${((Date.now() - t0) / 1e3).toFixed(0).padStart(4)} s]`, ...a);
@@ -60,6 +70,7 @@ const peaksBefore = measurePeaks();
 log(`peaks (GFLOP/s, all threads): ${PEAK_KINDS.map(([n]) => `${n} ${peaksBefore.gflops[n] == null ? 'not on this CPU' : fmtGflops(peaksBefore.gflops[n])}`).join(', ')}`);
 
 const runs = [];
+const isBf16 = (r) => r.options?.weightsDtype === 'bfloat16';
 const baseOptions = threads ? { threads: Number(threads) } : {};
 const plan = [];
 for (const C of sizes) for (const mode of ['fwd', 'fwdbwd']) plan.push({ C, mode, options: { ...baseOptions }, variant: 'default workspace (64 MiB)' });
@@ -92,8 +103,11 @@ for (const [name] of PEAK_KINDS) {
   peaks[name] = a == null && b == null ? null : Math.max(a ?? 0, b ?? 0);
 }
 log(`peaks after the rows: ${PEAK_KINDS.map(([n]) => `${n} ${peaksAfter.gflops[n] == null ? '–' : fmtGflops(peaksAfter.gflops[n])}`).join(', ')}`);
+log(`error against float64 at C = ${fmtC(errorClasses)} (every path of this CPU)…`);
+const errors = pathErrors(pkg, errorClasses);
+const errorOf = (r) => errors.find((e) => e.path === (isBf16(r) ? `bf16 ${machine.fused.matrix}` : `fp32 ${r.options?.simd ?? machine.fused.simd}`));
+const fmtErr = (e) => (e ? `${e.lossRelErr.toExponential(1)} / ${e.gradEmbeddingsRelMaxErr.toExponential(1)} / ${e.gradWeightsRelMaxErr.toExponential(1)}` : '–');
 const pct = (x) => (x == null || !Number.isFinite(x) ? '–' : `${(100 * x).toFixed(0)} %`);
-const isBf16 = (r) => r.options?.weightsDtype === 'bfloat16';
 const bf16Peak = peaks['amx-bf16'] ?? peaks['avx512-bf16'];
 for (const r of runs) {
   if (r.status !== 'ok') continue;
@@ -118,20 +132,24 @@ for (const [name] of PEAK_KINDS) {
     `${peaks[name] == null ? 'not on this CPU / OS' : fmtGflops(peaks[name])} | ${peaks[name] == null ? '–' : (peaks[name] / peaks.fp32).toFixed(2)} |`);
 }
 L.push('');
-L.push('| C | pass | variant | time | GFLOP/s | of fp32 peak | of bf16 peak | fp32 ceiling time | ceiling GFLOP/s | loss / ceiling | peak RSS | extra beyond inputs + outputs |');
-L.push('|---|---|---|---|---|---|---|---|---|---|---|---|');
+L.push(`Error against float64: loss relative error / dX / dW largest element error relative to the largest element, on one problem at C = ${fmtC(errorClasses)} with the path's kernels (bf16 paths against the reference on the bf16 centres; bench/cpu_paths_error.mjs):`, '');
+L.push('| path | loss / dX / dW |', '|---|---|');
+for (const e of errors) L.push(`| ${e.path} | ${fmtErr(e)} |`);
+L.push('');
+L.push('| C | pass | variant | time | GFLOP/s | of fp32 peak | of bf16 peak | fp32 ceiling time | ceiling GFLOP/s | loss / ceiling | peak RSS | extra beyond inputs + outputs | error vs float64 (loss / dX / dW) |');
+L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of runs) {
   const ws = r.options?.reuseOut ? 'outputs reused' : r.options?.workspaceBytes === 0 ? 'workspace 0' : 'default';
   const variant = isBf16(r) ? `bf16 ${machine.fused.matrix}, ${ws}` : ws;
   if (r.status !== 'ok') {
-    L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${variant} | ${r.status} | | | | | | | | |`);
+    L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${variant} | ${r.status} | | | | | | | | | |`);
     continue;
   }
   L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${variant} | ` +
     `${fmtTime(r.medianS)} [${fmtTime(r.minS)}–${fmtTime(r.maxS)}] | ${fmtGflops(r.gflops)} (best ${fmtGflops(r.gflopsBest)}) | ` +
     `${pct(r.fractionOfFp32Peak)} | ${pct(r.fractionOfBf16Peak)} | ` +
     `${fmtTime(r.ceiling.medianS)} [${fmtTime(r.ceiling.minS)}–${fmtTime(r.ceiling.maxS)}] | ${fmtGflops(r.ceiling.gflops)} | ${(100 * r.fractionOfCeilingPaired).toFixed(0)} % | ` +
-    `${fmtBytes(r.peakRssBytes)} | ${fmtBytes(r.extraBytes)} |`);
+    `${fmtBytes(r.peakRssBytes)} | ${fmtBytes(r.extraBytes)} | ${fmtErr(errorOf(r))} |`);
 }
 L.push('');
 
@@ -145,7 +163,8 @@ for (const C of [100000, 1000000]) {
     if (!r) continue;
     const key = `fp32FractionOfPeak_${C}${reuse ? '_outReused' : ''}`;
     summary[key] = r.fractionOfFp32Peak;
-    L.push(`- fp32, C = ${fmtC(C)}, forward + backward${reuse ? ' (options.out)' : ''}: ${fmtGflops(r.gflops)} GFLOP/s = ${pct(r.fractionOfFp32Peak)} of the fp32 peak (target ≥ ${pct(TARGET_PEAK_FRACTION)} on AVX-512: ${r.fractionOfFp32Peak >= TARGET_PEAK_FRACTION ? 'met' : 'not met'} on this run), ${pct(r.fractionOfCeilingPaired)} of the GEMM ceiling.`);
+    const target = TARGETS.fp32[C];
+    L.push(`- fp32, C = ${fmtC(C)}, forward + backward${reuse ? ' (options.out)' : ''}: ${fmtGflops(r.gflops)} GFLOP/s = ${pct(r.fractionOfFp32Peak)} of the fp32 peak (target ≥ ${pct(target)}: ${r.fractionOfFp32Peak >= target ? 'met' : 'not met'} on this run), ${pct(r.fractionOfCeilingPaired)} of the GEMM ceiling.`);
   }
 }
 for (const C of sizes) {
@@ -153,7 +172,9 @@ for (const C of sizes) {
     const f = find(C, 'fwdbwd', false, reuse), b = find(C, 'fwdbwd', false, reuse, true);
     if (!f || !b) continue;
     summary[`bf16Speedup_${C}${reuse ? '_outReused' : ''}`] = f.medianS / b.medianS;
-    L.push(`- bf16 (${machine.fused.matrix}), C = ${fmtC(C)}, forward + backward${reuse ? ' (options.out)' : ''}: ${fmtTime(b.medianS)} vs ${fmtTime(f.medianS)} fp32 = ${(f.medianS / b.medianS).toFixed(2)}× (${pct(b.fractionOfFp32Peak)} of the fp32 peak${b.fractionOfBf16Peak ? `, ${pct(b.fractionOfBf16Peak)} of the bf16 peak` : ''}).`);
+    const target = TARGETS.bf16[C];
+    const verdict = target && b.fractionOfBf16Peak ? ` (target ≥ ${pct(target)}: ${b.fractionOfBf16Peak >= target ? 'met' : 'not met'} on this run)` : '';
+    L.push(`- bf16 (${machine.fused.matrix}), C = ${fmtC(C)}, forward + backward${reuse ? ' (options.out)' : ''}: ${fmtTime(b.medianS)} vs ${fmtTime(f.medianS)} fp32 = ${(f.medianS / b.medianS).toFixed(2)}× (${pct(b.fractionOfFp32Peak)} of the fp32 peak${b.fractionOfBf16Peak ? `, ${pct(b.fractionOfBf16Peak)} of the bf16 peak${verdict}` : ''}; the bf16 peak is ${(bf16Peak / peaks.fp32).toFixed(2)}× the fp32 peak on this CPU).`);
   }
 }
 const ws0 = find(100000, 'fwdbwd', true);
@@ -173,8 +194,8 @@ const at1e6 = find(1000000, 'fwdbwd');
 if (at1e6) {
   summary.peakRssAt1e6 = at1e6.peakRssBytes;
   summary.extraAt1e6 = at1e6.extraBytes;
-  summary.targetExtraMet = at1e6.extraBytes < TARGET_EXTRA_BYTES;
-  L.push(`- C = 10⁶, forward + backward: peak RSS ${fmtBytes(at1e6.peakRssBytes)} with ${fmtBytes(at1e6.inputBytes)} of inputs and ${fmtBytes(at1e6.outputBytes)} of outputs; extra beyond them ${fmtBytes(at1e6.extraBytes)} (${(at1e6.extraBytes / 1e6).toFixed(0)} MB; target < 100 MB: ${summary.targetExtraMet ? 'met' : 'not met'}).`);
+  summary.targetExtraMet = at1e6.extraBytes <= TARGET_EXTRA_BYTES;
+  L.push(`- C = 10⁶, forward + backward: peak RSS ${fmtBytes(at1e6.peakRssBytes)} with ${fmtBytes(at1e6.inputBytes)} of inputs and ${fmtBytes(at1e6.outputBytes)} of outputs; extra beyond them ${fmtBytes(at1e6.extraBytes)} (target ≤ 150 MiB: ${summary.targetExtraMet ? 'met' : 'not met'}).`);
 }
 const fwd1e6 = find(1000000, 'fwd');
 if (fwd1e6) L.push(`- C = 10⁶, forward: peak RSS ${fmtBytes(fwd1e6.peakRssBytes)}, extra ${fmtBytes(fwd1e6.extraBytes)}.`);
@@ -191,6 +212,7 @@ fs.writeFileSync(outFile, JSON.stringify({
   machine: { ...machine, loadAverageAtEnd: os.loadavg() },
   peaks: { best: peaks, before: peaksBefore, after: peaksAfter },
   summary,
+  errors,
   runs,
   markdown: md,
 }, null, 2) + '\n');

@@ -8,41 +8,59 @@
 // definition there; what remains is the rounding of X̂ and G, see docs/cpu.md's
 // "bf16 on the CPU"). Reports the loss's relative error and the largest
 // element error of dX and dW relative to the largest element (relMaxErr).
-// The timing figures are bench/cpu_loss.mjs's; this only measures accuracy.
+// The timing figures are bench/cpu_loss.mjs's (which imports pathErrors for its
+// error column); this only measures accuracy.
 //
 //   node bench/cpu_paths_error.mjs [--classes=10000]
+import { fileURLToPath } from 'node:url';
 import { MARGIN, SCALE, loadPackage, machineDescription } from './common.mjs';
 import { randomProblem, referenceLoss, relMaxErr, roundBf16 } from '../test/reference.mjs';
 
-const argv = process.argv.slice(2);
-const C = Number((argv.find((a) => a.startsWith('--classes=')) ?? '--classes=10000').slice(10));
 const N = 128;
 const d = 512;
-const pkg = loadPackage();
-const machine = machineDescription(pkg);
-const info = pkg.deviceInfo().cpu;
-console.log(`${machine.cpuModel}: simd ${info.simd}, bf16 path ${info.matrix}; N=${N} d=${d} C=${C}, adaptive, s=${SCALE}`);
 
-const p = randomProblem(N, C, d, 1);
-const wBf16 = roundBf16(p.weights);
-const refFp32 = referenceLoss(p, { margin: MARGIN, scale: SCALE });
-const refBf16 = referenceLoss({ ...p, weights: wBf16 }, { margin: MARGIN, scale: SCALE });
+/**
+ * Every CPU path of this machine against float64 at N = 128, d = 512, C = classes:
+ * [{ path, simd?, matrix?, lossRelErr, gradEmbeddingsRelMaxErr, gradWeightsRelMaxErr }].
+ */
+export function pathErrors(pkg, classes) {
+  const info = pkg.deviceInfo().cpu;
+  const p = randomProblem(N, classes, d, 1);
+  const wBf16 = roundBf16(p.weights);
+  const refFp32 = referenceLoss(p, { margin: MARGIN, scale: SCALE });
+  const refBf16 = referenceLoss({ ...p, weights: wBf16 }, { margin: MARGIN, scale: SCALE });
+  // This CPU's best path and every path below it (each can be forced).
+  const SIMD = ['avx512', 'avx2', 'portable'];
+  const MATRIX = ['amx-bf16', 'avx512-bf16', 'none'];
+  const rows = [
+    ...SIMD.slice(SIMD.indexOf(info.simd)).map((simd) => ({ path: `fp32 ${simd}`, simd, ref: refFp32, input: p, opts: { simd } })),
+    ...MATRIX.slice(MATRIX.indexOf(info.matrix)).map((matrix) => ({
+      path: `bf16 ${matrix}`, matrix, ref: refBf16, input: { ...p, weights: wBf16 }, opts: { weightsDtype: 'bfloat16', matrix },
+    })),
+  ];
+  return rows.map((row) => {
+    const r = pkg.lossAndGrad(row.input, { margin: MARGIN, scale: SCALE, backend: 'cpu', ...row.opts });
+    return {
+      path: row.path,
+      ...(row.simd ? { simd: row.simd } : { matrix: row.matrix }),
+      classes,
+      lossRelErr: Math.abs(r.loss - row.ref.loss) / Math.abs(row.ref.loss),
+      gradEmbeddingsRelMaxErr: relMaxErr(r.gradEmbeddings, row.ref.gradEmbeddings),
+      gradWeightsRelMaxErr: relMaxErr(r.gradWeights, row.ref.gradWeights),
+    };
+  });
+}
 
-// This CPU's best path and every path below it (each can be forced).
-const SIMD = ['avx512', 'avx2', 'portable'];
-const MATRIX = ['amx-bf16', 'avx512-bf16', 'none'];
-const simdLevels = SIMD.slice(SIMD.indexOf(info.simd));
-const matrixPaths = MATRIX.slice(MATRIX.indexOf(info.matrix));
-const rows = [
-  ...simdLevels.map((simd) => ({ path: `fp32 ${simd}`, ref: refFp32, input: p, opts: { simd } })),
-  ...matrixPaths.map((matrix) => ({ path: `bf16 ${matrix}`, ref: refBf16, input: { ...p, weights: wBf16 }, opts: { weightsDtype: 'bfloat16', matrix } })),
-];
-console.log('| path | loss rel. error | dX rel. max error | dW rel. max error |');
-console.log('|---|---|---|---|');
-for (const row of rows) {
-  const r = pkg.lossAndGrad(row.input, { margin: MARGIN, scale: SCALE, backend: 'cpu', ...row.opts });
-  const lossErr = Math.abs(r.loss - row.ref.loss) / Math.abs(row.ref.loss);
-  const dx = relMaxErr(r.gradEmbeddings, row.ref.gradEmbeddings);
-  const dw = relMaxErr(r.gradWeights, row.ref.gradWeights);
-  console.log(`| ${row.path} | ${lossErr.toExponential(1)} | ${dx.toExponential(1)} | ${dw.toExponential(1)} |`);
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  const argv = process.argv.slice(2);
+  const C = Number((argv.find((a) => a.startsWith('--classes=')) ?? '--classes=10000').slice(10));
+  const pkg = loadPackage();
+  const machine = machineDescription(pkg);
+  const info = pkg.deviceInfo().cpu;
+  console.log(`${machine.cpuModel}: simd ${info.simd}, bf16 path ${info.matrix}; N=${N} d=${d} C=${C}, adaptive, s=${SCALE}`);
+  console.log('| path | loss rel. error | dX rel. max error | dW rel. max error |');
+  console.log('|---|---|---|---|');
+  for (const e of pathErrors(pkg, C)) {
+    console.log(`| ${e.path} | ${e.lossRelErr.toExponential(1)} | ${e.gradEmbeddingsRelMaxErr.toExponential(1)} | ${e.gradWeightsRelMaxErr.toExponential(1)} |`);
+  }
 }

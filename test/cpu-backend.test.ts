@@ -284,6 +284,18 @@ describe('adversarial inputs', () => {
     }
   });
 
+  test(`every SIMD level (${SIMD_LEVELS.join(', ')}): products longer than one 512-deep block of the GEMM (d = 520 for the cosines, N = 530 for dŴ), edges in every dimension`, () => {
+    // X̂ᵀ and X̂ are packed once per call as the GEMM's B operands, 512 rows of k at a
+    // time: d > 512 makes the cosine product, N > 512 the dŴ product run a second block.
+    for (const [n, c, d] of [
+      [19, 300, 520],
+      [530, 150, 20],
+    ]) {
+      const p = randomProblem(n, c, d, 31 + n);
+      for (const simd of SIMD_LEVELS) check(p, { margin: typical('adaptive'), scale: 64, simd });
+    }
+  });
+
   test('confident rows at s = 64 mixed with unconfident ones (1 − p_y from ~1 down to 1e−14)', () => {
     // Target cosines 0.3…0.9 over 24 rows and 500 classes: row losses from ~5 down to 1e−14.
     const p = problemWithTargetCos(24, 500, 64, (i) => 0.3 + (0.6 * i) / 23, 9).fp32;

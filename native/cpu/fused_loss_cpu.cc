@@ -12,6 +12,12 @@
 //   dw_j = invn_j·Σ_i g_ij x̂_i − w_j·invn_j²·t_j,  t_j = Σ_i g_ij c_ij
 // (ŵ_j·dŵ_j = t_j because c_ij = ŵ_j·x̂_i).
 //
+// While a block's fp32 products run, the next block's centres (and, backward,
+// its cached tile) are fetched into L2 (KernelSet::gemm_prefetch), so the
+// stream of W from memory overlaps the FMAs instead of stalling the norms and
+// the packing: measured +7 to +26 % forward + backward at C = 10⁵ on one core
+// (Xeon, Emerald Rapids, versions interleaved, results bit-identical).
+//
 // Threads own contiguous ranges of blocks; per-thread partials (LSE states,
 // dX̂) are merged in thread order, so a fixed thread count gives bit-identical
 // results run after run. Extra memory: the tile cache (workspace_bytes),
@@ -70,6 +76,15 @@ struct RowOperands {
   std::unique_ptr<uint16_t[]> xt_packed, xn_packed;      // bf16 on a matrix path
   const float* xt = nullptr;  // the fp32 kernels' X̂ᵀ and X̂ operands
   const float* xn = nullptr;
+  // xt and xn packed once as the B operands of the cosine and dŴ products
+  // (KernelSet::pack_b_whole), where the kernel set can; else null.
+  std::unique_ptr<float[]> xt_b, xn_b;
+};
+
+// Bytes that a product fetches into L2 while it runs (the next block's operands).
+struct Prefetch {
+  const void* at = nullptr;
+  size_t bytes = 0;
 };
 
 // One thread's share of the classes: its blocks [lo, hi), the first `cached`
@@ -151,15 +166,47 @@ struct LossCall {
     return scratch;
   }
 
+  // The centre rows of the block after b in [b, hi), as stored (fp32 or bf16):
+  // what the fp32 products fetch into L2 while they run (Prefetch). None where
+  // the rows are gathered through class_index, or b is the last block.
+  Prefetch next_rows(int64_t b, int64_t hi) const {
+    if (b + 1 >= hi || p.class_index) return {};
+    const ClassBlock nb = lay.block(b + 1);
+    if (p.w_bf16) return {p.w_bf16 + nb.j0 * D, (size_t)(nb.count * D) * sizeof(uint16_t)};
+    return {p.w + nb.j0 * D, (size_t)(nb.count * D) * sizeof(float)};
+  }
+
+  // The fp32 GEMM, fetching `next` into L2 while it runs where the kernel set can.
+  void gemm(int M, int NN, int K, const float* A, long sam, long sak, const float* B, long ldb, float* C, long ldc,
+            bool accumulate, Prefetch next) const {
+    if (kern.gemm_prefetch && next.bytes > 0) {
+      kern.gemm_prefetch(M, NN, K, A, sam, sak, B, ldb, C, ldc, accumulate, next.at, next.bytes);
+    } else {
+      kern.gemm(M, NN, K, A, sam, sak, B, ldb, C, ldc, accumulate);
+    }
+  }
+
+  // The fp32 GEMM on a B operand that every block shares (X̂ᵀ or X̂): its
+  // packed form Bp where there is one, else B itself.
+  void gemm_shared(int M, int NN, int K, const float* A, long sam, long sak, const float* B, long ldb,
+                   const float* Bp, float* C, long ldc, Prefetch next) const {
+    if (Bp) {
+      kern.gemm_packed(M, NN, K, A, sam, sak, Bp, C, ldc, false, next.at, next.bytes);
+    } else {
+      gemm(M, NN, K, A, sam, sak, B, ldb, C, ldc, false, next);
+    }
+  }
+
   // Cosine tile of a block: tile[j·ldt + i] = invn_j·(w_j·x̂_i); padding lanes 0.
   // wa: per-thread scratch for the block's bf16 rows (block_classes×d_pad) on a matrix path.
-  void cos_tile(const float* wb, ClassBlock blk, float* tile, uint16_t* wa) const {
+  void cos_tile(const float* wb, ClassBlock blk, float* tile, uint16_t* wa, Prefetch next) const {
     if (ops.packed) {
       pack_rows_bf16(wb, (long)D, (int)blk.count, (int)D, (int)ops.d_pad, wa, (long)ops.d_pad);
       bf16_gemm(ops.path, (int)blk.count, (int)ldt, (int)ops.d_pad, wa, (long)ops.d_pad, ops.xt_packed.get(), tile,
                 (long)ldt, false);
     } else {
-      kern.gemm((int)blk.count, (int)N, (int)D, wb, (long)D, 1, ops.xt, (long)ldt, tile, (long)ldt, false);
+      gemm_shared((int)blk.count, (int)N, (int)D, wb, (long)D, 1, ops.xt, (long)ldt, ops.xt_b.get(), tile, (long)ldt,
+                  next);
     }
     for (int64_t j = 0; j < blk.count; ++j) {
       float* row = tile + j * ldt;
@@ -204,6 +251,16 @@ void prepare_rows(LossCall& L, const CpuOptions& opt) {
   }
   ops.xt = ops.xt_rounded ? ops.xt_rounded.get() : xt;
   ops.xn = ops.xn_rounded ? ops.xn_rounded.get() : xn;
+  const KernelSet& k = L.kern;
+  if (!ops.packed && k.pack_b_whole && k.gemm_packed) {
+    const int64_t nr = 2 * k.vw;  // the kernels' panel width
+    ops.xt_b = uninit<float>((size_t)(L.D * round_up(L.N, nr)));
+    k.pack_b_whole((int)L.D, (int)L.N, ops.xt, (long)L.ldt, ops.xt_b.get());
+    if (L.backward) {
+      ops.xn_b = uninit<float>((size_t)(L.N * round_up(L.D, nr)));
+      k.pack_b_whole((int)L.N, (int)L.D, ops.xn, (long)L.D, ops.xn_b.get());
+    }
+  }
 }
 
 // ---- The per-row arrays, V and each row's weight 1/V. ----
@@ -315,7 +372,7 @@ bool forward_block(LossCall& L, ThreadShare& sh, ForwardScratch& fs, int64_t b) 
   if (!block_norms(L, sh, blk, wb)) return false;
   float* tile = L.cached_tile(sh, b);
   if (!tile) tile = fs.tile.get();
-  L.cos_tile(wb, blk, tile, fs.wa.get());
+  L.cos_tile(wb, blk, tile, fs.wa.get(), L.next_rows(b, sh.hi));
   block_targets(L, fs, blk, wb, tile);
   L.kern.block_stats(tile, (int)blk.count, (int)L.ldt, L.s, L.cvm_m2, fs.target_col.get(), fs.target_z.get(),
                      fs.blk_max.get(), fs.blk_sumexp.get(), fs.blk_other.get());
@@ -399,7 +456,7 @@ float grad_tile(const LossCall& L, const ThreadShare& sh, BackwardScratch& bs, i
                 const float* wb) {
   const float* tile = L.cached_tile(sh, b);
   if (!tile) {
-    L.cos_tile(wb, blk, bs.tile.get(), bs.wa.get());
+    L.cos_tile(wb, blk, bs.tile.get(), bs.wa.get(), L.next_rows(b, sh.hi));
     L.patch_target_cos(bs.tile.get(), blk);
     tile = bs.tile.get();
   }
@@ -428,14 +485,16 @@ void grad_operands_bf16(const LossCall& L, BackwardScratch& bs, ClassBlock blk, 
 }
 
 // dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term.
-void grad_w_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const float* wb, float* gw) {
+void grad_w_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const float* wb, float* gw,
+                  Prefetch next) {
   const RowOperands& ops = L.ops;
   const int64_t N = L.N, D = L.D;
   if (ops.packed) {
     bf16_gemm(ops.path, (int)blk.count, (int)D, (int)ops.ldt_pad, bs.g_cls.get(), (long)ops.ldt_pad,
               ops.xn_packed.get(), gw, (long)D, false);
   } else {
-    L.kern.gemm((int)blk.count, (int)D, (int)N, bs.g.get(), (long)L.ldt, 1, ops.xn, (long)D, gw, (long)D, false);
+    L.gemm_shared((int)blk.count, (int)D, (int)N, bs.g.get(), (long)L.ldt, 1, ops.xn, (long)D, ops.xn_b.get(), gw,
+                  (long)D, next);
   }
   for (int64_t j = 0; j < blk.count; ++j) {
     // w·invn² underflows for huge norms: form it as (invn·t)·(invn·w).
@@ -445,14 +504,15 @@ void grad_w_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, 
 }
 
 // dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).
-void grad_x_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const float* wb, float* dx) {
+void grad_x_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const float* wb, float* dx,
+                  Prefetch next) {
   const RowOperands& ops = L.ops;
   const int64_t N = L.N, D = L.D;
   if (ops.packed) {
     bf16_gemm(ops.path, (int)N, (int)D, (int)ops.block_pad, bs.g_rows.get(), (long)ops.block_pad, bs.w_pairs.get(),
               dx, (long)D, true);
   } else {
-    L.kern.gemm((int)N, (int)D, (int)blk.count, bs.g.get(), 1, (long)L.ldt, wb, (long)D, dx, (long)D, true);
+    L.gemm((int)N, (int)D, (int)blk.count, bs.g.get(), 1, (long)L.ldt, wb, (long)D, dx, (long)D, true, next);
   }
 }
 
@@ -473,8 +533,11 @@ void backward_block(const LossCall& L, ThreadShare& sh, BackwardScratch& bs, int
     return;
   }
   grad_operands_bf16(L, bs, blk, wb);
-  grad_w_block(L, bs, blk, wb, gw);
-  grad_x_block(L, bs, blk, wb, sh.grad_xn.get());
+  // While the products run, the next block's centres (dŴ) and its cached
+  // cosine tile (dX̂) come into L2.
+  const float* next_tile = b + 1 < sh.hi ? L.cached_tile(sh, b + 1) : nullptr;
+  grad_w_block(L, bs, blk, wb, gw, L.next_rows(b, sh.hi));
+  grad_x_block(L, bs, blk, wb, sh.grad_xn.get(), {next_tile, next_tile ? L.tile_floats * sizeof(float) : 0});
   if (p.block_update) p.block_update(blk.j0, blk.count, gw);
 }
 

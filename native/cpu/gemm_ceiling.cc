@@ -33,14 +33,35 @@ double products_seconds(const float* x, const float* w, int64_t N, int64_t C, in
       std::fill(gw.get() + j0 * D, gw.get() + j1 * D, 0.0f);
     });
   }
+  // The shared B operands (X̂ᵀ, X) packed once, as the loss does, where the kernel set can.
+  const bool packed = kern.pack_b_whole && kern.gemm_packed;
+  const int64_t nr = 2 * kern.vw;
+  std::vector<float> xt_b(packed ? D * ((N + nr - 1) / nr * nr) : 0), x_b(packed ? N * ((D + nr - 1) / nr * nr) : 0);
+  if (packed) {
+    kern.pack_b_whole((int)D, (int)N, xt, (long)ldt, xt_b.data());
+    kern.pack_b_whole((int)N, (int)D, x, (long)D, x_b.data());
+  }
   const auto t0 = std::chrono::steady_clock::now();
   parallel(lay.threads, [&](int t) {
     std::vector<float> tile(block_classes * ldt, 0.0f), dx(N * D, 0.0f);
     for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
       const auto [j0, count] = lay.block(b);
-      kern.gemm((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt, (long)ldt, tile.data(), (long)ldt, false);
-      if (!backward) continue;
-      kern.gemm((int)count, (int)D, (int)N, tile.data(), (long)ldt, 1, x, (long)D, gw.get() + j0 * D, (long)D, false);
+      float* gwb = gw.get() + j0 * D;
+      // The next block's centres come into L2 during this product, as in the loss.
+      const int64_t next = b + 1 < lay.hi(t) ? lay.block(b + 1).count * D : 0;
+      const float* wn = next > 0 ? w + (j0 + count) * D : nullptr;
+      const size_t next_bytes = (size_t)next * sizeof(float);
+      if (packed) {
+        kern.gemm_packed((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt_b.data(), tile.data(), (long)ldt, false,
+                         wn, next_bytes);
+        if (!backward) continue;
+        kern.gemm_packed((int)count, (int)D, (int)N, tile.data(), (long)ldt, 1, x_b.data(), gwb, (long)D, false,
+                         nullptr, 0);
+      } else {
+        kern.gemm((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt, (long)ldt, tile.data(), (long)ldt, false);
+        if (!backward) continue;
+        kern.gemm((int)count, (int)D, (int)N, tile.data(), (long)ldt, 1, x, (long)D, gwb, (long)D, false);
+      }
       kern.gemm((int)N, (int)D, (int)count, tile.data(), 1, (long)ldt, w + j0 * D, (long)D, dx.data(), (long)D, true);
     }
   });

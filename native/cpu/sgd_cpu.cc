@@ -4,6 +4,20 @@
 #include "../margin_math.h"  // the stochastic rounding (bf16_round_stochastic), bf16_bits_to_float
 
 namespace ms {
+namespace {
+
+// w ← w − lr·b, b ← μ·b + (g + λ·w), per element.
+void sgd_momentum_row(float* __restrict w, float* __restrict b, const float* __restrict g, float momentum,
+                      float weight_decay, float lr, int64_t d) {
+  for (int64_t q = 0; q < d; ++q) {
+    const float gq = g[q] + weight_decay * w[q];
+    const float bq = momentum * b[q] + gq;
+    b[q] = bq;
+    w[q] = w[q] - lr * bq;
+  }
+}
+
+}  // namespace
 
 void CpuSgd::apply(int64_t j0, int64_t bc, const float* g) const {
   for (int64_t j = 0; j < bc; ++j) {
@@ -12,6 +26,16 @@ void CpuSgd::apply(int64_t j0, int64_t bc, const float* g) const {
     uint16_t* hr = w_bf16 ? w_bf16 + r * d : nullptr;
     float* br = buf ? buf + r * d : nullptr;
     const float* gr = g ? g + j * d : nullptr;
+    if (wr && br && gr) {
+      // fp32 centres with momentum (the common case): the same arithmetic as
+      // below, element by element, in a loop without branches, which the
+      // compiler vectorises (the general loop stays scalar). Measured on the
+      // Xeon (Emerald Rapids), one thread, CPU time, alternating calls:
+      // MarginHead.step / lossAndGrad at C = 10⁵, 1.35 with the scalar loop,
+      // 1.08–1.15 with this one (medians of 7 and 9 pairs, a loaded machine).
+      sgd_momentum_row(wr, br, gr, momentum, weight_decay, lr, d);
+      continue;
+    }
     const uint64_t element0 = (uint64_t)(row_offset + r) * (uint64_t)d;
     uint64_t group = ~0ULL, bits = 0;  // the hash of the current group of four elements
     for (int64_t q = 0; q < d; ++q) {

@@ -3,6 +3,7 @@
 // picked at run time (so one binary serves AVX-512, AVX2 and older CPUs).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace ms {
@@ -22,6 +23,17 @@ struct KernelSet {
   void (*sub_scaled)(float* y, const float* x, float a, float b, int n);
   // v[q] *= a for q < n.
   void (*scale)(float* v, float a, int n);
+  // gemm, and [next, next + next_bytes) fetched into L2 while it runs (the
+  // next class block's operands; a hint only, the results are gemm's). Null in
+  // a set without it: callers then use gemm.
+  void (*gemm_prefetch)(int M, int NN, int K, const float* A, long sam, long sak, const float* B, long ldb,
+                        float* C, long ldc, bool accumulate, const void* next, size_t next_bytes);
+  // A B operand shared by many products, packed once (K·round_up(NN, 2·vw)
+  // floats at dst), and gemm_prefetch on it without packing. Null in a set
+  // without them: callers then use gemm / gemm_prefetch on the plain B.
+  void (*pack_b_whole)(int K, int NN, const float* B, long ldb, float* dst);
+  void (*gemm_packed)(int M, int NN, int K, const float* A, long sam, long sak, const float* Bp, float* C, long ldc,
+                      bool accumulate, const void* next, size_t next_bytes);
 };
 
 // SIMD level codes (lib/native.ts SIMD_CODES), ordered so that a level the
