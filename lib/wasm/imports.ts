@@ -6,6 +6,7 @@
  * which needs nothing here because every view of the memory is made fresh
  * from memory.buffer when it is used (lib/wasm/memory.ts).
  */
+import type { WasmImports } from './webassembly';
 
 /** Thrown by proc_exit: the instance is unusable afterwards and is replaced on the next call. */
 export class WasmAbort extends Error {
@@ -15,7 +16,7 @@ export class WasmAbort extends Error {
   }
 }
 
-export function wasmImports(): WebAssembly.Imports {
+export function wasmImports(): WasmImports {
   return {
     env: {
       emscripten_notify_memory_growth: () => {},

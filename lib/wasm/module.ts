@@ -11,10 +11,11 @@
 import { BackendUnavailableError } from '../errors';
 import { ABI_CODE } from './abi';
 import { WasmAbort, wasmImports } from './imports';
+import { WA, type WasmMemory, type WasmModuleObject } from './webassembly';
 
 /** The module's exports (native/wasm/*.cc). Pointers are byte offsets, returned as signed i32. */
 export interface WasmExports {
-  memory: WebAssembly.Memory;
+  memory: WasmMemory;
   _initialize(): void;
   ms_wasm_abi(): number;
   ms_wasm_alloc(bytes: number): number;
@@ -32,10 +33,10 @@ export interface WasmExports {
 export interface WasmSource {
   url?: string | URL;
   bytes?: ArrayBuffer | Uint8Array;
-  module?: WebAssembly.Module;
+  module?: WasmModuleObject;
 }
 
-let compiled: WebAssembly.Module | undefined;
+let compiled: WasmModuleObject | undefined;
 let instance: WasmExports | undefined;
 /** Why the module could not be loaded (for backends() and deviceInfo()). */
 let loadError: string | undefined;
@@ -57,8 +58,8 @@ export function defaultWasmPath(): string | undefined {
   return path ? path.join(__dirname, '..', '..', 'wasm', 'margin_softmax.wasm') : undefined;
 }
 
-function instantiate(mod: WebAssembly.Module): WasmExports {
-  const exports = new WebAssembly.Instance(mod, wasmImports()).exports as unknown as WasmExports;
+function instantiate(mod: WasmModuleObject): WasmExports {
+  const exports = new WA.Instance(mod, wasmImports()).exports as unknown as WasmExports;
   exports._initialize();
   const abi = exports.ms_wasm_abi();
   if (abi !== ABI_CODE) {
@@ -73,16 +74,16 @@ function instantiate(mod: WebAssembly.Module): WasmExports {
  */
 export async function initWasm(source: WasmSource = {}): Promise<void> {
   let mod = source.module;
-  if (!mod && source.bytes) mod = await WebAssembly.compile(source.bytes);
+  if (!mod && source.bytes) mod = await WA.compile(source.bytes);
   if (!mod) {
     const url = source.url ?? defaultWasmPath() ?? 'margin_softmax.wasm';
     const fs = nodeRequire<typeof import('fs')>('fs');
     if (fs && !/^(https?|blob|data):/.test(String(url))) {
-      mod = await WebAssembly.compile(fs.readFileSync(url instanceof URL ? url : String(url)));
+      mod = await WA.compile(fs.readFileSync(url instanceof URL ? url : String(url)));
     } else {
       const res = await fetch(url);
       if (!res.ok) throw new BackendUnavailableError(`Expected the WebAssembly module at ${url} but the server answered ${res.status}`);
-      mod = await WebAssembly.compile(await res.arrayBuffer());
+      mod = await WA.compile(await res.arrayBuffer());
     }
   }
   instance = instantiate(mod);
@@ -98,7 +99,7 @@ function loadSync(): WasmExports {
     throw new BackendUnavailableError("Expected initWasm() to have been awaited before the first call of the 'wasm' backend outside Node (the module must be compiled asynchronously there)");
   }
   try {
-    compiled = new WebAssembly.Module(fs.readFileSync(file));
+    compiled = new WA.Module(fs.readFileSync(file));
     return instantiate(compiled);
   } catch (err) {
     if (err instanceof BackendUnavailableError) throw err;
@@ -140,7 +141,7 @@ export function withInstance<T>(fn: (w: WasmExports) => T): T {
   try {
     return fn(w);
   } catch (err) {
-    if (err instanceof WasmAbort || err instanceof WebAssembly.RuntimeError) {
+    if (err instanceof WasmAbort || err instanceof WA.RuntimeError) {
       instance = undefined;
       generation++;
     }
