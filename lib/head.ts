@@ -688,6 +688,7 @@ function parseSteps(file: string, text: string | undefined): number {
 /** 'auto' picks CUDA where it is usable (an addon built with CUDA has the device head); 'cuda' demands it. */
 function headBackend(requested: MarginHeadOptions['backend']): BackendName {
   const b = resolveBackend(requested);
+  if (b === 'wasm') throw new BackendUnavailableError("Expected backend 'cpu' or 'cuda' for a MarginHead but received 'wasm' (the head runs on the native addon)");
   if (b === 'cuda' && !deviceHeadCompiled()) throw new BackendUnavailableError('Expected an addon with the CUDA device head but this one has none');
   return b;
 }

@@ -37,7 +37,8 @@ export interface NativeLossOptions {
   simd: number;
   /** MATRIX_CODES: the CPU's bf16 product path (with weightsBf16). */
   matrix: number;
-  backend: 'cpu' | 'cuda';
+  /** 'wasm' never reaches the addon (lib/wasm/ runs it). */
+  backend: 'cpu' | 'cuda' | 'wasm';
   /** Caller-provided output arrays (lengths checked in TypeScript). */
   outPerSample?: Float32Array;
   outGradEmbeddings?: Float32Array;
@@ -121,10 +122,46 @@ function loadAddon(): NativeAddon {
     throw new NativeError(
       `margin-softmax: no loadable native addon for ${process.platform}-${process.arch} in ${PACKAGE_ROOT} ` +
         `(${(err as Error).message.split('\n')[0]}). Build it from source: npm rebuild margin-softmax --build-from-source ` +
-        `(needs a C++17 compiler; see the README's Install section).`,
+        `(needs a C++17 compiler; see the README's Install section), or use backend 'wasm'.`,
       { cause: err },
     );
   }
 }
 
-export const native: NativeAddon = loadAddon();
+/**
+ * The addon is loaded on first use, not when the library is imported, so that
+ * the library loads (and computes on the wasm backend) where no native binary
+ * fits or it fails to load. The outcome of the one attempt is kept.
+ */
+let loaded: { addon?: NativeAddon; error?: NativeError } | undefined;
+
+function addon(): NativeAddon {
+  if (!loaded) {
+    try {
+      loaded = { addon: loadAddon() };
+    } catch (err) {
+      loaded = { error: err as NativeError };
+    }
+  }
+  if (loaded.error) throw loaded.error;
+  return loaded.addon as NativeAddon;
+}
+
+/** Whether the native addon loads here, and why not where it does not (backends(), deviceInfo(), backend 'auto'). */
+export function nativeStatus(): { usable: boolean; reason?: string } {
+  try {
+    addon();
+    return { usable: true };
+  } catch (err) {
+    return { usable: false, reason: (err as Error).message };
+  }
+}
+
+/**
+ * The addon's functions, looked up in the addon on each access: the first
+ * access loads it, and throws its NativeError where it cannot be loaded.
+ */
+export const native: NativeAddon = new Proxy({} as NativeAddon, {
+  get: (_target, key) => (addon() as unknown as Record<string | symbol, unknown>)[key],
+  has: (_target, key) => key in addon(),
+});

@@ -49,7 +49,7 @@ export function lossBytes(n: number, c: number, d: number, opts: Pick<NativeLoss
 }
 
 /** Refuses a call that cannot fit in wasm32's memory, before anything is allocated. */
-export function checkFits(w: WasmExports, bytes: number, shape: { n: number; c: number; d: number }): void {
+export function checkFits(bytes: number, shape: { n: number; c: number; d: number }): void {
   const room = WASM_MEMORY_LIMIT - RESERVE_BYTES;
   if (bytes <= room) return;
   const gib = (b: number) => (b / 2 ** 30).toFixed(2);
@@ -97,7 +97,7 @@ export function wasmLoss(
   const c = opts.classIndex ? opts.classIndex.length : resident ? w.rows : w.length / dim;
   const sgd = withGrad && opts.sgd !== undefined;
   return withInstance((m) => {
-    checkFits(m, lossBytes(n, c, dim, opts, withGrad, resident || sgd), { n, c, d: dim });
+    checkFits(lossBytes(n, c, dim, opts, withGrad, resident || sgd), { n, c, d: dim });
     const blocks: WasmBlock[] = [];
     try {
       const argsPtr = allocArray(m, Float64Array, LOSS_SLOTS.length, 'the call arguments', blocks);

@@ -31,7 +31,8 @@ export interface WasmExports {
 
 /** Where the module comes from: a URL or path, its bytes, or an already compiled module. */
 export interface WasmSource {
-  url?: string | URL;
+  /** Where the file is served from (browser), or its path (Node); default: the packaged file (Node), 'margin_softmax.wasm' beside the page (browser). */
+  url?: string;
   bytes?: ArrayBuffer | Uint8Array;
   module?: WasmModuleObject;
 }
@@ -60,6 +61,9 @@ export function defaultWasmPath(): string | undefined {
 
 function instantiate(mod: WasmModuleObject): WasmExports {
   const exports = new WA.Instance(mod, wasmImports()).exports as unknown as WasmExports;
+  if (typeof exports.ms_wasm_abi !== 'function' || typeof exports._initialize !== 'function') {
+    throw new BackendUnavailableError('Expected the margin-softmax WebAssembly module but received a module without its exports (ms_wasm_abi)');
+  }
   exports._initialize();
   const abi = exports.ms_wasm_abi();
   if (abi !== ABI_CODE) {
@@ -73,22 +77,28 @@ function instantiate(mod: WasmModuleObject): WasmExports {
  * before the first wasm call; Node: optional, the packaged file is used by default).
  */
 export async function initWasm(source: WasmSource = {}): Promise<void> {
-  let mod = source.module;
-  if (!mod && source.bytes) mod = await WA.compile(source.bytes);
-  if (!mod) {
-    const url = source.url ?? defaultWasmPath() ?? 'margin_softmax.wasm';
-    const fs = nodeRequire<typeof import('fs')>('fs');
-    if (fs && !/^(https?|blob|data):/.test(String(url))) {
-      mod = await WA.compile(fs.readFileSync(url instanceof URL ? url : String(url)));
-    } else {
-      const res = await fetch(url);
-      if (!res.ok) throw new BackendUnavailableError(`Expected the WebAssembly module at ${url} but the server answered ${res.status}`);
-      mod = await WA.compile(await res.arrayBuffer());
-    }
+  const where = source.module ? 'the module given' : source.bytes ? 'the bytes given' : String(source.url ?? defaultWasmPath() ?? 'margin_softmax.wasm');
+  let mod: WasmModuleObject;
+  let inst: WasmExports;
+  try {
+    mod = source.module ?? (source.bytes ? await WA.compile(source.bytes) : await compileFrom(where));
+    inst = instantiate(mod);
+  } catch (err) {
+    if (err instanceof BackendUnavailableError) throw err;
+    throw new BackendUnavailableError(`Expected the margin-softmax WebAssembly module from ${where} but it could not be loaded (${(err as Error).message.split('\n')[0]})`);
   }
-  instance = instantiate(mod);
+  instance = inst;
   compiled = mod;
   loadError = undefined;
+}
+
+/** Reads (Node, a path) or fetches (a URL) and compiles the module. */
+async function compileFrom(url: string): Promise<WasmModuleObject> {
+  const fs = nodeRequire<typeof import('fs')>('fs');
+  if (fs && !/^(https?|blob|data|file):/.test(url)) return WA.compile(fs.readFileSync(url));
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`the server answered ${res.status}`);
+  return WA.compile(await res.arrayBuffer());
 }
 
 /** Loads the packaged file synchronously (Node only); records why it could not. */
