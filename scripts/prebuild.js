@@ -8,6 +8,9 @@
  *
  * Release the package from a machine with nvcc, so that the binary carries
  * the CUDA kernels too; MARGIN_SOFTMAX_REQUIRE_CUDA=1 makes that a check.
+ *
+ * The WebAssembly backend (wasm/margin_softmax.wasm) must be in the tarball
+ * too: it is built here when it is missing (scripts/build-wasm.sh, Emscripten).
  */
 'use strict';
 const fs = require('fs');
@@ -16,6 +19,7 @@ const path = require('path');
 const ROOT = path.join(__dirname, '..');
 const BUILT = path.join(ROOT, 'build', 'Release', 'margin_softmax.node');
 const PREBUILDS = path.join(ROOT, 'prebuilds');
+const WASM = path.join(ROOT, 'wasm', 'margin_softmax.wasm');
 
 function libcTag() {
   if (process.platform !== 'linux') return '';
@@ -29,6 +33,13 @@ function main(args) {
   if (!fs.existsSync(BUILT)) {
     console.error(`prebuild: ${path.relative(ROOT, BUILT)} is missing: build the addon first (npm run build:native)`);
     return 1;
+  }
+  if (!fs.existsSync(WASM)) {
+    const r = require('child_process').spawnSync('bash', [path.join(ROOT, 'scripts', 'build-wasm.sh')], { cwd: ROOT, stdio: 'inherit' });
+    if (r.status !== 0) {
+      console.error('prebuild: wasm/margin_softmax.wasm is missing and could not be built (scripts/build-wasm.sh needs Emscripten)');
+      return 1;
+    }
   }
   const dir = path.join(PREBUILDS, `${process.platform}-${process.arch}`);
   const target = path.join(dir, `node.napi${libcTag()}.node`);

@@ -21,7 +21,7 @@ import { ArgumentError } from '../lib/errors';
 import type { LossOptions, Margin } from '../lib/types';
 import { ALL_KINDS, label } from './helpers';
 import { allFinite, randomProblem, referenceLoss, relMaxErr } from './reference.mjs';
-import { wasmRun } from './wasm-helpers';
+import { WASM_BUILT, wasmRun } from './wasm-helpers';
 
 const LOSS_TOL = 5e-5;
 const GRAD_TOL = 1e-4;
@@ -38,7 +38,7 @@ function checkAgainstReference(p: ReturnType<typeof randomProblem>, options: Los
   expect(relMaxErr(r.gradWeights!, ref.gradWeights)).toBeLessThanOrEqual(GRAD_TOL);
 }
 
-describe('wasm backend against the float64 reference', () => {
+describe.runIf(WASM_BUILT)('wasm backend against the float64 reference', () => {
   for (const margin of ALL_KINDS) {
     test(`${label(margin)}: N=37, C=300, d=24 (several class blocks, partial vectors)`, () => {
       const p = randomProblem(37, 300, 24, 11);
@@ -72,7 +72,7 @@ describe('wasm backend against the float64 reference', () => {
   });
 });
 
-describe('wasm backend: finite differences of its own fp32 loss', () => {
+describe.runIf(WASM_BUILT)('wasm backend: finite differences of its own fp32 loss', () => {
   const FD_TOL = 2e-2;
   for (const margin of ALL_KINDS) {
     test(label(margin), () => {
@@ -99,7 +99,7 @@ describe('wasm backend: finite differences of its own fp32 loss', () => {
   }
 });
 
-describe('wasm backend: determinism and options', () => {
+describe.runIf(WASM_BUILT)('wasm backend: determinism and options', () => {
   test('the same call twice gives bit-identical results', () => {
     const p = randomProblem(33, 1500, 40, 4);
     const margin: Margin = { kind: 'elastic-arc', m: 0.5, sigma: 0.05, seed: 3, counter: 1 };
@@ -131,7 +131,7 @@ describe('wasm backend: determinism and options', () => {
   });
 });
 
-describe('wasm backend: typed errors', () => {
+describe.runIf(WASM_BUILT)('wasm backend: typed errors', () => {
   const p = randomProblem(4, 10, 8, 1);
   test('a NaN in the centres is an ArgumentError naming the row (found while streaming, in the module)', () => {
     const weights = p.weights.slice();
