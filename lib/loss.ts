@@ -9,14 +9,15 @@ import { MARGIN_KINDS, nativeMarginParams } from './margins';
 import { MATRIX_CODES, SIMD_CODES, native, nativeStatus, type NativeLossOptions, type NativeLossResult } from './native';
 import type { BackendName, DeviceInfo, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
 import { validateInput, validateOptions, validateOut, type Shape } from './validate';
-import { WASM_INFO, wasmDefaults, wasmGaussian, wasmLoss, wasmStatus } from './wasm';
+import { PACKAGED_DEFAULTS, WASM_INFO, wasmDefaults, wasmGaussian, wasmLoss, wasmStatus } from './wasm';
 
 /**
  * The defaults are the native layer's (native/loss_problem.h, native/cpu/loss_cpu.h),
  * read once from the addon, or where it does not load from the wasm module
- * (built from the same headers).
+ * (built from the same headers); in a browser, before initWasm() has run, the
+ * packaged copy of the same numbers (a test checks the three agree).
  */
-const NATIVE_DEFAULTS = nativeStatus().usable ? native._defaults() : wasmDefaults();
+const NATIVE_DEFAULTS = nativeStatus().usable ? native._defaults() : wasmStatus().usable ? wasmDefaults() : PACKAGED_DEFAULTS;
 /** Logit scale s where the options give none (64). */
 export const DEFAULT_SCALE = NATIVE_DEFAULTS.scale;
 /** Bytes of cosine tiles the CPU backend keeps between passes where the options give none (64 MiB). */

@@ -112,15 +112,18 @@ export const MATRIX_CODES = { auto: -1, none: 0, 'avx512-bf16': 1, 'amx-bf16': 2
  * source build (build/Release, written by cmake-js or node-gyp) first, then for
  * the prebuilt binary of this platform (prebuilds/<platform>-<arch>/).
  */
-const PACKAGE_ROOT = path.join(__dirname, '..');
-
 function loadAddon(): NativeAddon {
+  // Computed here, not at import: in a browser bundle (no Node) the import must succeed.
+  const inNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
+  const root = inNode ? path.join(__dirname, '..') : '(no Node.js here)';
   try {
+    if (!inNode) throw new Error('native addons load only in Node.js');
     // eslint-disable-next-line @typescript-eslint/no-var-requires
-    return require('node-gyp-build')(PACKAGE_ROOT) as NativeAddon;
+    return require('node-gyp-build')(root) as NativeAddon;
   } catch (err) {
+    const platform = inNode ? `${process.platform}-${process.arch}` : 'this platform';
     throw new NativeError(
-      `margin-softmax: no loadable native addon for ${process.platform}-${process.arch} in ${PACKAGE_ROOT} ` +
+      `margin-softmax: no loadable native addon for ${platform} in ${root} ` +
         `(${(err as Error).message.split('\n')[0]}). Build it from source: npm rebuild margin-softmax --build-from-source ` +
         `(needs a C++17 compiler; see the README's Install section), or use backend 'wasm'.`,
       { cause: err },

@@ -16,7 +16,7 @@ import { describe, expect, test } from 'vitest';
 import { ArgumentError, BackendUnavailableError, backends, deviceInfo, forward, lossAndGrad, lossAndGradAsync, forwardAsync, DEFAULT_SCALE } from '../lib/index';
 import { native, nativeStatus } from '../lib/native';
 import type { Margin } from '../lib/types';
-import { checkFits, lossBytes, wasmDefaults, wasmGaussian, wasmTopk, WASM_MEMORY_LIMIT } from '../lib/wasm/index';
+import { PACKAGED_DEFAULTS, checkFits, lossBytes, wasmDefaults, wasmGaussian, wasmTopk, WASM_MEMORY_LIMIT } from '../lib/wasm/index';
 import { ALL_KINDS, label } from './helpers';
 import { WASM_BUILT } from './wasm-helpers';
 import { randomProblem, relMaxErr } from './reference.mjs';
@@ -44,6 +44,7 @@ describe.runIf(WASM_BUILT)('wasm backend: selection and description', () => {
   });
   test('the defaults and the elastic draws are the native layer\'s', () => {
     expect(wasmDefaults().scale).toBe(DEFAULT_SCALE);
+    expect(wasmDefaults()).toEqual(PACKAGED_DEFAULTS);
     if (!haveNative) return;
     expect(wasmDefaults()).toEqual(native._defaults());
     const a = wasmGaussian(0.5, 0.05, 7, 3, 1000, 11);

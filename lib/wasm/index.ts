@@ -18,6 +18,14 @@ export { initWasm, wasmStatus, defaultWasmPath, type WasmSource } from './module
 export { wasmLoss, wasmGaussian, wasmDefaults, wasmTargetLogit, lossBytes, checkFits, type WasmResidentCentres } from './loss';
 export { WASM_MEMORY_LIMIT } from './memory';
 
+/**
+ * The native layer's defaults (kDefaultScale, kDefaultWorkspaceBytes) for a
+ * page that imports the library before initWasm() has compiled the module
+ * (lib/loss.ts reads them from the addon or the module where either loads;
+ * test/wasm-backend.test.ts checks that all three agree).
+ */
+export const PACKAGED_DEFAULTS = { scale: 64, workspaceBytes: 64 * 2 ** 20 } as const;
+
 /** What deviceInfo().wasm reports besides whether the module loads. */
 export const WASM_INFO = { threads: 1, simd: 'simd128', memoryLimitBytes: WASM_MEMORY_LIMIT } as const;
 export { wasmTopk } from './topk';
