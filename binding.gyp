@@ -11,7 +11,7 @@
         "native/napi/arrays.cc",
         "native/napi/device_info.cc",
         "native/napi/hooks.cc",
-        "native/napi/comm.cc",
+        "native/napi/collectives.cc",
         "native/napi/margin_kinds.cc",
         "native/cpu/fused_loss_cpu.cc",
         "native/cpu/sgd_cpu.cc",
@@ -21,7 +21,7 @@
         "native/cpu/simd_dispatch.cc",
         "native/cpu/bf16_gemm.cc",
         "native/cpu/peak_cpu.cc",
-        "native/cuda_stub.cc",
+        "native/cuda/cuda_stub.cc",
         "native/comm/mpi_stub.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

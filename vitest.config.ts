@@ -10,7 +10,6 @@ export default defineConfig({
     alias: [
       { find: /^margin-softmax$/, replacement: lib('index.ts') },
       { find: /^margin-softmax\/tfjs$/, replacement: lib('tfjs.ts') },
-      { find: /^margin-softmax\/wasm-kernels$/, replacement: lib('wasm-kernels.ts') },
     ],
   },
   test: {

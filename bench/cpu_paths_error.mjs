@@ -5,7 +5,7 @@
 // fp32 paths (simd avx512 / avx2 / portable) against the reference on the
 // centres as given; bf16 paths (matrix amx-bf16 / avx512-bf16 / none) against
 // the reference on the bf16-rounded centres (the centres are bf16 by
-// definition there; what remains is the rounding of X̂ and G, see the README's
+// definition there; what remains is the rounding of X̂ and G, see docs/cpu.md's
 // "bf16 on the CPU"). Reports the loss's relative error and the largest
 // element error of dX and dW relative to the largest element (relMaxErr).
 // The timing figures are bench/cpu_loss.mjs's; this only measures accuracy.

@@ -10,7 +10,7 @@
 //           Peak device memory: nvidia-smi sampled every 20 ms (MiB), above
 //           the level before the first call.
 //  head     MarginHead.step on the device: the native calls MarginHead makes
-//           (lib/head-cuda.ts), without its TypeScript argument checks:
+//           (lib/head/device-centres.ts), without its TypeScript argument checks:
 //           centres and momentum resident, SGD (μ = 0.9, λ = 5e-4) fused into
 //           dŴ, X up and dX down per step. Median step time, the head's
 //           resident device bytes (exact) and the sampled peak above idle.
@@ -99,9 +99,10 @@ function memorySampler() {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const native = require('node-gyp-build')(ROOT);
-// The paper's adaptive margin as the addon takes it (the package's table of kinds: dist/margins.js).
-const { MARGIN_KINDS, nativeMarginParams } = require(path.join(ROOT, 'dist'));
-const MARGIN = { kind: 'adaptive', ...MARGIN_KINDS.adaptive.paper };
+// The paper's adaptive margin (m1 = 0.03, m2 = 0.5: the kind's defaults) as the addon takes it
+// (nativeMarginParams: the package's table of kinds, dist/margins.js, internal).
+const { nativeMarginParams } = require(path.join(ROOT, 'dist', 'margins.js'));
+const MARGIN = { kind: 'adaptive', m1: 0.03, m2: 0.5 };
 const info = native.info();
 const out = { device: info.cuda, n: N, d: D, margin: MARGIN, scale: 64, operands: BF16 ? 'bf16' : 'tf32', api: [], head: [], kernels: [] };
 if (!info.cuda.usable) {
@@ -178,7 +179,7 @@ async function benchHead(C) {
   mem.reset();
   const h = native.headCreate(C, D, BF16, true);
   try {
-    const rowsPer = Math.max(1, Math.floor((16 << 20) / (4 * D))); // lib/head-cuda.ts's chunk
+    const rowsPer = Math.max(1, Math.floor((16 << 20) / (4 * D))); // lib/head/device-centres.ts's chunk
     for (let r0 = 0; r0 < C; r0 += rowsPer) native.headSetRows(h, 0, r0, fill(Math.min(rowsPer, C - r0) * D, 3 + r0), D);
     const stepOpts = { ...opts, stats: true, sgd: { lr: 0.1, momentum: 0.9, weightDecay: 5e-4 } };
     for (let k = 0; k < WARMUP; k++) native.headLoss(h, x, labels, stepOpts, true);

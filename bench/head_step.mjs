@@ -1,4 +1,4 @@
-// bench/head_step.mjs — MarginHead step time and memory (the README's MarginHead.step table).
+// bench/head_step.mjs — MarginHead step time and memory (docs/benchmarks.md, MarginHead.step).
 // N = 128, d = 512, adaptive margin, SGD momentum 0.9; C from the command line
 // (default 1e5 and 1e6). For each size the fp32 head and the bf16 head
 // (weightsDtype 'bfloat16': bf16 centres, stochastic rounding) run one after

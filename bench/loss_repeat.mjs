@@ -1,4 +1,4 @@
-// bench/loss_repeat.mjs — the simplest view of the README's CPU performance figure: one process,
+// bench/loss_repeat.mjs — the simplest view of the CPU performance figure of docs/benchmarks.md: one process,
 // N = 128, d = 512, C = 10⁵ (or argv[2]), adaptive margin, 9 forward + backward
 // calls with fresh output arrays, then 9 with the outputs reused (options.out).
 //   node bench/loss_repeat.mjs [C]

@@ -3,7 +3,7 @@
 // truncation checks in front) on arbitrary bytes. A decoded image must be
 // consistent and within the pixel cap; a rejected one must be an ImageError.
 // Hangs and memory blow-ups are caught by libFuzzer's -timeout and -rss_limit_mb.
-const { decodeImage, ImageError } = require('../train/dist/images.js');
+const { decodeImage, ImageError } = require('../train/dist/data/images.js');
 
 const MAX_PIXELS = 1 << 20; // small, so a claimed size past it must be refused from the header
 

@@ -2,7 +2,7 @@
 // parser on arbitrary bytes taken as a whole file. Any outcome other than a
 // parsed header or a CheckpointError is a finding, and so is a parsed header
 // that breaks the parser's own guarantees.
-const { parseHeader, CheckpointError } = require('../dist/safetensors.js');
+const { parseHeader, CheckpointError } = require('../dist/io/safetensors.js');
 
 module.exports.fuzz = function (data) {
   let h;

@@ -11,10 +11,11 @@
 export { lossAndGrad, lossAndGradAsync, forward, forwardAsync, allocFloat32, backends, deviceInfo, DEFAULT_SCALE, ADAPTIVE_DEFAULTS } from './loss';
 export { ArgumentError, BackendUnavailableError, NativeError, HeadBusyError, HeadDisposedError, type HeadAsyncCall } from './errors';
 export type * from './types';
-export { MARGIN_KINDS, MARGIN_KIND_NAMES, nativeMarginParams, type MarginKindSpec, type MarginParamSpec, type MarginKindName, type MarginOf, type RequiredParamNames, type OptionalParamNames } from './margins';
+export { MARGIN_KINDS, MARGIN_KIND_NAMES, type MarginKindSpec, type MarginParamSpec, type MarginKindName, type MarginOf, type RequiredParamNames, type OptionalParamNames } from './margins';
+export { targetLogit, type TargetLogitOptions } from './target-logit';
 export { MAX_THREADS, MAX_PARAMETER } from './validate';
-export { MarginHead, MAX_TOP_K, type MarginHeadOptions, type StepResult, type SgdOptions, type ShardOptions } from './head';
-export { mergeStats, type ShardStats, type MergedStats } from './shard';
+export { MarginHead, MAX_TOP_K, type MarginHeadOptions, type StepResult, type SgdOptions, type ShardOptions } from './head/margin-head';
+export { mergeStats, type ShardStats, type MergedStats } from './sharded/stats';
 export {
   CheckpointError,
   removeStaleTemporaries,
@@ -25,6 +26,6 @@ export {
   type TensorEntry,
   type StreamedTensor,
   type SafetensorsHeader,
-} from './safetensors';
-export { mpiCommunicator, localCommunicator, mpiInfo, CommError, type Communicator, type CommArray, type CommErrorKind, type MpiInfo, type MpiCommunicatorOptions } from './comm';
-export { ShardedMarginHead, shardRange, type ShardedMarginHeadOptions, type ShardedStepResult, type StepTraffic } from './sharded-head';
+} from './io/safetensors';
+export { mpiCommunicator, localCommunicator, mpiInfo, CommError, type Communicator, type CommArray, type CommErrorKind, type MpiInfo, type MpiCommunicatorOptions } from './sharded/comm';
+export { ShardedMarginHead, shardRange, type ShardedMarginHeadOptions, type ShardedStepResult, type StepTraffic } from './sharded/sharded-head';

@@ -3,7 +3,7 @@
  * the fused kernels (the native addon's, or the same C++ compiled to
  * WebAssembly, lib/wasm/). N = labels.length, C = weights.length / dim.
  */
-import { mpiInfo } from './comm';
+import { mpiInfo } from './sharded/comm';
 import { ArgumentError, BackendUnavailableError, NativeError, expected } from './errors';
 import { MARGIN_KINDS, nativeMarginParams } from './margins';
 import { MATRIX_CODES, SIMD_CODES, native, nativeStatus, type NativeLossOptions, type NativeLossResult } from './native';

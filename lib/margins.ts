@@ -1,12 +1,12 @@
 /**
  * The margin kinds: one table, from which the public margin types
  * (lib/types.ts), the validation (lib/validate.ts), the native kind codes and
- * parameter slots (lib/native.ts, lib/loss.ts), the training app's defaults,
- * help text and `compare` list, and the tests' typical cases are derived.
+ * parameter slots (lib/native.ts, lib/loss.ts) and the help texts are derived.
  *
  * Adding a kind: its math and its row of MS_MARGIN_KINDS in
  * native/margin_math.h, its row here (same name and code; a test checks the
- * two tables agree), its formula in the tests' float64 reference.
+ * two tables agree), its formula in the tests' float64 reference, its cases
+ * in test/margin-cases.ts.
  */
 
 /** How one margin parameter is checked and where it travels to the native side. */
@@ -33,15 +33,6 @@ export interface MarginKindSpec {
   readonly angular: boolean;
   /** ms::has_row_margin: each row draws its own margin m_i ~ N(m, sigma²) (keyed by seed, counter, row). */
   readonly rowMargins: boolean;
-  /**
-   * The parameters its paper recommends (the integer ones, seed and counter,
-   * aside): the training app's defaults and `compare`'s settings.
-   */
-  readonly paper: Readonly<Record<string, number>>;
-  /** Whether `compare` trains it by default: a baseline, or the proposed loss (listed after the baselines). */
-  readonly compare: 'baseline' | 'proposed' | null;
-  /** The tests' typical case of the kind (every required parameter given; also native/margin_math.h's row). */
-  readonly typical: Readonly<Record<string, number>>;
 }
 
 const ELASTIC_PARAMS = {
@@ -58,9 +49,6 @@ export const MARGIN_KINDS = deepFreeze({
     params: {},
     angular: false,
     rowMargins: false,
-    paper: {},
-    compare: 'baseline',
-    typical: {},
   },
   arcface: {
     code: 1,
@@ -68,9 +56,6 @@ export const MARGIN_KINDS = deepFreeze({
     params: { m: { slot: 'm2' } },
     angular: true,
     rowMargins: false,
-    paper: { m: 0.5 },
-    compare: 'baseline',
-    typical: { m: 0.5 },
   },
   cosface: {
     code: 2,
@@ -78,9 +63,6 @@ export const MARGIN_KINDS = deepFreeze({
     params: { m: { slot: 'm2' } },
     angular: false,
     rowMargins: false,
-    paper: { m: 0.35 },
-    compare: 'baseline',
-    typical: { m: 0.35 },
   },
   combined: {
     code: 3,
@@ -88,10 +70,6 @@ export const MARGIN_KINDS = deepFreeze({
     params: { m1: { slot: 'm1' }, m2: { slot: 'm2' }, m3: { slot: 'm3' } },
     angular: true,
     rowMargins: false,
-    paper: { m1: 1, m2: 0.3, m3: 0.2 },
-    compare: 'baseline',
-    // m1 < 1, so the multiplicative term is exercised too.
-    typical: { m1: 0.95, m2: 0.45, m3: 0.1 },
   },
   adaptive: {
     code: 4,
@@ -99,9 +77,6 @@ export const MARGIN_KINDS = deepFreeze({
     params: { m1: { slot: 'm1', default: 0.03 }, m2: { slot: 'm2', default: 0.5 } },
     angular: true,
     rowMargins: false,
-    paper: { m1: 0.03, m2: 0.5 },
-    compare: 'proposed',
-    typical: {},
   },
   'elastic-arc': {
     code: 5,
@@ -109,9 +84,6 @@ export const MARGIN_KINDS = deepFreeze({
     params: ELASTIC_PARAMS,
     angular: true,
     rowMargins: true,
-    paper: { m: 0.5, sigma: 0.05 },
-    compare: 'baseline',
-    typical: { m: 0.5, sigma: 0.05, seed: 7, counter: 3 },
   },
   'elastic-cos': {
     code: 6,
@@ -119,9 +91,6 @@ export const MARGIN_KINDS = deepFreeze({
     params: ELASTIC_PARAMS,
     angular: false,
     rowMargins: true,
-    paper: { m: 0.35, sigma: 0.05 },
-    compare: null,
-    typical: { m: 0.35, sigma: 0.05, seed: 7, counter: 3 },
   },
   cvm: {
     code: 7,
@@ -129,9 +98,6 @@ export const MARGIN_KINDS = deepFreeze({
     params: { m1: { slot: 'm1' }, m2: { slot: 'm2' } },
     angular: false,
     rowMargins: false,
-    paper: { m1: 0.3, m2: 0.2 },
-    compare: 'baseline',
-    typical: { m1: 0.3, m2: 0.2 },
   },
 } as const satisfies Record<string, MarginKindSpec>);
 

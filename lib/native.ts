@@ -125,7 +125,7 @@ function loadAddon(): NativeAddon {
     throw new NativeError(
       `margin-softmax: no loadable native addon for ${platform} in ${root} ` +
         `(${(err as Error).message.split('\n')[0]}). Build it from source: npm rebuild margin-softmax --build-from-source ` +
-        `(needs a C++17 compiler; see the README's Install section), or use backend 'wasm'.`,
+        `(needs a C++17 compiler; see docs/packaging.md), or use backend 'wasm' (docs/wasm.md).`,
       { cause: err },
     );
   }

@@ -23,7 +23,7 @@
  */
 import { expected } from './errors';
 import { rejectUnknownKeys } from './validate';
-import type { MarginHead, StepResult } from './head';
+import type { MarginHead, StepResult } from './head/margin-head';
 
 /** What the adapter reads of a tensor (structural: a `tf.Tensor` is one). */
 export interface TfTensor {

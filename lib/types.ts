@@ -2,7 +2,7 @@
  * Public types of margin-softmax. The typings are the documentation: every
  * field says what it means, its unit and its default.
  */
-import type { MpiInfo } from './comm';
+import type { MpiInfo } from './sharded/comm';
 import type { MarginKindName, MarginOf } from './margins';
 
 /** Plain normalised softmax: z_j = s·cos θ_j for every class. */
@@ -71,7 +71,7 @@ export interface LossOptions {
   /**
    * Gradient filtering: skip the backward work of a class block whose every
    * softmax probability is below this value and that holds no target.
-   * 0 (default) = exact gradients. See the README for the measured error.
+   * 0 (default) = exact gradients. See docs/cpu.md for the measured error.
    */
   gradFilter?: number;
   /**
@@ -80,7 +80,7 @@ export interface LossOptions {
    * (X̂, the centres, the softmax gradient) with fp32 accumulation: tensor cores on
    * CUDA; AMX or AVX512-BF16 on the CPU where it has them (`deviceInfo().cpu.matrix`,
    * forced by `matrix`), else the same rounding with the fp32 kernels. Norms, the
-   * target cosine (so the margin) and the chain rule stay fp32. Error bound: README,
+   * target cosine (so the margin) and the chain rule stay fp32. Error bound: docs/cpu.md,
    * "bf16 on the CPU". Default 'float32'.
    */
   weightsDtype?: 'float32' | 'bfloat16';
@@ -194,6 +194,6 @@ export interface DeviceInfo {
   cpu: CpuInfo;
   cuda: CudaInfo;
   wasm: WasmInfo;
-  /** The MPI collectives (lib/comm.ts): compiled in or not, and why not. */
+  /** The MPI collectives (lib/sharded/comm.ts): compiled in or not, and why not. */
   mpi: MpiInfo;
 }

@@ -44,7 +44,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("_commBarrier", Napi::Function::New(env, guarded<CommBarrier>));
   exports.Set("_commShutdown", Napi::Function::New(env, guarded<CommShutdown>));
 #if MS_WITH_CUDA
-  // MarginHead on the device; an addon without CUDA has none (lib/head-cuda.ts checks for headCreate).
+  // MarginHead on the device; an addon without CUDA has none (lib/head/device-centres.ts checks for headCreate).
   exports.Set("headCreate", Napi::Function::New(env, guarded<HeadCreate>));
   exports.Set("headFree", Napi::Function::New(env, guarded<HeadFree>));
   exports.Set("headSetRows", Napi::Function::New(env, guarded<HeadSetRows>));

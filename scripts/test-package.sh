@@ -2,7 +2,8 @@
 # The package as a user gets it: `npm pack` the library, install the tarball
 # into fresh projects with plain `npm install` (tfjs from the registry), and run
 # test/package/example.mjs there (lossAndGrad, and a tiny tfjs model trained
-# through margin-softmax/tfjs).
+# through margin-softmax/tfjs). The tarball is linted first (publint,
+# @arethetypeswrong/cli).
 #   1. prebuilt: PATH holds node and npm only (no CMake, compiler or nvcc);
 #      the addon must come from prebuilds/ and nothing may be compiled.
 #   2. --build-from-source without cmake-js: npm's node-gyp builds the CPU backend.
@@ -22,6 +23,13 @@ if tar -tzf "$tgz" | grep -qE '^package/(build/|lib/|train/|test/|tsconfig)'; th
   echo "the tarball carries build outputs, sources or the training package:"; tar -tzf "$tgz" | grep -E '^package/(build|lib|train|test|tsconfig)' | head; exit 1
 fi
 echo "tarball: $(du -h "$tgz" | cut -f1)"
+
+echo "== publint and attw on the tarball"
+# publint: package.json's fields against the files shipped (--strict: warnings
+# fail too); attw: every entry point's types resolve under node10, node16 (CJS
+# and ESM) and bundler resolution. Both exit non-zero on a problem.
+npx --no-install publint run "$tgz" --strict
+npx --no-install attw "$tgz"
 
 new_project() {  # dir
   mkdir -p "$1"

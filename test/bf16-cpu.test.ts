@@ -3,7 +3,7 @@
  * (deviceInfo().cpu.matrix and the ones below it), against the float64 reference
  * on the bf16-rounded centres, against each other, and for determinism.
  *
- * Error model (README, "bf16 on the CPU"): the centres are bf16 by definition, so the
+ * Error model (docs/cpu.md, "bf16 on the CPU"): the centres are bf16 by definition, so the
  * only new rounding is of X̂ (and, in the backward, of G) to bf16, unit roundoff
  * u = 2⁻⁸. A non-target cosine then moves by at most u (Cauchy–Schwarz), typically
  * by about u/√(3d); the target cosine is formed in fp32, so the per-row loss moves by

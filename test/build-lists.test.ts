@@ -12,7 +12,7 @@ import { expect, test } from 'vitest';
 const ROOT = path.join(__dirname, '..');
 const read = (f: string) => fs.readFileSync(path.join(ROOT, f), 'utf8');
 /** The stubs node-gyp always links; CMake links each only when its real counterpart is off. */
-const GYP_ONLY_STUBS = ['native/cuda_stub.cc', 'native/comm/mpi_stub.cc'];
+const GYP_ONLY_STUBS = ['native/cuda/cuda_stub.cc', 'native/comm/mpi_stub.cc'];
 /** The N-API glue of the device head: CMake compiles it with the CUDA backend only (MS_CUDA_ADDON_SOURCES). */
 const CUDA_ONLY_BINDINGS = ['native/napi/device_head.cc'];
 

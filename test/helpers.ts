@@ -1,5 +1,6 @@
 /** Problem builders shared by the test files (not part of the public reference). */
-import { MARGIN_KINDS, MARGIN_KIND_NAMES, type MarginKindName } from '../lib/margins';
+import { MARGIN_KIND_NAMES, type MarginKindName } from '../lib/margins';
+import { TYPICAL } from './margin-cases';
 import type { Margin } from '../lib/types';
 import { gaussian, rng } from './reference.mjs';
 
@@ -84,9 +85,9 @@ export function problemWithTargetCos(
   };
 }
 
-/** A kind's typical case: lib/margins.ts's `typical` parameters (also native/margin_math.h's row). */
+/** A kind's typical case: test/margin-cases.ts's TYPICAL parameters (also native/margin_math.h's row). */
 export function typical(kind: MarginKindName): Margin {
-  return { kind, ...MARGIN_KINDS[kind].typical } as Margin;
+  return { kind, ...TYPICAL[kind] } as Margin;
 }
 
 /** The adaptive margin with a strong θ-dependent term (m1 = 0.2), beside its typical case (the native self-test's adaptive-big). */

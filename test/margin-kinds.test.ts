@@ -8,8 +8,9 @@ import { ArgumentError, forward } from '../lib/index';
 import { MARGIN_KINDS, MARGIN_KIND_NAMES, isOptionalParam, marginParams, nativeMarginParams } from '../lib/margins';
 import { native } from '../lib/native';
 import type { AdaptiveMargin, ArcFaceMargin, CombinedMargin, CosFaceMargin, CvmMargin, ElasticArcMargin, ElasticCosMargin, Margin, SoftmaxMargin } from '../lib/types';
-import { marginKindsHelp, MARGIN_DEFAULTS } from '../train/src/config';
+import { marginKindsHelp, MARGIN_DEFAULTS } from '../train/src/run/config';
 import { typical } from './helpers';
+import { PAPER } from './margin-cases';
 import { randomProblem } from './reference.mjs';
 
 // The public margin types keep the shapes they had as hand-written interfaces.
@@ -61,7 +62,7 @@ describe('what the table gives', () => {
 
   test('every kind runs at its typical and its paper parameters; each required parameter left out, or a stranger added, is refused', () => {
     for (const kind of MARGIN_KIND_NAMES) {
-      const paper = { kind, ...MARGIN_KINDS[kind].paper, ...(MARGIN_KINDS[kind].rowMargins ? { seed: 1 } : {}) } as Margin;
+      const paper = { kind, ...PAPER[kind], ...(MARGIN_KINDS[kind].rowMargins ? { seed: 1 } : {}) } as Margin;
       for (const m of [typical(kind), paper]) expect(Number.isFinite(forward(p, { margin: m, threads: 1 }).loss), JSON.stringify(m)).toBe(true);
       const full = typical(kind) as unknown as Record<string, unknown>;
       for (const [name, spec] of marginParams(kind)) {

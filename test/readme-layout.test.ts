@@ -1,5 +1,5 @@
 /**
- * The README's layout section matches the tree: every path it names exists,
+ * The layout section of CONTRIBUTING.md matches the tree: every path it names exists,
  * and every top-level folder and every folder of native/ is named in it.
  */
 import * as fs from 'fs';
@@ -10,9 +10,9 @@ const ROOT = path.join(__dirname, '..');
 
 /** The paths the layout block names: the first word of each of its lines. */
 function layoutPaths(): string[] {
-  const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
-  const section = /^## Layout\n+```\n([\s\S]*?)^```$/m.exec(readme);
-  if (!section) throw new Error('README.md has no "## Layout" code block');
+  const text = fs.readFileSync(path.join(ROOT, 'CONTRIBUTING.md'), 'utf8');
+  const section = /^## Layout\n+```\n([\s\S]*?)^```$/m.exec(text);
+  if (!section) throw new Error('CONTRIBUTING.md has no "## Layout" code block');
   return section[1].split('\n').map((l) => l.split(/\s+/)[0]).filter((w) => w && /^[\w.]/.test(w)).map((w) => w.replace(/[;:,]$/, ''));
 }
 

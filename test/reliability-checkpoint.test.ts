@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { CheckpointError, MarginHead, type MarginHeadOptions } from '../lib';
-import { readCheckpointState } from '../train/src/checkpoint';
+import { readCheckpointState } from '../train/src/run/checkpoint';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-rel-ckpt-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));

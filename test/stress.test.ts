@@ -19,7 +19,6 @@ import {
   HeadBusyError,
   HeadDisposedError,
   MARGIN_KIND_NAMES,
-  MARGIN_KINDS,
   MarginHead,
   forward,
   forwardAsync,
@@ -29,11 +28,13 @@ import {
   type MarginKindName,
 } from '../lib';
 import { native } from '../lib/native';
+import { typical } from './helpers';
 import { randomProblem } from './reference.mjs';
+import { expectCleanTeardown } from './stress/harness';
 
 const gc = (globalThis as { gc?: () => void }).gc;
-const HARNESS = path.join(__dirname, 'stress', 'teardown-harness.mjs');
 const DIST = path.resolve(__dirname, '..', 'dist', 'index.js');
+
 
 async function collect(): Promise<void> {
   for (let i = 0; i < 4; i++) {
@@ -44,7 +45,7 @@ async function collect(): Promise<void> {
 
 /** Options for each kind with its typical parameters. */
 function optionsFor(kind: MarginKindName, threads: number): LossOptions {
-  return { margin: { kind, ...MARGIN_KINDS[kind].typical } as LossOptions['margin'], threads };
+  return { margin: typical(kind) as LossOptions['margin'], threads };
 }
 
 describe('concurrency', () => {
@@ -91,7 +92,7 @@ describe('concurrency', () => {
     const refused = head.stepAsync(new Float32Array(3), p.labels);
     await expect(refused).rejects.toThrow(/Expected/);
     await expect(head.predictAsync(p.embeddings, -1)).rejects.toThrow(/Expected/);
-    await expect(lossAndGradAsync({ ...p, dim: 7 }, { margin: { kind: 'none' } })).rejects.toThrow(/Expected/);
+    await expect(lossAndGradAsync({ ...p, dim: 7 }, { margin: { kind: 'none' } as unknown as LossOptions['margin'] })).rejects.toThrow(/Expected/);
     head.dispose();
     await expect(head.stepAsync(p.embeddings, p.labels)).rejects.toThrow(HeadDisposedError);
     await expect(head.predictAsync(p.embeddings, 1)).rejects.toMatchObject({ code: 'ERR_MARGIN_SOFTMAX_HEAD_DISPOSED' });
@@ -136,30 +137,14 @@ describe('several workers at once', () => {
 });
 
 describe('teardown during work', () => {
-  test('workers terminated, or calling process.exit, before, during and after every async call and a save: the process lives, its results are unchanged, native memory returns', () => {
+  test('workers terminated, or calling process.exit, before, during and after every async call and a save: the process lives, its results are unchanged, native memory returns', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-teardown-'));
     try {
-      const r = spawnSync(process.execPath, ['--expose-gc', HARNESS, JSON.stringify({ backend: 'cpu', rounds: 2, dir })], { encoding: 'utf8', timeout: 240_000 });
-      expect(r.signal, r.stderr).toBeNull();
-      expect(r.status, r.stderr).toBe(0);
-      const out = JSON.parse(r.stdout.trim().split('\n').pop() as string);
-      // 5 operations × (4 stages + process.exit) + 5 together + the main thread's check, per round.
-      expect(out.results).toHaveLength(2 * (5 * 5 + 5 + 1));
-      for (const s of out.results) {
-        if (s.how === 'main') expect(s.last).toBe('same');
-        else if (s.exit) expect(s.how).toBe('exit 0');
-        if (s.stage === 'done' && !s.exit) expect(s.last).toBe('done');
-      }
-      expect(out.sameAfter).toBe(true);
-      expect(out.asyncSame).toBe(true);
-      // The counter saw the workers' memory, and all of it came back.
-      expect(out.liveDuring).toBeGreaterThan(0);
-      expect(out.liveAfter).toBe(out.liveBefore);
-      expect(out.savedLoaded).toBeGreaterThan(0);
+      await expectCleanTeardown({ backend: 'cpu', rounds: 2, dir }, 420_000);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
-  });
+  }, 480_000);
 });
 
 describe('churn of heads', () => {

@@ -1,7 +1,7 @@
 // comm.h — the collectives the sharded head needs (all-gather, all-reduce
 // sum, broadcast, barrier), behind one engine interface. mpi_comm.cc
 // implements it over MPI where CMake found MPI; mpi_stub.cc otherwise.
-// napi/comm.cc binds it to JavaScript (sync and on the libuv pool).
+// napi/collectives.cc binds it to JavaScript (sync and on the libuv pool).
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -1,5 +1,5 @@
 // head_cuda.h — MarginHead's centres resident on the CUDA device: the
-// C++ side of lib/head-cuda.ts. Plain C++ (no CUDA types), so that the N-API
+// C++ side of lib/head/device-centres.ts. Plain C++ (no CUDA types), so that the N-API
 // glue (napi/device_head.cc) compiles with the host compiler.
 //
 // The head owns C×d centres (fp32, or bf16 rows padded to a multiple of 64

@@ -1,5 +1,5 @@
 // device_head.cc — the N-API side of MarginHead on the CUDA device (see
-// cuda/head_cuda.h and lib/head-cuda.ts); compiled only where the CUDA backend
+// cuda/head_cuda.h and lib/head/device-centres.ts); compiled only where the CUDA backend
 // is (addon.cc registers these functions under MS_WITH_CUDA).
 //
 //   headCreate(classes, dim, bf16, withMomentum) → handle
@@ -188,7 +188,7 @@ Napi::Value HeadGetRows(const Napi::CallbackInfo& info) { return copy_rows(info,
 
 Napi::Value HeadLoss(const Napi::CallbackInfo& info) { return call_sync(info.Env(), make_request(info)); }
 
-// lib/head.ts refuses other calls on the head until the promise settles.
+// lib/head/margin-head.ts refuses other calls on the head until the promise settles.
 Napi::Value HeadLossAsync(const Napi::CallbackInfo& info) {
   return call_async(info.Env(), "margin-softmax:head", make_request(info));
 }
@@ -236,7 +236,7 @@ HeadTopKCall make_topk_request(const Napi::CallbackInfo& info) {
 
 Napi::Value HeadTopK(const Napi::CallbackInfo& info) { return call_sync(info.Env(), make_topk_request(info)); }
 
-// lib/head.ts refuses other calls on the head until the promise settles.
+// lib/head/margin-head.ts refuses other calls on the head until the promise settles.
 Napi::Value HeadTopKAsync(const Napi::CallbackInfo& info) {
   return call_async(info.Env(), "margin-softmax:head-topk", make_topk_request(info));
 }

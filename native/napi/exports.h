@@ -20,7 +20,7 @@ Export Info;
 Export Defaults, TargetLogit, ProductsSeconds, PeakGflops, LiveNativeBytes;
 // margin_kinds.cc: margin_math.h's table of kinds (internal: the table test)
 Export MarginKinds;
-// comm.cc: the collectives
+// collectives.cc: the collectives (the N-API binding of comm/comm.h)
 Export CommInfo, CommInit, CommSetTimeout, CommAllGather, CommAllReduce, CommBroadcast, CommBarrier, CommShutdown;
 // device_head.cc: MarginHead on the CUDA device (built with CUDA only)
 Export HeadCreate, HeadFree, HeadSetRows, HeadGetRows, HeadLoss, HeadLossAsync, HeadTopK, HeadTopKAsync, HeadBytes;

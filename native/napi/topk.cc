@@ -4,7 +4,7 @@
 //   topk(embeddings, weights, dim, k, threads) → { classes: Int32Array N×k, scores: Float32Array N×k }
 //   weights: a Float32Array, or a Uint16Array of bf16 values (MarginHead's bf16 centres)
 //
-// k ≤ min(C, kMaxTopK), checked in lib/head.ts and again here. No options object.
+// k ≤ min(C, kMaxTopK), checked in lib/head/margin-head.ts and again here. No options object.
 #include <algorithm>
 
 #include "../cpu/topk_cpu.h"

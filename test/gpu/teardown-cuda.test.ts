@@ -7,17 +7,16 @@
  *
  * Skipped where `backends()` has no 'cuda', unless REQUIRE_CUDA=1.
  */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { MarginHead, backends } from '../../lib/index';
 import { randomProblem } from './gpu-helpers';
+import { expectCleanTeardown } from '../stress/harness';
 
 const REQUIRE = process.env.REQUIRE_CUDA === '1';
 const suite = backends().includes('cuda') || REQUIRE ? describe : describe.skip;
-const HARNESS = path.join(__dirname, '..', 'stress', 'teardown-harness.mjs');
 
 suite('worker teardown on the CUDA backend', () => {
   test('predictAsync on a device head runs off the event loop and equals predict', async () => {
@@ -30,26 +29,12 @@ suite('worker teardown on the CUDA backend', () => {
     head.dispose();
   });
 
-  test('workers terminated or exiting around lossAndGradAsync, forwardAsync, stepAsync, predictAsync and save', () => {
+  test('workers terminated or exiting around lossAndGradAsync, forwardAsync, stepAsync, predictAsync and save', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-teardown-cuda-'));
     try {
-      const cfg = { backend: 'cuda', rounds: 1, dir, classes: 1500, dim: 32 };
-      const r = spawnSync(process.execPath, ['--expose-gc', HARNESS, JSON.stringify(cfg)], { encoding: 'utf8', timeout: 900_000 });
-      expect(r.signal, r.stderr).toBeNull();
-      expect(r.status, r.stderr).toBe(0);
-      const out = JSON.parse(r.stdout.trim().split('\n').pop() as string);
-      expect(out.results).toHaveLength(5 * 5 + 5 + 1);
-      for (const s of out.results) {
-        if (s.how === 'main') expect(s.last).toBe('same');
-        else if (s.exit) expect(s.how).toBe('exit 0');
-        if (s.stage === 'done' && !s.exit) expect(s.last).toBe('done');
-      }
-      expect(out.sameAfter).toBe(true);
-      expect(out.asyncSame).toBe(true);
-      expect(out.liveAfter).toBe(out.liveBefore);
-      expect(out.savedLoaded).toBeGreaterThan(0);
+      await expectCleanTeardown({ backend: 'cuda', rounds: 1, dir, classes: 1500, dim: 32 }, 900_000);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
-  });
+  }, 960_000);
 });

@@ -10,10 +10,10 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, afterEach, describe, expect, test, vi } from 'vitest';
-import { benchScript, main, report } from '../src/cli';
-import { runCompare } from '../src/commands';
-import { DEFAULT_CONFIG } from '../src/config';
-import { ProgressBar } from '../src/progress';
+import { benchScript, main, report } from '../src/commands/main';
+import { runCompare } from '../src/commands/compare';
+import { DEFAULT_CONFIG } from '../src/run/config';
+import { ProgressBar } from '../src/run/progress';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-cli-conv-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

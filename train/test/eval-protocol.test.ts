@@ -5,8 +5,8 @@
  * (all genuine pairs, as many impostors, folds by identity, fixed seed).
  */
 import { describe, expect, test } from 'vitest';
-import { bestThreshold, formatVerification, l2normalize, makePairs, rank1, roc, tarAtFar, verify } from '../src/protocol';
-import { Rng } from '../src/rng';
+import { bestThreshold, formatVerification, l2normalize, makePairs, rank1, roc, tarAtFar, verify } from '../src/eval/protocol';
+import { Rng } from '../src/data/rng';
 
 function gaussian(rng: Rng): number {
   const u = Math.max(rng.next(), 1e-12);

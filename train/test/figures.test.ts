@@ -10,10 +10,11 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { ArgumentError, forward, type Margin } from 'margin-softmax';
-import { main, UsageError } from '../src/cli';
-import { COMPARE_LOSSES } from '../src/commands';
-import { crossing, figure1Data, figure2Data, FIGURE1_SETTINGS } from '../src/figures';
-import { marginedAngles, otherLogits, targetLogits } from '../src/margin-math';
+import { main } from '../src/commands/main';
+import { UsageError } from '../src/commands/options';
+import { COMPARE_LOSSES } from '../src/commands/compare';
+import { crossing, figure1Data, figure2Data, FIGURE1_SETTINGS } from '../src/figures/figures';
+import { marginedAngles, otherLogits, targetLogits } from '../src/figures/margin-math';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-fig-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -144,7 +145,7 @@ test('margin-softmax figures --out DIR writes both SVGs', async () => {
 });
 
 test('each tool command has its own --help (exit 0); unknown options are usage errors', async () => {
-  const { parseToolArgs, runTool } = await import('../src/tools');
+  const { parseToolArgs, runTool } = await import('../src/commands/model-commands');
   let text = '';
   expect(await runTool(parseToolArgs('identify', ['--help']), (s) => (text += s))).toBe(0);
   expect(text).toMatch(/^Usage:\n {2}margin-softmax identify --checkpoint RUN --gallery FILE.safetensors \[--top K\] IMAGE\.\.\./);

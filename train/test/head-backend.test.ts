@@ -8,8 +8,9 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterAll, expect, test } from 'vitest';
 import { BackendUnavailableError, backends } from 'margin-softmax';
-import { configFromArgs, main, parse, UsageError } from '../src/cli';
-import { train } from '../src/loop';
+import { main } from '../src/commands/main';
+import { configFromArgs, parse, UsageError } from '../src/commands/options';
+import { train } from '../src/run/train';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-head-backend-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

@@ -11,7 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { deviceInfo, MarginHead } from 'margin-softmax';
 import { describe, expect, test } from 'vitest';
-import { configFromArgs, parse, UsageError } from '../src/cli';
+import { configFromArgs, parse, UsageError } from '../src/commands/options';
 
 const CLI = path.join(__dirname, '..', 'dist', 'cli.js');
 

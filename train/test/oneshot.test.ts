@@ -10,10 +10,11 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { ArgumentError } from 'margin-softmax';
-import { main, UsageError } from '../src/cli';
-import { runEval } from '../src/commands';
-import { nWayKShot, formatOneShot } from '../src/oneshot';
-import { Rng } from '../src/rng';
+import { main } from '../src/commands/main';
+import { UsageError } from '../src/commands/options';
+import { runEval } from '../src/commands/eval';
+import { nWayKShot, formatOneShot } from '../src/eval/oneshot';
+import { Rng } from '../src/data/rng';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-oneshot-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

@@ -8,9 +8,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { afterAll, describe, expect, test } from 'vitest';
-import { DataError, scanImageFolder } from '../src/data';
-import { decodeImage, ImageError, MAX_IMAGE_PIXELS } from '../src/images';
-import { l2normalize, verify } from '../src/protocol';
+import { DataError, scanImageFolder } from '../src/data/datasets';
+import { decodeImage, ImageError, MAX_IMAGE_PIXELS } from '../src/data/images';
+import { l2normalize, verify } from '../src/eval/protocol';
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
 const { PNG } = require('pngjs');

@@ -9,9 +9,10 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { ArgumentError, type Margin } from 'margin-softmax';
-import { main, UsageError } from '../src/cli';
-import { COMPARE_LOSSES, pairedTable, type CompareCell } from '../src/commands';
-import { formatSweep, lossFolder, pairedDifferences, parseLossEntry, parseLosses, type SweepCell } from '../src/sweep';
+import { main } from '../src/commands/main';
+import { UsageError } from '../src/commands/options';
+import { COMPARE_LOSSES, pairedTable, type CompareCell } from '../src/commands/compare';
+import { formatSweep, lossFolder, pairedDifferences, parseLossEntry, parseLosses, type SweepCell } from '../src/commands/sweep';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-sweep-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

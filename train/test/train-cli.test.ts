@@ -8,11 +8,12 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { configFromArgs, defaultSteps, main, parse, report, UsageError } from '../src/cli';
-import { CheckpointMismatchError } from '../src/checkpoint';
-import { formatCompare, pairedTable, resumableRun, runCompare, type CompareCell } from '../src/commands';
-import { DEFAULT_CONFIG } from '../src/config';
-import { DataError } from '../src/data';
+import { main, report } from '../src/commands/main';
+import { configFromArgs, defaultSteps, parse, UsageError } from '../src/commands/options';
+import { CheckpointMismatchError } from '../src/run/checkpoint';
+import { formatCompare, pairedTable, resumableRun, runCompare, type CompareCell } from '../src/commands/compare';
+import { DEFAULT_CONFIG } from '../src/run/config';
+import { DataError } from '../src/data/datasets';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-cli-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));

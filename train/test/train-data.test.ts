@@ -7,8 +7,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { DataError, loadBatch, mnistSource, scanImageFolder, splitByIdentity, subset } from '../src/data';
-import { decodeImage, flipHorizontal, ImageError, readImage, toTensorData } from '../src/images';
+import { DataError, loadBatch, mnistSource, scanImageFolder, splitByIdentity, subset } from '../src/data/datasets';
+import { decodeImage, flipHorizontal, ImageError, readImage, toTensorData } from '../src/data/images';
 
 const DATA = path.resolve(__dirname, '..', '..', '..', 'shared', 'data');
 const ORL = path.join(DATA, 'orl_faces');

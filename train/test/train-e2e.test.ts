@@ -10,11 +10,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { main } from '../src/cli';
-import { runEval } from '../src/commands';
-import { CheckpointMismatchError } from '../src/checkpoint';
-import { DEFAULT_CONFIG, makeMargin, type TrainConfig } from '../src/config';
-import { train, type TrainResult } from '../src/loop';
+import { main } from '../src/commands/main';
+import { runEval } from '../src/commands/eval';
+import { CheckpointMismatchError } from '../src/run/checkpoint';
+import { DEFAULT_CONFIG, makeMargin, type TrainConfig } from '../src/run/config';
+import { train, type TrainResult } from '../src/run/train';
 
 const ORL = path.resolve(__dirname, '..', '..', '..', 'shared', 'data', 'orl_faces');
 const haveOrl = fs.existsSync(ORL);

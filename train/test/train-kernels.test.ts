@@ -1,12 +1,12 @@
 /**
- * The wasm kernels that lib/train/wasm-kernels.ts adds or replaces (conv
+ * The wasm kernels that train/src/model/wasm-kernels.ts adds or replaces (conv
  * weight and input gradients, transposed matmuls, transpose) against tfjs's
  * own pure-JS 'cpu' backend on the same inputs.
  */
 import { beforeAll, describe, expect, test } from 'vitest';
 import type { Tensor4D } from '@tensorflow/tfjs';
-import { setupTf, type Tf } from '../src/tf';
-import { permute } from 'margin-softmax/wasm-kernels';
+import { setupTf, type Tf } from '../src/model/tf';
+import { permute } from '../src/model/wasm-kernels';
 
 let tf: Tf;
 beforeAll(async () => {

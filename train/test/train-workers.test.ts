@@ -5,7 +5,7 @@
  * --resume continues; where every batch is too small to split (a share needs
  * two rows for batch norm) the replicated step is the one-model step bit for bit.
  *
- * The workers run the compiled script (train/dist/replica-worker.js), so
+ * The workers run the compiled script (train/dist/run/replica-worker.js), so
  * these tests need `npm run build:ts` (CI's `npm ci` runs it).
  */
 import * as fs from 'fs';
@@ -13,10 +13,10 @@ import * as os from 'os';
 import * as path from 'path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { ArgumentError } from 'margin-softmax';
-import { configFromArgs, parse, UsageError } from '../src/cli';
-import { DEFAULT_CONFIG, type TrainConfig } from '../src/config';
-import { train, type TrainResult } from '../src/loop';
-import { sharesOf } from '../src/replicas';
+import { configFromArgs, parse, UsageError } from '../src/commands/options';
+import { DEFAULT_CONFIG, type TrainConfig } from '../src/run/config';
+import { train, type TrainResult } from '../src/run/train';
+import { sharesOf } from '../src/run/replicas';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-workers-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
