@@ -11,6 +11,7 @@ export const LOSS_SLOTS = [
   'kind', 'scale', 'm1', 'm2', 'm3', 'fallback', 'gradFilter', 'weightsBf16', 'workspaceBytes', 'withGrad',
   'perSample', 'targetCos', 'gradX', 'gradW',
   'sgdOn', 'sgdLr', 'sgdMomentum', 'sgdWeightDecay', 'sgdBuf', 'sgdRoundSeed', 'sgdRoundStep',
+  'rowMax', 'rowSumExp', 'rowSumExpOther', 'rowTarget',
   'outLoss', 'outValidRows', 'outSkipped', 'outTotal',
 ] as const;
 export type LossSlot = (typeof LOSS_SLOTS)[number];

@@ -10,7 +10,7 @@
  * weightsBf16 rounds the centres' operands to bf16 as the native 'none'
  * matrix path does).
  */
-import { ArgumentError, NativeError } from '../errors';
+import { ArgumentError, BackendUnavailableError, NativeError } from '../errors';
 import type { NativeLossOptions, NativeLossResult } from '../native';
 import { LOSS_SLOTS, STATUS, slotIndex } from './abi';
 import { allocArray, copyIn, copyOutF32, freeAll, readString, view, WASM_MEMORY_LIMIT, type WasmBlock } from './memory';
@@ -41,7 +41,7 @@ export function lossBytes(n: number, c: number, d: number, opts: Pick<NativeLoss
   const blockClasses = Math.min(256, Math.max(8, Math.floor(16384 / ldt / 8) * 8));
   const tile = blockClasses * ldt * 4;
   const centres = residentCentres ? 0 : c * d * 4;
-  const arrays = centres + n * d * 4 + n * 4 * 4 + (withGrad ? n * d * 4 + (residentCentres ? 0 : c * d * 4) : 0);
+  const arrays = centres + n * d * 4 + n * 4 * 8 + (withGrad ? n * d * 4 + (residentCentres ? 0 : c * d * 4) : 0);
   const nblocks = Math.ceil(c / blockClasses);
   const cache = withGrad ? Math.min(opts.workspaceBytes, nblocks * tile) : 0;
   const work = c * 4 + 3 * ldt * d * 4 + 4 * tile + blockClasses * d * 4 * 2 + 16 * ldt * 4;
@@ -96,6 +96,9 @@ export function wasmLoss(
   const resident = !(w instanceof Float32Array);
   const c = opts.classIndex ? opts.classIndex.length : resident ? w.rows : w.length / dim;
   const sgd = withGrad && opts.sgd !== undefined;
+  if (opts.lseIn || opts.targetPm1In) {
+    throw new BackendUnavailableError("Expected backend 'cpu' or 'cuda' for a sharded step (merged statistics) but received 'wasm'");
+  }
   return withInstance((m) => {
     checkFits(lossBytes(n, c, dim, opts, withGrad, resident || sgd), { n, c, d: dim });
     const blocks: WasmBlock[] = [];
@@ -113,6 +116,12 @@ export function wasmLoss(
       if (opts.classIndex) slots.classIndex = copyIn(m, opts.classIndex, 'the class index', blocks);
       slots.perSample = allocArray(m, Float32Array, n, 'perSample', blocks);
       slots.targetCos = allocArray(m, Float32Array, n, 'targetCos', blocks);
+      if (opts.stats) {
+        slots.rowMax = allocArray(m, Float32Array, n, 'rowMax', blocks);
+        slots.rowSumExp = allocArray(m, Float32Array, n, 'rowSumExp', blocks);
+        slots.rowSumExpOther = allocArray(m, Float32Array, n, 'rowSumExpOther', blocks);
+        slots.rowTarget = allocArray(m, Float32Array, n, 'rowTarget', blocks);
+      }
       if (withGrad) {
         slots.gradX = allocArray(m, Float32Array, n * dim, 'gradEmbeddings', blocks);
         if (!sgd) slots.gradW = allocArray(m, Float32Array, c * dim, 'gradWeights', blocks);
@@ -145,6 +154,12 @@ export function wasmLoss(
         perSample: copyOutF32(m, slots.perSample!, n, opts.outPerSample),
         targetCos: copyOutF32(m, slots.targetCos!, n),
       };
+      if (opts.stats) {
+        result.rowMax = copyOutF32(m, slots.rowMax!, n);
+        result.rowSumExp = copyOutF32(m, slots.rowSumExp!, n);
+        result.rowSumExpOther = copyOutF32(m, slots.rowSumExpOther!, n);
+        result.rowTarget = copyOutF32(m, slots.rowTarget!, n);
+      }
       if (withGrad) {
         result.gradEmbeddings = copyOutF32(m, slots.gradX!, n * dim, opts.outGradEmbeddings);
         if (!sgd) result.gradWeights = copyOutF32(m, slots.gradW!, c * dim, opts.outGradWeights);

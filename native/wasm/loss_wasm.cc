@@ -80,6 +80,10 @@ __attribute__((export_name("ms_wasm_loss"))) int ms_wasm_loss(double* a) {
         LossOutputs out;
         out.per_sample = ptr<float>(a, kPerSample);
         out.row_target_cos = ptr<float>(a, kTargetCos);
+        out.row_max = ptr<float>(a, kRowMax);
+        out.row_sumexp = ptr<float>(a, kRowSumExp);
+        out.row_sumexp_other = ptr<float>(a, kRowSumExpOther);
+        out.row_target = ptr<float>(a, kRowTarget);
         if (a[kWithGrad] != 0.0) {
           out.grad_x = ptr<float>(a, kGradX);
           out.grad_w = sgd.on() ? nullptr : ptr<float>(a, kGradW);

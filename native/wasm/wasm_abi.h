@@ -49,6 +49,10 @@ enum LossSlot : int {
   kSgdBuf,         // C_rows×d fp32 momentum buffer, or 0 (momentum 0)
   kSgdRoundSeed,   // bf16 centres: the stochastic rounding's (seed, step)
   kSgdRoundStep,
+  kRowMax,         // N fp32 (written) or 0: the per-row online-LSE state and target
+  kRowSumExp,      //   logit (LossOutputs::row_*), which MarginHead reads for its
+  kRowSumExpOther, //   accuracy
+  kRowTarget,
   kOutLoss,        // out: mean loss
   kOutValidRows,   // out
   kOutSkipped,     // out: blocks skipped by gradient filtering
