@@ -17,6 +17,10 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { WASM_BUILT } from './wasm-helpers';
 
+/** What the page script leaves on its global object (test/browser/page.ts). */
+type PageGlobals = { __result?: unknown; __error?: string };
+declare const window: PageGlobals;
+
 const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => fs.existsSync(p));
 const REQUIRED = process.env.MARGIN_SOFTMAX_REQUIRE_BROWSER === '1';
 const ROOT = path.join(__dirname, '..');
@@ -91,10 +95,10 @@ test.runIf(run)('a tiny tfjs model trains through a MarginHead on the wasm backe
     const consoleLines: string[] = [];
     page.on('console', (m) => consoleLines.push(m.text()));
     await page.goto(base + '/');
-    await page.waitForFunction(() => (window as { __result?: unknown; __error?: string }).__result !== undefined || (window as { __error?: string }).__error !== undefined, undefined, { timeout: 90_000 });
-    const error = await page.evaluate(() => (window as { __error?: string }).__error);
+    await page.waitForFunction(() => window.__result !== undefined || window.__error !== undefined, undefined, { timeout: 90_000 });
+    const error = await page.evaluate(() => window.__error);
     expect(error, consoleLines.join('\n')).toBeUndefined();
-    const r = (await page.evaluate(() => (window as { __result?: unknown }).__result)) as {
+    const r = (await page.evaluate(() => window.__result)) as {
       backends: string[]; backend: string; cpuReason: string; lossBackend: string; loss: number; refLoss: number;
       gradEmbeddingsErr: number; gradWeightsErr: number; headBackend: string; losses: number[];
     };
