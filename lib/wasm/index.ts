@@ -11,6 +11,7 @@
  *   memory.ts       allocations and copies in the module's memory; the 4 GiB limit
  *   loss.ts         the fused loss (the native addon's contract), draws, defaults
  *   topk.ts         the top-k classes (MarginHead.predict)
+ *   centres.ts      MarginHead's centres in the module's memory (lib/head/storage.ts's interface)
  */
 import { WASM_MEMORY_LIMIT } from './memory';
 
