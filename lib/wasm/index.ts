@@ -16,6 +16,7 @@
 import { WASM_MEMORY_LIMIT } from './memory';
 
 export { initWasm, wasmStatus, defaultWasmPath, type WasmSource } from './module';
+export type { WasmModuleObject } from './webassembly';
 export { wasmLoss, wasmGaussian, wasmDefaults, wasmTargetLogit, lossBytes, checkFits, type WasmResidentCentres } from './loss';
 export { WASM_MEMORY_LIMIT } from './memory';
 

@@ -79,6 +79,82 @@ function setMargin(a: Float64Array, opts: NativeLossOptions): void {
   a[S.workspaceBytes] = opts.workspaceBytes;
 }
 
+/** One call's shape and what it computes. */
+interface LossCall {
+  n: number;
+  c: number;
+  dim: number;
+  withGrad: boolean;
+  /** The fused SGD update of resident centres instead of gradWeights. */
+  sgd: boolean;
+}
+
+type Slots = Partial<Record<keyof typeof S, number>>;
+const STAT_SLOTS = ['rowMax', 'rowSumExp', 'rowSumExpOther', 'rowTarget'] as const;
+
+/** Copies the inputs into the module and allocates the outputs; their offsets by slot. */
+function placeArrays(m: WasmExports, x: Float32Array, w: Float32Array | WasmResidentCentres, labels: Int32Array, opts: NativeLossOptions, call: LossCall, blocks: WasmBlock[]): Slots {
+  const { n, c, dim } = call;
+  const slots: Slots = {};
+  if (w instanceof Float32Array) slots.w = copyIn(m, w, 'the centres (weights)', blocks);
+  else slots[w.bf16 ? 'wBf16' : 'w'] = w.ptr;
+  slots.x = copyIn(m, x, 'the embeddings', blocks);
+  slots.labels = copyIn(m, labels, 'the labels', blocks);
+  if (opts.rowMargins) slots.rowMargins = copyIn(m, opts.rowMargins, 'the row margins', blocks);
+  if (opts.classIndex) slots.classIndex = copyIn(m, opts.classIndex, 'the class index', blocks);
+  slots.perSample = allocArray(m, Float32Array, n, 'perSample', blocks);
+  slots.targetCos = allocArray(m, Float32Array, n, 'targetCos', blocks);
+  if (opts.stats) for (const k of STAT_SLOTS) slots[k] = allocArray(m, Float32Array, n, k, blocks);
+  if (call.withGrad) {
+    slots.gradX = allocArray(m, Float32Array, n * dim, 'gradEmbeddings', blocks);
+    if (!call.sgd) slots.gradW = allocArray(m, Float32Array, c * dim, 'gradWeights', blocks);
+  }
+  return slots;
+}
+
+/** Writes the slot array: offsets, shape, margin, and the SGD step's parameters. */
+function writeArgs(a: Float64Array, slots: Slots, opts: NativeLossOptions, call: LossCall, momentumPtr: number): void {
+  for (const [k, v] of Object.entries(slots)) a[S[k as keyof typeof S]] = v as number;
+  a[S.n] = call.n;
+  a[S.c] = call.c;
+  a[S.d] = call.dim;
+  a[S.withGrad] = call.withGrad ? 1 : 0;
+  setMargin(a, opts);
+  if (!call.sgd || !opts.sgd) return;
+  a[S.sgdOn] = 1;
+  a[S.sgdLr] = opts.sgd.lr;
+  a[S.sgdMomentum] = opts.sgd.momentum;
+  a[S.sgdWeightDecay] = opts.sgd.weightDecay;
+  a[S.sgdBuf] = momentumPtr;
+  a[S.sgdRoundSeed] = opts.sgd.roundSeed ?? 0;
+  a[S.sgdRoundStep] = opts.sgd.roundStep ?? 0;
+}
+
+/** The results, copied out of the module (into the caller's out arrays where given). */
+function readResult(m: WasmExports, argsPtr: number, slots: Slots, opts: NativeLossOptions, call: LossCall): NativeLossResult {
+  const { n, c, dim } = call;
+  const out = view(m, Float64Array, argsPtr, LOSS_SLOTS.length);
+  const result: NativeLossResult = {
+    loss: out[S.outLoss],
+    validRows: out[S.outValidRows],
+    skippedBlocks: out[S.outSkipped],
+    totalBlocks: out[S.outTotal],
+    perSample: copyOutF32(m, slots.perSample!, n, opts.outPerSample),
+    targetCos: copyOutF32(m, slots.targetCos!, n),
+  };
+  if (opts.stats) {
+    result.rowMax = copyOutF32(m, slots.rowMax!, n);
+    result.rowSumExp = copyOutF32(m, slots.rowSumExp!, n);
+    result.rowSumExpOther = copyOutF32(m, slots.rowSumExpOther!, n);
+    result.rowTarget = copyOutF32(m, slots.rowTarget!, n);
+  }
+  if (call.withGrad) {
+    result.gradEmbeddings = copyOutF32(m, slots.gradX!, n * dim, opts.outGradEmbeddings);
+    if (!call.sgd) result.gradWeights = copyOutF32(m, slots.gradW!, c * dim, opts.outGradWeights);
+  }
+  return result;
+}
+
 /**
  * loss / lossAndGrad on the module. `w` is a Float32Array of the centres (copied
  * in), or centres resident in the module's memory (a wasm MarginHead; with
@@ -92,79 +168,28 @@ export function wasmLoss(
   opts: NativeLossOptions,
   withGrad: boolean,
 ): NativeLossResult {
-  const n = labels.length;
   const resident = !(w instanceof Float32Array);
-  const c = opts.classIndex ? opts.classIndex.length : resident ? w.rows : w.length / dim;
-  const sgd = withGrad && opts.sgd !== undefined;
+  const call: LossCall = {
+    n: labels.length,
+    c: opts.classIndex ? opts.classIndex.length : resident ? w.rows : w.length / dim,
+    dim,
+    withGrad,
+    sgd: withGrad && opts.sgd !== undefined,
+  };
   if (opts.lseIn || opts.targetPm1In) {
     throw new BackendUnavailableError("Expected backend 'cpu' or 'cuda' for a sharded step (merged statistics) but received 'wasm'");
   }
+  if (call.sgd && !resident) throw new NativeError('Internal error: the fused SGD update needs centres resident in the module');
   return withInstance((m) => {
-    checkFits(lossBytes(n, c, dim, opts, withGrad, resident || sgd), { n, c, d: dim });
+    checkFits(lossBytes(call.n, call.c, dim, opts, withGrad, resident || call.sgd), { n: call.n, c: call.c, d: dim });
     const blocks: WasmBlock[] = [];
     try {
       const argsPtr = allocArray(m, Float64Array, LOSS_SLOTS.length, 'the call arguments', blocks);
-      const slots: Partial<Record<keyof typeof S, number>> = {};
-      if (resident) {
-        slots[w.bf16 ? 'wBf16' : 'w'] = w.ptr;
-      } else {
-        slots.w = copyIn(m, w, 'the centres (weights)', blocks);
-      }
-      slots.x = copyIn(m, x, 'the embeddings', blocks);
-      slots.labels = copyIn(m, labels, 'the labels', blocks);
-      if (opts.rowMargins) slots.rowMargins = copyIn(m, opts.rowMargins, 'the row margins', blocks);
-      if (opts.classIndex) slots.classIndex = copyIn(m, opts.classIndex, 'the class index', blocks);
-      slots.perSample = allocArray(m, Float32Array, n, 'perSample', blocks);
-      slots.targetCos = allocArray(m, Float32Array, n, 'targetCos', blocks);
-      if (opts.stats) {
-        slots.rowMax = allocArray(m, Float32Array, n, 'rowMax', blocks);
-        slots.rowSumExp = allocArray(m, Float32Array, n, 'rowSumExp', blocks);
-        slots.rowSumExpOther = allocArray(m, Float32Array, n, 'rowSumExpOther', blocks);
-        slots.rowTarget = allocArray(m, Float32Array, n, 'rowTarget', blocks);
-      }
-      if (withGrad) {
-        slots.gradX = allocArray(m, Float32Array, n * dim, 'gradEmbeddings', blocks);
-        if (!sgd) slots.gradW = allocArray(m, Float32Array, c * dim, 'gradWeights', blocks);
-      }
-      const a = view(m, Float64Array, argsPtr, LOSS_SLOTS.length);
-      for (const [k, v] of Object.entries(slots)) a[S[k as keyof typeof S]] = v as number;
-      a[S.n] = n;
-      a[S.c] = c;
-      a[S.d] = dim;
-      a[S.withGrad] = withGrad ? 1 : 0;
-      setMargin(a, opts);
-      if (sgd) {
-        if (!resident) throw new NativeError('Internal error: the fused SGD update needs centres resident in the module');
-        a[S.sgdOn] = 1;
-        a[S.sgdLr] = opts.sgd!.lr;
-        a[S.sgdMomentum] = opts.sgd!.momentum;
-        a[S.sgdWeightDecay] = opts.sgd!.weightDecay;
-        a[S.sgdBuf] = w.momentumPtr;
-        a[S.sgdRoundSeed] = opts.sgd!.roundSeed ?? 0;
-        a[S.sgdRoundStep] = opts.sgd!.roundStep ?? 0;
-      }
+      const slots = placeArrays(m, x, w, labels, opts, call, blocks);
+      writeArgs(view(m, Float64Array, argsPtr, LOSS_SLOTS.length), slots, opts, call, resident ? w.momentumPtr : 0);
       const status = m.ms_wasm_loss(argsPtr);
       if (status !== STATUS.ok) throw statusError(m, status);
-      const out = view(m, Float64Array, argsPtr, LOSS_SLOTS.length);
-      const result: NativeLossResult = {
-        loss: out[S.outLoss],
-        validRows: out[S.outValidRows],
-        skippedBlocks: out[S.outSkipped],
-        totalBlocks: out[S.outTotal],
-        perSample: copyOutF32(m, slots.perSample!, n, opts.outPerSample),
-        targetCos: copyOutF32(m, slots.targetCos!, n),
-      };
-      if (opts.stats) {
-        result.rowMax = copyOutF32(m, slots.rowMax!, n);
-        result.rowSumExp = copyOutF32(m, slots.rowSumExp!, n);
-        result.rowSumExpOther = copyOutF32(m, slots.rowSumExpOther!, n);
-        result.rowTarget = copyOutF32(m, slots.rowTarget!, n);
-      }
-      if (withGrad) {
-        result.gradEmbeddings = copyOutF32(m, slots.gradX!, n * dim, opts.outGradEmbeddings);
-        if (!sgd) result.gradWeights = copyOutF32(m, slots.gradW!, c * dim, opts.outGradWeights);
-      }
-      return result;
+      return readResult(m, argsPtr, slots, opts, call);
     } finally {
       freeAll(m, blocks);
     }
