@@ -19,7 +19,9 @@ function layoutPaths(): string[] {
 /** Folders git tracks files in, directly below `dir` (relative to the root). */
 function trackedFolders(dir: string): string[] {
   return fs.readdirSync(path.join(ROOT, dir), { withFileTypes: true })
-    .filter((e) => e.isDirectory() && !['node_modules', 'build', 'dist', 'prebuilds', 'wasm', '.git', 'runs'].includes(e.name))
+    .filter((e) => e.isDirectory() && !['node_modules', 'build', 'dist', 'prebuilds', '.git', 'runs'].includes(e.name))
+    // wasm/: the built WebAssembly module at the top (native/wasm/ holds its sources and is named).
+    .filter((e) => !(dir === '.' && e.name === 'wasm'))
     .map((e) => path.posix.join(dir, e.name) + '/');
 }
 
