@@ -23,6 +23,7 @@ const C_LABELS = "datum.value == 1000 ? '10³' : datum.value == 10000 ? '10⁴' 
 const COLORS = {
   'fused-cpu': '#d62728',
   'fused-cuda': '#9467bd',
+  'fused-wasm': '#ff7f0e',
   ceiling: '#ff9896',
   'naive-tfjs-cpu': '#1f77b4',
   'naive-tfjs-wasm': '#2ca02c',
@@ -95,7 +96,7 @@ function memoryRows(doc, names) {
 
 function spec({ title, subtitle, rows, y, yTitle, ticks, tickLabels, withErrorBars }) {
   // Legend order: fused first, then the references, then the naive versions.
-  const order = ['fused-cpu', 'fused-cuda', 'ceiling', 'device', 'naive-tfjs-wasm', 'naive-tfjs-cpu', 'floor'];
+  const order = ['fused-cpu', 'fused-cuda', 'fused-wasm', 'ceiling', 'device', 'naive-tfjs-wasm', 'naive-tfjs-cpu', 'floor'];
   const keys = [...new Set(rows.map((r) => r.key))].sort((a, b) => order.indexOf(a) - order.indexOf(b));
   const domain = keys.map((k) => rows.find((r) => r.key === k).series);
   const color = {

@@ -8,7 +8,7 @@
 //   npm run bench:quick      # C ∈ {10³, 10⁴, 10⁵}, tighter budgets, under 2 minutes
 //   node bench/run.mjs --sizes=1000,10000 --impls=fused-cpu,naive-tfjs-wasm --budget=30
 //
-// Options: --quick, --sizes=a,b,…, --impls=id,… (fused-cpu, fused-cuda, naive-tfjs-cpu,
+// Options: --quick, --sizes=a,b,…, --impls=id,… (fused-cpu, fused-cuda, fused-wasm, naive-tfjs-cpu,
 // naive-tfjs-wasm), --budget=S (per call, default 60; 10 with --quick), --cell-budget=S
 // (timed seconds per implementation × size × pass, default 120; 10 with --quick),
 // --reps=K (default 5), --out=DIR (default bench/results), --no-plots, --verbose,
@@ -71,6 +71,8 @@ const available = pkg.backends();
 const ALL_IMPLS = [
   { id: 'fused-cpu', label: 'fused cpu', impl: 'fused', backend: 'cpu', ceiling: true, warmup: 2, minReps: reps },
   { id: 'fused-cuda', label: 'fused cuda', impl: 'fused', backend: 'cuda', warmup: 2, minReps: reps },
+  // The CPU backend's code compiled to WebAssembly (lib/wasm/): one thread, SIMD128.
+  { id: 'fused-wasm', label: 'fused wasm', impl: 'fused', backend: 'wasm', warmup: 2, minReps: reps },
   { id: 'naive-tfjs-cpu', label: 'naive tfjs cpu', impl: 'naive', backend: 'cpu', warmup: 1, minReps: quick ? 1 : 3 },
   { id: 'naive-tfjs-wasm', label: 'naive tfjs wasm', impl: 'naive', backend: 'wasm', warmup: 1, minReps: quick ? 1 : 3 },
 ];

@@ -29,3 +29,4 @@ export {
 } from './io/safetensors';
 export { mpiCommunicator, localCommunicator, mpiInfo, CommError, type Communicator, type CommArray, type CommErrorKind, type MpiInfo, type MpiCommunicatorOptions } from './sharded/comm';
 export { ShardedMarginHead, shardRange, type ShardedMarginHeadOptions, type ShardedStepResult, type StepTraffic } from './sharded/sharded-head';
+export { initWasm, WASM_MEMORY_LIMIT, WASM_INFO, type WasmSource, type WasmModuleObject } from './wasm';

@@ -1,16 +1,23 @@
 /**
  * The loss functions: argument validation, backend choice, and the call into
- * the fused native kernels. N = labels.length, C = weights.length / dim.
+ * the fused kernels (the native addon's, or the same C++ compiled to
+ * WebAssembly, lib/wasm/). N = labels.length, C = weights.length / dim.
  */
 import { mpiInfo } from './sharded/comm';
 import { ArgumentError, BackendUnavailableError, NativeError, expected } from './errors';
 import { MARGIN_KINDS, nativeMarginParams } from './margins';
-import { MATRIX_CODES, SIMD_CODES, native, type NativeLossOptions, type NativeLossResult } from './native';
+import { MATRIX_CODES, SIMD_CODES, native, nativeStatus, type NativeLossOptions, type NativeLossResult } from './native';
 import type { BackendName, DeviceInfo, ForwardResult, LossAndGradResult, LossInput, LossOptions, Margin } from './types';
 import { validateInput, validateOptions, validateOut, type Shape } from './validate';
+import { PACKAGED_DEFAULTS, WASM_INFO, wasmDefaults, wasmGaussian, wasmLoss, wasmStatus } from './wasm';
 
-/** The defaults are the native layer's (native/loss_problem.h, native/cpu/loss_cpu.h), read once. */
-const NATIVE_DEFAULTS = native._defaults();
+/**
+ * The defaults are the native layer's (native/loss_problem.h, native/cpu/loss_cpu.h),
+ * read once from the addon, or where it does not load from the wasm module
+ * (built from the same headers); in a browser, before initWasm() has run, the
+ * packaged copy of the same numbers (a test checks the three agree).
+ */
+const NATIVE_DEFAULTS = nativeStatus().usable ? native._defaults() : wasmStatus().usable ? wasmDefaults() : PACKAGED_DEFAULTS;
 /** Logit scale s where the options give none (64). */
 export const DEFAULT_SCALE = NATIVE_DEFAULTS.scale;
 /** Bytes of cosine tiles the CPU backend keeps between passes where the options give none (64 MiB). */
@@ -20,24 +27,64 @@ export const ADAPTIVE_DEFAULTS = { m1: MARGIN_KINDS.adaptive.params.m1.default, 
 /** Per-seed call counters of the elastic margins (used when margin.counter is not given). */
 const elasticCounters = new Map<number, number>();
 
-/** Backends usable in this process: always 'cpu', and 'cuda' when a GPU is usable now. */
+/** Backends usable in this process: 'cpu' where the native addon loads, 'cuda' where a GPU is usable too, 'wasm' where the module loads. */
 export function backends(): BackendName[] {
-  return native.info().cuda.usable ? ['cpu', 'cuda'] : ['cpu'];
+  const list: BackendName[] = [];
+  if (nativeStatus().usable) {
+    list.push('cpu');
+    if (native.info().cuda.usable) list.push('cuda');
+  }
+  if (wasmStatus().usable) list.push('wasm');
+  return list;
 }
 
-/** Describes the CPU (threads, SIMD) and the GPU, if any, and which backend 'auto' uses. */
+/**
+ * Describes the CPU (threads, SIMD) and the GPU, if any, the wasm backend,
+ * and which backend 'auto' uses. Without the native addon, `cpu` and `cuda`
+ * say why it did not load.
+ */
 export function deviceInfo(): DeviceInfo {
+  const nat = nativeStatus();
+  const wasm = wasmStatus();
+  const wasmInfo = { ...WASM_INFO, usable: wasm.usable, ...(wasm.reason ? { reason: wasm.reason } : {}) };
+  if (!nat.usable) {
+    const reason = nat.reason ?? 'the native addon did not load';
+    return {
+      backend: wasm.usable ? 'wasm' : 'none',
+      cpu: { threads: 0, simd: 'portable', simdWidth: 0, matrix: 'none', usable: false, reason },
+      cuda: { compiled: false, usable: false, reason },
+      wasm: wasmInfo,
+      mpi: { compiled: false, reason },
+    };
+  }
   const info = native.info();
   return {
     backend: info.cuda.usable ? 'cuda' : 'cpu',
-    cpu: info.cpu,
+    cpu: { ...info.cpu, usable: true },
     cuda: info.cuda as DeviceInfo['cuda'],
+    wasm: wasmInfo,
     mpi: mpiInfo(),
   };
 }
 
+/**
+ * The backend a call runs on. 'auto': CUDA where a GPU is usable, else the
+ * native CPU backend, else wasm (the native addon did not load). A named
+ * backend that cannot run here is a BackendUnavailableError saying why.
+ */
 export function resolveBackend(requested: LossOptions['backend']): BackendName {
   const want = requested ?? 'auto';
+  if (want === 'wasm') {
+    const wasm = wasmStatus();
+    if (!wasm.usable) throw new BackendUnavailableError(`Expected a loadable WebAssembly module for backend 'wasm' but ${wasm.reason}`);
+    return 'wasm';
+  }
+  const nat = nativeStatus();
+  if (!nat.usable) {
+    if (want === 'auto' && wasmStatus().usable) return 'wasm';
+    const why = want === 'auto' ? ` and the wasm backend cannot run either (${wasmStatus().reason})` : '';
+    throw new BackendUnavailableError(`Expected a loadable native addon for backend '${want}' but ${nat.reason}${why}`);
+  }
   if (want === 'cpu') return 'cpu';
   const cuda = native.info().cuda;
   if (want === 'cuda' && !cuda.usable) {
@@ -54,6 +101,8 @@ export function resolveBackend(requested: LossOptions['backend']): BackendName {
  */
 export function allocFloat32(n: number): Float32Array {
   if (!Number.isSafeInteger(n) || n < 0) expected('a non-negative safe integer', 'n', n);
+  // Without the addon (the wasm backend copies its inputs in any case) an ordinary array serves.
+  if (!nativeStatus().usable) return new Float32Array(n);
   return callNative(() => native.zeros(n));
 }
 
@@ -73,7 +122,8 @@ export function elasticMargins(margin: Margin, n: number, step?: number): Float3
     counter = elasticCounters.get(seed) ?? 0;
     elasticCounters.set(seed, counter + 1);
   }
-  return native.gaussian(m, sigma, seed, counter, n);
+  // The same counter-based draw (native/margin_math.h) in the addon and in the wasm module.
+  return nativeStatus().usable ? native.gaussian(m, sigma, seed, counter, n) : wasmGaussian(m, sigma, seed, counter, n);
 }
 
 interface Prepared {
@@ -157,10 +207,19 @@ function gradResult(r: NativeLossResult, p: Prepared): LossAndGradResult {
 }
 
 function call(input: LossInput, p: Prepared, withGrad: boolean): NativeLossResult {
+  if (p.backend === 'wasm') return wasmLoss(input.embeddings, input.weights, input.labels, input.dim, p.opts, withGrad);
   return callNative(() => native.loss(input.embeddings, input.weights, input.labels, input.dim, p.opts, withGrad));
 }
 
-function callAsync(input: LossInput, p: Prepared, withGrad: boolean): Promise<NativeLossResult> {
+/**
+ * The native backends run on the libuv thread pool; the wasm backend runs on
+ * this thread, after the caller's synchronous code (a failure rejects the promise).
+ */
+async function callAsync(input: LossInput, p: Prepared, withGrad: boolean): Promise<NativeLossResult> {
+  if (p.backend === 'wasm') {
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    return call(input, p, withGrad);
+  }
   return callNativeAsync(() => native.lossAsync(input.embeddings, input.weights, input.labels, input.dim, p.opts, withGrad));
 }
 

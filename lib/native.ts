@@ -37,7 +37,8 @@ export interface NativeLossOptions {
   simd: number;
   /** MATRIX_CODES: the CPU's bf16 product path (with weightsBf16). */
   matrix: number;
-  backend: 'cpu' | 'cuda';
+  /** 'wasm' never reaches the addon (lib/wasm/ runs it). */
+  backend: 'cpu' | 'cuda' | 'wasm';
   /** Caller-provided output arrays (lengths checked in TypeScript). */
   outPerSample?: Float32Array;
   outGradEmbeddings?: Float32Array;
@@ -112,20 +113,59 @@ export const MATRIX_CODES = { auto: -1, none: 0, 'avx512-bf16': 1, 'amx-bf16': 2
  * source build (build/Release, written by cmake-js or node-gyp) first, then for
  * the prebuilt binary of this platform (prebuilds/<platform>-<arch>/).
  */
-const PACKAGE_ROOT = path.join(__dirname, '..');
-
 function loadAddon(): NativeAddon {
+  // Computed here, not at import: in a browser bundle (no Node) the import must succeed.
+  const inNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
+  const root = inNode ? path.join(__dirname, '..') : '(no Node.js here)';
   try {
+    if (!inNode) throw new Error('native addons load only in Node.js');
     // eslint-disable-next-line @typescript-eslint/no-var-requires
-    return require('node-gyp-build')(PACKAGE_ROOT) as NativeAddon;
+    return require('node-gyp-build')(root) as NativeAddon;
   } catch (err) {
+    const platform = inNode ? `${process.platform}-${process.arch}` : 'this platform';
     throw new NativeError(
-      `margin-softmax: no loadable native addon for ${process.platform}-${process.arch} in ${PACKAGE_ROOT} ` +
+      `margin-softmax: no loadable native addon for ${platform} in ${root} ` +
         `(${(err as Error).message.split('\n')[0]}). Build it from source: npm rebuild margin-softmax --build-from-source ` +
-        `(needs a C++17 compiler; see docs/packaging.md).`,
+        `(needs a C++17 compiler; see docs/packaging.md), or use backend 'wasm' (docs/wasm.md).`,
       { cause: err },
     );
   }
 }
 
-export const native: NativeAddon = loadAddon();
+/**
+ * The addon is loaded on first use, not when the library is imported, so that
+ * the library loads (and computes on the wasm backend) where no native binary
+ * fits or it fails to load. The outcome of the one attempt is kept.
+ */
+let loaded: { addon?: NativeAddon; error?: NativeError } | undefined;
+
+function addon(): NativeAddon {
+  if (!loaded) {
+    try {
+      loaded = { addon: loadAddon() };
+    } catch (err) {
+      loaded = { error: err as NativeError };
+    }
+  }
+  if (loaded.error) throw loaded.error;
+  return loaded.addon as NativeAddon;
+}
+
+/** Whether the native addon loads here, and why not where it does not (backends(), deviceInfo(), backend 'auto'). */
+export function nativeStatus(): { usable: boolean; reason?: string } {
+  try {
+    addon();
+    return { usable: true };
+  } catch (err) {
+    return { usable: false, reason: (err as Error).message };
+  }
+}
+
+/**
+ * The addon's functions, looked up in the addon on each access: the first
+ * access loads it, and throws its NativeError where it cannot be loaded.
+ */
+export const native: NativeAddon = new Proxy({} as NativeAddon, {
+  get: (_target, key) => (addon() as unknown as Record<string | symbol, unknown>)[key],
+  has: (_target, key) => key in addon(),
+});

@@ -35,7 +35,12 @@ export type CvmMargin = MarginOf<'cvm'>;
 export type Margin = { [K in MarginKindName]: MarginOf<K> }[MarginKindName];
 
 export type MarginKind = Margin['kind'];
-export type BackendName = 'cpu' | 'cuda';
+/**
+ * 'cpu': the native addon's CPU backend; 'cuda': its GPU backend; 'wasm': the
+ * CPU backend's code compiled to WebAssembly (no native binary needed; one
+ * thread; fp32 products; at most 4 GiB of memory).
+ */
+export type BackendName = 'cpu' | 'cuda' | 'wasm';
 
 export interface LossInput {
   /** N×d embeddings, row-major (one sample per row). Read without copying. */
@@ -52,7 +57,11 @@ export interface LossOptions {
   margin: Margin;
   /** Scale s of the logits, in (0, MAX_PARAMETER = 1e4] (beyond, the float32 loss overflows). Default 64. */
   scale?: number;
-  /** 'auto' (default) picks 'cuda' when a GPU is usable, else 'cpu'. */
+  /**
+   * 'auto' (default) picks 'cuda' when a GPU is usable, else 'cpu', else
+   * 'wasm' (where the native addon does not load). 'wasm' runs on the calling
+   * thread, also for the async calls; it ignores threads, simd and matrix.
+   */
   backend?: 'auto' | BackendName;
   /**
    * Angular kinds only: where the margined angle exceeds π use the monotonic
@@ -143,6 +152,22 @@ export interface CpuInfo {
   simdWidth: number;
   /** The path weightsDtype 'bfloat16' uses here: 'amx-bf16' needs AMX-BF16 and the OS's tile permission. */
   matrix: CpuMatrixPath;
+  /** The native addon loaded (the other fields describe the CPU only then). */
+  usable: boolean;
+  /** Why the native addon did not load, when it did not. */
+  reason?: string;
+}
+
+/** The wasm backend (lib/wasm/): whether its module loads here, and what it runs with. */
+export interface WasmInfo {
+  usable: boolean;
+  /** Why the module did not load, when it did not. */
+  reason?: string;
+  /** Threads a call uses (the module is single-threaded). */
+  threads: 1;
+  simd: 'simd128';
+  /** Bytes the module's memory can grow to (wasm32: 4 GiB); a call that cannot fit is refused. */
+  memoryLimitBytes: number;
 }
 
 export interface CudaInfo {
@@ -164,10 +189,11 @@ export interface CudaInfo {
 }
 
 export interface DeviceInfo {
-  /** The backend 'auto' resolves to. */
-  backend: BackendName;
+  /** The backend 'auto' resolves to ('none': neither the native addon nor the wasm module loads). */
+  backend: BackendName | 'none';
   cpu: CpuInfo;
   cuda: CudaInfo;
+  wasm: WasmInfo;
   /** The MPI collectives (lib/sharded/comm.ts): compiled in or not, and why not. */
   mpi: MpiInfo;
 }

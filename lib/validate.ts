@@ -186,8 +186,8 @@ export function validateOptions(options: LossOptions): void {
   validateMargin(options.margin);
   const o = options;
   if (o.scale !== undefined) checkFloat32(o.scale, 'options.scale', { min: 0, minExclusive: true });
-  if (o.backend !== undefined && !['auto', 'cpu', 'cuda'].includes(o.backend as string)) {
-    expected(`'auto', 'cpu' or 'cuda'`, 'options.backend', o.backend);
+  if (o.backend !== undefined && !['auto', 'cpu', 'cuda', 'wasm'].includes(o.backend as string)) {
+    expected(`'auto', 'cpu', 'cuda' or 'wasm'`, 'options.backend', o.backend);
   }
   if (o.fallback !== undefined && typeof o.fallback !== 'boolean') expected('a boolean', 'options.fallback', o.fallback);
   if (o.gradFilter !== undefined) checkFloat32(o.gradFilter, 'options.gradFilter', { below: 1 });

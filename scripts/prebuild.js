@@ -13,6 +13,8 @@
  * cross-compiled by scripts/build-arm64.sh (run here, incrementally) where
  * aarch64-linux-gnu-g++ is on the PATH; MARGIN_SOFTMAX_REQUIRE_ARM64=1 makes
  * a missing cross compiler an error instead of a tarball without it.
+ * The WebAssembly backend (wasm/margin_softmax.wasm) must be in the tarball
+ * too: it is built here when it is missing (scripts/build-wasm.sh, Emscripten).
  */
 'use strict';
 const { spawnSync } = require('child_process');
@@ -62,6 +64,7 @@ function packArm64() {
   console.log(`prebuild: prebuilds/linux-arm64/node.napi.glibc.node (${(fs.statSync(BUILT_ARM64).size / 1e6).toFixed(1)} MB, cross-compiled, CPU backend)`);
   return 0;
 }
+const WASM = path.join(ROOT, 'wasm', 'margin_softmax.wasm');
 
 function libcTag() {
   if (process.platform !== 'linux') return '';
@@ -75,6 +78,13 @@ function main(args) {
   if (!fs.existsSync(BUILT)) {
     console.error(`prebuild: ${path.relative(ROOT, BUILT)} is missing: build the addon first (npm run build:native)`);
     return 1;
+  }
+  if (!fs.existsSync(WASM)) {
+    const r = require('child_process').spawnSync('bash', [path.join(ROOT, 'scripts', 'build-wasm.sh')], { cwd: ROOT, stdio: 'inherit' });
+    if (r.status !== 0) {
+      console.error('prebuild: wasm/margin_softmax.wasm is missing and could not be built (scripts/build-wasm.sh needs Emscripten)');
+      return 1;
+    }
   }
   const dir = path.join(PREBUILDS, `${process.platform}-${process.arch}`);
   const target = path.join(dir, `node.napi${libcTag()}.node`);

@@ -207,11 +207,12 @@ describe('elastic margins', () => {
 });
 
 describe('backends() and deviceInfo()', () => {
-  test("backends() lists 'cpu', and 'cuda' exactly when a GPU is usable", () => {
+  test("backends() lists 'cpu', 'cuda' exactly when a GPU is usable, and 'wasm' exactly when its module loads", () => {
     const b = backends();
     expect(b).toContain('cpu');
-    expect(b.every((x) => x === 'cpu' || x === 'cuda')).toBe(true);
+    expect(b.every((x) => x === 'cpu' || x === 'cuda' || x === 'wasm')).toBe(true);
     expect(b.includes('cuda')).toBe(deviceInfo().cuda.usable);
+    expect(b.includes('wasm')).toBe(deviceInfo().wasm.usable);
   });
 
   test('deviceInfo() has the documented shape', () => {

@@ -20,6 +20,8 @@ function layoutPaths(): string[] {
 function trackedFolders(dir: string): string[] {
   return fs.readdirSync(path.join(ROOT, dir), { withFileTypes: true })
     .filter((e) => e.isDirectory() && !['node_modules', 'build', 'build-arm64', 'dist', 'prebuilds', '.git', 'runs'].includes(e.name))
+    // wasm/: the built WebAssembly module at the top (native/wasm/ holds its sources and is named).
+    .filter((e) => !(dir === '.' && e.name === 'wasm'))
     .map((e) => path.posix.join(dir, e.name) + '/');
 }
 

@@ -85,7 +85,7 @@ export class MarginHead {
     this.dim = o.dim;
     this.localClasses = o.shard ? o.shard.count : o.classes;
     this.offset = o.shard ? o.shard.offset : 0;
-    this.backend = headBackend(o.backend);
+    this.backend = headBackend(o.backend, o.shard);
     const c = (this.config = headConfig(o));
     const init: CentresInit = LOADING.has(options) ? 'from-checkpoint' : (o.init ?? 'normal');
     this.centres = createCentres(

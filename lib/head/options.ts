@@ -36,8 +36,10 @@ export interface MarginHeadOptions {
   /** Logit scale s. Default 64. */
   scale?: number;
   /**
-   * 'auto' (default: CUDA where usable, else the CPU), 'cpu' or 'cuda'. On CUDA the
-   * centres and the momentum live in device memory (see docs/cuda.md, "MarginHead on CUDA").
+   * 'auto' (default: CUDA where usable, else the CPU, else wasm where the native
+   * addon does not load), 'cpu', 'cuda' or 'wasm'. On CUDA the centres and the
+   * momentum live in device memory (see docs/cuda.md, "MarginHead on CUDA"); on
+   * wasm in the WebAssembly module's memory (fp32 only, no shards; docs/wasm.md).
    */
   backend?: 'auto' | BackendName;
   /**
@@ -96,10 +98,17 @@ export function headConfig(o: MarginHeadOptions): HeadConfig {
   };
 }
 
-/** 'auto' picks CUDA where it is usable (an addon built with CUDA has the device head); 'cuda' demands it. */
-export function headBackend(requested: MarginHeadOptions['backend']): BackendName {
+/**
+ * 'auto' picks CUDA where it is usable (an addon built with CUDA has the device
+ * head), else the CPU, else wasm; 'cuda' demands it. A shard of a sharded head
+ * needs the native backends (the wasm module has no merged-statistics pass).
+ */
+export function headBackend(requested: MarginHeadOptions['backend'], shard?: ShardOptions): BackendName {
   const b = resolveBackend(requested);
   if (b === 'cuda' && !deviceHeadCompiled()) throw new BackendUnavailableError('Expected an addon with the CUDA device head but this one has none');
+  if (b === 'wasm' && shard) {
+    throw new BackendUnavailableError("Expected backend 'cpu' or 'cuda' for a MarginHead shard but the head resolved to 'wasm' (shards need the native addon's merged-statistics pass)");
+  }
   return b;
 }
 

@@ -293,8 +293,13 @@ void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t*
 
 void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C,
                long ldc, bool accumulate) {
-  // Only NeonBf16 can be selected here (best_matrix_path: cpu_has_neon_bf16).
+  // Only NeonBf16 can be selected here (best_matrix_path: cpu_has_neon_bf16),
+  // and only on aarch64 (elsewhere, WebAssembly included, cpu_has_neon_bf16 is false).
+#if defined(__aarch64__)
   if (path == MatrixPath::NeonBf16) gemm_neon_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
+#else
+  (void)path, (void)M, (void)NN, (void)Kp, (void)A, (void)lda, (void)Bp, (void)C, (void)ldc, (void)accumulate;
+#endif
 }
 
 #endif

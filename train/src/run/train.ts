@@ -43,8 +43,8 @@ export interface TrainResult {
   headShare: number;
   wallSeconds: number;
   params: number;
-  /** The backend the margin head ran on ('cpu' or 'cuda'). */
-  headBackend: 'cpu' | 'cuda';
+  /** The backend the margin head ran on ('cpu', 'cuda', or 'wasm' where the native addon did not load). */
+  headBackend: 'cpu' | 'cuda' | 'wasm';
 }
 
 export async function train(cfg: TrainConfig, hooks: TrainHooks = {}): Promise<TrainResult> {
