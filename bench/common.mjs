@@ -12,6 +12,12 @@ export const ROOT = path.resolve(BENCH_DIR, '..');
 export const RESULTS_DIR = path.join(BENCH_DIR, 'results');
 export const require = createRequire(path.join(ROOT, 'package.json'));
 
+/** `--name=value` from the command line, else `dflt`. */
+export function cliOption(name, dflt) {
+  const a = process.argv.slice(2).find((s) => s.startsWith(`--${name}=`));
+  return a ? a.slice(name.length + 3) : dflt;
+}
+
 export const MARGIN = Object.freeze({ kind: 'adaptive', m1: 0.03, m2: 0.5 });
 export const SCALE = 64;
 export const MiB = 1024 * 1024;

@@ -26,21 +26,18 @@ import path from 'node:path';
 import { pathErrors } from './cpu_paths_error.mjs';
 import {
   MARGIN, RESULTS_DIR, SCALE, fmtBytes, fmtC, fmtGflops, fmtTime, loadAddon, loadPackage, machineDescription, runChild,
+  cliOption,
 } from './common.mjs';
 
 const argv = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const a = argv.find((s) => s.startsWith(`--${name}=`));
-  return a ? a.slice(name.length + 3) : dflt;
-};
 const N = 128;
 const d = 512;
-const sizes = opt('sizes', '10000,100000,1000000').split(',').map(Number);
-const reps = Number(opt('reps', 7));
-const threads = opt('threads', null);
-const outFile = path.resolve(opt('out', path.join(RESULTS_DIR, 'cpu.json')));
+const sizes = cliOption('sizes', '10000,100000,1000000').split(',').map(Number);
+const reps = Number(cliOption('reps', 7));
+const threads = cliOption('threads', null);
+const outFile = path.resolve(cliOption('out', path.join(RESULTS_DIR, 'cpu.json')));
 const withBf16 = !argv.includes('--no-bf16');
-const errorClasses = Number(opt('error-classes', 10000));
+const errorClasses = Number(cliOption('error-classes', 10000));
 // Targets, forward + backward at default settings, as fractions of the peak of
 // the path's own instructions: fp32 of the fp32 FMA peak, bf16 of the bf16 peak.
 const TARGETS = {

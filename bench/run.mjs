@@ -30,27 +30,24 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   MARGIN, MiB, RESULTS_DIR, SCALE, fmtBytes, fmtC, fmtGflops, fmtTime, loadPackage, machineDescription, runChild, shortStatus,
+  cliOption,
 } from './common.mjs';
 
 // ---------------------------------------------------------------- options
 const argv = process.argv.slice(2);
 const flag = (name) => argv.includes(`--${name}`);
-const opt = (name, dflt) => {
-  const a = argv.find((s) => s.startsWith(`--${name}=`));
-  return a ? a.slice(name.length + 3) : dflt;
-};
-const fromFile = opt('from', null); // re-render the table and plots from a bench JSON, no measuring
+const fromFile = cliOption('from', null); // re-render the table and plots from a bench JSON, no measuring
 const fromDoc = fromFile ? JSON.parse(fs.readFileSync(fromFile, 'utf8')) : null;
 const quick = fromDoc ? fromDoc.quick : flag('quick');
 const verbose = flag('verbose');
 const N = 128;
 const d = 512;
-const sizes = fromDoc ? fromDoc.config.sizes : opt('sizes', quick ? '1000,10000,100000' : '1000,10000,100000,1000000').split(',').map(Number).sort((a, b) => a - b);
-const runBudgetS = Number(opt('budget', quick ? 10 : 60));
-const cellBudgetS = Number(opt('cell-budget', quick ? 10 : 120));
-const reps = fromDoc ? fromDoc.config.reps : Number(opt('reps', 5));
-const deadlineS = Number(opt('deadline', quick ? 90 : Infinity)); // quick: start no naive cell that would end after this
-const outDir = path.resolve(opt('out', fromFile ? path.dirname(fromFile) : RESULTS_DIR));
+const sizes = fromDoc ? fromDoc.config.sizes : cliOption('sizes', quick ? '1000,10000,100000' : '1000,10000,100000,1000000').split(',').map(Number).sort((a, b) => a - b);
+const runBudgetS = Number(cliOption('budget', quick ? 10 : 60));
+const cellBudgetS = Number(cliOption('cell-budget', quick ? 10 : 120));
+const reps = fromDoc ? fromDoc.config.reps : Number(cliOption('reps', 5));
+const deadlineS = Number(cliOption('deadline', quick ? 90 : Infinity)); // quick: start no naive cell that would end after this
+const outDir = path.resolve(cliOption('out', fromFile ? path.dirname(fromFile) : RESULTS_DIR));
 const suffix = quick ? '-quick' : '';
 const MODES = ['fwd', 'fwdbwd'];
 const MODE_LABEL = { fwd: 'forward', fwdbwd: 'forward + backward' };
@@ -76,7 +73,7 @@ const ALL_IMPLS = [
   { id: 'naive-tfjs-cpu', label: 'naive tfjs cpu', impl: 'naive', backend: 'cpu', warmup: 1, minReps: quick ? 1 : 3 },
   { id: 'naive-tfjs-wasm', label: 'naive tfjs wasm', impl: 'naive', backend: 'wasm', warmup: 1, minReps: quick ? 1 : 3 },
 ];
-const wanted = opt('impls', null)?.split(',');
+const wanted = cliOption('impls', null)?.split(',');
 const impls = fromDoc
   ? ALL_IMPLS.filter((m) => fromDoc.results.some((r) => r.id === m.id))
   : ALL_IMPLS.filter((m) => (m.impl === 'naive' || available.includes(m.backend)) && (!wanted || wanted.includes(m.id)));

@@ -16,19 +16,15 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { MARGIN, RESULTS_DIR, SCALE, fmtC, fmtTime, loadPackage, machineDescription, makeInputs, median, require } from './common.mjs';
+import { MARGIN, RESULTS_DIR, SCALE, fmtC, fmtTime, loadPackage, machineDescription, makeInputs, median, require, cliOption } from './common.mjs';
 
 const argv = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const a = argv.find((s) => s.startsWith(`--${name}=`));
-  return a ? a.slice(name.length + 3) : dflt;
-};
 const N = 128;
 const d = 512;
-const sizes = opt('sizes', '10000').split(',').map(Number);
-const rounds = Number(opt('rounds', 7));
+const sizes = cliOption('sizes', '10000').split(',').map(Number);
+const rounds = Number(cliOption('rounds', 7));
 const withNaive = !argv.includes('--no-naive');
-const outFile = path.resolve(opt('out', path.join(RESULTS_DIR, 'wasm.json')));
+const outFile = path.resolve(cliOption('out', path.join(RESULTS_DIR, 'wasm.json')));
 
 const pkg = loadPackage();
 const machine = machineDescription(pkg);

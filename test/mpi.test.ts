@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CommError, deviceInfo, localCommunicator, MarginHead, mergeStats, ShardedMarginHead, shardRange, type MarginHeadOptions } from '../lib/index';
 import { rng as seededRandom } from './reference.mjs';
+import { whyNotHosts } from './hosts/netns-probe';
 
 const ROOT = path.join(__dirname, '..');
 const WORKER = path.join(__dirname, 'mpi', 'sharded-worker.mjs');
@@ -29,15 +30,6 @@ function whyNot(): string | null {
   return null;
 }
 
-function whyNotHosts(): string | null {
-  if (process.getuid?.() !== 0) return 'network namespaces need root';
-  // Creating one tells whether this machine (a container, say) allows network namespaces.
-  const probe = `ms${process.pid}xprobe`;
-  const made = spawnSync('ip', ['netns', 'add', probe], { encoding: 'utf8' });
-  if (made.status !== 0) return `cannot create a network namespace (ip netns add: ${(made.stderr || made.error?.message || '').trim()})`;
-  spawnSync('ip', ['netns', 'delete', probe]);
-  return null;
-}
 
 const skipReason = whyNot();
 const hostsSkipReason = skipReason ?? whyNotHosts();

@@ -12,6 +12,7 @@ import * as path from 'path';
 import { deviceInfo, MarginHead } from 'margin-softmax';
 import { describe, expect, test } from 'vitest';
 import { configFromArgs, parse, UsageError } from '../src/commands/options';
+import { whyNotHosts } from '../../test/hosts/netns-probe';
 
 const CLI = path.join(__dirname, '..', 'dist', 'cli.js');
 const HARNESS = path.join(__dirname, '..', '..', 'test', 'hosts', 'netns-mpirun.sh');
@@ -27,14 +28,6 @@ const skipReason = whyNot();
 // Separate hosts: network namespaces (test/hosts/netns-mpirun.sh), root only.
 const hostsSkipReason = skipReason ?? whyNotHosts();
 
-function whyNotHosts(): string | null {
-  if (process.getuid?.() !== 0) return 'network namespaces need root';
-  const probe = `ms${process.pid}xprobe`;
-  const made = spawnSync('ip', ['netns', 'add', probe], { encoding: 'utf8' });
-  if (made.status !== 0) return `cannot create a network namespace (ip netns add: ${(made.stderr || made.error?.message || '').trim()})`;
-  spawnSync('ip', ['netns', 'delete', probe]);
-  return null;
-}
 if (hostsSkipReason && process.env.MARGIN_SOFTMAX_REQUIRE_MPI === '1') throw new Error(`MARGIN_SOFTMAX_REQUIRE_MPI=1 but ${hostsSkipReason}`);
 if (skipReason) console.warn(`train/test/mpi-train.test.ts skipped: ${skipReason}`);
 else if (hostsSkipReason) console.warn(`train/test/mpi-train.test.ts: the separate-hosts run is skipped: ${hostsSkipReason}`);
