@@ -8,7 +8,7 @@
  *   { margin: { kind: 'adaptive', m1: 0.03, m2: 0.5 }, scale: 64 });
  * ```
  */
-export { lossAndGrad, lossAndGradAsync, forward, forwardAsync, allocFloat32, backends, deviceInfo, DEFAULT_SCALE, ADAPTIVE_DEFAULTS } from './loss';
+export { lossAndGrad, lossAndGradAsync, forward, forwardAsync, allocFloat32, releaseCachedMemory, backends, deviceInfo, DEFAULT_SCALE, ADAPTIVE_DEFAULTS } from './loss';
 export { ArgumentError, BackendUnavailableError, NativeError, HeadBusyError, HeadDisposedError, type HeadAsyncCall } from './errors';
 export type * from './types';
 export { MARGIN_KINDS, MARGIN_KIND_NAMES, type MarginKindSpec, type MarginParamSpec, type MarginKindName, type MarginOf, type RequiredParamNames, type OptionalParamNames } from './margins';

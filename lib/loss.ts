@@ -107,6 +107,22 @@ export function allocFloat32(n: number): Float32Array {
 }
 
 /**
+ * Gives back to the operating system the large blocks (outputs, workspaces)
+ * the addon keeps after they are freed, and returns their size in bytes.
+ * Freed blocks are kept, up to 8 of them and a quarter of the physical memory,
+ * so that the next call that needs an array of the same size reuses pages
+ * already mapped instead of faulting in new ones: a training loop that takes
+ * fresh gradients every step runs at the speed of one that passes
+ * `options.out`. The kernel may reclaim kept pages under memory pressure
+ * (they are marked MADV_FREE), but they count in the process's RSS until it
+ * does; call this after the last large call to drop them at once.
+ */
+export function releaseCachedMemory(): number {
+  if (!nativeStatus().usable) return 0;
+  return callNative(() => native._releaseRecycled());
+}
+
+/**
  * Draws the per-row margins of the elastic kinds, or returns undefined for
  * the other kinds. Row i of draw `counter` is the same number wherever it is
  * drawn. `step`: a head's step count, the counter when the margin names none

@@ -92,6 +92,10 @@ export interface NativeAddon {
   topkAsync(x: Float32Array, w: HostCentres, dim: number, k: number, threads: number): Promise<{ classes: Int32Array; scores: Float32Array }>;
   /** Test hook: bytes the addon's large allocations hold now (big_alloc minus big_free). */
   _liveNativeBytes(): number;
+  /** Bytes of freed large blocks the addon keeps for reuse (native/cpu/big_alloc.h). */
+  _recycledNativeBytes(): number;
+  /** Unmaps the blocks kept for reuse; returns the bytes given back. */
+  _releaseRecycled(): number;
   /**
    * The addon's table of margin kinds (native/margin_math.h's MS_MARGIN_KINDS): per ms::MarginParams
    * field m1, m2, m3 the TypeScript parameter it carries ('' where unused) and the typical value.

@@ -31,6 +31,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("topk", Napi::Function::New(env, guarded<TopK>));
   exports.Set("topkAsync", Napi::Function::New(env, guarded<TopKAsync>));
   exports.Set("_liveNativeBytes", Napi::Function::New(env, guarded<LiveNativeBytes>));
+  exports.Set("_recycledNativeBytes", Napi::Function::New(env, guarded<RecycledNativeBytes>));
+  exports.Set("_releaseRecycled", Napi::Function::New(env, guarded<ReleaseRecycled>));
   exports.Set("_productsSeconds", Napi::Function::New(env, guarded<ProductsSeconds>));
   exports.Set("_peakGflops", Napi::Function::New(env, guarded<PeakGflops>));
   exports.Set("_defaults", Napi::Function::New(env, guarded<Defaults>));

@@ -294,7 +294,7 @@ void share_blocks(LossCall& L, size_t workspace_bytes) {
     sh.lo = L.lay.lo(t);
     sh.hi = L.lay.hi(t);
     sh.cached = std::min<int64_t>((int64_t)cache_tiles_per_thread, sh.hi - sh.lo);
-    if (sh.cached > 0) sh.cache = BigArray<float>(sh.cached * L.tile_floats);
+    if (sh.cached > 0) sh.cache = BigArray<float>(sh.cached * L.tile_floats, Fill::any);
     sh.part_max = uninit<float>(L.ldt);
     sh.part_sumexp = uninit<float>(L.ldt);
     sh.part_other = uninit<float>(L.ldt);

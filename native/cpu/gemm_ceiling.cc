@@ -23,7 +23,7 @@ double products_seconds(const float* x, const float* w, int64_t N, int64_t C, in
   const int64_t ldt = lay.ldt, block_classes = lay.block_classes;
   const NormalizedRows rows = normalize_rows(kern, x, N, D, ldt);
   const float* xt = rows.xt.get();
-  BigArray<float> gw(backward ? (size_t)(C * D) : 1);
+  BigArray<float> gw(backward ? (size_t)(C * D) : 1, Fill::any);
   // Fault dW's pages in before the clock starts, each thread its own blocks:
   // the ceiling is the products alone, not first-touch page faults (2 GB at
   // C = 10⁶ costs about as much as the products on a VM).

@@ -17,7 +17,7 @@ Export Gaussian, GaussianBf16, Zeros, ZerosBf16, ToBf16, FromBf16;
 // device_info.cc
 Export Info;
 // hooks.cc: the internal natives ("_" names)
-Export Defaults, TargetLogit, ProductsSeconds, PeakGflops, LiveNativeBytes;
+Export Defaults, TargetLogit, ProductsSeconds, PeakGflops, LiveNativeBytes, RecycledNativeBytes, ReleaseRecycled;
 // margin_kinds.cc: margin_math.h's table of kinds (internal: the table test)
 Export MarginKinds;
 // collectives.cc: the collectives (the N-API binding of comm/comm.h)

@@ -15,6 +15,10 @@
 //   _liveNativeBytes() → bytes held by big_alloc now (output arrays made by
 //       new_f32 not yet collected, and workspaces of calls in flight). The
 //       leak test checks that steps return it to where it was.
+//   _recycledNativeBytes() → bytes of freed large blocks kept for reuse
+//       (big_alloc.h).
+//   _releaseRecycled() → unmaps them; returns the bytes given back
+//       (lib's releaseCachedMemory()).
 #include <algorithm>
 
 #include "../cpu/gemm_ceiling.h"
@@ -67,6 +71,14 @@ Napi::Value PeakGflops(const Napi::CallbackInfo& info) {
 
 Napi::Value LiveNativeBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), (double)big_live_bytes().load());
+}
+
+Napi::Value RecycledNativeBytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), (double)recycled_bytes());
+}
+
+Napi::Value ReleaseRecycled(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), (double)release_recycled());
 }
 
 }  // namespace ms::napi

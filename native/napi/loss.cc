@@ -143,7 +143,7 @@ float* add_output(Napi::Env env, const Napi::Object& o, const char* key, const c
   const std::string name = std::string("options.out.") + result_key;
   Napi::Float32Array a = key ? opt_f32(env, o, key) : Napi::Float32Array();
   if (a.IsEmpty()) {
-    a = new_f32(env, n, result_key);
+    a = new_f32(env, n, result_key, Fill::any);  // every kernel writes its outputs in full
   } else {
     expect_length(env, a, n, name);
     r.arrays.write(name, a);

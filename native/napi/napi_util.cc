@@ -129,10 +129,10 @@ std::map<uintptr_t, Block*>& g_blocks = *new std::map<uintptr_t, Block*>();  // 
 // V8's limit on a typed array's length on 64-bit platforms (v8::TypedArray::kMaxLength).
 constexpr size_t kMaxTypedLength = size_t(1) << 32;
 
-Block* new_block(Napi::Env env, size_t bytes, const std::string& what) {
+Block* new_block(Napi::Env env, size_t bytes, const std::string& what, Fill fill) {
   Block* block = nullptr;
   try {
-    block = new Block{big_alloc(bytes), bytes, 1};
+    block = new Block{big_alloc(bytes, fill), bytes, 1};
   } catch (const std::bad_alloc&) {
     throw Napi::Error::New(env, oom_message(bytes, what));
   }
@@ -142,14 +142,14 @@ Block* new_block(Napi::Env env, size_t bytes, const std::string& what) {
 }
 
 template <class A, class T>
-A new_typed(Napi::Env env, size_t n, const std::string& what) {
+A new_typed(Napi::Env env, size_t n, const std::string& what, Fill fill) {
   if (n > kMaxTypedLength) {
     throw Napi::Error::New(env, oom_message(n * sizeof(T), what) + " (" + std::to_string(n) + " elements; a typed array holds at most " +
                                     std::to_string(kMaxTypedLength) + ")");
   }
   const size_t bytes = n * sizeof(T);
   if (bytes < kBigAllocThreshold) return A::New(env, n);
-  Block* block = new_block(env, bytes, what);
+  Block* block = new_block(env, bytes, what, fill);
   Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(env, block->data, bytes, [block, bytes](Napi::Env e, void*) {
     block_release(block);
     Napi::MemoryManagement::AdjustExternalMemory(e, -(int64_t)bytes);
@@ -160,16 +160,16 @@ A new_typed(Napi::Env env, size_t n, const std::string& what) {
 
 }  // namespace
 
-Napi::Float32Array new_f32(Napi::Env env, size_t n, const std::string& what) {
-  return new_typed<Napi::Float32Array, float>(env, n, what);
+Napi::Float32Array new_f32(Napi::Env env, size_t n, const std::string& what, Fill fill) {
+  return new_typed<Napi::Float32Array, float>(env, n, what, fill);
 }
 
 Napi::Int32Array new_i32(Napi::Env env, size_t n, const std::string& what) {
-  return new_typed<Napi::Int32Array, int32_t>(env, n, what);
+  return new_typed<Napi::Int32Array, int32_t>(env, n, what, Fill::zero);
 }
 
 Napi::Uint16Array new_u16(Napi::Env env, size_t n, const std::string& what) {
-  return new_typed<Napi::Uint16Array, uint16_t>(env, n, what);
+  return new_typed<Napi::Uint16Array, uint16_t>(env, n, what, Fill::zero);
 }
 
 void block_release(Block* b) {
@@ -203,7 +203,7 @@ Held::Held(const Napi::TypedArray& a, bool output) : ref_(Napi::Persistent(stati
   const uintptr_t lo = reinterpret_cast<uintptr_t>(orig_);
   block_ = block_acquire(lo, lo + bytes_);
   if (block_ == nullptr && bytes_ > 0) {
-    copy_ = static_cast<uint8_t*>(big_alloc(bytes_));  // AllocFailure → NativeError via guarded()
+    copy_ = static_cast<uint8_t*>(big_alloc(bytes_, Fill::any));  // AllocFailure → NativeError via guarded()
     // Outputs too: the fused SGD updates W and the momentum in place.
     std::memcpy(copy_, orig_, bytes_);
   }

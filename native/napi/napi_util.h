@@ -111,10 +111,12 @@ void set_loss_scalars(Napi::Object& res, const LossOutputs& out);
 // ---- Typed arrays the addon allocates --------------------------------------------
 
 // A new zeroed Float32Array / Int32Array of n elements. Large ones are backed
-// by huge-page memory (big_alloc.h) and reported to V8 as external memory; a
-// failed allocation is a JS error naming the bytes (V8's own ArrayBuffer
-// allocation would abort the process instead, so only small arrays take it).
-Napi::Float32Array new_f32(Napi::Env env, size_t n, const std::string& what);
+// by huge-page memory (big_alloc.h), possibly recycled, and reported to V8 as
+// external memory; a failed allocation is a JS error naming the bytes (V8's
+// own ArrayBuffer allocation would abort the process instead, so only small
+// arrays take it). Fill::any: a large array may hold a recycled block's old
+// values, for outputs a kernel writes in full.
+Napi::Float32Array new_f32(Napi::Env env, size_t n, const std::string& what, Fill fill = Fill::zero);
 Napi::Int32Array new_i32(Napi::Env env, size_t n, const std::string& what);
 Napi::Uint16Array new_u16(Napi::Env env, size_t n, const std::string& what);
 
