@@ -4,13 +4,18 @@
 // (weightsDtype 'bfloat16': bf16 centres, stochastic rounding) run one after
 // the other in this process (--dtypes float32 or bfloat16 for one of them);
 // peak RSS is read from /proc (VmHWM) so it includes the centres and momentum.
+// Each step is followed by lossAndGrad on the same centres (getWeights(): for
+// the bf16 head the bf16 values widened, with weightsDtype 'bfloat16', so the
+// same product path), with options.out reused, and the report gives the median
+// of the per-round ratios step / lossAndGrad: what the fused SGD update costs
+// beyond the gradient it replaces.
 // With --checkpoint DIR it also times save/load of the largest head.
 // Run: node --expose-gc bench/head_step.mjs [C ...] [--dtypes float32,bfloat16] [--checkpoint DIR]
 import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 const require = createRequire(import.meta.url);
-const { MarginHead } = require('../dist/index.js');
+const { MarginHead, lossAndGrad, allocFloat32 } = require('../dist/index.js');
 const { native } = require('../dist/native.js');
 
 const args = process.argv.slice(2);
@@ -30,17 +35,35 @@ for (const C of sizes.length ? sizes : [1e5, 1e6]) for (const weightsDtype of dt
   const x = native.gaussian(0, 1, 2, 0, N * d);
   const y = new Int32Array(N).map((_, i) => (i * 7919) % C);
   head.step(x, y); // warm-up (touches the momentum buffer)
+  const w = head.getWeights();
+  const lossOptions = {
+    margin: { kind: 'adaptive' },
+    weightsDtype,
+    out: { perSample: new Float32Array(N), gradEmbeddings: new Float32Array(N * d), gradWeights: allocFloat32(C * d) },
+  };
+  const input = { embeddings: x, weights: w, labels: y, dim: d };
+  lossAndGrad(input, lossOptions); // warm-up (touches gradWeights)
   const times = [];
+  const ratios = [];
+  const ms = (t) => Number(process.hrtime.bigint() - t) / 1e6;
   for (let r = 0; r < reps; r++) {
-    const t = process.hrtime.bigint();
+    let t = process.hrtime.bigint();
     head.step(x, y);
-    times.push(Number(process.hrtime.bigint() - t) / 1e6);
+    const step = ms(t);
+    t = process.hrtime.bigint();
+    lossAndGrad(input, lossOptions);
+    const loss = ms(t);
+    times.push(step);
+    ratios.push(step / loss);
   }
   times.sort((a, b) => a - b);
+  ratios.sort((a, b) => a - b);
   const med = times[Math.floor(reps / 2)];
+  const ratio = ratios[Math.floor(reps / 2)];
   const state = C * d * (weightsDtype === 'bfloat16' ? 2 : 4) + C * d * 4;
   console.log(`C=${C} ${weightsDtype}: step median ${med.toFixed(0)} ms [${times[0].toFixed(0)}–${times[reps - 1].toFixed(0)}] ` +
-    `(${(6 * N * d * C / med / 1e6).toFixed(0)} GFLOP/s), centres+momentum ${gib(state)}, peak RSS so far ${gib(hwm())}`);
+    `(${(6 * N * d * C / med / 1e6).toFixed(0)} GFLOP/s), step / lossAndGrad ${ratio.toFixed(2)} [${ratios[0].toFixed(2)}–${ratios[reps - 1].toFixed(2)}], ` +
+    `centres+momentum ${gib(state)}, peak RSS so far ${gib(hwm())}`);
   if (ckDir && C === Math.max(...(sizes.length ? sizes : [1e5, 1e6]))) {
     fs.mkdirSync(ckDir, { recursive: true });
     const file = path.join(ckDir, `head-${C}-${weightsDtype}.safetensors`);

@@ -17,6 +17,25 @@ void sgd_momentum_row(float* __restrict w, float* __restrict b, const float* __r
   }
 }
 
+// The same for bf16 centres, rounded stochastically: element e = e0 + q takes
+// lane e mod 4 of the hash of group e/4 (stochastic_group_bits), e0 a multiple
+// of 4. One hash per four elements, and no branch in the element loop, which
+// the compiler vectorises; the arithmetic and the bits are the general loop's.
+void sgd_momentum_row_bf16(uint16_t* __restrict w, float* __restrict b, const float* __restrict g, float momentum,
+                           float weight_decay, float lr, int64_t d, uint64_t key, uint64_t group0) {
+  for (int64_t q4 = 0; q4 < d / 4; ++q4) {
+    const uint64_t bits = stochastic_group_bits(key, group0 + (uint64_t)q4);
+    for (int l = 0; l < 4; ++l) {
+      const int64_t q = 4 * q4 + l;
+      const float wq = bf16_bits_to_float(w[q]);
+      const float gq = g[q] + weight_decay * wq;
+      const float bq = momentum * b[q] + gq;
+      b[q] = bq;
+      w[q] = bf16_round_with_bits(wq - lr * bq, stochastic_lane(bits, (uint64_t)l));
+    }
+  }
+}
+
 }  // namespace
 
 void CpuSgd::apply(int64_t j0, int64_t bc, const float* g) const {
@@ -37,6 +56,13 @@ void CpuSgd::apply(int64_t j0, int64_t bc, const float* g) const {
       continue;
     }
     const uint64_t element0 = (uint64_t)(row_offset + r) * (uint64_t)d;
+    if (hr && br && gr && d % 4 == 0 && element0 % 4 == 0) {
+      // bf16 centres with momentum: the loop above's counterpart. Measured on
+      // the Xeon (Emerald Rapids), 2 threads, alternating calls: MarginHead.step /
+      // lossAndGrad at C = 2·10⁴, bf16 centres, 1.18 with the general loop.
+      sgd_momentum_row_bf16(hr, br, gr, momentum, weight_decay, lr, d, round_key, element0 >> 2);
+      continue;
+    }
     uint64_t group = ~0ULL, bits = 0;  // the hash of the current group of four elements
     for (int64_t q = 0; q < d; ++q) {
       const float wq = hr ? bf16_bits_to_float(hr[q]) : wr[q];
