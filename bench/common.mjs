@@ -178,7 +178,7 @@ export function machineDescription(pkg) {
     os: `${os.type()} ${os.release()} ${os.arch()}`,
     node: process.version,
     ...tfjsVersions(),
-    fused: { threads: info.cpu.threads, simd: info.cpu.simd, simdWidth: info.cpu.simdWidth, matrix: info.cpu.matrix },
+    fused: { threads: info.cpu.threads, simd: info.cpu.simd, simdWidth: info.cpu.simdWidth, matrix: info.cpu.matrix, matrixPaths: info.cpu.matrixPaths },
     backends: pkg.backends(),
     gpu: cuda.usable
       ? { name: cuda.name, computeCapability: cuda.computeCapability, totalMemoryBytes: cuda.totalMemory, driverVersion: cuda.driverVersion, runtimeVersion: cuda.runtimeVersion }

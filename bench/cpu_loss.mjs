@@ -8,8 +8,9 @@
 //     other load only lowers it);
 //   - the GEMM ceiling (the same products with the project's own fp32 kernel and
 //     blocking, no epilogue), its calls alternating with the loss's calls.
-// Rows: fp32 and weightsDtype 'bfloat16' (the bf16 product path deviceInfo().cpu.matrix
-// names), fresh outputs and options.out; peak RSS and the memory beyond inputs and
+// Rows: fp32 and weightsDtype 'bfloat16' (the bf16 product path 'auto' runs,
+// deviceInfo().cpu.matrix, and the best bf16 instructions of deviceInfo().cpu.matrixPaths
+// where 'auto' runs another path), fresh outputs and options.out; peak RSS and the memory beyond inputs and
 // outputs (one child process per row, so each peak is clean); and the tile
 // workspace's effect (default 64 MiB vs 0 = always recompute) at C = 10⁵; and
 // each path's error against the float64 reference (bench/cpu_paths_error.mjs,
@@ -73,11 +74,16 @@ const plan = [];
 for (const C of sizes) for (const mode of ['fwd', 'fwdbwd']) plan.push({ C, mode, options: { ...baseOptions }, variant: 'default workspace (64 MiB)' });
 if (sizes.includes(100000)) plan.push({ C: 100000, mode: 'fwdbwd', options: { ...baseOptions, workspaceBytes: 0 }, variant: 'workspaceBytes: 0 (recompute every tile)' });
 for (const C of sizes) plan.push({ C, mode: 'fwdbwd', options: { ...baseOptions, reuseOut: true }, variant: 'outputs reused (options.out)' });
+// The bf16 paths timed: the one 'auto' runs, then the best bf16 instructions where 'auto' runs another.
+const bf16Paths = [...new Set([machine.fused.matrix, machine.fused.matrixPaths[0]])];
 if (withBf16) {
-  const bf16 = { ...baseOptions, weightsDtype: 'bfloat16' };
-  for (const C of sizes) plan.push({ C, mode: 'fwd', options: { ...bf16 }, variant: `bf16 (${machine.fused.matrix})` });
-  for (const C of sizes) plan.push({ C, mode: 'fwdbwd', options: { ...bf16 }, variant: `bf16 (${machine.fused.matrix})` });
-  for (const C of sizes) plan.push({ C, mode: 'fwdbwd', options: { ...bf16, reuseOut: true }, variant: `bf16 (${machine.fused.matrix}), outputs reused` });
+  for (const matrix of bf16Paths) {
+    const bf16 = { ...baseOptions, weightsDtype: 'bfloat16', matrix };
+    const auto = matrix === machine.fused.matrix;
+    if (auto) for (const C of sizes) plan.push({ C, mode: 'fwd', options: { ...bf16 }, variant: `bf16 (${matrix})` });
+    for (const C of sizes) plan.push({ C, mode: 'fwdbwd', options: { ...bf16 }, variant: `bf16 (${matrix})` });
+    for (const C of sizes) plan.push({ C, mode: 'fwdbwd', options: { ...bf16, reuseOut: true }, variant: `bf16 (${matrix}), outputs reused` });
+  }
 }
 
 for (const p of plan) {
@@ -102,14 +108,15 @@ for (const [name] of PEAK_KINDS) {
 log(`peaks after the rows: ${PEAK_KINDS.map(([n]) => `${n} ${peaksAfter.gflops[n] == null ? '–' : fmtGflops(peaksAfter.gflops[n])}`).join(', ')}`);
 log(`error against float64 at C = ${fmtC(errorClasses)} (every path of this CPU)…`);
 const errors = pathErrors(pkg, errorClasses);
-const errorOf = (r) => errors.find((e) => e.path === (isBf16(r) ? `bf16 ${machine.fused.matrix}` : `fp32 ${r.options?.simd ?? machine.fused.simd}`));
+const errorOf = (r) => errors.find((e) => e.path === (isBf16(r) ? `bf16 ${r.options.matrix}` : `fp32 ${r.options?.simd ?? machine.fused.simd}`));
 const fmtErr = (e) => (e ? `${e.lossRelErr.toExponential(1)} / ${e.gradEmbeddingsRelMaxErr.toExponential(1)} / ${e.gradWeightsRelMaxErr.toExponential(1)}` : '–');
 const pct = (x) => (x == null || !Number.isFinite(x) ? '–' : `${(100 * x).toFixed(0)} %`);
 const bf16Peak = peaks['amx-bf16'] ?? peaks['avx512-bf16'];
 for (const r of runs) {
   if (r.status !== 'ok') continue;
   r.fractionOfFp32Peak = r.gflops / peaks.fp32;
-  if (isBf16(r) && bf16Peak) r.fractionOfBf16Peak = r.gflops / bf16Peak;
+  // A bf16 row on 'none' runs fp32 FMAs: its own peak is the fp32 one.
+  if (isBf16(r) && bf16Peak && r.options.matrix !== 'none') r.fractionOfBf16Peak = r.gflops / bf16Peak;
 }
 
 // ---------------------------------------------------------------- report
@@ -120,7 +127,7 @@ L.push(`${machine.cpuModel}, ${machine.logicalCores} logical cores, ${machine.fu
   `The ceiling is _productsSeconds: the same products with the same kernel, blocking and threads and no epilogue, its calls alternating with the loss's; ` +
   `loss / ceiling is the median over those adjacent pairs of ceiling time / loss time (the fraction of attainable GEMM speed the fused loss keeps). ` +
   `Load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at the end (a shared machine: other work was running).`, '');
-L.push(`CPU flags: ${machine.cpuFlags}. bf16 product path (deviceInfo().cpu.matrix): ${machine.fused.matrix}.`, '');
+L.push(`CPU flags: ${machine.cpuFlags}. bf16 product paths: ${machine.fused.matrixPaths.join(', ')}; 'auto' (deviceInfo().cpu.matrix) runs ${machine.fused.matrix}.`, '');
 L.push('Peaks (register-only loops on all threads, the better of a run before and one after the rows; load average then ' +
   `${peaksBefore.loadAverage[0].toFixed(1)} and ${peaksAfter.loadAverage[0].toFixed(1)}):`, '');
 L.push('| peak | GFLOP/s | × fp32 peak |', '|---|---|---|');
@@ -137,7 +144,7 @@ L.push('| C | pass | variant | time | GFLOP/s | of fp32 peak | of bf16 peak | fp
 L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of runs) {
   const ws = r.options?.reuseOut ? 'outputs reused' : r.options?.workspaceBytes === 0 ? 'workspace 0' : 'default';
-  const variant = isBf16(r) ? `bf16 ${machine.fused.matrix}, ${ws}` : ws;
+  const variant = isBf16(r) ? `bf16 ${r.options.matrix}, ${ws}` : ws;
   if (r.status !== 'ok') {
     L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${variant} | ${r.status} | | | | | | | | | |`);
     continue;
@@ -150,8 +157,10 @@ for (const r of runs) {
 }
 L.push('');
 
+// bf16: the matrix path of the row, or false for fp32.
 const find = (C, mode, ws0 = false, reuse = false, bf16 = false) =>
-  runs.find((r) => r.C === C && r.mode === mode && (r.options?.workspaceBytes === 0) === ws0 && !!r.options?.reuseOut === reuse && isBf16(r) === bf16 && r.status === 'ok');
+  runs.find((r) => r.C === C && r.mode === mode && (r.options?.workspaceBytes === 0) === ws0 && !!r.options?.reuseOut === reuse &&
+    (bf16 ? isBf16(r) && r.options.matrix === bf16 : !isBf16(r)) && r.status === 'ok');
 const summary = { peaks };
 const at1e5 = find(100000, 'fwdbwd');
 for (const C of [100000, 1000000]) {
@@ -164,14 +173,16 @@ for (const C of [100000, 1000000]) {
     L.push(`- fp32, C = ${fmtC(C)}, forward + backward${reuse ? ' (options.out)' : ''}: ${fmtGflops(r.gflops)} GFLOP/s = ${pct(r.fractionOfFp32Peak)} of the fp32 peak (target ≥ ${pct(target)}: ${r.fractionOfFp32Peak >= target ? 'met' : 'not met'} on this run), ${pct(r.fractionOfCeilingPaired)} of the GEMM ceiling.`);
   }
 }
-for (const C of sizes) {
-  for (const reuse of [false, true]) {
-    const f = find(C, 'fwdbwd', false, reuse), b = find(C, 'fwdbwd', false, reuse, true);
-    if (!f || !b) continue;
-    summary[`bf16Speedup_${C}${reuse ? '_outReused' : ''}`] = f.medianS / b.medianS;
-    const target = TARGETS.bf16[C];
-    const verdict = target && b.fractionOfBf16Peak ? ` (target ≥ ${pct(target)}: ${b.fractionOfBf16Peak >= target ? 'met' : 'not met'} on this run)` : '';
-    L.push(`- bf16 (${machine.fused.matrix}), C = ${fmtC(C)}, forward + backward${reuse ? ' (options.out)' : ''}: ${fmtTime(b.medianS)} vs ${fmtTime(f.medianS)} fp32 = ${(f.medianS / b.medianS).toFixed(2)}× (${pct(b.fractionOfFp32Peak)} of the fp32 peak${b.fractionOfBf16Peak ? `, ${pct(b.fractionOfBf16Peak)} of the bf16 peak${verdict}` : ''}; the bf16 peak is ${(bf16Peak / peaks.fp32).toFixed(2)}× the fp32 peak on this CPU).`);
+for (const matrix of bf16Paths) {
+  for (const C of sizes) {
+    for (const reuse of [false, true]) {
+      const f = find(C, 'fwdbwd', false, reuse), b = find(C, 'fwdbwd', false, reuse, matrix);
+      if (!f || !b) continue;
+      summary[`bf16Speedup_${matrix}_${C}${reuse ? '_outReused' : ''}`] = f.medianS / b.medianS;
+      const target = TARGETS.bf16[C];
+      const verdict = target && b.fractionOfBf16Peak ? ` (target ≥ ${pct(target)}: ${b.fractionOfBf16Peak >= target ? 'met' : 'not met'} on this run)` : '';
+      L.push(`- bf16 (${matrix}${matrix === machine.fused.matrix ? ", 'auto'" : ''}), C = ${fmtC(C)}, forward + backward${reuse ? ' (options.out)' : ''}: ${fmtTime(b.medianS)} vs ${fmtTime(f.medianS)} fp32 = ${(f.medianS / b.medianS).toFixed(2)}× (${pct(b.fractionOfFp32Peak)} of the fp32 peak${b.fractionOfBf16Peak ? `, ${pct(b.fractionOfBf16Peak)} of the bf16 peak${verdict}` : ''}${bf16Peak ? `; the bf16 peak is ${(bf16Peak / peaks.fp32).toFixed(2)}× the fp32 peak on this CPU` : ''}).`);
+    }
   }
 }
 const ws0 = find(100000, 'fwdbwd', true);

@@ -31,10 +31,9 @@ export function pathErrors(pkg, classes) {
   const refBf16 = referenceLoss({ ...p, weights: wBf16 }, { margin: MARGIN, scale: SCALE });
   // This CPU's best path and every path below it (each can be forced).
   const SIMD = ['avx512', 'avx2', 'portable'];
-  const MATRIX = ['amx-bf16', 'avx512-bf16', 'none'];
   const rows = [
     ...SIMD.slice(SIMD.indexOf(info.simd)).map((simd) => ({ path: `fp32 ${simd}`, simd, ref: refFp32, input: p, opts: { simd } })),
-    ...MATRIX.slice(MATRIX.indexOf(info.matrix)).map((matrix) => ({
+    ...info.matrixPaths.map((matrix) => ({
       path: `bf16 ${matrix}`, matrix, ref: refBf16, input: { ...p, weights: wBf16 }, opts: { weightsDtype: 'bfloat16', matrix },
     })),
   ];
@@ -57,7 +56,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   const pkg = loadPackage();
   const machine = machineDescription(pkg);
   const info = pkg.deviceInfo().cpu;
-  console.log(`${machine.cpuModel}: simd ${info.simd}, bf16 path ${info.matrix}; N=${N} d=${d} C=${C}, adaptive, s=${SCALE}`);
+  console.log(`${machine.cpuModel}: simd ${info.simd}, bf16 paths ${info.matrixPaths.join(', ')} ('auto': ${info.matrix}); N=${N} d=${d} C=${C}, adaptive, s=${SCALE}`);
   console.log('| path | loss rel. error | dX rel. max error | dW rel. max error |');
   console.log('|---|---|---|---|');
   for (const e of pathErrors(pkg, C)) {

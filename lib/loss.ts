@@ -51,7 +51,7 @@ export function deviceInfo(): DeviceInfo {
     const reason = nat.reason ?? 'the native addon did not load';
     return {
       backend: wasm.usable ? 'wasm' : 'none',
-      cpu: { threads: 0, simd: 'portable', simdWidth: 0, matrix: 'none', usable: false, reason },
+      cpu: { threads: 0, simd: 'portable', simdWidth: 0, matrix: 'none', matrixPaths: ['none'], usable: false, reason },
       cuda: { compiled: false, usable: false, reason },
       wasm: wasmInfo,
       mpi: { compiled: false, reason },

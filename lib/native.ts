@@ -1,6 +1,7 @@
 /** The compiled addon and the contract of its functions (native/addon.cc registers them; native/napi/ holds each operation). */
 import * as path from 'path';
 import { NativeError } from './errors';
+import type { CpuMatrixPath } from './types';
 
 export interface NativeLossOptions {
   kind: number;
@@ -102,7 +103,7 @@ export interface NativeAddon {
    */
   _marginKinds(): { name: string; code: number; angular: boolean; rowMargins: boolean; slots: Record<'m1' | 'm2' | 'm3', string>; typical: Record<'m1' | 'm2' | 'm3', number> }[];
   info(simd?: number): {
-    cpu: { threads: number; simd: 'avx512' | 'avx2' | 'neon' | 'portable'; simdWidth: number; matrix: 'amx-bf16' | 'avx512-bf16' | 'neon-bf16' | 'none' };
+    cpu: { threads: number; simd: 'avx512' | 'avx2' | 'neon' | 'portable'; simdWidth: number; matrix: CpuMatrixPath; matrixPaths: CpuMatrixPath[] };
     cuda: { compiled: boolean; usable: boolean; reason?: string; [key: string]: unknown };
   };
 }

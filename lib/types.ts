@@ -78,8 +78,8 @@ export interface LossOptions {
    * Class-centre precision. 'bfloat16': the centres are rounded to bf16 as they
    * are read, and the cosine tiles and both gradient products take bf16 operands
    * (X̂, the centres, the softmax gradient) with fp32 accumulation: tensor cores on
-   * CUDA; AMX, AVX512-BF16 or (aarch64) BFDOT on the CPU where it has them (`deviceInfo().cpu.matrix`,
-   * forced by `matrix`), else the same rounding with the fp32 kernels. Norms, the
+   * CUDA; AMX, AVX512-BF16 or (aarch64) BFDOT on the CPU where they are faster than fp32
+   * FMAs (`deviceInfo().cpu.matrix`, forced by `matrix`), else the same rounding with the fp32 kernels. Norms, the
    * target cosine (so the margin) and the chain rule stay fp32. Error bound: docs/cpu.md,
    * "bf16 on the CPU". Default 'float32'.
    */
@@ -150,8 +150,14 @@ export interface CpuInfo {
   simd: 'avx512' | 'avx2' | 'neon' | 'portable';
   /** Floats per vector register (16, 8 or 4). */
   simdWidth: number;
-  /** The path weightsDtype 'bfloat16' uses here: 'amx-bf16' needs AMX-BF16 and the OS's tile permission. */
+  /**
+   * The path weightsDtype 'bfloat16' uses here with `matrix: 'auto'`: the best of `matrixPaths`, except
+   * 'none' on Intel cores whose VDPBF16PS runs at half the fp32 FMA rate (Sapphire and Emerald Rapids
+   * without AMX), where fp32 FMAs on the widened bf16 values are faster.
+   */
   matrix: CpuMatrixPath;
+  /** Every bf16 product path this CPU can run, the best instructions first, 'none' last ('amx-bf16' needs AMX-BF16 and the OS's tile permission). */
+  matrixPaths: CpuMatrixPath[];
   /** The native addon loaded (the other fields describe the CPU only then). */
   usable: boolean;
   /** Why the native addon did not load, when it did not. */

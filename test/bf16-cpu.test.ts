@@ -20,8 +20,9 @@ import { randomProblem, referenceLoss, relMaxErr, roundBf16 } from './reference.
 const U = 2 ** -8; // bf16 unit roundoff (8 significand bits, round to nearest even)
 const S = 64;
 const ORDER: CpuMatrixPath[] = process.arch === 'arm64' ? ['none', 'neon-bf16'] : ['none', 'avx512-bf16', 'amx-bf16'];
-const best = deviceInfo().cpu.matrix;
-const available = new Set(ORDER.slice(0, ORDER.indexOf(best) + 1));
+const info = deviceInfo().cpu;
+const best = info.matrixPaths[0];
+const available = new Set(info.matrixPaths);
 const WHY: Record<CpuMatrixPath, string> = {
   none: '',
   'avx512-bf16': 'the CPU lacks AVX512-BF16 (VDPBF16PS)',
@@ -42,8 +43,9 @@ function expectSameResult(a: ReturnType<typeof lossAndGrad>, b: ReturnType<typeo
 }
 
 describe('bf16 paths of this CPU', () => {
-  test('deviceInfo().cpu.matrix names a path, consistent with the CPU flags', () => {
+  test('deviceInfo().cpu.matrixPaths: the paths at and below the best one, consistent with the CPU flags', () => {
     expect(ORDER).toContain(best);
+    expect(info.matrixPaths).toEqual([...ORDER.slice(0, ORDER.indexOf(best) + 1)].reverse());
     let flags: string[] | null = null;
     try {
       flags = (fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:\s*(.*)$/m)?.[1] ?? '').split(' ');
@@ -192,6 +194,24 @@ describe('bf16 paths of this CPU', () => {
     const s = sampled.step(p.embeddings, p.labels);
     expect(Number.isFinite(s.loss) && s.loss > 0).toBe(true);
     expect(s.loss).toBeLessThan(ref.loss);
+  });
+
+  test("'auto' runs deviceInfo().cpu.matrix: the best path, or 'none' on an Intel core with a half-rate VDPBF16PS", () => {
+    expect(available.has(info.matrix)).toBe(true);
+    let cpuinfo = '';
+    try {
+      cpuinfo = fs.readFileSync('/proc/cpuinfo', 'utf8');
+    } catch {
+      cpuinfo = ''; // not Linux: the rule is only checked where /proc/cpuinfo says what the CPU is
+    }
+    if (cpuinfo) {
+      const field = (name: string) => cpuinfo.match(new RegExp(`^${name}\\s*:\\s*(.*)$`, 'm'))?.[1] ?? '';
+      const halfRate = field('vendor_id') === 'GenuineIntel' && field('cpu family') === '6' && ['143', '207'].includes(field('model'));
+      expect(info.matrix).toBe(best === 'avx512-bf16' && halfRate ? 'none' : best);
+    }
+    const p = randomProblem(8, 400, 32, 36);
+    const m: Margin = { kind: 'adaptive' };
+    expectSameResult(lossAndGrad(p, { margin: m, ...bf16('auto' as CpuMatrixPath) }), lossAndGrad(p, { margin: m, ...bf16(info.matrix) }));
   });
 
   test('a path the CPU lacks falls back to the best one it has', () => {

@@ -19,7 +19,7 @@ describe('_peakGflops', () => {
   });
 
   test('bf16 peaks exist exactly where the matrix path does', () => {
-    const m = deviceInfo().cpu.matrix;
+    const m = deviceInfo().cpu.matrixPaths[0];
     const dp = native._peakGflops(1, 1, -1, 0.005);
     const amx = native._peakGflops(2, 1, -1, 0.005);
     if (m === 'none') expect(dp).toBe(0);

@@ -32,12 +32,19 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // The best path this CPU (and, for AMX, the OS) allows; computed once.
 MatrixPath best_matrix_path();
-// requested: −1 = best; otherwise the path asked for, or where the CPU lacks
+// The path 'auto' runs: the best one, except 'none' where the CPU's bf16 dot
+// product is slower than fp32 FMAs on the widened values (bf16_dot_half_rate).
+MatrixPath auto_matrix_path();
+// requested: −1 = auto_matrix_path(); otherwise the path asked for, or where the CPU lacks
 // it the best one it has at or below it (as the SIMD option falls back); the
 // ranks: none < avx512-bf16 = neon-bf16 < amx-bf16.
 MatrixPath resolve_matrix_path(int requested);
 const char* matrix_path_name(MatrixPath p);
+// The CPU (and, for AMX, the OS) can run path p ('none' always).
+bool matrix_available(MatrixPath p);
 bool cpu_has_avx512_bf16();
+// An Intel core whose VDPBF16PS runs at half the fp32 FMA rate (bf16_gemm.cc).
+bool bf16_dot_half_rate();
 // CPUID says AMX-TILE and AMX-BF16, and the kernel granted the tile-data
 // permission to this process (arch_prctl(ARCH_REQ_XCOMP_PERM), asked once).
 bool amx_bf16_usable();

@@ -1,6 +1,8 @@
 // device_info.cc — info(simd?) → { cpu, cuda }: what lib/'s deviceInfo() and
 // backends() report. simd (optional): the SIMD width to describe (−1 the best).
-//   cpu:  threads, simd (name), simdWidth, matrix (the bf16 product path)
+//   cpu:  threads, simd (name), simdWidth, matrix (the bf16 product path
+//         'auto' runs), matrixPaths (every bf16 product path this CPU can
+//         run, the best instructions first, 'none' last)
 //   cuda: compiled, usable, reason (when not usable); with a usable device its
 //         name, computeCapability, totalMemory, freeMemory, driverVersion,
 //         runtimeVersion, multiprocessors; headBytes (held by device heads).
@@ -21,7 +23,11 @@ Napi::Object cpu_info(Napi::Env env, int requested_simd) {
   cpu.Set("threads", cpu_default_threads());
   cpu.Set("simd", simd_level_name(level));
   cpu.Set("simdWidth", kernels_for(level).vw);
-  cpu.Set("matrix", matrix_path_name(best_matrix_path()));
+  cpu.Set("matrix", matrix_path_name(auto_matrix_path()));
+  Napi::Array paths = Napi::Array::New(env);
+  for (MatrixPath p : {MatrixPath::AmxBf16, MatrixPath::Avx512Bf16, MatrixPath::NeonBf16, MatrixPath::None})
+    if (matrix_available(p)) paths.Set(paths.Length(), matrix_path_name(p));
+  cpu.Set("matrixPaths", paths);
   return cpu;
 }
 
