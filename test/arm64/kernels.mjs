@@ -57,7 +57,7 @@ const SHAPES = [
   [9, 150, 520],
 ];
 const simdLevels = [...new Set(['portable', info.simd])];
-const matrixPaths = [...new Set(['none', info.matrix])];
+const matrixPaths = [...info.matrixPaths].reverse(); // 'none' first, then the bf16 instructions the CPU has
 let checks = 0;
 
 function checkFp32(simd, p, margin) {
