@@ -10,7 +10,7 @@
 # on the held-out characters. The settings and the measurements behind them
 # are in docs/results/pilots/README.md.
 # Uses ../../shared/data relative to train/examples; skips when it is absent.
-# Extra arguments are passed to train (for example --workers 2 --seed 1).
+# Extra arguments are passed to train (for example --workers 1 --seed 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=../../shared/data/omniglot_background

@@ -8,7 +8,7 @@
 # s = 30 did not do better: docs/results/pilots/README.md.
 # 3,000 training images: a few minutes (about 80 img/s per core by CPU time, bench/train_step.mjs).
 # Uses ../../shared/data relative to train/examples; skips when it is absent.
-# Extra arguments are passed to train (for example --workers 2 --seed 1).
+# Extra arguments are passed to train (for example --workers 1 --seed 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=../../shared/data/orl_faces

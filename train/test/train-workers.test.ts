@@ -56,8 +56,12 @@ function outcome(r: TrainResult, withTheta = true): unknown {
   };
 }
 
-test('--workers takes an integer ≥ 1 (default 1)', () => {
-  expect(configFromArgs(parse([]).values, 'train').workers).toBe(1);
+test('--workers takes an integer ≥ 1 or auto (the default: 2 on two CPUs or more, 1 with --distributed mpi)', () => {
+  const auto = Math.min(2, os.availableParallelism());
+  expect(configFromArgs(parse([]).values, 'train').workers).toBe(auto);
+  expect(configFromArgs(parse(['--workers', 'auto']).values, 'train').workers).toBe(auto);
+  expect(configFromArgs(parse(['--distributed', 'mpi']).values, 'train').workers).toBe(1);
+  expect(configFromArgs(parse(['--workers', '1']).values, 'train').workers).toBe(1);
   expect(configFromArgs(parse(['--workers', '2']).values, 'train').workers).toBe(2);
   expect(() => configFromArgs(parse(['--workers', '0']).values, 'train')).toThrow(UsageError);
   expect(() => configFromArgs(parse(['--workers', 'two']).values, 'train')).toThrow(UsageError);
