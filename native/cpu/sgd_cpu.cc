@@ -2,6 +2,7 @@
 #include "sgd_cpu.h"
 
 #include "../margin_math.h"  // the stochastic rounding (bf16_round_stochastic), bf16_bits_to_float
+#include "simd_dispatch.h"  // best_simd_width
 #include "target_region.h"
 
 namespace ms {
@@ -72,11 +73,8 @@ MS_TARGET_POP
 void sgd_momentum_row_bf16(uint16_t* w, float* b, const float* g, float momentum, float weight_decay, float lr,
                            int64_t d, uint64_t key, uint64_t group0) {
 #ifdef MS_SGD_AVX512
-  static const bool avx512 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  }();
+  // The dispatch's AVX-512 level (F, VL, DQ) and the 16-bit lanes (BW).
+  static const bool avx512 = best_simd_width() == kSimdAvx512 && __builtin_cpu_supports("avx512bw");
   if (avx512) return sgd_momentum_row_bf16_avx512(w, b, g, momentum, weight_decay, lr, d, key, group0);
 #endif
   sgd_momentum_row_bf16_base(w, b, g, momentum, weight_decay, lr, d, key, group0);
