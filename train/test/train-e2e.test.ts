@@ -106,4 +106,21 @@ describe.skipIf(!haveOrl)('train → eval on ORL faces (adaptive loss)', () => {
     expect(resumed.epochs[7].loss!).toBeLessThan(Math.max(2 * r.epochs[6].loss!, 10));
     expect(JSON.parse(fs.readFileSync(path.join(out, 'checkpoint', 'state.json'), 'utf8')).epoch).toBe(7);
   }, 300_000);
+
+  test("--init-from starts a run from another run's backbone; another architecture is refused", async () => {
+    const source = await runEval({ checkpoint: out });
+    const stateBefore = fs.readFileSync(path.join(out, 'checkpoint', 'state.json'), 'utf8');
+    const tuned = await train({ ...cfg, out: path.join(tmp, 'orl-init'), epochs: 1, lrSteps: [], initFrom: out }, { verbose: false, plots: false });
+    // Epoch 0 evaluates the loaded backbone: the source run's own verification, exactly.
+    expect(tuned.before!.accuracy).toEqual(source.result.accuracy);
+    expect(tuned.before!.auc).toBe(source.result.auc);
+    expect(tuned.after!.accuracy.mean).not.toBe(tuned.before!.accuracy.mean);
+    expect(fs.readFileSync(path.join(out, 'checkpoint', 'state.json'), 'utf8')).toBe(stateBefore);
+    await expect(train({ ...cfg, out: path.join(tmp, 'orl-init-256'), dim: 256, initFrom: out }, { verbose: false })).rejects.toThrow(
+      /another architecture than this run's:\n {2}dim: 512 \(checkpoint\) vs 256 \(now\)/,
+    );
+    await expect(train({ ...cfg, out: path.join(tmp, 'orl-init-none'), initFrom: path.join(tmp, 'no-run') }, { verbose: false })).rejects.toThrow(
+      /Nothing to start from/,
+    );
+  }, 300_000);
 });

@@ -66,6 +66,8 @@ const RUNS_HELP = `Runs:
   --out DIR              run folder: config.json, metrics.jsonl, theta.jsonl, eval.json, checkpoint/, plots/
   --resume               continue from DIR/checkpoint (same options)
   --overwrite            start afresh in a DIR that already holds a run
+  --init-from RUN        start the backbone from RUN/checkpoint (another run, same --size, --channels,
+                         --widths, --blocks, --dropout and --dim); the head starts afresh for this data
   --eval-every N         verification every N epochs (default 1; 0 = never)
   --eval-flip            test-time flip averaging of embeddings
   --eval-seed N          seed of the impostor pairs and the gallery choice (default 0)

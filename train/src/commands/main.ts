@@ -121,7 +121,7 @@ async function trainCommand(values: Values): Promise<number> {
   const r = await train(cfg, { verbose: !values.quiet, handleSignals: true, resume: values.resume, overwrite: values.overwrite, plots: !values['no-plots'], logResult: false });
   if (r.after) process.stdout.write(formatVerification(r.after, `${marginLabel(cfg.margin)} after epoch ${r.epochs[r.epochs.length - 1]?.epoch}`) + '\n');
   if (r.before && r.after) {
-    process.stdout.write(`untrained backbone: ${(100 * r.before.accuracy.mean).toFixed(2)} % → trained: ${(100 * r.after.accuracy.mean).toFixed(2)} %; training ${r.imgPerSec.toFixed(1)} img/s (head on ${r.headBackend}); wall ${r.wallSeconds.toFixed(0)} s\n`);
+    process.stdout.write(`${cfg.initFrom ? 'initial' : 'untrained'} backbone: ${(100 * r.before.accuracy.mean).toFixed(2)} % → trained: ${(100 * r.after.accuracy.mean).toFixed(2)} %; training ${r.imgPerSec.toFixed(1)} img/s (head on ${r.headBackend}); wall ${r.wallSeconds.toFixed(0)} s\n`);
   }
   writeJson(values.json, { out: r.out, headBackend: r.headBackend, stopped: r.stopped, imgPerSec: r.imgPerSec, wallSeconds: r.wallSeconds, before: r.before, after: r.after, epochs: r.epochs });
   return r.stopped ? 130 : 0;

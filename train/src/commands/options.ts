@@ -15,6 +15,7 @@ const OPTIONS = {
   out: { type: 'string' },
   resume: { type: 'boolean' },
   overwrite: { type: 'boolean' },
+  'init-from': { type: 'string' },
   checkpoint: { type: 'string' },
   'all-identities': { type: 'boolean' },
   'val-classes': { type: 'string' },
@@ -192,6 +193,8 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.workers = v.workers === undefined || v.workers === 'auto' ? autoWorkers(c.distributed) : int(v.workers, 'workers', 1)!;
   c.evalEvery = int(v['eval-every'], 'eval-every') ?? c.evalEvery;
   c.evalFlip = v['eval-flip'] ?? c.evalFlip;
+  if (v['init-from'] !== undefined && v['init-from'].trim() === '') throw new UsageError('Expected a run folder for --init-from but received an empty string');
+  c.initFrom = v['init-from'] ?? c.initFrom;
   c.evalSeed = int(v['eval-seed'], 'eval-seed') ?? c.evalSeed;
   c.thetaSamples = int(v['theta-samples'], 'theta-samples') ?? c.thetaSamples;
   return c;
@@ -218,6 +221,7 @@ export function defaultSteps(epochs: number): number[] {
 const ONLY_FOR: Partial<Record<keyof typeof OPTIONS, Command[]>> = {
   checkpoint: ['eval'],
   'all-identities': ['eval'],
+  'init-from': ['train'],
   losses: ['compare'],
   seeds: ['compare'],
   backend: ['train', 'compare'],

@@ -13,6 +13,7 @@ import * as path from 'path';
 import type * as TF from '@tensorflow/tfjs';
 import { MarginHead, removeStaleTemporaries } from 'margin-softmax';
 import { fingerprintDiff } from './config';
+import type { BackboneConfig } from '../model/backbone';
 import type { BackboneSgd } from '../model/optimizer';
 import type { Tf } from '../model/tf';
 
@@ -170,6 +171,31 @@ export function checkFingerprint(state: CheckpointState, now: Record<string, unk
 
 export async function loadBackbone(tf: Tf, out: string): Promise<TF.LayersModel> {
   return tf.loadLayersModel(fileLoadHandler(checkpointDir(out)));
+}
+
+/**
+ * The backbone of another run's checkpoint, to start this run from (--init-from):
+ * refused unless its architecture (input size, channels, widths, blocks,
+ * dropout, embedding size) is this run's. Reads that folder and changes nothing in it.
+ */
+export async function loadInitialBackbone(tf: Tf, dir: string, backbone: BackboneConfig): Promise<TF.LayersModel> {
+  const file = path.join(checkpointDir(dir), 'state.json');
+  if (!fs.existsSync(file)) throw new CheckpointMismatchError(`Nothing to start from: ${checkpointDir(dir)} holds no run checkpoint (--init-from takes the folder of a finished or saved run)`);
+  const state = JSON.parse(fs.readFileSync(file, 'utf8')) as CheckpointState;
+  if (state.format !== 'margin-softmax/run') throw new CheckpointMismatchError(`${file} is not a margin-softmax run checkpoint`);
+  const saved: Record<string, unknown> = {};
+  const now: Record<string, unknown> = {};
+  for (const k of Object.keys(backbone) as (keyof BackboneConfig)[]) {
+    saved[k] = state.fingerprint[k];
+    now[k] = backbone[k];
+  }
+  const diff = fingerprintDiff(saved, now);
+  if (diff.length) {
+    throw new CheckpointMismatchError(
+      `The backbone in ${checkpointDir(dir)} has another architecture than this run's:\n  ${diff.join('\n  ')}\n` + `Pass the options of the run that wrote it (--size, --channels, --widths, --blocks, --dropout, --dim).`,
+    );
+  }
+  return loadBackbone(tf, dir);
 }
 
 export function loadHead(out: string, backend: 'auto' | 'cpu' | 'cuda' = 'auto'): MarginHead {

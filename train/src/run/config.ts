@@ -52,6 +52,8 @@ export interface TrainConfig extends BackboneConfig {
 
   /** Test-time flip averaging in evaluation. */
   evalFlip: boolean;
+  /** A run folder whose checkpoint's backbone starts this run (fine-tuning); the head starts afresh. */
+  initFrom: string | null;
   /** Evaluate on the held-out identities after every epoch (and before training). */
   evalEvery: number;
   evalSeed: number;
@@ -106,6 +108,7 @@ export const DEFAULT_CONFIG: TrainConfig = {
   scaleJitter: 0,
   shear: 0,
   evalFlip: false,
+  initFrom: null,
   evalEvery: 1,
   evalSeed: 0,
   thetaSamples: 4096,

@@ -27,7 +27,7 @@ export function evaluateBefore(run: RunState): VerificationResult | null {
   if (run.progress.resumed) return fs.existsSync(ctx.files.eval) ? ((JSON.parse(fs.readFileSync(ctx.files.eval, 'utf8')).before as VerificationResult) ?? null) : null;
   if (!(ctx.cfg.evalEvery > 0 && ctx.isRoot)) return null;
   const before = run.model.evaluate() as VerificationResult;
-  ctx.log(formatVerification(before, 'epoch 0 (untrained backbone)'));
+  ctx.log(formatVerification(before, ctx.cfg.initFrom ? `epoch 0 (backbone of ${ctx.cfg.initFrom})` : 'epoch 0 (untrained backbone)'));
   const r: EpochRecord = { epoch: 0, lr: null, loss: null, trainAcc: null, images: 0, imgPerSec: null, trainSeconds: 0, theta: null, val: valRecord(before) };
   run.progress.records.push(r);
   fs.appendFileSync(ctx.files.metrics, JSON.stringify(r) + '\n');

@@ -18,7 +18,7 @@ import { evaluateVerification } from '../eval/evaluate';
 import { buildBackbone, countParams } from '../model/backbone';
 import { BackboneSgd } from '../model/optimizer';
 import type { Tf } from '../model/tf';
-import { checkFingerprint, CheckpointMismatchError, loadBackbone, loadHead, loadOptimizerState, readCheckpointState, type CheckpointState } from './checkpoint';
+import { checkFingerprint, CheckpointMismatchError, loadBackbone, loadHead, loadInitialBackbone, loadOptimizerState, readCheckpointState, type CheckpointState } from './checkpoint';
 import { affineOf, backboneOf, marginLabel, modelFingerprint, openSource, type TrainConfig } from './config';
 import { agreeOnResume, broadcastVariables, headShardsDir, loadShardedHead } from './distributed';
 import { makeHeadLoss } from './head-loss';
@@ -129,7 +129,8 @@ export async function buildModelAndHead(
     }
     return { backbone, head, sharded: null };
   }
-  const backbone = buildBackbone(tf, backboneOf(cfg), cfg.seed);
+  // --init-from: rank 0 loads the other run's backbone; the other ranks get it in makeOptimizer.
+  const backbone = cfg.initFrom && ctx.isRoot ? await loadInitialBackbone(tf, cfg.initFrom, backboneOf(cfg)) : buildBackbone(tf, backboneOf(cfg), cfg.seed);
   const headOptions = {
     classes: split.trainClasses.length,
     dim: cfg.dim,
