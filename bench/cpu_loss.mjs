@@ -12,7 +12,8 @@
 // deviceInfo().cpu.matrix, and the best bf16 instructions of deviceInfo().cpu.matrixPaths
 // where 'auto' runs another path), fresh outputs and options.out; peak RSS and the memory beyond inputs and
 // outputs (one child process per row, so each peak is clean); and the tile
-// workspace's effect (default 64 MiB vs 0 = always recompute) at C = 10⁵; and
+// workspace's effect (default 64 MiB vs 0 = always recompute) at C = 10⁵ and
+// (64 vs 128 MiB) at C = 10⁶; and
 // each path's error against the float64 reference (bench/cpu_paths_error.mjs,
 // at C = --error-classes, 10⁴ by default: the reference is O(N·d·C) in
 // JavaScript; the kernels and blocking do not depend on C).
@@ -73,6 +74,9 @@ const baseOptions = threads ? { threads: Number(threads) } : {};
 const plan = [];
 for (const C of sizes) for (const mode of ['fwd', 'fwdbwd']) plan.push({ C, mode, options: { ...baseOptions }, variant: 'default workspace (64 MiB)' });
 if (sizes.includes(100000)) plan.push({ C: 100000, mode: 'fwdbwd', options: { ...baseOptions, workspaceBytes: 0 }, variant: 'workspaceBytes: 0 (recompute every tile)' });
+// Where the default workspace holds only part of the tiles, the figure a larger one buys (memory for speed).
+const WS_LARGE = 128 << 20;
+if (sizes.includes(1000000)) plan.push({ C: 1000000, mode: 'fwdbwd', options: { ...baseOptions, workspaceBytes: WS_LARGE }, variant: 'workspaceBytes: 128 MiB' });
 for (const C of sizes) plan.push({ C, mode: 'fwdbwd', options: { ...baseOptions, reuseOut: true }, variant: 'outputs reused (options.out)' });
 // The bf16 paths timed: the one 'auto' runs, then the best bf16 instructions where 'auto' runs another.
 const bf16Paths = [...new Set([machine.fused.matrix, machine.fused.matrixPaths[0]])];
@@ -143,7 +147,8 @@ L.push('');
 L.push('| C | pass | variant | time | GFLOP/s | of fp32 peak | of bf16 peak | fp32 ceiling time | ceiling GFLOP/s | loss / ceiling | peak RSS | extra beyond inputs + outputs | error vs float64 (loss / dX / dW) |');
 L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of runs) {
-  const ws = r.options?.reuseOut ? 'outputs reused' : r.options?.workspaceBytes === 0 ? 'workspace 0' : 'default';
+  const wb = r.options?.workspaceBytes;
+  const ws = r.options?.reuseOut ? 'outputs reused' : wb === undefined ? 'default' : `workspace ${wb === 0 ? '0' : fmtBytes(wb)}`;
   const variant = isBf16(r) ? `bf16 ${r.options.matrix}, ${ws}` : ws;
   if (r.status !== 'ok') {
     L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${variant} | ${r.status} | | | | | | | | | |`);
@@ -157,15 +162,15 @@ for (const r of runs) {
 }
 L.push('');
 
-// bf16: the matrix path of the row, or false for fp32.
-const find = (C, mode, ws0 = false, reuse = false, bf16 = false) =>
-  runs.find((r) => r.C === C && r.mode === mode && (r.options?.workspaceBytes === 0) === ws0 && !!r.options?.reuseOut === reuse &&
+// ws: the row's workspaceBytes (undefined: the default); bf16: the matrix path of the row, or false for fp32.
+const find = (C, mode, ws = undefined, reuse = false, bf16 = false) =>
+  runs.find((r) => r.C === C && r.mode === mode && r.options?.workspaceBytes === ws && !!r.options?.reuseOut === reuse &&
     (bf16 ? isBf16(r) && r.options.matrix === bf16 : !isBf16(r)) && r.status === 'ok');
 const summary = { peaks };
 const at1e5 = find(100000, 'fwdbwd');
 for (const C of [100000, 1000000]) {
   for (const reuse of [false, true]) {
-    const r = find(C, 'fwdbwd', false, reuse);
+    const r = find(C, 'fwdbwd', undefined, reuse);
     if (!r) continue;
     const key = `fp32FractionOfPeak_${C}${reuse ? '_outReused' : ''}`;
     summary[key] = r.fractionOfFp32Peak;
@@ -176,7 +181,7 @@ for (const C of [100000, 1000000]) {
 for (const matrix of bf16Paths) {
   for (const C of sizes) {
     for (const reuse of [false, true]) {
-      const f = find(C, 'fwdbwd', false, reuse), b = find(C, 'fwdbwd', false, reuse, matrix);
+      const f = find(C, 'fwdbwd', undefined, reuse), b = find(C, 'fwdbwd', undefined, reuse, matrix);
       if (!f || !b) continue;
       summary[`bf16Speedup_${matrix}_${C}${reuse ? '_outReused' : ''}`] = f.medianS / b.medianS;
       const target = TARGETS.bf16[C];
@@ -185,20 +190,25 @@ for (const matrix of bf16Paths) {
     }
   }
 }
-const ws0 = find(100000, 'fwdbwd', true);
+const ws0 = find(100000, 'fwdbwd', 0);
 if (at1e5 && ws0) {
   summary.workspaceSpeedup = ws0.medianS / at1e5.medianS;
   L.push(`- Tile workspace at C = 10⁵, forward + backward: default ${fmtTime(at1e5.medianS)}, 0 bytes (recompute) ${fmtTime(ws0.medianS)}: the workspace saves ${(100 * (1 - at1e5.medianS / ws0.medianS)).toFixed(0)} % (peak RSS ${fmtBytes(at1e5.peakRssBytes)} vs ${fmtBytes(ws0.peakRssBytes)}, extra ${fmtBytes(at1e5.extraBytes)} vs ${fmtBytes(ws0.extraBytes)}).`);
 }
+const at1e6 = find(1000000, 'fwdbwd');  // the default row (64 MiB workspace, fresh outputs)
+const wsLarge = find(1000000, 'fwdbwd', WS_LARGE);
+if (at1e6 && wsLarge) {
+  summary.workspace128MiBSpeedup_1000000 = at1e6.medianS / wsLarge.medianS;
+  L.push(`- Tile workspace at C = 10⁶, forward + backward: default (64 MiB) ${fmtTime(at1e6.medianS)}, 128 MiB ${fmtTime(wsLarge.medianS)} (${(at1e6.medianS / wsLarge.medianS).toFixed(2)}×; extra memory ${fmtBytes(at1e6.extraBytes)} vs ${fmtBytes(wsLarge.extraBytes)}).`);
+}
 for (const C of sizes) {
   const fresh = find(C, 'fwdbwd');
-  const reused = find(C, 'fwdbwd', false, true);
+  const reused = find(C, 'fwdbwd', undefined, true);
   if (fresh && reused) {
     summary[`reuseOutSpeedup_${C}`] = fresh.medianS / reused.medianS;
     L.push(`- C = ${fmtC(C)}, forward + backward with the outputs reused (options.out): ${fmtTime(reused.medianS)} (${fmtGflops(reused.gflops)} GFLOP/s) vs ${fmtTime(fresh.medianS)} with fresh output arrays per call.`);
   }
 }
-const at1e6 = find(1000000, 'fwdbwd');
 if (at1e6) {
   summary.peakRssAt1e6 = at1e6.peakRssBytes;
   summary.extraAt1e6 = at1e6.extraBytes;
