@@ -64,8 +64,9 @@ test('the report merges the entries present, names the missing runs and pairs ea
   expect(text).toContain('| adaptive(m1=0.03, m2=0.5) | +1.00 ± 2.83 | 1 | 2 |');
   // one-shot: +5 and +1 → +3.00 ± 2.83, two won.
   expect(text).toContain('| adaptive(m1=0.03, m2=0.5) | +3.00 ± 2.83 | 2 | 2 |');
-  // cosface has one paired seed for verification, none for one-shot.
-  expect(text).toContain('| cosface(m=0.35) | −1.00 ± 0.00 | 0 | 1 |');
+  // cosface has one paired seed for verification (no spread to give), none for one-shot.
+  expect(text).toContain('| cosface(m=0.35) | −1.00 | 0 | 1 |');
+  expect(text).toContain('| cosface(m=0.35) | 79.00 | 1 |');
   expect(text).toContain('| cosface(m=0.35) | — | 0 | 0 |');
   expect(text).toContain('| arcface(m=0.5) | 81.00 ± 1.41 | 2 |');
 });
@@ -75,6 +76,15 @@ test('an entry trained with another configuration is listed apart, not merged', 
   const text = ledgerReport(entries, [arc, ada], [0], 'arcface');
   expect(text).toContain('Left out (another configuration than the reference\u2019s runs)'.replace('\u2019', "'"));
   expect(text).toContain('| adaptive(m1=0.03, m2=0.5) | — | 0 |');
+});
+
+test('an option unset (null) and an option absent are the same configuration; one set is another', () => {
+  const entries = [entry(arc, 0, 0.8, 0.7, { epochs: 3, size: 32 }), entry(ada, 0, 0.9, 0.9, { size: 32, epochs: 3, initFrom: null })];
+  const merged = ledgerReport(entries, [arc, ada], [0], 'arcface');
+  expect(merged).not.toContain('Left out');
+  expect(merged).toContain('| adaptive(m1=0.03, m2=0.5) | +10.00 | 1 | 1 |');
+  const apart = ledgerReport([entries[0], entry(ada, 0, 0.9, 0.9, { epochs: 3, size: 32, initFrom: 'runs/x' })], [arc, ada], [0], 'arcface');
+  expect(apart).toContain('Left out (another configuration');
 });
 
 test('readEntries reads the ledger files of a folder and ignores other JSON', () => {

@@ -103,7 +103,11 @@ const pct = (x: number) => (100 * x).toFixed(2);
  * listed apart, never merged.
  */
 export function ledgerReport(entries: LedgerEntry[], losses: Margin[], seeds: number[], reference: string): string {
-  const key = (c: Record<string, unknown>) => JSON.stringify({ ...c, margin: undefined, seed: undefined, backend: undefined, workers: undefined });
+  // Options left unset are null in a configuration and absent from one written
+  // before the option existed: both mean the default, so neither enters the key.
+  const ignored = new Set(['margin', 'seed', 'backend', 'workers']);
+  const key = (c: Record<string, unknown>) =>
+    JSON.stringify(Object.entries(c).filter(([k, v]) => !ignored.has(k) && v !== null && v !== undefined).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
   const labels = losses.map(marginLabel);
   const ref = labels.find((l) => l === reference || l.startsWith(`${reference}(`));
   const byLoss = new Map(labels.map((l) => [l, new Map<number, LedgerEntry>()]));
@@ -124,7 +128,8 @@ export function ledgerReport(entries: LedgerEntry[], losses: Margin[], seeds: nu
     for (const l of labels) {
       const v = [...byLoss.get(l)!.values()].map(m.pick).filter((x): x is number => x !== null);
       const { mean, std } = meanStd(v);
-      lines.push(`| ${l} | ${v.length ? `${pct(mean)} ± ${pct(std)}` : '—'} | ${v.length} |`);
+      // One seed has no spread to report: its mean stands alone.
+      lines.push(`| ${l} | ${v.length ? `${pct(mean)}${v.length > 1 ? ` ± ${pct(std)}` : ''}` : '—'} | ${v.length} |`);
     }
     if (!ref) continue;
     lines.push('', `Paired by seed: ${m.name} of each loss minus ${ref} (points; mean ± std of the per-seed differences; seeds won; n)`, '', '| loss | difference | won | n |', '|---|---:|---:|---:|');
@@ -138,7 +143,7 @@ export function ledgerReport(entries: LedgerEntry[], losses: Margin[], seeds: nu
         if (typeof x === 'number' && typeof y === 'number') d.push(x - y);
       }
       const { mean, std } = meanStd(d);
-      lines.push(`| ${l} | ${d.length ? `${mean < 0 ? '−' : '+'}${pct(Math.abs(mean))} ± ${pct(std)}` : '—'} | ${d.filter((x) => x > 0).length} | ${d.length} |`);
+      lines.push(`| ${l} | ${d.length ? `${mean < 0 ? '−' : '+'}${pct(Math.abs(mean))}${d.length > 1 ? ` ± ${pct(std)}` : ''}` : '—'} | ${d.filter((x) => x > 0).length} | ${d.length} |`);
     }
   }
   return lines.join('\n');
