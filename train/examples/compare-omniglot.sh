@@ -3,7 +3,8 @@
 # settings, with each loss at its paper parameters), one run at a time, each
 # finished run recorded as docs/results/compare-omniglot/<loss>-seed<k>.json
 # (commit them). A run whose file exists is skipped, so the comparison
-# accumulates over several sittings: run this again to continue. At the end
+# accumulates over several sittings: run this again to continue (LOSSES=a,b and
+# SEEDS=0 run a part, for example one loss per core). At the end
 # (and with REPORT_ONLY=1 alone) the report merges the files present, names
 # the runs still missing, and gives each loss minus ArcFace seed by seed:
 # docs/results/compare-omniglot/compare.md.
@@ -14,8 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=../../shared/data/omniglot_background
 RESULTS=${RESULTS:-../docs/results/compare-omniglot}
-LOSSES=${LOSSES:-softmax,arcface,cosface,combined,elastic-arc,cvm,adaptive}
-SEEDS=${SEEDS:-0,1,2}
+ALL_LOSSES=softmax,arcface,cosface,combined,elastic-arc,cvm,adaptive
+ALL_SEEDS=0,1,2
+LOSSES=${LOSSES:-$ALL_LOSSES}
+SEEDS=${SEEDS:-$ALL_SEEDS}
 EPOCHS=${EPOCHS:-40}
 STEPS=${STEPS:-25,35}
 if [ ! -d "$DATA" ]; then echo "skipping: $DATA not found (Omniglot lives in ../../shared/data)"; exit 0; fi
@@ -36,4 +39,5 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
     done
   done
 fi
-node dist/commands/ledger.js report "$RESULTS" --losses "$LOSSES" --seeds "$SEEDS" --reference arcface
+# The report covers the whole comparison, whichever LOSSES and SEEDS this call ran.
+node dist/commands/ledger.js report "$RESULTS" --losses "$ALL_LOSSES" --seeds "$ALL_SEEDS" --reference arcface
