@@ -95,6 +95,24 @@ const METRICS: Metric[] = [
 
 const pct = (x: number) => (100 * x).toFixed(2);
 
+/** `values` as "mean ± std" in percent (sign first where `signed`); one value has no spread, so its mean stands alone. */
+function meanCell(values: number[], signed = false): string {
+  if (!values.length) return '—';
+  const { mean, std } = meanStd(values);
+  const m = signed ? `${mean < 0 ? '−' : '+'}${pct(Math.abs(mean))}` : pct(mean);
+  return values.length > 1 ? `${m} ± ${pct(std)}` : m;
+}
+
+// What makes two runs comparable: their configuration less loss, seed and the
+// execution options. Options left unset are null in a configuration and absent
+// from one written before the option existed: both mean the default, so
+// neither enters the key.
+const NOT_SETUP = new Set(['margin', 'seed', 'backend', 'workers']);
+function setupKey(config: Record<string, unknown>): string {
+  const set = Object.entries(config).filter(([k, v]) => !NOT_SETUP.has(k) && v !== null && v !== undefined);
+  return JSON.stringify(set.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
 /**
  * The merged report: per loss the mean ± std over the seeds present, the
  * runs still missing, and each loss minus the reference loss seed by seed
@@ -103,19 +121,15 @@ const pct = (x: number) => (100 * x).toFixed(2);
  * listed apart, never merged.
  */
 export function ledgerReport(entries: LedgerEntry[], losses: Margin[], seeds: number[], reference: string): string {
-  // Options left unset are null in a configuration and absent from one written
-  // before the option existed: both mean the default, so neither enters the key.
-  const ignored = new Set(['margin', 'seed', 'backend', 'workers']);
-  const key = (c: Record<string, unknown>) =>
-    JSON.stringify(Object.entries(c).filter(([k, v]) => !ignored.has(k) && v !== null && v !== undefined).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
   const labels = losses.map(marginLabel);
   const ref = labels.find((l) => l === reference || l.startsWith(`${reference}(`));
   const byLoss = new Map(labels.map((l) => [l, new Map<number, LedgerEntry>()]));
   const recipe = entries.find((e) => e.loss === ref)?.config ?? entries[0]?.config;
+  const recipeKey = recipe && setupKey(recipe);
   const foreign: LedgerEntry[] = [];
   for (const e of entries) {
     if (!byLoss.has(e.loss) || !seeds.includes(e.seed)) continue;
-    if (recipe && key(e.config) !== key(recipe)) foreign.push(e);
+    if (recipeKey && setupKey(e.config) !== recipeKey) foreign.push(e);
     else byLoss.get(e.loss)!.set(e.seed, e);
   }
   const lines: string[] = [];
@@ -127,9 +141,7 @@ export function ledgerReport(entries: LedgerEntry[], losses: Margin[], seeds: nu
     lines.push('', `${m.name} (${m.unit}) on held-out identities, mean ± std over the seeds present (n)`, '', '| loss | mean ± std | n |', '|---|---:|---:|');
     for (const l of labels) {
       const v = [...byLoss.get(l)!.values()].map(m.pick).filter((x): x is number => x !== null);
-      const { mean, std } = meanStd(v);
-      // One seed has no spread to report: its mean stands alone.
-      lines.push(`| ${l} | ${v.length ? `${pct(mean)}${v.length > 1 ? ` ± ${pct(std)}` : ''}` : '—'} | ${v.length} |`);
+      lines.push(`| ${l} | ${meanCell(v)} | ${v.length} |`);
     }
     if (!ref) continue;
     lines.push('', `Paired by seed: ${m.name} of each loss minus ${ref} (points; mean ± std of the per-seed differences; seeds won; n)`, '', '| loss | difference | won | n |', '|---|---:|---:|---:|');
@@ -142,8 +154,7 @@ export function ledgerReport(entries: LedgerEntry[], losses: Margin[], seeds: nu
         const y = b && m.pick(b);
         if (typeof x === 'number' && typeof y === 'number') d.push(x - y);
       }
-      const { mean, std } = meanStd(d);
-      lines.push(`| ${l} | ${d.length ? `${mean < 0 ? '−' : '+'}${pct(Math.abs(mean))}${d.length > 1 ? ` ± ${pct(std)}` : ''}` : '—'} | ${d.filter((x) => x > 0).length} | ${d.length} |`);
+      lines.push(`| ${l} | ${meanCell(d, true)} | ${d.filter((x) => x > 0).length} | ${d.length} |`);
     }
   }
   return lines.join('\n');
