@@ -6,8 +6,9 @@
 //     threads: fp32 FMA, and where the CPU has them VDPBF16PS and AMX TDPBF16PS),
 //     measured before and after the loss rows (the better of the two is kept:
 //     other load only lowers it);
-//   - the GEMM ceiling (the same products with the project's own fp32 kernel and
-//     blocking, no epilogue), its calls alternating with the loss's calls.
+//   - the GEMM ceiling (the same products with the project's own kernel and
+//     blocking, no epilogue: the fp32 kernel for fp32 rows, the row's bf16 path
+//     for bf16 rows), its calls alternating with the loss's calls.
 // Rows: fp32 and weightsDtype 'bfloat16' (the bf16 product path 'auto' runs,
 // deviceInfo().cpu.matrix, and the best bf16 instructions of deviceInfo().cpu.matrixPaths
 // where 'auto' runs another path), fresh outputs and options.out; peak RSS and the memory beyond inputs and
@@ -45,6 +46,7 @@ const errorClasses = Number(cliOption('error-classes', 10000));
 const TARGETS = {
   fp32: { 100000: 0.85, 1000000: 0.7 },
   bf16: { 100000: 0.7, 1000000: 0.55 },
+  gemm: 0.9,  // the GEMM ceiling (the products alone) of each path, of that path's peak
 };
 const TARGET_EXTRA_BYTES = 150 * 1024 * 1024; // extra memory at C = 10⁶
 
@@ -121,6 +123,9 @@ for (const r of runs) {
   r.fractionOfFp32Peak = r.gflops / peaks.fp32;
   // A bf16 row on 'none' runs fp32 FMAs: its own peak is the fp32 one.
   if (isBf16(r) && bf16Peak && r.options.matrix !== 'none') r.fractionOfBf16Peak = r.gflops / bf16Peak;
+  // The ceiling runs the row's own products: a fraction of the peak of their instructions.
+  const ownPeak = isBf16(r) && r.options.matrix !== 'none' ? peaks[r.options.matrix] : peaks.fp32;
+  if (ownPeak) r.ceiling.fractionOfOwnPeak = r.ceiling.gflops / ownPeak;
 }
 
 // ---------------------------------------------------------------- report
@@ -128,7 +133,7 @@ const L = [];
 L.push(`## Fused CPU loss (adaptive margin, N = ${N}, d = ${d}, s = ${SCALE})`, '');
 L.push(`${machine.cpuModel}, ${machine.logicalCores} logical cores, ${machine.fused.simd} (width ${machine.fused.simdWidth}) × ${threads ?? machine.fused.threads} threads; Node ${machine.node}. ` +
   `Median [min–max] of ${reps} calls after 2 warm-up calls; GFLOP/s count 2·N·d·C (forward) and 3·2·N·d·C (forward + backward). ` +
-  `The ceiling is _productsSeconds: the same products with the same kernel, blocking and threads and no epilogue, its calls alternating with the loss's; ` +
+  `The ceiling is _productsSeconds: the same products with the same kernel, blocking and threads and no epilogue (bf16 rows: on their bf16 path, operands packed before its clock starts), its calls alternating with the loss's; ` +
   `loss / ceiling is the median over those adjacent pairs of ceiling time / loss time (the fraction of attainable GEMM speed the fused loss keeps). ` +
   `Load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at the end (a shared machine: other work was running).`, '');
 L.push(`CPU flags: ${machine.cpuFlags}. bf16 product paths: ${machine.fused.matrixPaths.join(', ')}; 'auto' (deviceInfo().cpu.matrix) runs ${machine.fused.matrix}.`, '');
@@ -144,20 +149,20 @@ L.push(`Error against float64: loss relative error / dX / dW largest element err
 L.push('| path | loss / dX / dW |', '|---|---|');
 for (const e of errors) L.push(`| ${e.path} | ${fmtErr(e)} |`);
 L.push('');
-L.push('| C | pass | variant | time | GFLOP/s | of fp32 peak | of bf16 peak | fp32 ceiling time | ceiling GFLOP/s | loss / ceiling | peak RSS | extra beyond inputs + outputs | error vs float64 (loss / dX / dW) |');
-L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+L.push('| C | pass | variant | time | GFLOP/s | of fp32 peak | of bf16 peak | ceiling time | ceiling GFLOP/s | ceiling of its peak | loss / ceiling | peak RSS | extra beyond inputs + outputs | error vs float64 (loss / dX / dW) |');
+L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of runs) {
   const wb = r.options?.workspaceBytes;
   const ws = r.options?.reuseOut ? 'outputs reused' : wb === undefined ? 'default' : `workspace ${wb === 0 ? '0' : fmtBytes(wb)}`;
   const variant = isBf16(r) ? `bf16 ${r.options.matrix}, ${ws}` : ws;
   if (r.status !== 'ok') {
-    L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${variant} | ${r.status} | | | | | | | | | |`);
+    L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${variant} | ${r.status} | | | | | | | | | | |`);
     continue;
   }
   L.push(`| ${r.C.toLocaleString('en-US')} | ${r.mode === 'fwd' ? 'forward' : 'forward + backward'} | ${variant} | ` +
     `${fmtTime(r.medianS)} [${fmtTime(r.minS)}–${fmtTime(r.maxS)}] | ${fmtGflops(r.gflops)} (best ${fmtGflops(r.gflopsBest)}) | ` +
     `${pct(r.fractionOfFp32Peak)} | ${pct(r.fractionOfBf16Peak)} | ` +
-    `${fmtTime(r.ceiling.medianS)} [${fmtTime(r.ceiling.minS)}–${fmtTime(r.ceiling.maxS)}] | ${fmtGflops(r.ceiling.gflops)} | ${(100 * r.fractionOfCeilingPaired).toFixed(0)} % | ` +
+    `${fmtTime(r.ceiling.medianS)} [${fmtTime(r.ceiling.minS)}–${fmtTime(r.ceiling.maxS)}] | ${fmtGflops(r.ceiling.gflops)} | ${pct(r.ceiling.fractionOfOwnPeak)} | ${(100 * r.fractionOfCeilingPaired).toFixed(0)} % | ` +
     `${fmtBytes(r.peakRssBytes)} | ${fmtBytes(r.extraBytes)} | ${fmtErr(errorOf(r))} |`);
 }
 L.push('');
@@ -168,6 +173,15 @@ const find = (C, mode, ws = undefined, reuse = false, bf16 = false) =>
     (bf16 ? isBf16(r) && r.options.matrix === bf16 : !isBf16(r)) && r.status === 'ok');
 const summary = { peaks };
 const at1e5 = find(100000, 'fwdbwd');
+// The GEMM core: the ceiling rows (forward + backward, default settings) of each path against its own peak.
+for (const matrix of [false, ...bf16Paths.filter((m) => m !== 'none')]) {
+  const cells = sizes.map((C) => find(C, 'fwdbwd', undefined, false, matrix)).filter((r) => r?.ceiling.fractionOfOwnPeak);
+  if (!cells.length) continue;
+  const name = matrix ? `bf16 (${matrix})` : `fp32 (${machine.fused.simd})`;
+  const best = Math.max(...cells.map((r) => r.ceiling.fractionOfOwnPeak));
+  summary[`gemmCeilingFractionOfPeak_${matrix || 'fp32'}`] = Object.fromEntries(cells.map((r) => [r.C, r.ceiling.fractionOfOwnPeak]));
+  L.push(`- GEMM ceiling, ${name}, forward + backward: ${cells.map((r) => `C = ${fmtC(r.C)} ${fmtGflops(r.ceiling.gflops)} GFLOP/s (${pct(r.ceiling.fractionOfOwnPeak)} of its peak)`).join(', ')} (target ≥ ${pct(TARGETS.gemm)}: ${best >= TARGETS.gemm ? 'met' : 'not met'} on this run).`);
+}
 for (const C of [100000, 1000000]) {
   for (const reuse of [false, true]) {
     const r = find(C, 'fwdbwd', undefined, reuse);

@@ -165,13 +165,17 @@ function recordPeak(out) {
 
 /**
  * The GEMM ceiling (job.ceiling): the same products with the project's own kernel,
- * blocking and threads, no epilogue; a function that times one call, already warmed up.
+ * blocking and threads, no epilogue (bf16 rows: on their bf16 path); a function that
+ * times one call, already warmed up.
  */
 async function makeCeiling(input) {
   const addon = loadAddon();
   const bwd = job.mode === 'fwdbwd';
   const threads = job.options?.threads ?? 0;
-  const ceiling = () => addon._productsSeconds(input.embeddings, input.weights, job.d, threads, -1, bwd);
+  // bf16 rows: the products of their bf16 path (MATRIX_CODES of dist/native.js); fp32 rows: the fp32 kernel.
+  const { MATRIX_CODES } = require('./dist/native.js');
+  const matrix = job.options?.weightsDtype === 'bfloat16' ? MATRIX_CODES[job.options.matrix ?? 'auto'] : undefined;
+  const ceiling = () => addon._productsSeconds(input.embeddings, input.weights, job.d, threads, -1, bwd, matrix);
   ceiling(); // warm-up
   await collect();
   return ceiling;

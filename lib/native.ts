@@ -85,7 +85,7 @@ export interface NativeAddon {
   /** Test hook: the target logit of one cosine through native/margin_math.h. */
   _targetLogit(params: Partial<NativeLossOptions>, cos: number, rowMargin: number): { z: number; dz: number };
   /** Benchmark hook: seconds for the three products alone (the GEMM ceiling); see native/cpu/gemm_ceiling.cc. */
-  _productsSeconds(x: Float32Array, w: Float32Array, dim: number, threads: number, simd: number, backward: boolean): number;
+  _productsSeconds(x: Float32Array, w: Float32Array, dim: number, threads: number, simd: number, backward: boolean, matrix?: number): number;
   /** Benchmark hook: GFLOP/s of a register-only loop on all threads: kind 0 fp32 FMA, 1 VDPBF16PS, 2 TDPBF16PS; 0 where the CPU lacks it. */
   _peakGflops(kind: 0 | 1 | 2, threads: number, simd: number, seconds?: number): number;
   topk(x: Float32Array, w: HostCentres, dim: number, k: number, threads: number): { classes: Int32Array; scores: Float32Array };

@@ -181,6 +181,20 @@ inline __m512 load_n(const float* p, int n) {
 }
 inline __mmask16 lanes(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << std::max(n, 0)) - 1u); }
 
+// Fetches the R×32-float output tile at C (row stride ldc) into L1 ahead of
+// its stores. Without it, a product whose output is fresh memory waits at
+// every tile's stores for the lines to come from DRAM (read for ownership):
+// measured on an AMD EPYC (Zen 4), one core, the dŴ product (128×512 from
+// K = 128) writing into a 200 MB gradient ran at 128–139 GFLOP/s, at 164–174
+// with this, against 199 into an output that stays in L2.
+template <int R>
+inline void write_intent(float* C, long ldc) {
+  for (int r = 0; r < R; ++r) {
+    __builtin_prefetch(C + r * ldc, 1, 3);
+    __builtin_prefetch(C + r * ldc + 16, 1, 3);
+  }
+}
+
 // ---- VDPBF16PS GEMM ------------------------------------------------------
 // Register tile R×32 (2·R accumulators): per k-pair two 64-byte rows of the
 // B panel and R 32-bit broadcasts of A. K blocked by kKC so the panel slice
@@ -188,16 +202,33 @@ inline __mmask16 lanes(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)
 constexpr int kMR = 8;
 constexpr int kKC = 256;
 
+// pf: lines of the next block's operand that this call fetches into L2, one
+// every kPfPairs k-pairs (see gemm_avx512_bf16).
+struct PfLines {
+  const char* at;
+  int n;
+};
+constexpr int kPfPairs = 4;
+
 template <int R>
 inline void dp_micro(int kpairs, const uint16_t* A, long lda, const uint16_t* B, float* C, long ldc, bool acc,
-                     int nc) {
+                     int nc, PfLines pf) {
   __m512 c0[R], c1[R];
   const __mmask16 m0 = lanes(nc), m1 = lanes(nc - 16);
+  // A fresh output tile (dŴ into the caller's gradient, a cosine tile into the
+  // tile cache) is in no cache: fetch its lines now, so that the stores at the
+  // end find them instead of stalling on memory (write_intent, below).
+  if (!acc) write_intent<R>(C, ldc);
   for (int r = 0; r < R; ++r) {
     c0[r] = acc ? _mm512_maskz_loadu_ps(m0, C + r * ldc) : _mm512_setzero_ps();
     c1[r] = acc ? _mm512_maskz_loadu_ps(m1, C + r * ldc + 16) : _mm512_setzero_ps();
   }
   for (int p = 0; p < kpairs; ++p) {
+    if (p % kPfPairs == 0 && pf.n > 0) {
+      __builtin_prefetch(pf.at, 0, 2);
+      pf.at += 64;
+      --pf.n;
+    }
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B + p * 64);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + p * 64 + 32);
 #pragma GCC unroll 16
@@ -217,23 +248,34 @@ inline void dp_micro(int kpairs, const uint16_t* A, long lda, const uint16_t* B,
 
 template <int R>
 void dp_micro_rows(int rows, int kpairs, const uint16_t* A, long lda, const uint16_t* B, float* C, long ldc,
-                   bool acc, int nc) {
+                   bool acc, int nc, PfLines pf) {
   if constexpr (R > 1) {
-    if (rows < R) return dp_micro_rows<R - 1>(rows, kpairs, A, lda, B, C, ldc, acc, nc);
+    if (rows < R) return dp_micro_rows<R - 1>(rows, kpairs, A, lda, B, C, ldc, acc, nc, pf);
   }
-  dp_micro<R>(kpairs, A, lda, B, C, ldc, acc, nc);
+  dp_micro<R>(kpairs, A, lda, B, C, ldc, acc, nc, pf);
 }
 
+// The bytes [next, next + next_bytes) are fetched into L2 while the product
+// runs, shared out over its micro-kernel calls (as the fp32 gemm_prefetch).
 void gemm_avx512_bf16(int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C, long ldc,
-                      bool accumulate) {
+                      bool accumulate, const void* next, size_t next_bytes) {
+  const long calls = (long)((Kp + kKC - 1) / kKC) * ((NN + 31) / 32) * ((M + kMR - 1) / kMR);
+  const long lines = next ? (long)((next_bytes + 63) / 64) : 0;
+  const long per_call = calls > 0 ? (lines + calls - 1) / calls : 0;
+  const char* pf = (const char*)next;
+  long pf_left = lines;
   for (int k0 = 0; k0 < Kp; k0 += kKC) {
     const int kc = std::min(kKC, Kp - k0);
     const bool acc = accumulate || k0 > 0;
     for (int n0 = 0; n0 < NN; n0 += 32) {
       const uint16_t* panel = Bp + (long)(n0 / 32) * 32 * Kp + (long)k0 * 32;
-      for (int m0 = 0; m0 < M; m0 += kMR)
+      for (int m0 = 0; m0 < M; m0 += kMR) {
+        const int n_pf = (int)std::min<long>({per_call, pf_left, (kc / 2 + kPfPairs - 1) / kPfPairs});
         dp_micro_rows<kMR>(std::min(kMR, M - m0), kc / 2, A + (long)m0 * lda + k0, lda, panel,
-                           C + (long)m0 * ldc + n0, ldc, acc, NN - n0);
+                           C + (long)m0 * ldc + n0, ldc, acc, NN - n0, {pf, n_pf});
+        pf += 64L * n_pf;
+        pf_left -= n_pf;
+      }
     }
   }
 }
@@ -293,9 +335,9 @@ namespace {
 MS_TARGET_POP
 
 void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C,
-               long ldc, bool accumulate) {
+               long ldc, bool accumulate, const void* next, size_t next_bytes) {
   if (path == MatrixPath::AmxBf16) return gemm_amx_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
-  gemm_avx512_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
+  gemm_avx512_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate, next, next_bytes);
 }
 
 #else  // no x86 matrix instructions in this build: the packing as scalar loops (for NeonBf16).
@@ -319,7 +361,8 @@ void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t*
 }
 
 void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C,
-               long ldc, bool accumulate) {
+               long ldc, bool accumulate, const void* next, size_t next_bytes) {
+  (void)next, (void)next_bytes;
   // Only NeonBf16 can be selected here (best_matrix_path: cpu_has_neon_bf16),
   // and only on aarch64 (elsewhere, WebAssembly included, cpu_has_neon_bf16 is false).
 #if defined(__aarch64__)

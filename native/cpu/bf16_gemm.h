@@ -55,9 +55,11 @@ void gemm_neon_bf16(int M, int NN, int Kp, const uint16_t* A, long lda, const ui
                     bool accumulate);
 
 // C[m·ldc + n] = (accumulate ? C : 0) + Σ_k A[m][k]·B[k][n], m < M, n < NN.
-// path must be Avx512Bf16, AmxBf16 or NeonBf16 (and available).
+// path must be Avx512Bf16, AmxBf16 or NeonBf16 (and available). On Avx512Bf16
+// the bytes [next, next + next_bytes) (the next class block's operand) are
+// fetched into L2 while the product runs; a hint only, the results do not change.
 void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp,
-               float* C, long ldc, bool accumulate);
+               float* C, long ldc, bool accumulate, const void* next = nullptr, size_t next_bytes = 0);
 inline int64_t pair_packed_size(int64_t Kp, int64_t NN) { return Kp * round_up(NN, kBf16NPad); }
 
 // ---- Conversions (round to nearest even; inputs are finite) ----

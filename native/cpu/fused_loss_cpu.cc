@@ -12,11 +12,13 @@
 //   dw_j = invn_j·Σ_i g_ij x̂_i − w_j·invn_j²·t_j,  t_j = Σ_i g_ij c_ij
 // (ŵ_j·dŵ_j = t_j because c_ij = ŵ_j·x̂_i).
 //
-// While a block's fp32 products run, the next block's centres (and, backward,
-// its cached tile) are fetched into L2 (KernelSet::gemm_prefetch), so the
-// stream of W from memory overlaps the FMAs instead of stalling the norms and
-// the packing: measured +7 to +26 % forward + backward at C = 10⁵ on one core
-// (Xeon, Emerald Rapids, versions interleaved, results bit-identical).
+// While a block's products run, the next block's centres (and, backward, its
+// cached tile) are fetched into L2 (KernelSet::gemm_prefetch; bf16_gemm's
+// `next` on AVX512-BF16), so the stream of W from memory overlaps the FMAs
+// instead of stalling the norms, the rounding and the packing: measured +7 to
+// +26 % forward + backward at C = 10⁵ on one core (fp32; Xeon, Emerald Rapids)
+// and +3 to +14 % (bf16 compute; AMD EPYC Zen 4, 2 threads), versions
+// interleaved, results bit-identical.
 //
 // Threads own contiguous ranges of blocks; per-thread partials (LSE states,
 // dX̂) are merged in thread order, so a fixed thread count gives bit-identical
@@ -167,7 +169,7 @@ struct LossCall {
   }
 
   // The centre rows of the block after b in [b, hi), as stored (fp32 or bf16):
-  // what the fp32 products fetch into L2 while they run (Prefetch). None where
+  // what the products fetch into L2 while they run (Prefetch). None where
   // the rows are gathered through class_index, or b is the last block.
   Prefetch next_rows(int64_t b, int64_t hi) const {
     if (b + 1 >= hi || p.class_index) return {};
@@ -203,7 +205,7 @@ struct LossCall {
     if (ops.packed) {
       pack_rows_bf16(wb, (long)D, (int)blk.count, (int)D, (int)ops.d_pad, wa, (long)ops.d_pad);
       bf16_gemm(ops.path, (int)blk.count, (int)ldt, (int)ops.d_pad, wa, (long)ops.d_pad, ops.xt_packed.get(), tile,
-                (long)ldt, false);
+                (long)ldt, false, next.at, next.bytes);
     } else {
       gemm_shared((int)blk.count, (int)N, (int)D, wb, (long)D, 1, ops.xt, (long)ldt, ops.xt_b.get(), tile, (long)ldt,
                   next);
@@ -491,7 +493,7 @@ void grad_w_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, 
   const int64_t N = L.N, D = L.D;
   if (ops.packed) {
     bf16_gemm(ops.path, (int)blk.count, (int)D, (int)ops.ldt_pad, bs.g_cls.get(), (long)ops.ldt_pad,
-              ops.xn_packed.get(), gw, (long)D, false);
+              ops.xn_packed.get(), gw, (long)D, false, next.at, next.bytes);
   } else {
     L.gemm_shared((int)blk.count, (int)D, (int)N, bs.g.get(), (long)L.ldt, 1, ops.xn, (long)D, ops.xn_b.get(), gw,
                   (long)D, next);
@@ -510,7 +512,7 @@ void grad_x_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, 
   const int64_t N = L.N, D = L.D;
   if (ops.packed) {
     bf16_gemm(ops.path, (int)N, (int)D, (int)ops.block_pad, bs.g_rows.get(), (long)ops.block_pad, bs.w_pairs.get(),
-              dx, (long)D, true);
+              dx, (long)D, true, next.at, next.bytes);
   } else {
     L.gemm((int)N, (int)D, (int)blk.count, bs.g.get(), 1, (long)L.ldt, wb, (long)D, dx, (long)D, true, next);
   }

@@ -3,11 +3,18 @@
 // same kernel, blocking and threads as the fused loss, but with no epilogue
 // (no margin, no softmax, no normalisation). The fused loss divided by this
 // is the fraction of attainable GEMM speed that the fusion keeps.
+//
+// With a bf16 matrix path (weightsDtype 'bfloat16') the products are those of
+// the loss's bf16 compute: the same bf16_gemm calls on operands of the same
+// shapes and layouts (W's rows and pair-packed panels, G in both layouts),
+// packed before the clock starts, since packing is part of what the fused loss
+// has to hide, not of the products.
 #include <algorithm>
 #include <chrono>
 #include <thread>
 #include <vector>
 
+#include "bf16_gemm.h"
 #include "big_alloc.h"
 #include "class_blocks.h"
 #include "gemm_ceiling.h"
@@ -16,8 +23,62 @@
 
 namespace ms {
 
+namespace {
+
+// The bf16 products of every block on matrix path `path` (see the header comment).
+double products_seconds_bf16(MatrixPath path, const float* x, const float* w, int64_t N, int64_t C, int64_t D,
+                             int threads, bool backward) {
+  const BlockLayout lay = block_layout(N, C, threads);
+  const int64_t ldt = lay.ldt, block_classes = lay.block_classes;
+  const int64_t d_pad = round_up(D, kBf16KPad), ldt_pad = round_up(ldt, kBf16KPad),
+                block_pad = round_up(block_classes, kBf16KPad);
+  const KernelSet& kern = kernels_for(-1);
+  const NormalizedRows rows = normalize_rows(kern, x, N, D, ldt);
+  std::vector<uint16_t> xt_packed(pair_packed_size(d_pad, ldt)), xn_packed(pair_packed_size(ldt_pad, D));
+  pack_pairs_bf16(rows.xt.get(), ldt, (int)D, (int)ldt, (int)d_pad, xt_packed.data());
+  pack_pairs_bf16(rows.xn.get(), D, (int)N, (int)D, (int)ldt_pad, xn_packed.data());
+  // W as the cosine product reads it (rows, d_pad apart) and as dX̂ reads it
+  // (each block pair-packed), and dŴ, each thread filling its own blocks.
+  const int64_t pairs_per_block = pair_packed_size(block_pad, D);
+  BigArray<uint16_t> w_rows((size_t)(C * d_pad), Fill::any);
+  BigArray<uint16_t> w_pairs(backward ? (size_t)(lay.nblocks * pairs_per_block) : 1, Fill::any);
+  BigArray<float> gw(backward ? (size_t)(C * D) : 1, Fill::any);
+  parallel(lay.threads, [&](int t) {
+    for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
+      const auto [j0, count] = lay.block(b);
+      pack_rows_bf16(w + j0 * D, (long)D, (int)count, (int)D, (int)d_pad, w_rows.get() + j0 * d_pad, (long)d_pad);
+      if (!backward) continue;
+      pack_pairs_bf16(w + j0 * D, (long)D, (int)count, (int)D, (int)block_pad, w_pairs.get() + b * pairs_per_block);
+      std::fill(gw.get() + j0 * D, gw.get() + (j0 + count) * D, 0.0f);
+    }
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  parallel(lay.threads, [&](int t) {
+    // G's two layouts: any values (the time does not depend on them).
+    std::vector<uint16_t> g_cls((size_t)(block_classes * ldt_pad), 0x3c00), g_rows((size_t)(N * block_pad), 0x3c00);
+    std::vector<float> tile(block_classes * ldt), dx(N * D, 0.0f);
+    for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
+      const auto [j0, count] = lay.block(b);
+      bf16_gemm(path, (int)count, (int)ldt, (int)d_pad, w_rows.get() + j0 * d_pad, (long)d_pad, xt_packed.data(),
+                tile.data(), (long)ldt, false);
+      if (!backward) continue;
+      bf16_gemm(path, (int)count, (int)D, (int)ldt_pad, g_cls.data(), (long)ldt_pad, xn_packed.data(),
+                gw.get() + j0 * D, (long)D, false);
+      bf16_gemm(path, (int)N, (int)D, (int)block_pad, g_rows.data(), (long)block_pad,
+                w_pairs.get() + b * pairs_per_block, dx.data(), (long)D, true);
+    }
+  });
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
 double products_seconds(const float* x, const float* w, int64_t N, int64_t C, int64_t D, int threads, int simd,
-                        bool backward) {
+                        bool backward, int matrix) {
+  if (matrix >= -1) {
+    const MatrixPath path = resolve_matrix_path(matrix);
+    if (path != MatrixPath::None) return products_seconds_bf16(path, x, w, N, C, D, threads, backward);
+  }
   const KernelSet& kern = kernels_for(simd);
   const BlockLayout lay = block_layout(N, C, threads);
   const int64_t ldt = lay.ldt, block_classes = lay.block_classes;

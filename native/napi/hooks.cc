@@ -7,8 +7,10 @@
 //   _targetLogit(margin, cos, rowMargin) → { z, dz }: the target logit of one
 //       cosine through margin_math.h, so the tests check the header's formulas
 //       directly. margin: kind, scale, m1, m2, m3, fallback (margin_of).
-//   _productsSeconds(x, w, dim, threads, simd, backward) → seconds: the GEMM
-//       ceiling (cpu/gemm_ceiling.cc), timed natively. For the benchmarks.
+//   _productsSeconds(x, w, dim, threads, simd, backward, matrix?) → seconds: the
+//       GEMM ceiling (cpu/gemm_ceiling.cc), timed natively; matrix (MATRIX_CODES,
+//       −1 auto) for the products of weightsDtype 'bfloat16', absent for fp32.
+//       For the benchmarks.
 //   _peakGflops(kind, threads, simd, seconds?) → GFLOP/s: register-only
 //       peak loops (cpu/peak_cpu.cc), kind 0 fp32, 1 avx512-bf16, 2 amx-bf16;
 //       0 where the CPU lacks it. For the benchmarks.
@@ -55,8 +57,9 @@ Napi::Value ProductsSeconds(const Napi::CallbackInfo& info) {
   const int threads = info[3].As<Napi::Number>().Int32Value();
   const int simd = info[4].As<Napi::Number>().Int32Value();
   const bool backward = info[5].As<Napi::Boolean>().Value();
+  const int matrix = info.Length() > 6 && info[6].IsNumber() ? info[6].As<Napi::Number>().Int32Value() : -2;
   return Napi::Number::New(env, products_seconds(x.Data(), w.Data(), (int64_t)x.ElementLength() / d,
-                                                 (int64_t)w.ElementLength() / d, d, threads, simd, backward));
+                                                 (int64_t)w.ElementLength() / d, d, threads, simd, backward, matrix));
 }
 
 Napi::Value PeakGflops(const Napi::CallbackInfo& info) {
