@@ -59,11 +59,16 @@ double products_seconds_bf16(MatrixPath path, const float* x, const float* w, in
     std::vector<float> tile(block_classes * ldt), dx(N * D, 0.0f);
     for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
       const auto [j0, count] = lay.block(b);
+      // The next block's W operands come into L2 during the products, as in the loss.
+      const bool more = b + 1 < lay.hi(t);
+      const int64_t next_count = more ? lay.block(b + 1).count : 0;
       bf16_gemm(path, (int)count, (int)ldt, (int)d_pad, w_rows.get() + j0 * d_pad, (long)d_pad, xt_packed.data(),
-                tile.data(), (long)ldt, false);
+                tile.data(), (long)ldt, false, w_rows.get() + (j0 + count) * d_pad,
+                (size_t)(next_count * d_pad) * sizeof(uint16_t));
       if (!backward) continue;
       bf16_gemm(path, (int)count, (int)D, (int)ldt_pad, g_cls.data(), (long)ldt_pad, xn_packed.data(),
-                gw.get() + j0 * D, (long)D, false);
+                gw.get() + j0 * D, (long)D, false, more ? w_pairs.get() + (b + 1) * pairs_per_block : nullptr,
+                more ? (size_t)pairs_per_block * sizeof(uint16_t) : 0);
       bf16_gemm(path, (int)N, (int)D, (int)block_pad, g_rows.data(), (long)block_pad,
                 w_pairs.get() + b * pairs_per_block, dx.data(), (long)D, true);
     }
