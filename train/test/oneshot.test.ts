@@ -3,7 +3,7 @@
  * perfectly separated classes, classes with one flipped image (exact
  * expected accuracies for K = 1 and K = 3), structure-free embeddings
  * (chance, 1/N), the interval, the seed, and the errors; then `eval
- * --n-way` on a tiny trained run.
+ * --n-way` on a tiny trained run, and `eval` of an ensemble of checkpoints.
  */
 import * as fs from 'fs';
 import * as os from 'os';
@@ -136,4 +136,40 @@ test('eval --n-way on a tiny run: one-shot beside verification, on the same embe
   expect(plain.result.accuracy).toEqual(r.result.accuracy);
   await expect(main(['eval', '--checkpoint', out, '--k-shot', '5'])).rejects.toThrow(UsageError);
   await expect(main(['eval', '--checkpoint', out, '--n-way', '5'])).rejects.toThrow(/Expected at least 5 identities/);
-}, 120_000);
+
+  // An ensemble: the cosine of two images is the mean of the members' cosines.
+  // Two runs of the same seed are the same model, so their ensemble has that
+  // model's cosines, and its figures are the single checkpoint's.
+  const twin = path.join(tmp, 'twin');
+  fs.cpSync(out, twin, { recursive: true });
+  const ensJson = path.join(tmp, 'ensemble.json');
+  expect(await main(['eval', '--checkpoint', out, '--checkpoint', twin, '--json', ensJson])).toBe(0);
+  const ens = JSON.parse(fs.readFileSync(ensJson, 'utf8'));
+  expect(ens.checkpoint).toEqual([out, twin].map((p) => path.resolve(p)));
+  expect(ens.result.accuracy.mean).toBeCloseTo(plain.result.accuracy.mean, 12);
+  expect(ens.result.auc).toBeCloseTo(plain.result.auc, 6);
+  expect(ens.members.map((m: { result: { accuracy: unknown } }) => m.result.accuracy)).toEqual([plain.result.accuracy, plain.result.accuracy]);
+  // A second, different model: the ensemble is scored on the same pairs, and each member alone as before.
+  const other = path.join(tmp, 'other');
+  expect(
+    await main(['train', '--out', other, '--seed', '1', '--epochs', '1', '--dim', '32', '--widths', '8,16', '--quiet', '--no-plots', '--mnist-per-class', '16', '--mnist-eval-per-class', '8']),
+  ).toBe(0);
+  const both = await runEval({ checkpoint: [out, other] });
+  const alone = await runEval({ checkpoint: other });
+  expect(both.members!.map((m) => m.result.accuracy)).toEqual([plain.result.accuracy, alone.result.accuracy]);
+  expect(both.result.genuinePairs).toBe(plain.result.genuinePairs);
+  expect(both.text).toMatch(/^ensemble of 2 checkpoints on /);
+  // Members that hold out other identities, or embed another input shape, are refused.
+  const split = path.join(tmp, 'split');
+  fs.cpSync(out, split, { recursive: true });
+  const stateFile = path.join(split, 'checkpoint', 'state.json');
+  const state = JSON.parse(fs.readFileSync(stateFile, 'utf8'));
+  fs.writeFileSync(stateFile, JSON.stringify({ ...state, valClasses: state.valClasses.slice(1) }));
+  await expect(runEval({ checkpoint: [out, split] })).rejects.toThrow(/same held-out identities/);
+  const small = path.join(tmp, 'small');
+  expect(
+    await main(['train', '--out', small, '--size', '24', '--epochs', '1', '--dim', '32', '--widths', '8,16', '--quiet', '--no-plots', '--mnist-per-class', '16', '--mnist-eval-per-class', '8']),
+  ).toBe(0);
+  await expect(runEval({ checkpoint: [out, small] })).rejects.toThrow(/must share the input shape: height is 32 in .* but 24 in /);
+  await expect(runEval({ checkpoint: [] })).rejects.toThrow(/Expected at least one checkpoint/);
+}, 240_000);

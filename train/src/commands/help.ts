@@ -94,7 +94,10 @@ ${RUNS_HELP}
 Evaluates a run's checkpoint: the LFW-style verification protocol and Rank-1 on
 the identities it held out (or on every identity of --data with --all-identities).
 
-  --checkpoint DIR       run folder (or its checkpoint/ folder) written by train
+  --checkpoint DIR       run folder (or its checkpoint/ folder) written by train; given
+                         several times, their ensemble: the cosine of two images is the mean
+                         of the models' cosines (runs with the same data, input shape and
+                         held-out identities, e.g. one recipe with different --seed)
   --data DIR             ImageFolder to evaluate on (default: the run's own data)
   --all-identities       every identity of --data, not only the held-out ones
   --eval-flip            test-time flip averaging of embeddings

@@ -128,10 +128,11 @@ async function trainCommand(values: Values): Promise<number> {
 }
 
 async function evalCommand(values: Values): Promise<number> {
-  if (!values.checkpoint) throw new UsageError('eval needs --checkpoint runs/NAME');
+  if (!values.checkpoint?.length) throw new UsageError('eval needs --checkpoint runs/NAME');
+  const checkpoints = values.checkpoint;
   const expectSize = expectedSizeFrom(values);
   const out = await runEval({
-    checkpoint: values.checkpoint,
+    checkpoint: checkpoints,
     data: values.data?.[0],
     allIdentities: values['all-identities'],
     flip: values['eval-flip'],
@@ -142,7 +143,9 @@ async function evalCommand(values: Values): Promise<number> {
     oneShot: oneShotFrom(values),
   });
   process.stdout.write(out.text + '\n');
-  writeJson(values.json, { checkpoint: path.resolve(values.checkpoint), epoch: out.epoch, identities: out.identities, result: out.result, oneShot: out.oneShot });
+  const members = out.members?.map((m) => ({ checkpoint: m.run, epoch: m.epoch, result: m.result }));
+  const checkpoint = checkpoints.length === 1 ? path.resolve(checkpoints[0]) : checkpoints.map((c) => path.resolve(c));
+  writeJson(values.json, { checkpoint, epoch: out.epoch, identities: out.identities, result: out.result, oneShot: out.oneShot, members });
   return 0;
 }
 

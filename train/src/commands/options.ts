@@ -16,7 +16,7 @@ const OPTIONS = {
   resume: { type: 'boolean' },
   overwrite: { type: 'boolean' },
   'init-from': { type: 'string' },
-  checkpoint: { type: 'string' },
+  checkpoint: { type: 'string', multiple: true },
   'all-identities': { type: 'boolean' },
   'val-classes': { type: 'string' },
   'val-fraction': { type: 'string' },
