@@ -197,8 +197,13 @@ inline void write_intent(float* C, long ldc) {
 
 // ---- VDPBF16PS GEMM ------------------------------------------------------
 // Register tile R×32 (2·R accumulators): per k-pair two 64-byte rows of the
-// B panel and R 32-bit broadcasts of A. K blocked by kKC so the panel slice
-// (kKC/2 rows × 128 bytes = 16 KiB) stays in L1 across the row tiles.
+// B panel and R 32-bit broadcasts of A. K blocked by kKC (a panel slice is
+// kKC/2 rows × 128 bytes = 16 KiB). Loop order: each R-row strip of A stays in
+// L1 while the panels stream past it from L2, and the output is written row
+// by row, left to right. Measured against panels outer (a panel in L1, the
+// strips streaming), one Zen 4 core, the loss's three products at N = 128,
+// d = 512 on operands from L3 and a 200 MB gradient: 176 → 190 GFLOP/s (dŴ
+// 167 → 183, dX̂ 175 → 195), and 203 → 207 with everything in cache.
 constexpr int kMR = 8;
 constexpr int kKC = 256;
 
@@ -267,9 +272,9 @@ void gemm_avx512_bf16(int M, int NN, int Kp, const uint16_t* A, long lda, const 
   for (int k0 = 0; k0 < Kp; k0 += kKC) {
     const int kc = std::min(kKC, Kp - k0);
     const bool acc = accumulate || k0 > 0;
-    for (int n0 = 0; n0 < NN; n0 += 32) {
-      const uint16_t* panel = Bp + (long)(n0 / 32) * 32 * Kp + (long)k0 * 32;
-      for (int m0 = 0; m0 < M; m0 += kMR) {
+    for (int m0 = 0; m0 < M; m0 += kMR) {
+      for (int n0 = 0; n0 < NN; n0 += 32) {
+        const uint16_t* panel = Bp + (long)(n0 / 32) * 32 * Kp + (long)k0 * 32;
         const int n_pf = (int)std::min<long>({per_call, pf_left, (kc / 2 + kPfPairs - 1) / kPfPairs});
         dp_micro_rows<kMR>(std::min(kMR, M - m0), kc / 2, A + (long)m0 * lda + k0, lda, panel,
                            C + (long)m0 * ldc + n0, ldc, acc, NN - n0, {pf, n_pf});
