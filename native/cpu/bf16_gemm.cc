@@ -222,7 +222,7 @@ inline void dp_micro(int kpairs, const uint16_t* A, long lda, const uint16_t* B,
   const __mmask16 m0 = lanes(nc), m1 = lanes(nc - 16);
   // A fresh output tile (dŴ into the caller's gradient, a cosine tile into the
   // tile cache) is in no cache: fetch its lines now, so that the stores at the
-  // end find them instead of stalling on memory (write_intent, below).
+  // end find them instead of stalling on memory (write_intent).
   if (!acc) write_intent<R>(C, ldc);
   for (int r = 0; r < R; ++r) {
     c0[r] = acc ? _mm512_maskz_loadu_ps(m0, C + r * ldc) : _mm512_setzero_ps();
