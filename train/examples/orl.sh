@@ -6,10 +6,10 @@
 # (a mirrored face is the same person) and a random affine warp (±10°
 # rotation, ±10 % scale, ±5° shear, ±2 px shift), 60 epochs, learning rate
 # ×0.1 at epochs 40 and 52, test-time flip averaging in the evaluation.
-# Measured on 2026-12-07 (AMD EPYC Zen 4, --workers 1, seeds 0, 1, 2):
-# 94.11, 91.11 and 93.00 % verification on the held-out people, 92.74 % on
-# average (the 95 % aimed at: not reached), against 86.44 % for 10 epochs
-# from a random initialisation. Omniglot pretraining about 28 minutes on one
+# Measured on 2026-12-07 (AMD EPYC Zen 4, --workers 1, seeds 0 to 8):
+# 91.43 ± 2.02 % verification on the held-out people (88.67–94.56; the 95 %
+# aimed at: not reached), against 86.44 % for 10 epochs from a random
+# initialisation (seeds 0–2). Omniglot pretraining about 28 minutes on one
 # core (once; later runs reuse $PRETRAINED), then 3.5 minutes here.
 # The ablation behind each choice: docs/results/pilots/README.md.
 # Uses ../../shared/data relative to train/examples; skips when it is absent.
