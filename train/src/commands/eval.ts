@@ -49,6 +49,9 @@ export interface EvalOutput {
   members?: { run: string; epoch: number; result: VerificationResult }[];
 }
 
+/** One model's L2-normalised embeddings of the evaluated images, with their labels. */
+type Embeddings = ReturnType<typeof embed>;
+
 /** An ensemble's members must embed the same images the same way and hold out the same identities. */
 function checkEnsemble(infos: RunInfo[]): void {
   const [first, ...rest] = infos;
@@ -94,7 +97,7 @@ export async function runEval(o: EvalOptions): Promise<EvalOutput> {
   }
   const seed = o.seed ?? cfg.evalSeed;
   // Each member's L2-normalised embeddings of the same images, in the same order.
-  const parts: { emb: Float32Array; labels: Int32Array; dim: number }[] = [];
+  const parts: Embeddings[] = [];
   for (const info of infos) {
     const { tf, model } = await loadModel(info, o);
     try {
@@ -128,7 +131,7 @@ export async function runEval(o: EvalOptions): Promise<EvalOutput> {
 }
 
 /** The members' embeddings side by side, normalised: the cosine of two rows is the mean of the members' cosines. */
-function concatenate(parts: { emb: Float32Array; labels: Int32Array; dim: number }[]): { emb: Float32Array; labels: Int32Array; dim: number } {
+function concatenate(parts: Embeddings[]): Embeddings {
   const n = parts[0].labels.length;
   const dim = parts.reduce((a, p) => a + p.dim, 0);
   const emb = new Float32Array(n * dim);
