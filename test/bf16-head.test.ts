@@ -115,6 +115,38 @@ describe("MarginHead weightsDtype 'bfloat16' on the CPU", () => {
     expect(moved).toBeGreaterThan(0);
   });
 
+  it('momentum over two steps, sixteen lanes at a time and a tail: the same bits as the arithmetic written out (x64)', () => {
+    // d = 52: three groups of sixteen elements (the AVX-512 update) and four
+    // more (the scalar loop). On x86-64 neither contracts into FMAs, so every
+    // element is exact; elsewhere the scalar loop may contract (as the first
+    // step's test allows).
+    const d = 52;
+    const opts: MarginHeadOptions = { ...base, dim: d, init: Float32Array.from(randomProblem(1, C, d, 21).weights, (v) => nearestBf16(v * 0.05)) };
+    const head = new MarginHead(opts);
+    const { lr, momentum, weightDecay } = { lr: 0.2, momentum: 0.9, weightDecay: 5e-4 };
+    const buf = new Float32Array(C * d);
+    let exact = 0;
+    for (let step = 0; step < 2; step++) {
+      const p = randomProblem(N, C, d, 30 + step);
+      const w = head.getWeights();
+      const g = lossAndGrad({ embeddings: p.embeddings, weights: w, labels: p.labels, dim: d }, { margin: MARGIN, weightsDtype: 'bfloat16', threads: 2 }).gradWeights;
+      head.step(p.embeddings, p.labels);
+      const got = head.getWeights();
+      const key = roundKey(11, step);
+      exact = 0;
+      for (let e = 0; e < w.length; e++) {
+        const gq = Math.fround(g[e] + Math.fround(weightDecay * w[e]));
+        buf[e] = Math.fround(Math.fround(momentum * buf[e]) + gq);
+        const want = stochasticBf16(Math.fround(w[e] - Math.fround(lr * buf[e])), key, e);
+        if (got[e] === want) exact++;
+        else expect(bf16Steps(got[e], want)).toBeLessThanOrEqual(1);
+      }
+      if (process.arch === 'x64') expect(exact).toBe(w.length);
+      else expect(exact / w.length).toBeGreaterThan(0.99);
+    }
+    head.dispose();
+  });
+
   it('small updates do not vanish: the centres drift as the fp32 head’s do, where rounding to nearest would freeze them', () => {
     const w0 = roundedInit(5);
     const opt = { lr: 1e-4, momentum: 0, weightDecay: 0 };
