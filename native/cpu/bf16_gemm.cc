@@ -328,6 +328,24 @@ void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t*
   }
 }
 
+void pack_pairs_bf16_rows(const uint16_t* src, long sk, int K, int NN, int Kp, uint16_t* dst) {
+  const int Np = (int)round_up(NN, kBf16NPad);
+  auto row = [&](int k, int n0, int n) {  // 16 bf16 of row k widened to 32-bit words (0 past NN or K)
+    if (k >= K) return _mm512_setzero_si512();
+    return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes(n), src + (long)k * sk + n0));
+  };
+  for (int n0 = 0; n0 < Np; n0 += 32) {
+    uint16_t* panel = dst + (long)(n0 / 32) * 32 * Kp;
+    for (int k = 0; k < Kp; k += 2) {
+      for (int h = 0; h < 32; h += 16) {
+        const int n = NN - n0 - h;
+        const __m512i lo = row(k, n0 + h, n), hi = row(k + 1, n0 + h, n);
+        _mm512_storeu_si512(panel + (long)k * 32 + 2 * h, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+      }
+    }
+  }
+}
+
 MS_TARGET_POP
 
 // ---- AMX GEMM (TDPBF16PS): amx_gemm.inc ------------------------------------
@@ -363,6 +381,14 @@ void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t*
     for (int k = 0; k < Kp; ++k)
       dst[(long)(n / 32) * 32 * Kp + (long)(k / 2) * 64 + 2 * (n % 32) + (k & 1)] =
           (k < K && n < NN) ? to_bf16(src[(long)k * sk + n]) : 0;
+}
+
+void pack_pairs_bf16_rows(const uint16_t* src, long sk, int K, int NN, int Kp, uint16_t* dst) {
+  const int Np = (int)round_up(NN, kBf16NPad);
+  for (int n = 0; n < Np; ++n)
+    for (int k = 0; k < Kp; ++k)
+      dst[(long)(n / 32) * 32 * Kp + (long)(k / 2) * 64 + 2 * (n % 32) + (k & 1)] =
+          (k < K && n < NN) ? src[(long)k * sk + n] : 0;
 }
 
 void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C,

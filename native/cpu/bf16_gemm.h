@@ -97,6 +97,8 @@ void pack_rows_bf16(const float* src, long lds, int M, int K, int Kp, uint16_t* 
 // Pair-packs the K×NN matrix whose element (k, n) is src[k·sk + n] (rows k
 // contiguous in n) into dst (pair_packed_size(Kp, NN) elements), zero padded.
 void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t* dst);
+// The same from bf16 values (element (k, n) = src[k·sk + n], copied as they are).
+void pack_pairs_bf16_rows(const uint16_t* src, long sk, int K, int NN, int Kp, uint16_t* dst);
 // The row-major form of a transposed source: dst[m·ldd + k] = bf16(src[k·sk + m]).
 void pack_rows_bf16_t(const float* src, long sk, int M, int K, int Kp, uint16_t* dst, long ldd);
 

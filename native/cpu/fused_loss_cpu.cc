@@ -89,6 +89,23 @@ struct Prefetch {
   size_t bytes = 0;
 };
 
+// The centre rows of a block as the products read them: fp32 rows (w, row
+// stride d) for the fp32 kernels, or bf16 rows (a, row stride lda) on a
+// matrix path, where they are the only copy: rounded from fp32 centres
+// straight into the operand, or the stored bf16 rows themselves. The norms,
+// the target cosines and the backward chain rule read a row in fp32 through
+// row(), which widens a bf16 row (exactly) into a buffer of d floats.
+struct BlockRows {
+  const float* w = nullptr;
+  const uint16_t* a = nullptr;
+  long lda = 0;
+  const float* row(int64_t j, int64_t d, float* buf) const {
+    if (w) return w + j * d;
+    widen_bf16_array(a + j * lda, buf, d);
+    return buf;
+  }
+};
+
 // One thread's share of the classes: its blocks [lo, hi), the first `cached`
 // of their cosine tiles kept for the backward pass, and its partial results.
 struct ThreadShare {
@@ -150,7 +167,7 @@ struct LossCall {
     return std::make_pair(lo, hi);
   }
 
-  // The W rows of a block as the kernels see them: the rows themselves, or a
+  // The W rows of a block for the fp32 kernels: the rows themselves, or a
   // gathered (class_index) and/or bf16 copy in per-thread scratch (rounded
   // from fp32 centres, or widened, exactly, from bf16 storage).
   const float* block_weights(ClassBlock blk, float* scratch) const {
@@ -166,6 +183,32 @@ struct LossCall {
       }
     }
     return scratch;
+  }
+
+  // The block's rows as the products read them (BlockRows). On a matrix
+  // path: bf16 storage whose rows already have the operand's form (no
+  // class_index, d a multiple of kBf16KPad) is read in place; otherwise the
+  // rows go into `wa` (block_classes×d_pad), rounded from fp32 or copied.
+  // Skipping the rounded fp32 copy saves its pass and keeps the block's
+  // 2·d bytes per class, not 6·d, in L2 (docs/cpu.md).
+  BlockRows block_rows(ClassBlock blk, float* scratch, uint16_t* wa) const {
+    if (!ops.packed) return {block_weights(blk, scratch), nullptr, 0};
+    const int64_t dp = ops.d_pad;
+    if (p.w_bf16 && !p.class_index && D == dp) return {nullptr, p.w_bf16 + blk.j0 * D, (long)D};
+    if (!p.w_bf16 && !p.class_index) {
+      pack_rows_bf16(p.w + blk.j0 * D, (long)D, (int)blk.count, (int)D, (int)dp, wa, (long)dp);
+    } else {
+      for (int64_t j = 0; j < blk.count; ++j) {
+        uint16_t* dst = wa + j * dp;
+        if (p.w_bf16) {
+          std::memcpy(dst, p.w_bf16 + row_of(blk.j0 + j) * D, sizeof(uint16_t) * D);
+          std::memset(dst + D, 0, sizeof(uint16_t) * (dp - D));
+        } else {
+          pack_rows_bf16(wrow(blk.j0 + j), (long)D, 1, (int)D, (int)dp, dst, (long)dp);
+        }
+      }
+    }
+    return {nullptr, wa, (long)dp};
   }
 
   // The centre rows of the block after b in [b, hi), as stored (fp32 or bf16):
@@ -200,15 +243,13 @@ struct LossCall {
   }
 
   // Cosine tile of a block: tile[j·ldt + i] = invn_j·(w_j·x̂_i); padding lanes 0.
-  // wa: per-thread scratch for the block's bf16 rows (block_classes×d_pad) on a matrix path.
-  void cos_tile(const float* wb, ClassBlock blk, float* tile, uint16_t* wa, Prefetch next) const {
+  void cos_tile(const BlockRows& wr, ClassBlock blk, float* tile, Prefetch next) const {
     if (ops.packed) {
-      pack_rows_bf16(wb, (long)D, (int)blk.count, (int)D, (int)ops.d_pad, wa, (long)ops.d_pad);
-      bf16_gemm(ops.path, (int)blk.count, (int)ldt, (int)ops.d_pad, wa, (long)ops.d_pad, ops.xt_packed.get(), tile,
+      bf16_gemm(ops.path, (int)blk.count, (int)ldt, (int)ops.d_pad, wr.a, wr.lda, ops.xt_packed.get(), tile,
                 (long)ldt, false, next.at, next.bytes);
     } else {
-      gemm_shared((int)blk.count, (int)N, (int)D, wb, (long)D, 1, ops.xt, (long)ldt, ops.xt_b.get(), tile, (long)ldt,
-                  next);
+      gemm_shared((int)blk.count, (int)N, (int)D, wr.w, (long)D, 1, ops.xt, (long)ldt, ops.xt_b.get(), tile,
+                  (long)ldt, next);
     }
     for (int64_t j = 0; j < blk.count; ++j) {
       float* row = tile + j * ldt;
@@ -308,14 +349,15 @@ void share_blocks(LossCall& L, size_t workspace_bytes) {
 
 // ---- Forward: stream class blocks, online LSE per row. ----
 struct ForwardScratch {
-  std::unique_ptr<float[]> tile, wrows;
+  std::unique_ptr<float[]> tile, wrows, row;
   std::unique_ptr<uint16_t[]> wa;
   std::unique_ptr<int32_t[]> target_col;  // per row: its target's column in this block, or −1
   std::unique_ptr<float[]> target_z;      // per row: its target logit (read where target_col ≥ 0)
   std::unique_ptr<float[]> blk_max, blk_sumexp, blk_other;
   explicit ForwardScratch(const LossCall& L)
       : tile(uninit<float>(L.tile_floats)),
-        wrows(uninit<float>(L.gather ? L.block_classes * L.D : 1)),
+        wrows(uninit<float>(L.gather && !L.ops.packed ? L.block_classes * L.D : 1)),
+        row(uninit<float>(L.D)),
         wa(uninit<uint16_t>(L.ops.packed ? L.block_classes * L.ops.d_pad : 1)),
         target_col(uninit<int32_t>(L.ldt)),
         target_z(new float[L.ldt]()),
@@ -329,10 +371,9 @@ struct ForwardScratch {
 // Norms of the block's rows as the kernels see them (bf16: the rounded rows; a
 // finite value rounds to a finite one, or to ±inf beyond bf16's range, which
 // the check then reports). False, with sh.bad_row set, for a bad row.
-bool block_norms(LossCall& L, ThreadShare& sh, ClassBlock blk, const float* wb) {
-  const float* wn = L.p.weights_bf16 ? wb : nullptr;
+bool block_norms(LossCall& L, ThreadShare& sh, ClassBlock blk, const BlockRows& wr, float* buf) {
   for (int64_t j = 0; j < blk.count; ++j) {
-    const double sq = L.kern.sumsq(wn ? wn + j * L.D : L.wrow(blk.j0 + j), (int)L.D);
+    const double sq = L.kern.sumsq(wr.row(j, L.D, buf), (int)L.D);
     if (!(sq <= kMaxNormSq)) {  // non-finite, or a norm the fp32 products would overflow
       sh.bad_row = L.row_of(blk.j0 + j);
       return false;
@@ -343,14 +384,14 @@ bool block_norms(LossCall& L, ThreadShare& sh, ClassBlock blk, const float* wb) 
 }
 
 // The margin on the targets of the block's rows: their logits and derivatives.
-void block_targets(LossCall& L, ForwardScratch& fs, ClassBlock blk, const float* wb, float* tile) {
+void block_targets(LossCall& L, ForwardScratch& fs, ClassBlock blk, const BlockRows& wr, float* tile) {
   const LossProblem& p = L.p;
   auto [lo, hi] = L.targets_in(blk.j0, blk.j0 + blk.count);
   if (p.weights_bf16) {
     for (auto it = lo; it != hi; ++it) {
       const int32_t i = it->second, col = it->first - (int32_t)blk.j0;
       L.target_cos[i] = (float)(L.invw[blk.j0 + col] *
-                                dot_f64(L.rows.xn.get() + (int64_t)i * L.D, wb + (int64_t)col * L.D, L.D));
+                                dot_f64(L.rows.xn.get() + (int64_t)i * L.D, wr.row(col, L.D, fs.row.get()), L.D));
     }
     L.patch_target_cos(tile, blk);
   }
@@ -370,12 +411,12 @@ void block_targets(LossCall& L, ForwardScratch& fs, ClassBlock blk, const float*
 // One block of the forward pass: false for a bad W row.
 bool forward_block(LossCall& L, ThreadShare& sh, ForwardScratch& fs, int64_t b) {
   const ClassBlock blk = L.lay.block(b);
-  const float* wb = L.block_weights(blk, fs.wrows.get());
-  if (!block_norms(L, sh, blk, wb)) return false;
+  const BlockRows wr = L.block_rows(blk, fs.wrows.get(), fs.wa.get());
+  if (!block_norms(L, sh, blk, wr, fs.row.get())) return false;
   float* tile = L.cached_tile(sh, b);
   if (!tile) tile = fs.tile.get();
-  L.cos_tile(wb, blk, tile, fs.wa.get(), L.next_rows(b, sh.hi));
-  block_targets(L, fs, blk, wb, tile);
+  L.cos_tile(wr, blk, tile, L.next_rows(b, sh.hi));
+  block_targets(L, fs, blk, wr, tile);
   L.kern.block_stats(tile, (int)blk.count, (int)L.ldt, L.s, L.cvm_m2, fs.target_col.get(), fs.target_z.get(),
                      fs.blk_max.get(), fs.blk_sumexp.get(), fs.blk_other.get());
   for (int64_t i = 0; i < L.ldt; ++i) {
@@ -431,7 +472,7 @@ void merge_forward(LossCall& L) {
 
 // ---- Backward: revisit blocks, g tile, dŴ (owned) and dX̂ (per thread). ----
 struct BackwardScratch {
-  std::unique_ptr<float[]> tile, g, tj, wrows, grad_block;
+  std::unique_ptr<float[]> tile, g, tj, wrows, row, grad_block;
   std::unique_ptr<uint16_t[]> wa;
   std::unique_ptr<uint16_t[]> g_cls;   // G, class-major (A of dŴ)
   std::unique_ptr<uint16_t[]> g_rows;  // G, row-major (A of dX̂)
@@ -441,7 +482,8 @@ struct BackwardScratch {
       : tile(uninit<float>(L.tile_floats)),
         g(uninit<float>(L.tile_floats)),
         tj(uninit<float>(L.block_classes)),
-        wrows(uninit<float>(L.gather ? L.block_classes * L.D : 1)),
+        wrows(uninit<float>(L.gather && !L.ops.packed ? L.block_classes * L.D : 1)),
+        row(uninit<float>(L.D)),
         grad_block(uninit<float>(L.p.block_update ? L.block_classes * L.D : 1)),
         wa(uninit<uint16_t>(L.ops.packed ? L.block_classes * L.ops.d_pad : 1)),
         g_cls(uninit<uint16_t>(L.ops.packed ? L.block_classes * L.ops.ldt_pad : 1)),
@@ -455,10 +497,10 @@ struct BackwardScratch {
 // The block's gradient tile G (and t_j) from its cosine tile; the largest
 // non-target probability of the block.
 float grad_tile(const LossCall& L, const ThreadShare& sh, BackwardScratch& bs, int64_t b, ClassBlock blk,
-                const float* wb) {
+                const BlockRows& wr) {
   const float* tile = L.cached_tile(sh, b);
   if (!tile) {
-    L.cos_tile(wb, blk, bs.tile.get(), bs.wa.get(), L.next_rows(b, sh.hi));
+    L.cos_tile(wr, blk, bs.tile.get(), L.next_rows(b, sh.hi));
     L.patch_target_cos(bs.tile.get(), blk);
     tile = bs.tile.get();
   }
@@ -472,7 +514,7 @@ float grad_tile(const LossCall& L, const ThreadShare& sh, BackwardScratch& bs, i
 }
 
 // The backward products' G operand in bf16.
-void grad_operands_bf16(const LossCall& L, BackwardScratch& bs, ClassBlock blk, const float* wb) {
+void grad_operands_bf16(const LossCall& L, BackwardScratch& bs, ClassBlock blk, const BlockRows& wr) {
   const RowOperands& ops = L.ops;
   const int64_t N = L.N, D = L.D, ldt = L.ldt;
   if (ops.packed) {
@@ -480,14 +522,14 @@ void grad_operands_bf16(const LossCall& L, BackwardScratch& bs, ClassBlock blk, 
                    (long)ops.ldt_pad);
     pack_rows_bf16_t(bs.g.get(), (long)ldt, (int)N, (int)blk.count, (int)ops.block_pad, bs.g_rows.get(),
                      (long)ops.block_pad);
-    pack_pairs_bf16(wb, (long)D, (int)blk.count, (int)D, (int)ops.block_pad, bs.w_pairs.get());
+    pack_pairs_bf16_rows(wr.a, wr.lda, (int)blk.count, (int)D, (int)ops.block_pad, bs.w_pairs.get());
   } else if (L.p.weights_bf16) {
     round_bf16_array(bs.g.get(), bs.g.get(), blk.count * ldt);
   }
 }
 
 // dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term.
-void grad_w_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const float* wb, float* gw,
+void grad_w_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const BlockRows& wr, float* gw,
                   Prefetch next) {
   const RowOperands& ops = L.ops;
   const int64_t N = L.N, D = L.D;
@@ -501,12 +543,12 @@ void grad_w_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, 
   for (int64_t j = 0; j < blk.count; ++j) {
     // w·invn² underflows for huge norms: form it as (invn·t)·(invn·w).
     const float inv = L.invw[blk.j0 + j];
-    L.kern.sub_scaled(gw + j * D, wb + j * D, inv * bs.tj[j], inv, (int)D);
+    L.kern.sub_scaled(gw + j * D, wr.row(j, D, bs.row.get()), inv * bs.tj[j], inv, (int)D);
   }
 }
 
 // dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).
-void grad_x_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const float* wb, float* dx,
+void grad_x_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const BlockRows& wr, float* dx,
                   Prefetch next) {
   const RowOperands& ops = L.ops;
   const int64_t N = L.N, D = L.D;
@@ -514,15 +556,15 @@ void grad_x_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, 
     bf16_gemm(ops.path, (int)N, (int)D, (int)ops.block_pad, bs.g_rows.get(), (long)ops.block_pad, bs.w_pairs.get(),
               dx, (long)D, true, next.at, next.bytes);
   } else {
-    L.gemm((int)N, (int)D, (int)blk.count, bs.g.get(), 1, (long)L.ldt, wb, (long)D, dx, (long)D, true, next);
+    L.gemm((int)N, (int)D, (int)blk.count, bs.g.get(), 1, (long)L.ldt, wr.w, (long)D, dx, (long)D, true, next);
   }
 }
 
 void backward_block(const LossCall& L, ThreadShare& sh, BackwardScratch& bs, int64_t b) {
   const LossProblem& p = L.p;
   const ClassBlock blk = L.lay.block(b);
-  const float* wb = L.block_weights(blk, bs.wrows.get());
-  const float pmax = grad_tile(L, sh, bs, b, blk, wb);
+  const BlockRows wr = L.block_rows(blk, bs.wrows.get(), bs.wa.get());
+  const float pmax = grad_tile(L, sh, bs, b, blk, wr);
   auto [lo, hi] = L.targets_in(blk.j0, blk.j0 + blk.count);
   float* gw = p.block_update ? bs.grad_block.get() : L.out.grad_w + blk.j0 * L.D;
   if (p.grad_filter > 0.0f && lo == hi && pmax < p.grad_filter) {
@@ -534,12 +576,12 @@ void backward_block(const LossCall& L, ThreadShare& sh, BackwardScratch& bs, int
     ++sh.skipped;
     return;
   }
-  grad_operands_bf16(L, bs, blk, wb);
+  grad_operands_bf16(L, bs, blk, wr);
   // While the products run, the next block's centres (dŴ) and its cached
   // cosine tile (dX̂) come into L2.
   const float* next_tile = b + 1 < sh.hi ? L.cached_tile(sh, b + 1) : nullptr;
-  grad_w_block(L, bs, blk, wb, gw, L.next_rows(b, sh.hi));
-  grad_x_block(L, bs, blk, wb, sh.grad_xn.get(), {next_tile, next_tile ? L.tile_floats * sizeof(float) : 0});
+  grad_w_block(L, bs, blk, wr, gw, L.next_rows(b, sh.hi));
+  grad_x_block(L, bs, blk, wr, sh.grad_xn.get(), {next_tile, next_tile ? L.tile_floats * sizeof(float) : 0});
   if (p.block_update) p.block_update(blk.j0, blk.count, gw);
 }
 
