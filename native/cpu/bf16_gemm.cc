@@ -6,6 +6,7 @@
 #include "target_region.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -298,6 +299,46 @@ void pack_rows_bf16(const float* src, long lds, int M, int K, int Kp, uint16_t* 
   }
 }
 
+namespace {
+// The squares of 16 values (fp32, exact in double) added into a (lanes k mod
+// 16 < 8) and b (the other eight) by double FMAs; sq_total adds the lanes in
+// the order bf16_gemm.h gives for sumsq_bf16.
+inline void sq_acc(__m512 v, __m512d& a, __m512d& b) {
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+  const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  a = _mm512_fmadd_pd(lo, lo, a);
+  b = _mm512_fmadd_pd(hi, hi, b);
+}
+inline double sq_total(__m512d a, __m512d b) {
+  alignas(64) double t[8];
+  _mm512_store_pd(t, _mm512_add_pd(a, b));
+  return ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]));
+}
+}  // namespace
+
+void pack_rows_bf16_sumsq(const float* src, long lds, int M, int K, int Kp, uint16_t* dst, long ldd, double* sq) {
+  for (int m = 0; m < M; ++m) {
+    const float* s = src + (long)m * lds;
+    uint16_t* o = dst + (long)m * ldd;
+    __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+    for (int k = 0; k < Kp; k += 16) {
+      const __m512i bits = bf16_bits(load_n(s + k, K - k));
+      _mm256_storeu_si256((__m256i*)(o + k), _mm512_cvtepi32_epi16(bits));
+      sq_acc(_mm512_castsi512_ps(_mm512_slli_epi32(bits, 16)), a, b);
+    }
+    sq[m] = sq_total(a, b);
+  }
+}
+
+double sumsq_bf16(const uint16_t* v, int K) {
+  __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+  for (int k = 0; k < K; k += 16) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes(K - k), v + k));
+    sq_acc(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), a, b);
+  }
+  return sq_total(a, b);
+}
+
 void pack_rows_bf16_t(const float* src, long sk, int M, int K, int Kp, uint16_t* dst, long ldd) {
   // Words of two source rows (k, k+1), vectorised along m, then scattered
   // into the rows of dst: the transpose of a 32-bit (Kp/2)×M matrix.
@@ -368,6 +409,24 @@ void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long l
 void pack_rows_bf16(const float* src, long lds, int M, int K, int Kp, uint16_t* dst, long ldd) {
   for (int m = 0; m < M; ++m)
     for (int k = 0; k < Kp; ++k) dst[(long)m * ldd + k] = k < K ? to_bf16(src[(long)m * lds + k]) : 0;
+}
+
+double sumsq_bf16(const uint16_t* v, int K) {
+  double acc[16] = {};
+  for (int k = 0; k < K; ++k) {
+    const uint32_t u = (uint32_t)v[k] << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    acc[k % 16] = std::fma((double)f, (double)f, acc[k % 16]);
+  }
+  double t[8];
+  for (int i = 0; i < 8; ++i) t[i] = acc[i] + acc[i + 8];
+  return ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]));
+}
+
+void pack_rows_bf16_sumsq(const float* src, long lds, int M, int K, int Kp, uint16_t* dst, long ldd, double* sq) {
+  pack_rows_bf16(src, lds, M, K, Kp, dst, ldd);
+  for (int m = 0; m < M; ++m) sq[m] = sumsq_bf16(dst + (long)m * ldd, K);
 }
 
 void pack_rows_bf16_t(const float* src, long sk, int M, int K, int Kp, uint16_t* dst, long ldd) {

@@ -94,6 +94,13 @@ inline void narrow_bf16_array(const float* src, uint16_t* dst, int64_t n) {
 }
 // dst[m·ldd + k] = bf16(src[m·lds + k]) for k < K, 0 for K ≤ k < Kp.
 void pack_rows_bf16(const float* src, long lds, int M, int K, int Kp, uint16_t* dst, long ldd);
+// Σ_k v_k² in double over the K bf16 values v (each square exact): per lane
+// l = k mod 16 an FMA chain in k order, then t_i = acc_i + acc_{i+8} and
+// ((t0 + t4) + (t1 + t5)) + ((t2 + t6) + (t3 + t7)). One order on every
+// build, so that a row's norm does not depend on where its bf16 values came from.
+double sumsq_bf16(const uint16_t* v, int K);
+// pack_rows_bf16, and sq[m] = sumsq_bf16 of packed row m (in the same pass on AVX-512).
+void pack_rows_bf16_sumsq(const float* src, long lds, int M, int K, int Kp, uint16_t* dst, long ldd, double* sq);
 // Pair-packs the K×NN matrix whose element (k, n) is src[k·sk + n] (rows k
 // contiguous in n) into dst (pair_packed_size(Kp, NN) elements), zero padded.
 void pack_pairs_bf16(const float* src, long sk, int K, int NN, int Kp, uint16_t* dst);

@@ -94,11 +94,14 @@ struct Prefetch {
 // matrix path, where they are the only copy: rounded from fp32 centres
 // straight into the operand, or the stored bf16 rows themselves. The norms,
 // the target cosines and the backward chain rule read a row in fp32 through
-// row(), which widens a bf16 row (exactly) into a buffer of d floats.
+// row(), which widens a bf16 row (exactly) into a buffer of d floats; on a
+// matrix path the rows' sums of squares come with them (sq, sumsq_bf16's
+// order, formed while rounding fp32 centres into the operand) where asked.
 struct BlockRows {
   const float* w = nullptr;
   const uint16_t* a = nullptr;
   long lda = 0;
+  const double* sq = nullptr;
   const float* row(int64_t j, int64_t d, float* buf) const {
     if (w) return w + j * d;
     widen_bf16_array(a + j * lda, buf, d);
@@ -191,11 +194,19 @@ struct LossCall {
   // rows go into `wa` (block_classes×d_pad), rounded from fp32 or copied.
   // Skipping the rounded fp32 copy saves its pass and keeps the block's
   // 2·d bytes per class, not 6·d, in L2 (docs/cpu.md).
-  BlockRows block_rows(ClassBlock blk, float* scratch, uint16_t* wa) const {
-    if (!ops.packed) return {block_weights(blk, scratch), nullptr, 0};
+  // sq (block_classes doubles) receives the rows' sums of squares, where given.
+  BlockRows block_rows(ClassBlock blk, float* scratch, uint16_t* wa, double* sq) const {
+    if (!ops.packed) return {block_weights(blk, scratch), nullptr, 0, nullptr};
     const int64_t dp = ops.d_pad;
-    if (p.w_bf16 && !p.class_index && D == dp) return {nullptr, p.w_bf16 + blk.j0 * D, (long)D};
-    if (!p.w_bf16 && !p.class_index) {
+    BlockRows r{nullptr, wa, (long)dp, sq};
+    if (p.w_bf16 && !p.class_index && D == dp) {
+      r.a = p.w_bf16 + blk.j0 * D;
+      r.lda = (long)D;
+    } else if (!p.w_bf16 && !p.class_index) {
+      if (sq) {
+        pack_rows_bf16_sumsq(p.w + blk.j0 * D, (long)D, (int)blk.count, (int)D, (int)dp, wa, (long)dp, sq);
+        return r;
+      }
       pack_rows_bf16(p.w + blk.j0 * D, (long)D, (int)blk.count, (int)D, (int)dp, wa, (long)dp);
     } else {
       for (int64_t j = 0; j < blk.count; ++j) {
@@ -208,7 +219,9 @@ struct LossCall {
         }
       }
     }
-    return {nullptr, wa, (long)dp};
+    if (sq)
+      for (int64_t j = 0; j < blk.count; ++j) sq[j] = sumsq_bf16(r.a + j * r.lda, (int)D);
+    return r;
   }
 
   // The centre rows of the block after b in [b, hi), as stored (fp32 or bf16):
@@ -350,6 +363,7 @@ void share_blocks(LossCall& L, size_t workspace_bytes) {
 // ---- Forward: stream class blocks, online LSE per row. ----
 struct ForwardScratch {
   std::unique_ptr<float[]> tile, wrows, row;
+  std::unique_ptr<double[]> sq;  // the block's rows' sums of squares (matrix path)
   std::unique_ptr<uint16_t[]> wa;
   std::unique_ptr<int32_t[]> target_col;  // per row: its target's column in this block, or −1
   std::unique_ptr<float[]> target_z;      // per row: its target logit (read where target_col ≥ 0)
@@ -358,6 +372,7 @@ struct ForwardScratch {
       : tile(uninit<float>(L.tile_floats)),
         wrows(uninit<float>(L.gather && !L.ops.packed ? L.block_classes * L.D : 1)),
         row(uninit<float>(L.D)),
+        sq(uninit<double>(L.block_classes)),
         wa(uninit<uint16_t>(L.ops.packed ? L.block_classes * L.ops.d_pad : 1)),
         target_col(uninit<int32_t>(L.ldt)),
         target_z(new float[L.ldt]()),
@@ -373,7 +388,7 @@ struct ForwardScratch {
 // the check then reports). False, with sh.bad_row set, for a bad row.
 bool block_norms(LossCall& L, ThreadShare& sh, ClassBlock blk, const BlockRows& wr, float* buf) {
   for (int64_t j = 0; j < blk.count; ++j) {
-    const double sq = L.kern.sumsq(wr.row(j, L.D, buf), (int)L.D);
+    const double sq = wr.sq ? wr.sq[j] : L.kern.sumsq(wr.row(j, L.D, buf), (int)L.D);
     if (!(sq <= kMaxNormSq)) {  // non-finite, or a norm the fp32 products would overflow
       sh.bad_row = L.row_of(blk.j0 + j);
       return false;
@@ -411,7 +426,7 @@ void block_targets(LossCall& L, ForwardScratch& fs, ClassBlock blk, const BlockR
 // One block of the forward pass: false for a bad W row.
 bool forward_block(LossCall& L, ThreadShare& sh, ForwardScratch& fs, int64_t b) {
   const ClassBlock blk = L.lay.block(b);
-  const BlockRows wr = L.block_rows(blk, fs.wrows.get(), fs.wa.get());
+  const BlockRows wr = L.block_rows(blk, fs.wrows.get(), fs.wa.get(), fs.sq.get());
   if (!block_norms(L, sh, blk, wr, fs.row.get())) return false;
   float* tile = L.cached_tile(sh, b);
   if (!tile) tile = fs.tile.get();
@@ -563,7 +578,7 @@ void grad_x_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, 
 void backward_block(const LossCall& L, ThreadShare& sh, BackwardScratch& bs, int64_t b) {
   const LossProblem& p = L.p;
   const ClassBlock blk = L.lay.block(b);
-  const BlockRows wr = L.block_rows(blk, bs.wrows.get(), bs.wa.get());
+  const BlockRows wr = L.block_rows(blk, bs.wrows.get(), bs.wa.get(), nullptr);
   const float pmax = grad_tile(L, sh, bs, b, blk, wr);
   auto [lo, hi] = L.targets_in(blk.j0, blk.j0 + blk.count);
   float* gw = p.block_update ? bs.grad_block.get() : L.out.grad_w + blk.j0 * L.D;
