@@ -216,9 +216,20 @@ struct PfLines {
 };
 constexpr int kPfPairs = 4;
 
+// 16 bf16 values (lanes beyond n: 0) widened to fp32.
+inline __m512 widen16(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+// c − a·(b·w) for one 16-lane row slice (RowSubBf16).
+inline __m512 row_sub(__m512 c, float a, float b, __m512 w) {
+  return _mm512_fnmadd_ps(_mm512_set1_ps(a), _mm512_mul_ps(_mm512_set1_ps(b), w), c);
+}
+
+// sub: null, or the RowSubBf16 of this tile (w at its first row and column),
+// applied before the stores.
 template <int R>
 inline void dp_micro(int kpairs, const uint16_t* A, long lda, const uint16_t* B, float* C, long ldc, bool acc,
-                     int nc, PfLines pf) {
+                     int nc, PfLines pf, const RowSubBf16* sub) {
   __m512 c0[R], c1[R];
   const __mmask16 m0 = lanes(nc), m1 = lanes(nc - 16);
   // A fresh output tile (dŴ into the caller's gradient, a cosine tile into the
@@ -246,6 +257,13 @@ inline void dp_micro(int kpairs, const uint16_t* A, long lda, const uint16_t* B,
       c1[r] = _mm512_dpbf16_ps(c1[r], a, b1);
     }
   }
+  if (sub) {
+    for (int r = 0; r < R; ++r) {
+      const uint16_t* w = sub->w + r * sub->ldw;
+      c0[r] = row_sub(c0[r], sub->a[r], sub->b[r], widen16(w, m0));
+      c1[r] = row_sub(c1[r], sub->a[r], sub->b[r], widen16(w + 16, m1));
+    }
+  }
   for (int r = 0; r < R; ++r) {
     _mm512_mask_storeu_ps(C + r * ldc, m0, c0[r]);
     _mm512_mask_storeu_ps(C + r * ldc + 16, m1, c1[r]);
@@ -254,17 +272,30 @@ inline void dp_micro(int kpairs, const uint16_t* A, long lda, const uint16_t* B,
 
 template <int R>
 void dp_micro_rows(int rows, int kpairs, const uint16_t* A, long lda, const uint16_t* B, float* C, long ldc,
-                   bool acc, int nc, PfLines pf) {
+                   bool acc, int nc, PfLines pf, const RowSubBf16* sub) {
   if constexpr (R > 1) {
-    if (rows < R) return dp_micro_rows<R - 1>(rows, kpairs, A, lda, B, C, ldc, acc, nc, pf);
+    if (rows < R) return dp_micro_rows<R - 1>(rows, kpairs, A, lda, B, C, ldc, acc, nc, pf, sub);
   }
-  dp_micro<R>(kpairs, A, lda, B, C, ldc, acc, nc, pf);
+  dp_micro<R>(kpairs, A, lda, B, C, ldc, acc, nc, pf, sub);
+}
+
+// sub applied to a finished M×NN output (the AMX path's; the VDPBF16PS kernel
+// applies it in its stores).
+void apply_row_sub(int M, int NN, float* C, long ldc, const RowSubBf16& sub) {
+  for (int m = 0; m < M; ++m) {
+    for (int n = 0; n < NN; n += 16) {
+      const __mmask16 k = lanes(NN - n);
+      float* c = C + (long)m * ldc + n;
+      const __m512 w = widen16(sub.w + (long)m * sub.ldw + n, k);
+      _mm512_mask_storeu_ps(c, k, row_sub(_mm512_maskz_loadu_ps(k, c), sub.a[m], sub.b[m], w));
+    }
+  }
 }
 
 // The bytes [next, next + next_bytes) are fetched into L2 while the product
 // runs, shared out over its micro-kernel calls (as the fp32 gemm_prefetch).
 void gemm_avx512_bf16(int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C, long ldc,
-                      bool accumulate, const void* next, size_t next_bytes) {
+                      bool accumulate, const void* next, size_t next_bytes, const RowSubBf16* sub) {
   const long calls = (long)((Kp + kKC - 1) / kKC) * ((NN + 31) / 32) * ((M + kMR - 1) / kMR);
   const long lines = next ? (long)((next_bytes + 63) / 64) : 0;
   const long per_call = calls > 0 ? (lines + calls - 1) / calls : 0;
@@ -277,8 +308,11 @@ void gemm_avx512_bf16(int M, int NN, int Kp, const uint16_t* A, long lda, const 
       for (int n0 = 0; n0 < NN; n0 += 32) {
         const uint16_t* panel = Bp + (long)(n0 / 32) * 32 * Kp + (long)k0 * 32;
         const int n_pf = (int)std::min<long>({per_call, pf_left, (kc / 2 + kPfPairs - 1) / kPfPairs});
+        RowSubBf16 tile_sub{nullptr, 0, nullptr, nullptr};
+        if (sub) tile_sub = {sub->w + (long)m0 * sub->ldw + n0, sub->ldw, sub->a + m0, sub->b + m0};
         dp_micro_rows<kMR>(std::min(kMR, M - m0), kc / 2, A + (long)m0 * lda + k0, lda, panel,
-                           C + (long)m0 * ldc + n0, ldc, acc, NN - n0, {pf, n_pf});
+                           C + (long)m0 * ldc + n0, ldc, acc, NN - n0, {pf, n_pf},
+                           sub && k0 + kc >= Kp ? &tile_sub : nullptr);
         pf += 64L * n_pf;
         pf_left -= n_pf;
       }
@@ -399,9 +433,13 @@ namespace {
 MS_TARGET_POP
 
 void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C,
-               long ldc, bool accumulate, const void* next, size_t next_bytes) {
-  if (path == MatrixPath::AmxBf16) return gemm_amx_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
-  gemm_avx512_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate, next, next_bytes);
+               long ldc, bool accumulate, const void* next, size_t next_bytes, const RowSubBf16* sub) {
+  if (path == MatrixPath::AmxBf16) {
+    gemm_amx_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
+    if (sub) apply_row_sub(M, NN, C, ldc, *sub);
+    return;
+  }
+  gemm_avx512_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate, next, next_bytes, sub);
 }
 
 #else  // no x86 matrix instructions in this build: the packing as scalar loops (for NeonBf16).
@@ -451,13 +489,24 @@ void pack_pairs_bf16_rows(const uint16_t* src, long sk, int K, int NN, int Kp, u
 }
 
 void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C,
-               long ldc, bool accumulate, const void* next, size_t next_bytes) {
+               long ldc, bool accumulate, const void* next, size_t next_bytes, const RowSubBf16* sub) {
   (void)next, (void)next_bytes;
   // Only NeonBf16 can be selected here (best_matrix_path: cpu_has_neon_bf16),
   // and only on aarch64 (elsewhere, WebAssembly included, cpu_has_neon_bf16 is false).
 #if defined(__aarch64__)
-  if (path == MatrixPath::NeonBf16) gemm_neon_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
+  if (path != MatrixPath::NeonBf16) return;
+  gemm_neon_bf16(M, NN, Kp, A, lda, Bp, C, ldc, accumulate);
+  if (!sub) return;
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < NN; ++n) {
+      float w;
+      const uint32_t u = (uint32_t)sub->w[(long)m * sub->ldw + n] << 16;
+      std::memcpy(&w, &u, 4);
+      float& c = C[(long)m * ldc + n];
+      c = std::fma(-sub->a[m], sub->b[m] * w, c);
+    }
 #else
+  (void)sub;
   (void)path, (void)M, (void)NN, (void)Kp, (void)A, (void)lda, (void)Bp, (void)C, (void)ldc, (void)accumulate;
 #endif
 }

@@ -54,12 +54,25 @@ bool cpu_has_neon_bf16();
 void gemm_neon_bf16(int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp, float* C, long ldc,
                     bool accumulate);
 
-// C[m·ldc + n] = (accumulate ? C : 0) + Σ_k A[m][k]·B[k][n], m < M, n < NN.
-// path must be Avx512Bf16, AmxBf16 or NeonBf16 (and available). On Avx512Bf16
-// the bytes [next, next + next_bytes) (the next class block's operand) are
-// fetched into L2 while the product runs; a hint only, the results do not change.
+// The normalisation term of dŴ for bf16 centre rows, applied to a product's
+// finished output (bf16_gemm's sub): row m becomes C_m − a[m]·(b[m]·w_m), w_m
+// the bf16 row at w + m·ldw widened (exactly), b·w rounded, then one fused
+// multiply-subtract (the fp32 kernels' sub_scaled, contracted as they compile it).
+struct RowSubBf16 {
+  const uint16_t* w;
+  long ldw;
+  const float* a;
+  const float* b;
+};
+
+// C[m·ldc + n] = (accumulate ? C : 0) + Σ_k A[m][k]·B[k][n], m < M, n < NN,
+// then sub where given. path must be Avx512Bf16, AmxBf16 or NeonBf16 (and
+// available). On Avx512Bf16 the bytes [next, next + next_bytes) (the next
+// class block's operand) are fetched into L2 while the product runs (a hint
+// only, the results do not change), and sub is applied in the last stores.
 void bf16_gemm(MatrixPath path, int M, int NN, int Kp, const uint16_t* A, long lda, const uint16_t* Bp,
-               float* C, long ldc, bool accumulate, const void* next = nullptr, size_t next_bytes = 0);
+               float* C, long ldc, bool accumulate, const void* next = nullptr, size_t next_bytes = 0,
+               const RowSubBf16* sub = nullptr);
 inline int64_t pair_packed_size(int64_t Kp, int64_t NN) { return Kp * round_up(NN, kBf16NPad); }
 
 // ---- Conversions (round to nearest even; inputs are finite) ----

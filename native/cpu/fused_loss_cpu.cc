@@ -245,11 +245,12 @@ struct LossCall {
   }
 
   // The fp32 GEMM on a B operand that every block shares (X̂ᵀ or X̂): its
-  // packed form Bp where there is one, else B itself.
+  // packed form Bp where there is one, else B itself. sub (only with Bp):
+  // the rows' RowSub, applied in the product's stores.
   void gemm_shared(int M, int NN, int K, const float* A, long sam, long sak, const float* B, long ldb,
-                   const float* Bp, float* C, long ldc, Prefetch next) const {
+                   const float* Bp, float* C, long ldc, Prefetch next, const RowSub* sub = nullptr) const {
     if (Bp) {
-      kern.gemm_packed(M, NN, K, A, sam, sak, Bp, C, ldc, false, next.at, next.bytes);
+      kern.gemm_packed(M, NN, K, A, sam, sak, Bp, C, ldc, false, next.at, next.bytes, sub);
     } else {
       gemm(M, NN, K, A, sam, sak, B, ldb, C, ldc, false, next);
     }
@@ -487,7 +488,7 @@ void merge_forward(LossCall& L) {
 
 // ---- Backward: revisit blocks, g tile, dŴ (owned) and dX̂ (per thread). ----
 struct BackwardScratch {
-  std::unique_ptr<float[]> tile, g, tj, wrows, row, grad_block;
+  std::unique_ptr<float[]> tile, g, tj, tj_inv, wrows, row, grad_block;  // tj_inv: invn_j·t_j
   std::unique_ptr<uint16_t[]> wa;
   std::unique_ptr<uint16_t[]> g_cls;   // G, class-major (A of dŴ)
   std::unique_ptr<uint16_t[]> g_rows;  // G, row-major (A of dX̂)
@@ -497,6 +498,7 @@ struct BackwardScratch {
       : tile(uninit<float>(L.tile_floats)),
         g(uninit<float>(L.tile_floats)),
         tj(uninit<float>(L.block_classes)),
+        tj_inv(uninit<float>(L.block_classes)),
         wrows(uninit<float>(L.gather && !L.ops.packed ? L.block_classes * L.D : 1)),
         row(uninit<float>(L.D)),
         grad_block(uninit<float>(L.p.block_update ? L.block_classes * L.D : 1)),
@@ -543,23 +545,35 @@ void grad_operands_bf16(const LossCall& L, BackwardScratch& bs, ClassBlock blk, 
   }
 }
 
-// dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term.
-void grad_w_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const BlockRows& wr, float* gw,
+// dŴ' = Gᵀ·X̂ (already scaled by invn_j), then the normalisation term
+// w_j·invn_j²·t_j, formed as (invn_j·t_j)·(invn_j·w_j): w·invn² underflows for
+// huge norms. On a matrix path and on the fp32 kernels with a packed X̂ the
+// term is applied in the product's last stores (RowSubBf16, RowSub), bit for
+// bit the sub_scaled pass below (the AVX-512 and AVX2 sets' on the bf16 path):
+// that pass re-read the block's dŴ and centres from L2, 2.5 % of a one-thread
+// fp32 loss's samples (Xeon, Emerald Rapids, C = 10⁵) and 1.1 % of a bf16
+// one's (AMD EPYC Zen 4), besides widening each bf16 row.
+void grad_w_block(const LossCall& L, BackwardScratch& bs, ClassBlock blk, const BlockRows& wr, float* gw,
                   Prefetch next) {
   const RowOperands& ops = L.ops;
   const int64_t N = L.N, D = L.D;
+  const float* invn = L.invw.get() + blk.j0;
+  for (int64_t j = 0; j < blk.count; ++j) bs.tj_inv[j] = invn[j] * bs.tj[j];
   if (ops.packed) {
+    const RowSubBf16 sub{wr.a, wr.lda, bs.tj_inv.get(), invn};
     bf16_gemm(ops.path, (int)blk.count, (int)D, (int)ops.ldt_pad, bs.g_cls.get(), (long)ops.ldt_pad,
-              ops.xn_packed.get(), gw, (long)D, false, next.at, next.bytes);
-  } else {
+              ops.xn_packed.get(), gw, (long)D, false, next.at, next.bytes, &sub);
+    return;
+  }
+  if (ops.xn_b) {
+    const RowSub sub{wr.w, (long)D, bs.tj_inv.get(), invn};
     L.gemm_shared((int)blk.count, (int)D, (int)N, bs.g.get(), (long)L.ldt, 1, ops.xn, (long)D, ops.xn_b.get(), gw,
-                  (long)D, next);
+                  (long)D, next, &sub);
+    return;
   }
-  for (int64_t j = 0; j < blk.count; ++j) {
-    // w·invn² underflows for huge norms: form it as (invn·t)·(invn·w).
-    const float inv = L.invw[blk.j0 + j];
-    L.kern.sub_scaled(gw + j * D, wr.row(j, D, bs.row.get()), inv * bs.tj[j], inv, (int)D);
-  }
+  L.gemm((int)blk.count, (int)D, (int)N, bs.g.get(), (long)L.ldt, 1, ops.xn, (long)D, gw, (long)D, false, next);
+  for (int64_t j = 0; j < blk.count; ++j)
+    L.kern.sub_scaled(gw + j * D, wr.row(j, D, bs.row.get()), bs.tj_inv[j], invn[j], (int)D);
 }
 
 // dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).

@@ -119,10 +119,10 @@ double products_seconds(const float* x, const float* w, int64_t N, int64_t C, in
       const size_t next_bytes = (size_t)next * sizeof(float);
       if (packed) {
         kern.gemm_packed((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt_b.data(), tile.data(), (long)ldt, false,
-                         wn, next_bytes);
+                         wn, next_bytes, nullptr);
         if (!backward) continue;
         kern.gemm_packed((int)count, (int)D, (int)N, tile.data(), (long)ldt, 1, x_b.data(), gwb, (long)D, false,
-                         nullptr, 0);
+                         nullptr, 0, nullptr);
       } else {
         kern.gemm((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt, (long)ldt, tile.data(), (long)ldt, false);
         if (!backward) continue;

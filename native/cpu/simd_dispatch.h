@@ -8,6 +8,17 @@
 
 namespace ms {
 
+// The normalisation term of dŴ applied in a product's last stores
+// (KernelSet::gemm_packed): output row m, once complete, becomes
+// C_m − a[m]·(b[m]·w_m), w_m = w + m·ldw, with sub_scaled's arithmetic (so
+// the same bits as the product followed by sub_scaled on each row).
+struct RowSub {
+  const float* w;
+  long ldw;
+  const float* a;
+  const float* b;
+};
+
 struct KernelSet {
   int vw;  // floats per vector
   int mr;  // GEMM register-tile rows
@@ -32,8 +43,9 @@ struct KernelSet {
   // floats at dst), and gemm_prefetch on it without packing. Null in a set
   // without them: callers then use gemm / gemm_prefetch on the plain B.
   void (*pack_b_whole)(int K, int NN, const float* B, long ldb, float* dst);
+  // sub: null, or the rows' RowSub, applied after the last k.
   void (*gemm_packed)(int M, int NN, int K, const float* A, long sam, long sak, const float* Bp, float* C, long ldc,
-                      bool accumulate, const void* next, size_t next_bytes);
+                      bool accumulate, const void* next, size_t next_bytes, const RowSub* sub);
 };
 
 // SIMD level codes (lib/native.ts SIMD_CODES), ordered so that a level the
