@@ -366,10 +366,7 @@ void pack_rows_bf16_sumsq(const float* src, long lds, int M, int K, int Kp, uint
 
 double sumsq_bf16(const uint16_t* v, int K) {
   __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
-  for (int k = 0; k < K; k += 16) {
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes(K - k), v + k));
-    sq_acc(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), a, b);
-  }
+  for (int k = 0; k < K; k += 16) sq_acc(widen16(v + k, lanes(K - k)), a, b);
   return sq_total(a, b);
 }
 

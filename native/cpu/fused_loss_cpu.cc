@@ -158,6 +158,9 @@ struct LossCall {
         gather(p.weights_bf16 || p.class_index),
         tile_floats((size_t)(block_classes * ldt)) {}
 
+  // Floats of per-thread scratch block_weights needs for its fp32 row copies.
+  int64_t fp32_rows_floats() const { return gather && !ops.packed ? block_classes * D : 1; }
+
   // Row of W that problem class j reads (class_index when sampling).
   int64_t row_of(int64_t j) const { return p.class_index ? (int64_t)p.class_index[j] : j; }
   // Row j of the problem's fp32 W (not with bf16 storage, p.w_bf16).
@@ -371,7 +374,7 @@ struct ForwardScratch {
   std::unique_ptr<float[]> blk_max, blk_sumexp, blk_other;
   explicit ForwardScratch(const LossCall& L)
       : tile(uninit<float>(L.tile_floats)),
-        wrows(uninit<float>(L.gather && !L.ops.packed ? L.block_classes * L.D : 1)),
+        wrows(uninit<float>(L.fp32_rows_floats())),
         row(uninit<float>(L.D)),
         sq(uninit<double>(L.block_classes)),
         wa(uninit<uint16_t>(L.ops.packed ? L.block_classes * L.ops.d_pad : 1)),
@@ -499,7 +502,7 @@ struct BackwardScratch {
         g(uninit<float>(L.tile_floats)),
         tj(uninit<float>(L.block_classes)),
         tj_inv(uninit<float>(L.block_classes)),
-        wrows(uninit<float>(L.gather && !L.ops.packed ? L.block_classes * L.D : 1)),
+        wrows(uninit<float>(L.fp32_rows_floats())),
         row(uninit<float>(L.D)),
         grad_block(uninit<float>(L.p.block_update ? L.block_classes * L.D : 1)),
         wa(uninit<uint16_t>(L.ops.packed ? L.block_classes * L.ops.d_pad : 1)),
