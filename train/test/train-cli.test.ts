@@ -53,6 +53,16 @@ describe('options → configuration', () => {
     expect(() => cfg(['--tf-backend', 'webgl'])).toThrow(/--tf-backend wasm or cpu/);
     expect(() => cfg(['--on-bad-image', 'ignore'])).toThrow(/skip or stop/);
   });
+
+  test('augmentation ranges: photometric off by default, each option read and bounded', () => {
+    const d = cfg([]);
+    expect([d.contrast, d.brightness, d.lightingRamp]).toEqual([0, 0, 0]);
+    const c = cfg(['--contrast', '0.2', '--brightness', '0.1', '--lighting-ramp', '0.15', '--rotate', '10', '--shear', '5']);
+    expect([c.contrast, c.brightness, c.lightingRamp, c.rotate, c.shear]).toEqual([0.2, 0.1, 0.15, 10, 5]);
+    expect(() => cfg(['--contrast', '1'])).toThrow(/Expected a fraction in \[0, 0.9\] for --contrast but received "1"/);
+    expect(() => cfg(['--brightness', '-0.1'])).toThrow(/--brightness/);
+    expect(() => cfg(['--lighting-ramp', 'x'])).toThrow(/--lighting-ramp/);
+  });
 });
 
 describe('errors through main()', () => {

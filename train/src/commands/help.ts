@@ -49,6 +49,8 @@ const OPTIM_HELP = `Optimisation:
   --momentum 0.9  --weight-decay 5e-4  --head-lr-mult 1
   --flip 0.5             probability of a horizontal flip of a training image; --shift N: random ±N px translation
   --rotate D, --scale-jitter S, --shear D   random affine augmentation: rotation ±D°, scale 1 ± S, shear ±D°
+  --contrast C, --brightness B, --lighting-ramp R   random photometric augmentation: contrast 1 ± C, brightness
+                         ± B and a lighting ramp across the image ± R, as fractions of the intensity range
   --seed N               initialisation, shuffling and augmentation seed (default 0)
   --tf-backend wasm|cpu  tfjs backend (default wasm: the fastest that installs from npm alone)
   --backend auto|cpu|cuda   the margin head's backend (default auto: CUDA where a device is usable)

@@ -51,6 +51,9 @@ const OPTIONS = {
   rotate: { type: 'string' },
   'scale-jitter': { type: 'string' },
   shear: { type: 'string' },
+  contrast: { type: 'string' },
+  brightness: { type: 'string' },
+  'lighting-ramp': { type: 'string' },
   seed: { type: 'string' },
   'tf-backend': { type: 'string' },
   backend: { type: 'string' },
@@ -183,6 +186,9 @@ export function configFromArgs(v: Values, command: 'train' | 'compare'): TrainCo
   c.rotate = num(v.rotate, 'rotate', (x) => x >= 0 && x <= 180, 'degrees in [0, 180]') ?? c.rotate;
   c.scaleJitter = num(v['scale-jitter'], 'scale-jitter', (x) => x >= 0 && x <= 0.9, 'a fraction in [0, 0.9]') ?? c.scaleJitter;
   c.shear = num(v.shear, 'shear', (x) => x >= 0 && x <= 60, 'degrees in [0, 60]') ?? c.shear;
+  c.contrast = num(v.contrast, 'contrast', (x) => x >= 0 && x <= 0.9, 'a fraction in [0, 0.9]') ?? c.contrast;
+  c.brightness = num(v.brightness, 'brightness', (x) => x >= 0 && x <= 1, 'a fraction in [0, 1]') ?? c.brightness;
+  c.lightingRamp = num(v['lighting-ramp'], 'lighting-ramp', (x) => x >= 0 && x <= 1, 'a fraction in [0, 1]') ?? c.lightingRamp;
   c.tfBackend = tfBackendFrom(v) ?? c.tfBackend;
   c.backend = headBackendFrom(v) ?? c.backend;
   c.threads = int(v.threads, 'threads') ?? c.threads;

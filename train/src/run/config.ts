@@ -3,6 +3,7 @@
  * ties a checkpoint to the configuration that produced it.
  */
 import type { AffineRanges } from '../data/augment';
+import type { PhotometricRanges } from '../data/photometric';
 import { MARGIN_KINDS, MARGIN_KIND_NAMES, type Margin, type MarginKind } from 'margin-softmax';
 import type { BackboneConfig } from '../model/backbone';
 import { mnistSource, scanImageFolder, type BadImagePolicy, type DataSource } from '../data/datasets';
@@ -49,6 +50,10 @@ export interface TrainConfig extends BackboneConfig {
   rotate: number;
   scaleJitter: number;
   shear: number;
+  /** Random photometric augmentation (../data/photometric): contrast 1 ± contrast, brightness ± and a lighting ramp ± these fractions of the intensity range (0 = none). */
+  contrast: number;
+  brightness: number;
+  lightingRamp: number;
 
   /** Test-time flip averaging in evaluation. */
   evalFlip: boolean;
@@ -107,6 +112,9 @@ export const DEFAULT_CONFIG: TrainConfig = {
   rotate: 0,
   scaleJitter: 0,
   shear: 0,
+  contrast: 0,
+  brightness: 0,
+  lightingRamp: 0,
   evalFlip: false,
   initFrom: null,
   evalEvery: 1,
@@ -165,6 +173,11 @@ export function openSource(cfg: Pick<TrainConfig, 'data' | 'mnistPerClass' | 'mn
 /** The random affine augmentation's ranges (../data/augment). */
 export function affineOf(cfg: TrainConfig): AffineRanges {
   return { rotate: cfg.rotate ?? 0, scale: cfg.scaleJitter ?? 0, shear: cfg.shear ?? 0, shift: cfg.shift };
+}
+
+/** The random photometric augmentation's ranges (../data/photometric); 0 in a run configured before it existed. */
+export function photometricOf(cfg: TrainConfig): PhotometricRanges {
+  return { contrast: cfg.contrast ?? 0, brightness: cfg.brightness ?? 0, ramp: cfg.lightingRamp ?? 0 };
 }
 
 export function backboneOf(cfg: TrainConfig): BackboneConfig {

@@ -10,11 +10,12 @@ import type * as TF from '@tensorflow/tfjs';
 import { drawAffine, isAffine, warpAffine } from '../data/augment';
 import type { LoadedBatch, Sample } from '../data/datasets';
 import { flipHorizontal, shiftImage } from '../data/images';
+import { isPhotometric, jitterPhotometric } from '../data/photometric';
 import { Rng, subSeed } from '../data/rng';
 import { formatVerification, type VerificationResult } from '../eval/protocol';
 import type { ShardedMarginHead } from 'margin-softmax';
 import { CheckpointMismatchError, readCheckpointState, saveCheckpoint, type CheckpointState } from './checkpoint';
-import { affineOf, type TrainConfig } from './config';
+import { affineOf, photometricOf, type TrainConfig } from './config';
 import { anyRankStops, averageGradients, readRankResume, saveShardedHead, shareOf, writeRankResume } from './distributed';
 import { epochLine, epochRecord, valRecord, type EpochRecord, type EpochTally } from './metrics';
 import { ProgressBar } from './progress';
@@ -120,7 +121,7 @@ async function trainEpoch(run: RunState, epoch: number, lr: number, resumed: Che
 
 /**
  * This rank's share of the batch `rows`, decoded (from disk the first time)
- * and augmented (affine or shift, then flip, image by image, in the epoch's
+ * and augmented (affine or shift, then flip, then photometric, image by image, in the epoch's
  * RNG order); null when fewer than two images remain (unreadable ones skipped).
  */
 function nextBatch(run: RunState, rows: Sample[], rng: Rng): LoadedBatch | null {
@@ -132,6 +133,7 @@ function nextBatch(run: RunState, rows: Sample[], rng: Rng): LoadedBatch | null 
   const per = cfg.height * cfg.width * cfg.channels;
   const affine = affineOf(cfg);
   const scratch = isAffine(affine) ? new Float32Array(per) : null;
+  const photometric = isPhotometric(photometricOf(cfg)) ? photometricOf(cfg) : null;
   for (let i = 0; i < n; i++) {
     if (scratch) warpAffine(batch.data, i * per, cfg.height, cfg.width, cfg.channels, drawAffine(affine, rng), scratch);
     else if (cfg.shift > 0) {
@@ -140,6 +142,7 @@ function nextBatch(run: RunState, rows: Sample[], rng: Rng): LoadedBatch | null 
       shiftImage(batch.data, i * per, cfg.height, cfg.width, cfg.channels, dy, dx);
     }
     if (rng.next() < cfg.flip) flipHorizontal(batch.data, i * per, cfg.height, cfg.width, cfg.channels);
+    if (photometric) jitterPhotometric(batch.data, i * per, cfg.height, cfg.width, cfg.channels, photometric, rng);
   }
   return batch;
 }
