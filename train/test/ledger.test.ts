@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { afterAll, expect, test } from 'vitest';
-import { makeMargin, marginLabel } from '../src/run/config';
+import { DEFAULT_CONFIG, makeMargin, marginLabel } from '../src/run/config';
 import { entryFile, entryOfRun, ledgerReport, readEntries, type LedgerEntry } from '../src/commands/ledger';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ms-ledger-'));
@@ -85,6 +85,16 @@ test('an option unset (null) and an option absent are the same configuration; on
   expect(merged).toContain('| adaptive(m1=0.03, m2=0.5) | +10.00 | 1 | 1 |');
   const apart = ledgerReport([entries[0], entry(ada, 0, 0.9, 0.9, { epochs: 3, size: 32, initFrom: 'runs/x' })], [arc, ada], [0], 'arcface');
   expect(apart).toContain('Left out (another configuration');
+});
+
+test('an option at its default and the same option absent (a run from before it existed) are the same configuration', () => {
+  const old = entry(arc, 0, 0.8, 0.7, { epochs: 3, size: 32, rotate: 10 });
+  const withNew = entry(ada, 0, 0.9, 0.9, { epochs: 3, size: 32, rotate: 10, contrast: DEFAULT_CONFIG.contrast, lightingRamp: DEFAULT_CONFIG.lightingRamp });
+  expect(ledgerReport([old, withNew], [arc, ada], [0], 'arcface')).not.toContain('Left out');
+  const changed = entry(ada, 0, 0.9, 0.9, { epochs: 3, size: 32, rotate: 10, contrast: 0.2 });
+  expect(ledgerReport([old, changed], [arc, ada], [0], 'arcface')).toContain('Left out (another configuration');
+  const otherRotate = entry(ada, 0, 0.9, 0.9, { epochs: 3, size: 32, rotate: DEFAULT_CONFIG.rotate });
+  expect(ledgerReport([old, otherRotate], [arc, ada], [0], 'arcface')).toContain('Left out (another configuration');
 });
 
 test('readEntries reads the ledger files of a folder and ignores other JSON', () => {

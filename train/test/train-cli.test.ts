@@ -151,6 +151,15 @@ test('compare --resume reads back finished runs of the same configuration and re
   // Another learning rate is another configuration: not resumable.
   expect(resumableRun({ ...base, margin: { kind: 'softmax' }, seed: 0, out: runDir, lr: 0.05 })).toBe(false);
   expect(resumableRun({ ...base, margin: { kind: 'softmax' }, seed: 0, out: path.join(tmp, 'nowhere') })).toBe(false);
+  // A config.json written before an option existed lacks it: the run had the option's default.
+  const file = path.join(runDir, 'config.json');
+  const saved = fs.readFileSync(file, 'utf8');
+  const { contrast: _c, ...older } = JSON.parse(saved);
+  void _c;
+  fs.writeFileSync(file, JSON.stringify(older));
+  expect(resumableRun({ ...base, margin: { kind: 'softmax' }, seed: 0, out: runDir })).toBe(true);
+  expect(resumableRun({ ...base, margin: { kind: 'softmax' }, seed: 0, out: runDir, contrast: 0.2 })).toBe(false);
+  fs.writeFileSync(file, saved);
 
   const lines: string[] = [];
   const again = await runCompare({ ...opts, resume: true, log: (m) => lines.push(m) });

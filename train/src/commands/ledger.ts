@@ -16,7 +16,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type { Margin } from 'margin-softmax';
-import { marginLabel } from '../run/config';
+import { DEFAULT_CONFIG, marginLabel } from '../run/config';
 import { lossFolder, meanStd, parseLosses } from './sweep';
 
 /** One finished run, as committed. */
@@ -104,12 +104,16 @@ function meanCell(values: number[], signed = false): string {
 }
 
 // What makes two runs comparable: their configuration less loss, seed and the
-// execution options. Options left unset are null in a configuration and absent
-// from one written before the option existed: both mean the default, so
-// neither enters the key.
+// execution options. An option is absent from a configuration written before
+// it existed, null where left unset, and at its default otherwise: all three
+// mean the default (a run writes every option it has), so none of them enters
+// the key and a new option does not part a comparison's old runs from its new
+// ones.
 const NOT_SETUP = new Set(['margin', 'seed', 'backend', 'workers']);
+const DEFAULTS = DEFAULT_CONFIG as unknown as Record<string, unknown>;
 function setupKey(config: Record<string, unknown>): string {
-  const set = Object.entries(config).filter(([k, v]) => !NOT_SETUP.has(k) && v !== null && v !== undefined);
+  const isDefault = (k: string, v: unknown) => k in DEFAULTS && JSON.stringify(v) === JSON.stringify(DEFAULTS[k]);
+  const set = Object.entries(config).filter(([k, v]) => !NOT_SETUP.has(k) && v !== null && v !== undefined && !isDefault(k, v));
   return JSON.stringify(set.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 
