@@ -9,8 +9,11 @@
 # Measured on 2026-12-07 (AMD EPYC Zen 4, --workers 1, seeds 0 to 8):
 # 91.43 ± 2.02 % verification on the held-out people (88.67–94.56; the 95 %
 # aimed at: not reached), against 86.44 % for 10 epochs from a random
-# initialisation (seeds 0–2). Omniglot pretraining about 28 minutes on one
-# core (once; later runs reuse $PRETRAINED), then 3.5 minutes here.
+# initialisation (seeds 0–2); on three other splits of the people
+# (--split-seed 1 to 3, seeds 0–2, 2026-12-08) 90.19–92.22 % per split,
+# 91.56 ± 1.85 % over all twelve runs of the four splits. Omniglot
+# pretraining about 28 minutes on one core (once; later runs reuse
+# $PRETRAINED), then 3.5 minutes here.
 # The ablation behind each choice: docs/results/pilots/README.md.
 # Uses ../../shared/data relative to train/examples; skips when it is absent.
 # Extra arguments are passed to the ORL training (for example --workers 1 --seed 1).
