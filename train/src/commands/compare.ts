@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { MARGIN_KINDS, MARGIN_KIND_NAMES, type Margin } from 'margin-softmax';
 import { readCheckpointState } from '../run/checkpoint';
-import { DEFAULT_CONFIG, makeMargin, marginLabel, type TrainConfig } from '../run/config';
+import { isDefaultOption, makeMargin, marginLabel, type TrainConfig } from '../run/config';
 import { MARGIN_PRESETS } from '../run/margin-presets';
 import { train, type TrainResult } from '../run/train';
 import { compareSpec, writeSvg } from '../figures/plots';
@@ -60,8 +60,7 @@ export function resumableRun(cfg: TrainConfig): boolean {
   }
   // The head's backend is where the run computes, not what it computes: a run may resume on another.
   // An option absent from the saved file did not exist when it was written: the run had its default.
-  const defaults = DEFAULT_CONFIG as unknown as Record<string, unknown>;
-  const same = (k: string, v: unknown) => JSON.stringify(k in saved ? saved[k] : defaults[k]) === JSON.stringify(v);
+  const same = (k: string, v: unknown) => (k in saved ? JSON.stringify(saved[k]) === JSON.stringify(v) : isDefaultOption(k, v));
   return Object.entries(cfg).every(([k, v]) => k === 'out' || k === 'backend' || same(k, v));
 }
 

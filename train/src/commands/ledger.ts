@@ -16,7 +16,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import type { Margin } from 'margin-softmax';
-import { DEFAULT_CONFIG, marginLabel } from '../run/config';
+import { isDefaultOption, marginLabel } from '../run/config';
 import { lossFolder, meanStd, parseLosses } from './sweep';
 
 /** One finished run, as committed. */
@@ -110,10 +110,8 @@ function meanCell(values: number[], signed = false): string {
 // the key and a new option does not part a comparison's old runs from its new
 // ones.
 const NOT_SETUP = new Set(['margin', 'seed', 'backend', 'workers']);
-const DEFAULTS = DEFAULT_CONFIG as unknown as Record<string, unknown>;
 function setupKey(config: Record<string, unknown>): string {
-  const isDefault = (k: string, v: unknown) => k in DEFAULTS && JSON.stringify(v) === JSON.stringify(DEFAULTS[k]);
-  const set = Object.entries(config).filter(([k, v]) => !NOT_SETUP.has(k) && v !== null && v !== undefined && !isDefault(k, v));
+  const set = Object.entries(config).filter(([k, v]) => !NOT_SETUP.has(k) && v !== null && v !== undefined && !isDefaultOption(k, v));
   return JSON.stringify(set.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 

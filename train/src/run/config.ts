@@ -175,6 +175,16 @@ export function affineOf(cfg: TrainConfig): AffineRanges {
   return { rotate: cfg.rotate ?? 0, scale: cfg.scaleJitter ?? 0, shear: cfg.shear ?? 0, shift: cfg.shift };
 }
 
+/**
+ * Whether `value` is option `key`'s default. A saved configuration lacks the
+ * options added after it was written, and such a run had their defaults: code
+ * that compares saved configurations treats an absent option as this.
+ */
+export function isDefaultOption(key: string, value: unknown): boolean {
+  const defaults = DEFAULT_CONFIG as unknown as Record<string, unknown>;
+  return key in defaults && JSON.stringify(value) === JSON.stringify(defaults[key]);
+}
+
 /** The random photometric augmentation's ranges (../data/photometric); 0 in a run configured before it existed. */
 export function photometricOf(cfg: TrainConfig): PhotometricRanges {
   return { contrast: cfg.contrast ?? 0, brightness: cfg.brightness ?? 0, ramp: cfg.lightingRamp ?? 0 };

@@ -133,7 +133,8 @@ function nextBatch(run: RunState, rows: Sample[], rng: Rng): LoadedBatch | null 
   const per = cfg.height * cfg.width * cfg.channels;
   const affine = affineOf(cfg);
   const scratch = isAffine(affine) ? new Float32Array(per) : null;
-  const photometric = isPhotometric(photometricOf(cfg)) ? photometricOf(cfg) : null;
+  const photometric = photometricOf(cfg);
+  const jitter = isPhotometric(photometric);
   for (let i = 0; i < n; i++) {
     if (scratch) warpAffine(batch.data, i * per, cfg.height, cfg.width, cfg.channels, drawAffine(affine, rng), scratch);
     else if (cfg.shift > 0) {
@@ -142,7 +143,7 @@ function nextBatch(run: RunState, rows: Sample[], rng: Rng): LoadedBatch | null 
       shiftImage(batch.data, i * per, cfg.height, cfg.width, cfg.channels, dy, dx);
     }
     if (rng.next() < cfg.flip) flipHorizontal(batch.data, i * per, cfg.height, cfg.width, cfg.channels);
-    if (photometric) jitterPhotometric(batch.data, i * per, cfg.height, cfg.width, cfg.channels, photometric, rng);
+    if (jitter) jitterPhotometric(batch.data, i * per, cfg.height, cfg.width, cfg.channels, photometric, rng);
   }
   return batch;
 }
