@@ -6,8 +6,8 @@
 // per-row online log-sum-exp states. The backward pass revisits each block
 // (from a bounded cache of cosine tiles, or by recomputing the tile), forms
 // g = (softmax − onehot)·dz/dc/V and issues two GEMMs: dŴ for the block
-// (owned by one thread, written straight into gradWeights) and a per-thread
-// partial dX̂. The L2 normalisation of W is never materialised: the block's
+// (owned by one thread, written straight into gradWeights) and a partial dX̂
+// per chunk of blocks. The L2 normalisation of W is never materialised: the block's
 // inverse norms scale the tile rows, and its chain rule uses
 //   dw_j = invn_j·Σ_i g_ij x̂_i − w_j·invn_j²·t_j,  t_j = Σ_i g_ij c_ij
 // (ŵ_j·dŵ_j = t_j because c_ij = ŵ_j·x̂_i).
@@ -20,18 +20,22 @@
 // and +3 to +14 % (bf16 compute; AMD EPYC Zen 4, 2 threads), versions
 // interleaved, results bit-identical.
 //
-// Threads own contiguous ranges of blocks; per-thread partials (LSE states,
-// dX̂) are merged in thread order, so a fixed thread count gives bit-identical
-// results run after run. Extra memory: the tile cache (workspace_bytes),
-// O(block_classes·N) per thread, O(N·d) per thread for dX̂, and C floats of norms.
+// The blocks are grouped into chunks of consecutive blocks, fixed by the
+// block count and the thread count, that the threads take in order as they
+// finish the last one (Chunk). Partials (LSE states, dX̂) belong to the chunk
+// and are merged in chunk order, so a fixed thread count gives bit-identical
+// results run after run, whichever thread ran which chunk. Extra memory: the
+// tile cache (workspace_bytes), O(block_classes·N) per thread, O(N·d) per
+// chunk for dX̂ (kGradPartsBytes), and C floats of norms.
 //
 // The steps of cpu_loss, top to bottom: normalise the rows (and make their
-// bf16 operands), count the rows, share the blocks out to threads; forward
-// pass per thread (forward_block); merge the thread partials into the LSE and
-// the loss; backward pass per thread (backward_block); sum the dX̂ partials
-// and apply the rows' normalisation chain rule (finish_grad_x). One LossCall
-// holds what the steps pass on.
+// bf16 operands), count the rows, make the chunks; forward pass
+// (forward_block per block); merge the chunk partials into the LSE and the
+// loss; backward pass (backward_block); sum the dX̂ partials and apply the
+// rows' normalisation chain rule (finish_grad_x). One LossCall holds what the
+// steps pass on.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -109,15 +113,54 @@ struct BlockRows {
   }
 };
 
-// One thread's share of the classes: its blocks [lo, hi), the first `cached`
-// of their cosine tiles kept for the backward pass, and its partial results.
-struct ThreadShare {
+// A run of consecutive class blocks [lo, hi) that one thread processes at a
+// time: the first `cached` of their cosine tiles, kept for the backward pass
+// (at `cache`, its slice of the tile cache), and its partial results. Threads
+// take chunks in order from a shared counter (ChunkQueue), so a thread the
+// host slows down takes fewer of them; the partials belong to the chunk, not
+// to the thread that happened to run it, and are merged in chunk order, so
+// the results do not depend on which thread ran what (chunk_ranges).
+struct Chunk {
   int64_t lo = 0, hi = 0, cached = 0;
-  BigArray<float> cache;
+  float* cache = nullptr;
   std::unique_ptr<float[]> part_max, part_sumexp, part_other;  // per-row LSE state over its blocks
   int64_t bad_row = -1;                                      // a W row with a bad norm (forward)
   int64_t skipped = 0;                                       // blocks the filter skipped (backward)
-  std::unique_ptr<float[]> grad_xn;                          // its dX̂ partial, N×d
+  float* grad_xn = nullptr;                                  // its dX̂ partial, N×d (LossCall::grad_xn_parts)
+  bool grad_xn_written = false;                              // false: every block skipped, no partial
+};
+
+// The chunks' block ranges for T threads. One thread: a single chunk. More:
+// each chunk is 1/(2T) of the blocks not yet given out (at least
+// kMinChunkBlocks), so the chunks shrink towards the end and the threads
+// finish together even when the host takes time from one of them; at most
+// max_chunks (the dX̂ partials are N×d floats each: the smallest size doubles
+// until they fit). The ranges depend on nblocks and T only.
+constexpr int64_t kMinChunkBlocks = 4;
+std::vector<std::pair<int64_t, int64_t>> chunk_ranges(int64_t nblocks, int T, int64_t max_chunks) {
+  std::vector<std::pair<int64_t, int64_t>> r;
+  if (T <= 1 || nblocks <= kMinChunkBlocks) return {{0, nblocks}};
+  for (int64_t min_size = kMinChunkBlocks;; min_size *= 2) {
+    r.clear();
+    for (int64_t lo = 0; lo < nblocks;) {
+      const int64_t size = std::max(min_size, (nblocks - lo + 2 * T - 1) / (2 * T));
+      r.emplace_back(lo, std::min(nblocks, lo + size));
+      lo = r.back().second;
+    }
+    if ((int64_t)r.size() <= std::max<int64_t>(max_chunks, T)) return r;
+  }
+}
+
+// Hands out chunk indices in order to the threads of one pass.
+struct ChunkQueue {
+  std::atomic<int64_t> next{0};
+  int64_t take() { return next.fetch_add(1, std::memory_order_relaxed); }
+};
+
+// The block a thread runs next (b < 0: none) and its chunk.
+struct NextBlock {
+  const Chunk* ch = nullptr;
+  int64_t b = -1;
 };
 
 // Everything one call reads and builds, passed from step to step.
@@ -139,7 +182,9 @@ struct LossCall {
   std::unique_ptr<float[]> rowscale, zt, dzt, target_pm1, lse;
   int64_t V = 0;
   std::unique_ptr<float[]> invw;  // 1/‖w_j‖ of the rows as the kernels see them
-  std::vector<ThreadShare> shares;
+  std::vector<Chunk> chunks;
+  BigArray<float> tile_cache;     // the chunks' cached tiles
+  BigArray<float> grad_xn_parts;  // the chunks' dX̂ partials
   std::vector<std::pair<int32_t, int32_t>> by_label;  // (label, row) of the local targets, sorted
 
   LossCall(const LossProblem& p_, LossOutputs& out_, const CpuOptions& opt)
@@ -227,12 +272,12 @@ struct LossCall {
     return r;
   }
 
-  // The centre rows of the block after b in [b, hi), as stored (fp32 or bf16):
-  // what the products fetch into L2 while they run (Prefetch). None where
-  // the rows are gathered through class_index, or b is the last block.
-  Prefetch next_rows(int64_t b, int64_t hi) const {
-    if (b + 1 >= hi || p.class_index) return {};
-    const ClassBlock nb = lay.block(b + 1);
+  // The centre rows of the block the thread runs next, as stored (fp32 or
+  // bf16): what the products fetch into L2 while they run (Prefetch). None
+  // where the rows are gathered through class_index, or there is no next block.
+  Prefetch next_rows(const NextBlock& next) const {
+    if (next.b < 0 || p.class_index) return {};
+    const ClassBlock nb = lay.block(next.b);
     if (p.w_bf16) return {p.w_bf16 + nb.j0 * D, (size_t)(nb.count * D) * sizeof(uint16_t)};
     return {p.w + nb.j0 * D, (size_t)(nb.count * D) * sizeof(float)};
   }
@@ -282,9 +327,9 @@ struct LossCall {
     for (auto it = lo; it != hi; ++it) tile[(it->first - blk.j0) * ldt + it->second] = target_cos[it->second];
   }
 
-  // The tile thread share `sh` keeps for its block b, or null.
-  float* cached_tile(const ThreadShare& sh, int64_t b) const {
-    return b - sh.lo < sh.cached ? sh.cache.get() + (b - sh.lo) * tile_floats : nullptr;
+  // The tile chunk `ch` keeps for its block b, or null.
+  float* cached_tile(const Chunk& ch, int64_t b) const {
+    return b - ch.lo < ch.cached ? ch.cache + (b - ch.lo) * tile_floats : nullptr;
   }
 };
 
@@ -341,23 +386,31 @@ void count_rows(LossCall& L) {
   for (int64_t i = 0; i < L.N; ++i) L.rowscale[i] = (L.p.labels[i] != -1 && V > 0) ? (float)(1.0 / V) : 0.0f;
 }
 
-// ---- Each thread's block range, tile cache and LSE partial states; the rows
-// sorted by label (to find the targets of a block). ----
-void share_blocks(LossCall& L, size_t workspace_bytes) {
-  const int T = L.lay.threads;
+// ---- The chunks: block ranges, their share of the tile cache (the same
+// fraction of each chunk's tiles), LSE partial states and dX̂ partials; the
+// rows sorted by label (to find the targets of a block). ----
+constexpr size_t kGradPartsBytes = 16u << 20;  // what the dX̂ partials may take beyond one per thread
+void make_chunks(LossCall& L, size_t workspace_bytes) {
+  const int64_t nblocks = L.lay.nblocks;
   L.invw = uninit<float>(L.C);
-  const size_t cache_tiles_per_thread =
-      L.backward ? workspace_bytes / (size_t)T / (L.tile_floats * sizeof(float)) : 0;
-  L.shares.resize(T);
-  for (int t = 0; t < T; ++t) {
-    ThreadShare& sh = L.shares[t];
-    sh.lo = L.lay.lo(t);
-    sh.hi = L.lay.hi(t);
-    sh.cached = std::min<int64_t>((int64_t)cache_tiles_per_thread, sh.hi - sh.lo);
-    if (sh.cached > 0) sh.cache = BigArray<float>(sh.cached * L.tile_floats, Fill::any);
-    sh.part_max = uninit<float>(L.ldt);
-    sh.part_sumexp = uninit<float>(L.ldt);
-    sh.part_other = uninit<float>(L.ldt);
+  const size_t part_bytes = (size_t)std::max<int64_t>(L.N * L.D, 1) * sizeof(float);
+  const auto ranges = chunk_ranges(nblocks, L.lay.threads, (int64_t)(kGradPartsBytes / part_bytes));
+  const int64_t slots =
+      L.backward ? std::min<int64_t>(nblocks, (int64_t)(workspace_bytes / (L.tile_floats * sizeof(float)))) : 0;
+  if (slots > 0) L.tile_cache = BigArray<float>(slots * L.tile_floats, Fill::any);
+  if (L.backward) L.grad_xn_parts = BigArray<float>(ranges.size() * L.N * L.D, Fill::any);
+  L.chunks.resize(ranges.size());
+  for (size_t c = 0; c < ranges.size(); ++c) {
+    Chunk& ch = L.chunks[c];
+    ch.lo = ranges[c].first;
+    ch.hi = ranges[c].second;
+    const int64_t first = slots * ch.lo / nblocks, last = slots * ch.hi / nblocks;
+    ch.cached = last - first;
+    ch.cache = L.tile_cache.get() + first * L.tile_floats;
+    if (L.backward) ch.grad_xn = L.grad_xn_parts.get() + c * L.N * L.D;
+    ch.part_max = uninit<float>(L.ldt);
+    ch.part_sumexp = uninit<float>(L.ldt);
+    ch.part_other = uninit<float>(L.ldt);
   }
   for (int64_t i = 0; i < L.N; ++i)
     if (L.p.labels[i] >= 0) L.by_label.emplace_back(L.p.labels[i], (int32_t)i);
@@ -389,12 +442,12 @@ struct ForwardScratch {
 
 // Norms of the block's rows as the kernels see them (bf16: the rounded rows; a
 // finite value rounds to a finite one, or to ±inf beyond bf16's range, which
-// the check then reports). False, with sh.bad_row set, for a bad row.
-bool block_norms(LossCall& L, ThreadShare& sh, ClassBlock blk, const BlockRows& wr, float* buf) {
+// the check then reports). False, with ch.bad_row set, for a bad row.
+bool block_norms(LossCall& L, Chunk& ch, ClassBlock blk, const BlockRows& wr, float* buf) {
   for (int64_t j = 0; j < blk.count; ++j) {
     const double sq = wr.sq ? wr.sq[j] : L.kern.sumsq(wr.row(j, L.D, buf), (int)L.D);
     if (!(sq <= kMaxNormSq)) {  // non-finite, or a norm the fp32 products would overflow
-      sh.bad_row = L.row_of(blk.j0 + j);
+      ch.bad_row = L.row_of(blk.j0 + j);
       return false;
     }
     L.invw[blk.j0 + j] = inv_norm_from_sq(sq);
@@ -428,41 +481,67 @@ void block_targets(LossCall& L, ForwardScratch& fs, ClassBlock blk, const BlockR
 }
 
 // One block of the forward pass: false for a bad W row.
-bool forward_block(LossCall& L, ThreadShare& sh, ForwardScratch& fs, int64_t b) {
+bool forward_block(LossCall& L, Chunk& ch, ForwardScratch& fs, int64_t b, const NextBlock& next) {
   const ClassBlock blk = L.lay.block(b);
   const BlockRows wr = L.block_rows(blk, fs.wrows.get(), fs.wa.get(), fs.sq.get());
-  if (!block_norms(L, sh, blk, wr, fs.row.get())) return false;
-  float* tile = L.cached_tile(sh, b);
+  if (!block_norms(L, ch, blk, wr, fs.row.get())) return false;
+  float* tile = L.cached_tile(ch, b);
   if (!tile) tile = fs.tile.get();
-  L.cos_tile(wr, blk, tile, L.next_rows(b, sh.hi));
+  L.cos_tile(wr, blk, tile, L.next_rows(next));
   block_targets(L, fs, blk, wr, tile);
   L.kern.block_stats(tile, (int)blk.count, (int)L.ldt, L.s, L.cvm_m2, fs.target_col.get(), fs.target_z.get(),
                      fs.blk_max.get(), fs.blk_sumexp.get(), fs.blk_other.get());
   for (int64_t i = 0; i < L.ldt; ++i) {
-    const LseState a = lse_merge({sh.part_max[i], sh.part_sumexp[i], sh.part_other[i]},
+    const LseState a = lse_merge({ch.part_max[i], ch.part_sumexp[i], ch.part_other[i]},
                                  {fs.blk_max[i], fs.blk_sumexp[i], fs.blk_other[i]});
-    sh.part_max[i] = a.m;
-    sh.part_sumexp[i] = a.l;
-    sh.part_other[i] = a.o;
+    ch.part_max[i] = a.m;
+    ch.part_sumexp[i] = a.l;
+    ch.part_other[i] = a.o;
   }
   auto [lo, hi] = L.targets_in(blk.j0, blk.j0 + blk.count);
   for (auto it = lo; it != hi; ++it) fs.target_col[it->second] = -1;
   return true;
 }
 
-void forward_thread(LossCall& L, int t) {
-  ThreadShare& sh = L.shares[t];
-  ForwardScratch fs(L);
-  for (int64_t i = 0; i < L.ldt; ++i) {
-    sh.part_max[i] = -INFINITY;
-    sh.part_sumexp[i] = 0.0f;
-    sh.part_other[i] = 0.0f;
+// One thread's part of a pass: the blocks of the chunks it takes, in order,
+// fn(chunk, b, next) for each (false: leave the chunk), after begin(chunk).
+// `next` is the block the thread runs after b: the chunk's next block, or the
+// first of the chunk it takes while b, its chunk's last, runs, so that the
+// products fetch that block's operands meanwhile across chunks too.
+template <class Begin, class Fn>
+void take_chunks(LossCall& L, ChunkQueue& queue, Begin begin, Fn fn) {
+  const int64_t K = (int64_t)L.chunks.size();
+  for (int64_t c = queue.take(); c < K;) {
+    Chunk& ch = L.chunks[c];
+    begin(ch);
+    int64_t next_c = -1;
+    for (int64_t b = ch.lo; b < ch.hi; ++b) {
+      NextBlock next{&ch, b + 1};
+      if (b + 1 == ch.hi) {
+        next_c = queue.take();
+        next = next_c < K ? NextBlock{&L.chunks[next_c], L.chunks[next_c].lo} : NextBlock{};
+      }
+      if (!fn(ch, b, next)) break;
+    }
+    c = next_c >= 0 ? next_c : queue.take();
   }
-  for (int64_t b = sh.lo; b < sh.hi; ++b)
-    if (!forward_block(L, sh, fs, b)) return;
 }
 
-// Merge the thread partials in thread order → LSE, per-sample loss, mean,
+void forward_thread(LossCall& L, ChunkQueue& queue) {
+  ForwardScratch fs(L);
+  take_chunks(
+      L, queue,
+      [&](Chunk& ch) {
+        for (int64_t i = 0; i < L.ldt; ++i) {
+          ch.part_max[i] = -INFINITY;
+          ch.part_sumexp[i] = 0.0f;
+          ch.part_other[i] = 0.0f;
+        }
+      },
+      [&](Chunk& ch, int64_t b, const NextBlock& next) { return forward_block(L, ch, fs, b, next); });
+}
+
+// Merge the chunk partials in chunk order → LSE, per-sample loss, mean,
 // and the target's p − 1 (from the target-free sum: see target_terms).
 void merge_forward(LossCall& L) {
   const LossProblem& p = L.p;
@@ -470,7 +549,7 @@ void merge_forward(LossCall& L) {
   double total = 0.0;
   for (int64_t i = 0; i < L.N; ++i) {
     LseState a = lse_empty();
-    for (const ThreadShare& sh : L.shares) a = lse_merge(a, {sh.part_max[i], sh.part_sumexp[i], sh.part_other[i]});
+    for (const Chunk& ch : L.chunks) a = lse_merge(a, {ch.part_max[i], ch.part_sumexp[i], ch.part_other[i]});
     L.lse[i] = p.lse_in ? p.lse_in[i] : lse_value(a);
     if (out.row_max) out.row_max[i] = a.m;
     if (out.row_sumexp) out.row_sumexp[i] = a.l;
@@ -489,7 +568,7 @@ void merge_forward(LossCall& L) {
   out.loss = L.V > 0 ? total / (double)L.V : 0.0;
 }
 
-// ---- Backward: revisit blocks, g tile, dŴ (owned) and dX̂ (per thread). ----
+// ---- Backward: revisit blocks, g tile, dŴ (owned) and dX̂ (per chunk). ----
 struct BackwardScratch {
   std::unique_ptr<float[]> tile, g, tj, tj_inv, wrows, row, grad_block;  // tj_inv: invn_j·t_j
   std::unique_ptr<uint16_t[]> wa;
@@ -516,11 +595,11 @@ struct BackwardScratch {
 
 // The block's gradient tile G (and t_j) from its cosine tile; the largest
 // non-target probability of the block.
-float grad_tile(const LossCall& L, const ThreadShare& sh, BackwardScratch& bs, int64_t b, ClassBlock blk,
-                const BlockRows& wr) {
-  const float* tile = L.cached_tile(sh, b);
+float grad_tile(const LossCall& L, const Chunk& ch, BackwardScratch& bs, int64_t b, ClassBlock blk,
+                const BlockRows& wr, const NextBlock& next) {
+  const float* tile = L.cached_tile(ch, b);
   if (!tile) {
-    L.cos_tile(wr, blk, bs.tile.get(), L.next_rows(b, sh.hi));
+    L.cos_tile(wr, blk, bs.tile.get(), L.next_rows(next));
     L.patch_target_cos(bs.tile.get(), blk);
     tile = bs.tile.get();
   }
@@ -579,24 +658,28 @@ void grad_w_block(const LossCall& L, BackwardScratch& bs, ClassBlock blk, const 
     L.kern.sub_scaled(gw + j * D, wr.row(j, D, bs.row.get()), bs.tj_inv[j], invn[j], (int)D);
 }
 
-// dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ).
-void grad_x_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const BlockRows& wr, float* dx,
+// dX̂ += G·W_block (G already carries invn_j, so this is G_raw·Ŵ); the
+// chunk's first product writes its partial instead of adding to it.
+void grad_x_block(const LossCall& L, const BackwardScratch& bs, ClassBlock blk, const BlockRows& wr, Chunk& ch,
                   Prefetch next) {
   const RowOperands& ops = L.ops;
   const int64_t N = L.N, D = L.D;
+  const bool accumulate = ch.grad_xn_written;
   if (ops.packed) {
     bf16_gemm(ops.path, (int)N, (int)D, (int)ops.block_pad, bs.g_rows.get(), (long)ops.block_pad, bs.w_pairs.get(),
-              dx, (long)D, true, next.at, next.bytes);
+              ch.grad_xn, (long)D, accumulate, next.at, next.bytes);
   } else {
-    L.gemm((int)N, (int)D, (int)blk.count, bs.g.get(), 1, (long)L.ldt, wr.w, (long)D, dx, (long)D, true, next);
+    L.gemm((int)N, (int)D, (int)blk.count, bs.g.get(), 1, (long)L.ldt, wr.w, (long)D, ch.grad_xn, (long)D,
+           accumulate, next);
   }
+  ch.grad_xn_written = true;
 }
 
-void backward_block(const LossCall& L, ThreadShare& sh, BackwardScratch& bs, int64_t b) {
+void backward_block(const LossCall& L, Chunk& ch, BackwardScratch& bs, int64_t b, const NextBlock& next) {
   const LossProblem& p = L.p;
   const ClassBlock blk = L.lay.block(b);
   const BlockRows wr = L.block_rows(blk, bs.wrows.get(), bs.wa.get(), nullptr);
-  const float pmax = grad_tile(L, sh, bs, b, blk, wr);
+  const float pmax = grad_tile(L, ch, bs, b, blk, wr, next);
   auto [lo, hi] = L.targets_in(blk.j0, blk.j0 + blk.count);
   float* gw = p.block_update ? bs.grad_block.get() : L.out.grad_w + blk.j0 * L.D;
   if (p.grad_filter > 0.0f && lo == hi && pmax < p.grad_filter) {
@@ -605,35 +688,40 @@ void backward_block(const LossCall& L, ThreadShare& sh, BackwardScratch& bs, int
     } else {
       std::memset(gw, 0, sizeof(float) * blk.count * L.D);
     }
-    ++sh.skipped;
+    ++ch.skipped;
     return;
   }
   grad_operands_bf16(L, bs, blk, wr);
   // While the products run, the next block's centres (dŴ) and its cached
   // cosine tile (dX̂) come into L2.
-  const float* next_tile = b + 1 < sh.hi ? L.cached_tile(sh, b + 1) : nullptr;
-  grad_w_block(L, bs, blk, wr, gw, L.next_rows(b, sh.hi));
-  grad_x_block(L, bs, blk, wr, sh.grad_xn.get(), {next_tile, next_tile ? L.tile_floats * sizeof(float) : 0});
+  const float* next_tile = next.b >= 0 ? L.cached_tile(*next.ch, next.b) : nullptr;
+  grad_w_block(L, bs, blk, wr, gw, L.next_rows(next));
+  grad_x_block(L, bs, blk, wr, ch, {next_tile, next_tile ? L.tile_floats * sizeof(float) : 0});
   if (p.block_update) p.block_update(blk.j0, blk.count, gw);
 }
 
-void backward_thread(LossCall& L, int t) {
-  ThreadShare& sh = L.shares[t];
+void backward_thread(LossCall& L, ChunkQueue& queue) {
   BackwardScratch bs(L);
-  sh.grad_xn = std::unique_ptr<float[]>(new float[L.N * L.D]());
-  for (int64_t b = sh.lo; b < sh.hi; ++b) backward_block(L, sh, bs, b);
+  take_chunks(
+      L, queue, [](Chunk&) {},
+      [&](Chunk& ch, int64_t b, const NextBlock& next) {
+        backward_block(L, ch, bs, b, next);
+        return true;
+      });
 }
 
-// Sum the per-thread dX̂ in thread order, then the normalisation's chain rule.
-void finish_grad_x(const LossCall& L) {
-  const int64_t N = L.N, D = L.D;
+// Rows [i0, i1) of dX: the chunks' dX̂ partials summed in chunk order, then
+// the normalisation's chain rule.
+void finish_grad_x(const LossCall& L, int64_t i0, int64_t i1) {
+  const int64_t D = L.D;
   const float* xn = L.rows.xn.get();
-  for (int64_t i = 0; i < N; ++i) {
+  for (int64_t i = i0; i < i1; ++i) {
     float* gx = L.out.grad_x + i * D;
-    for (int64_t q = 0; q < D; ++q) {
-      float acc = 0.0f;
-      for (const ThreadShare& sh : L.shares) acc += sh.grad_xn[i * D + q];
-      gx[q] = acc;
+    for (int64_t q = 0; q < D; ++q) gx[q] = 0.0f;
+    for (const Chunk& ch : L.chunks) {
+      if (!ch.grad_xn_written) continue;
+      const float* part = ch.grad_xn + i * D;
+      for (int64_t q = 0; q < D; ++q) gx[q] += part[q];
     }
     double dot = 0.0;
     for (int64_t q = 0; q < D; ++q) dot += (double)gx[q] * xn[i * D + q];
@@ -661,17 +749,20 @@ void cpu_loss(const LossProblem& p, LossOutputs& out, const CpuOptions& opt) {
   out.skipped_blocks = 0;
   prepare_rows(L, opt);
   count_rows(L);
-  share_blocks(L, opt.workspace_bytes);
+  make_chunks(L, opt.workspace_bytes);
+  const int T = L.lay.threads;
 
-  parallel(L.lay.threads, [&](int t) { forward_thread(L, t); });
-  for (const ThreadShare& sh : L.shares)
-    if (sh.bad_row >= 0) throw bad_rows_error("weights", sh.bad_row);
+  ChunkQueue forward_queue;
+  parallel(T, [&](int) { forward_thread(L, forward_queue); });
+  for (const Chunk& ch : L.chunks)
+    if (ch.bad_row >= 0) throw bad_rows_error("weights", ch.bad_row);
   merge_forward(L);
   if (!L.backward) return;
 
-  parallel(L.lay.threads, [&](int t) { backward_thread(L, t); });
-  for (const ThreadShare& sh : L.shares) out.skipped_blocks += sh.skipped;
-  finish_grad_x(L);
+  ChunkQueue backward_queue;
+  parallel(T, [&](int) { backward_thread(L, backward_queue); });
+  for (const Chunk& ch : L.chunks) out.skipped_blocks += ch.skipped;
+  parallel(T, [&](int t) { finish_grad_x(L, L.N * t / T, L.N * (t + 1) / T); });
 }
 
 }  // namespace ms
