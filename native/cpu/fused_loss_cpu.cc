@@ -420,7 +420,7 @@ void make_chunks(LossCall& L, size_t workspace_bytes) {
 // ---- Forward: stream class blocks, online LSE per row. ----
 struct ForwardScratch {
   std::unique_ptr<float[]> tile, wrows, row;
-  std::unique_ptr<double[]> sq;  // the block's rows' sums of squares (matrix path)
+  std::unique_ptr<double[]> sq;  // the block's rows' sums of squares
   std::unique_ptr<uint16_t[]> wa;
   std::unique_ptr<int32_t[]> target_col;  // per row: its target's column in this block, or −1
   std::unique_ptr<float[]> target_z;      // per row: its target logit (read where target_col ≥ 0)
@@ -443,9 +443,15 @@ struct ForwardScratch {
 // Norms of the block's rows as the kernels see them (bf16: the rounded rows; a
 // finite value rounds to a finite one, or to ±inf beyond bf16's range, which
 // the check then reports). False, with ch.bad_row set, for a bad row.
-bool block_norms(LossCall& L, Chunk& ch, ClassBlock blk, const BlockRows& wr, float* buf) {
+// fp32 rows are summed several at a time (KernelSet::sumsq_rows) into sq_buf.
+bool block_norms(LossCall& L, Chunk& ch, ClassBlock blk, const BlockRows& wr, float* buf, double* sq_buf) {
+  const double* sums = wr.sq;
+  if (!sums && wr.w && L.kern.sumsq_rows) {
+    L.kern.sumsq_rows(wr.w, (long)L.D, (int)blk.count, (int)L.D, sq_buf);
+    sums = sq_buf;
+  }
   for (int64_t j = 0; j < blk.count; ++j) {
-    const double sq = wr.sq ? wr.sq[j] : L.kern.sumsq(wr.row(j, L.D, buf), (int)L.D);
+    const double sq = sums ? sums[j] : L.kern.sumsq(wr.row(j, L.D, buf), (int)L.D);
     if (!(sq <= kMaxNormSq)) {  // non-finite, or a norm the fp32 products would overflow
       ch.bad_row = L.row_of(blk.j0 + j);
       return false;
@@ -484,7 +490,7 @@ void block_targets(LossCall& L, ForwardScratch& fs, ClassBlock blk, const BlockR
 bool forward_block(LossCall& L, Chunk& ch, ForwardScratch& fs, int64_t b, const NextBlock& next) {
   const ClassBlock blk = L.lay.block(b);
   const BlockRows wr = L.block_rows(blk, fs.wrows.get(), fs.wa.get(), fs.sq.get());
-  if (!block_norms(L, ch, blk, wr, fs.row.get())) return false;
+  if (!block_norms(L, ch, blk, wr, fs.row.get(), fs.sq.get())) return false;
   float* tile = L.cached_tile(ch, b);
   if (!tile) tile = fs.tile.get();
   L.cos_tile(wr, blk, tile, L.next_rows(next));

@@ -46,6 +46,9 @@ struct KernelSet {
   // sub: null, or the rows' RowSub, applied after the last k.
   void (*gemm_packed)(int M, int NN, int K, const float* A, long sam, long sak, const float* Bp, float* C, long ldc,
                       bool accumulate, const void* next, size_t next_bytes, const RowSub* sub);
+  // sumsq of `rows` rows (row stride ld), bit for bit, several at a time. Null
+  // in a set without it: callers then call sumsq per row.
+  void (*sumsq_rows)(const float* v, long ld, int rows, int d, double* out);
 };
 
 // SIMD level codes (lib/native.ts SIMD_CODES), ordered so that a level the
