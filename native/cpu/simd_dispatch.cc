@@ -7,6 +7,9 @@
 
 #include "../margin_math.h"
 #include "target_region.h"
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>  // sumsq's float → double conversion
+#endif
 
 namespace ms {
 
