@@ -20,7 +20,7 @@ import { PACKAGED_DEFAULTS, WASM_INFO, wasmDefaults, wasmGaussian, wasmLoss, was
 const NATIVE_DEFAULTS = nativeStatus().usable ? native._defaults() : wasmStatus().usable ? wasmDefaults() : PACKAGED_DEFAULTS;
 /** Logit scale s where the options give none (64). */
 export const DEFAULT_SCALE = NATIVE_DEFAULTS.scale;
-/** Bytes of cosine tiles the CPU backend keeps between passes where the options give none (64 MiB). */
+/** Bytes of cosine tiles the CPU backend keeps between passes where the options give none (128 MiB). */
 export const DEFAULT_WORKSPACE_BYTES = NATIVE_DEFAULTS.workspaceBytes;
 export const ADAPTIVE_DEFAULTS = { m1: MARGIN_KINDS.adaptive.params.m1.default, m2: MARGIN_KINDS.adaptive.params.m2.default } as const;
 

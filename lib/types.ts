@@ -97,7 +97,7 @@ export interface LossOptions {
   threads?: number;
   /**
    * CPU: bytes of cosine tiles kept from the forward pass for the backward pass
-   * (tiles beyond it are recomputed). Default 64 MiB; 0 always recomputes.
+   * (tiles beyond it are recomputed). Default 128 MiB; 0 always recomputes.
    */
   workspaceBytes?: number;
   /** CPU instruction set: 'auto' (default, the best the CPU has), 'avx512', 'avx2', 'neon' (aarch64) or 'portable'. */

@@ -26,7 +26,7 @@ export { WASM_MEMORY_LIMIT } from './memory';
  * (lib/loss.ts reads them from the addon or the module where either loads;
  * test/wasm-backend.test.ts checks that all three agree).
  */
-export const PACKAGED_DEFAULTS = { scale: 64, workspaceBytes: 64 * 2 ** 20 } as const;
+export const PACKAGED_DEFAULTS = { scale: 64, workspaceBytes: 128 * 2 ** 20 } as const;
 
 /** What deviceInfo().wasm reports besides whether the module loads. */
 export const WASM_INFO = { threads: 1, simd: 'simd128', memoryLimitBytes: WASM_MEMORY_LIMIT } as const;

@@ -9,8 +9,10 @@
 namespace ms {
 
 // Bytes of cosine tiles kept between the passes where a caller gives no
-// workspaceBytes (lib/ reads it through _defaults()).
-constexpr size_t kDefaultWorkspaceBytes = size_t(64) << 20;
+// workspaceBytes (lib/ reads it through _defaults()): every tile up to
+// C ≈ 2.6·10⁵ at N = 128, and a quarter of them at C = 10⁶, where the loss
+// then needs about 140 MiB beyond its inputs and outputs (docs/cpu.md).
+constexpr size_t kDefaultWorkspaceBytes = size_t(128) << 20;
 
 struct CpuOptions {
   int threads = 0;                                   // 0 = all hardware threads
