@@ -26,7 +26,7 @@
 // and are merged in chunk order, so a fixed thread count gives bit-identical
 // results run after run, whichever thread ran which chunk. Extra memory: the
 // tile cache (workspace_bytes), O(block_classes·N) per thread, O(N·d) per
-// chunk for dX̂ (kGradPartsBytes), and C floats of norms.
+// chunk for dX̂ (loss_chunks), and C floats of norms.
 //
 // The steps of cpu_loss, top to bottom: normalise the rows (and make their
 // bf16 operands), count the rows, make the chunks; forward pass
@@ -35,7 +35,6 @@
 // rows' normalisation chain rule (finish_grad_x). One LossCall holds what the
 // steps pass on.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -130,33 +129,6 @@ struct Chunk {
   bool grad_xn_written = false;                              // false: every block skipped, no partial
 };
 
-// The chunks' block ranges for T threads. One thread: a single chunk. More:
-// each chunk is 1/(2T) of the blocks not yet given out (at least
-// kMinChunkBlocks), so the chunks shrink towards the end and the threads
-// finish together even when the host takes time from one of them; at most
-// max_chunks (the dX̂ partials are N×d floats each: the smallest size doubles
-// until they fit). The ranges depend on nblocks and T only.
-constexpr int64_t kMinChunkBlocks = 4;
-std::vector<std::pair<int64_t, int64_t>> chunk_ranges(int64_t nblocks, int T, int64_t max_chunks) {
-  std::vector<std::pair<int64_t, int64_t>> r;
-  if (T <= 1 || nblocks <= kMinChunkBlocks) return {{0, nblocks}};
-  for (int64_t min_size = kMinChunkBlocks;; min_size *= 2) {
-    r.clear();
-    for (int64_t lo = 0; lo < nblocks;) {
-      const int64_t size = std::max(min_size, (nblocks - lo + 2 * T - 1) / (2 * T));
-      r.emplace_back(lo, std::min(nblocks, lo + size));
-      lo = r.back().second;
-    }
-    if ((int64_t)r.size() <= std::max<int64_t>(max_chunks, T)) return r;
-  }
-}
-
-// Hands out chunk indices in order to the threads of one pass.
-struct ChunkQueue {
-  std::atomic<int64_t> next{0};
-  int64_t take() { return next.fetch_add(1, std::memory_order_relaxed); }
-};
-
 // The block a thread runs next (b < 0: none) and its chunk.
 struct NextBlock {
   const Chunk* ch = nullptr;
@@ -183,6 +155,7 @@ struct LossCall {
   int64_t V = 0;
   std::unique_ptr<float[]> invw;  // 1/‖w_j‖ of the rows as the kernels see them
   std::vector<Chunk> chunks;
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // the chunks' block ranges
   BigArray<float> tile_cache;     // the chunks' cached tiles
   BigArray<float> grad_xn_parts;  // the chunks' dX̂ partials
   std::vector<std::pair<int32_t, int32_t>> by_label;  // (label, row) of the local targets, sorted
@@ -389,12 +362,11 @@ void count_rows(LossCall& L) {
 // ---- The chunks: block ranges, their share of the tile cache (the same
 // fraction of each chunk's tiles), LSE partial states and dX̂ partials; the
 // rows sorted by label (to find the targets of a block). ----
-constexpr size_t kGradPartsBytes = 16u << 20;  // what the dX̂ partials may take beyond one per thread
 void make_chunks(LossCall& L, size_t workspace_bytes) {
   const int64_t nblocks = L.lay.nblocks;
   L.invw = uninit<float>(L.C);
-  const size_t part_bytes = (size_t)std::max<int64_t>(L.N * L.D, 1) * sizeof(float);
-  const auto ranges = chunk_ranges(nblocks, L.lay.threads, (int64_t)(kGradPartsBytes / part_bytes));
+  L.ranges = loss_chunks(L.lay, L.N, L.D);
+  const auto& ranges = L.ranges;
   const int64_t slots =
       L.backward ? std::min<int64_t>(nblocks, (int64_t)(workspace_bytes / (L.tile_floats * sizeof(float)))) : 0;
   if (slots > 0) L.tile_cache = BigArray<float>(slots * L.tile_floats, Fill::any);
@@ -509,33 +481,21 @@ bool forward_block(LossCall& L, Chunk& ch, ForwardScratch& fs, int64_t b, const 
   return true;
 }
 
-// One thread's part of a pass: the blocks of the chunks it takes, in order,
-// fn(chunk, b, next) for each (false: leave the chunk), after begin(chunk).
-// `next` is the block the thread runs after b: the chunk's next block, or the
-// first of the chunk it takes while b, its chunk's last, runs, so that the
-// products fetch that block's operands meanwhile across chunks too.
+// One thread's part of a pass (take_chunks over L's chunks): fn(chunk, b,
+// next) for each block, after begin(chunk), with `next` the block the thread
+// runs after b, so that b's products fetch its operands.
 template <class Begin, class Fn>
-void take_chunks(LossCall& L, ChunkQueue& queue, Begin begin, Fn fn) {
-  const int64_t K = (int64_t)L.chunks.size();
-  for (int64_t c = queue.take(); c < K;) {
-    Chunk& ch = L.chunks[c];
-    begin(ch);
-    int64_t next_c = -1;
-    for (int64_t b = ch.lo; b < ch.hi; ++b) {
-      NextBlock next{&ch, b + 1};
-      if (b + 1 == ch.hi) {
-        next_c = queue.take();
-        next = next_c < K ? NextBlock{&L.chunks[next_c], L.chunks[next_c].lo} : NextBlock{};
-      }
-      if (!fn(ch, b, next)) break;
-    }
-    c = next_c >= 0 ? next_c : queue.take();
-  }
+void run_chunks(LossCall& L, ChunkQueue& queue, Begin begin, Fn fn) {
+  take_chunks(
+      L.ranges, queue, [&](int64_t c) { begin(L.chunks[c]); },
+      [&](int64_t c, int64_t b, int64_t next_c, int64_t next_b) {
+        return fn(L.chunks[c], b, next_b < 0 ? NextBlock{} : NextBlock{&L.chunks[next_c], next_b});
+      });
 }
 
 void forward_thread(LossCall& L, ChunkQueue& queue) {
   ForwardScratch fs(L);
-  take_chunks(
+  run_chunks(
       L, queue,
       [&](Chunk& ch) {
         for (int64_t i = 0; i < L.ldt; ++i) {
@@ -708,7 +668,7 @@ void backward_block(const LossCall& L, Chunk& ch, BackwardScratch& bs, int64_t b
 
 void backward_thread(LossCall& L, ChunkQueue& queue) {
   BackwardScratch bs(L);
-  take_chunks(
+  run_chunks(
       L, queue, [](Chunk&) {},
       [&](Chunk& ch, int64_t b, const NextBlock& next) {
         backward_block(L, ch, bs, b, next);

@@ -2,7 +2,9 @@
 // of a forward + backward (cosines X̂·Wᵀ, dŴ = Gᵀ·X̂, dX̂ = G·W) run with the
 // same kernel, blocking and threads as the fused loss, but with no epilogue
 // (no margin, no softmax, no normalisation). The fused loss divided by this
-// is the fraction of attainable GEMM speed that the fusion keeps.
+// is the fraction of attainable GEMM speed that the fusion keeps. The threads
+// share the blocks out as the loss's do (loss_chunks, take_chunks), so that
+// the two see the same balance on a host whose other work slows one core.
 //
 // With a bf16 matrix path (weightsDtype 'bfloat16') the products are those of
 // the loss's bf16 compute: the same bf16_gemm calls on operands of the same
@@ -52,26 +54,28 @@ double products_seconds_bf16(MatrixPath path, const float* x, const float* w, in
       std::fill(gw.get() + j0 * D, gw.get() + (j0 + count) * D, 0.0f);
     }
   });
+  const auto ranges = loss_chunks(lay, N, D);
+  ChunkQueue queue;
   const auto t0 = std::chrono::steady_clock::now();
-  parallel(lay.threads, [&](int t) {
+  parallel(lay.threads, [&](int) {
     // G's two layouts: any values (the time does not depend on them).
     std::vector<uint16_t> g_cls((size_t)(block_classes * ldt_pad), 0x3c00), g_rows((size_t)(N * block_pad), 0x3c00);
     std::vector<float> tile(block_classes * ldt), dx(N * D, 0.0f);
-    for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
+    take_chunks(ranges, queue, [](int64_t) {}, [&](int64_t, int64_t b, int64_t, int64_t nb) {
       const auto [j0, count] = lay.block(b);
       // The next block's W operands come into L2 during the products, as in the loss.
-      const bool more = b + 1 < lay.hi(t);
-      const int64_t next_count = more ? lay.block(b + 1).count : 0;
+      const bool more = nb >= 0;
+      const int64_t nj0 = more ? lay.block(nb).j0 : 0, next_count = more ? lay.block(nb).count : 0;
       bf16_gemm(path, (int)count, (int)ldt, (int)d_pad, w_rows.get() + j0 * d_pad, (long)d_pad, xt_packed.data(),
-                tile.data(), (long)ldt, false, w_rows.get() + (j0 + count) * d_pad,
-                (size_t)(next_count * d_pad) * sizeof(uint16_t));
-      if (!backward) continue;
+                tile.data(), (long)ldt, false, w_rows.get() + nj0 * d_pad, (size_t)(next_count * d_pad) * sizeof(uint16_t));
+      if (!backward) return true;
       bf16_gemm(path, (int)count, (int)D, (int)ldt_pad, g_cls.data(), (long)ldt_pad, xn_packed.data(),
-                gw.get() + j0 * D, (long)D, false, more ? w_pairs.get() + (b + 1) * pairs_per_block : nullptr,
+                gw.get() + j0 * D, (long)D, false, more ? w_pairs.get() + nb * pairs_per_block : nullptr,
                 more ? (size_t)pairs_per_block * sizeof(uint16_t) : 0);
       bf16_gemm(path, (int)N, (int)D, (int)block_pad, g_rows.data(), (long)block_pad,
                 w_pairs.get() + b * pairs_per_block, dx.data(), (long)D, true);
-    }
+      return true;
+    });
   });
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -107,29 +111,31 @@ double products_seconds(const float* x, const float* w, int64_t N, int64_t C, in
     kern.pack_b_whole((int)D, (int)N, xt, (long)ldt, xt_b.data());
     kern.pack_b_whole((int)N, (int)D, x, (long)D, x_b.data());
   }
+  const auto ranges = loss_chunks(lay, N, D);
+  ChunkQueue queue;
   const auto t0 = std::chrono::steady_clock::now();
-  parallel(lay.threads, [&](int t) {
+  parallel(lay.threads, [&](int) {
     std::vector<float> tile(block_classes * ldt, 0.0f), dx(N * D, 0.0f);
-    for (int64_t b = lay.lo(t); b < lay.hi(t); ++b) {
+    take_chunks(ranges, queue, [](int64_t) {}, [&](int64_t, int64_t b, int64_t, int64_t nb) {
       const auto [j0, count] = lay.block(b);
       float* gwb = gw.get() + j0 * D;
       // The next block's centres come into L2 during this product, as in the loss.
-      const int64_t next = b + 1 < lay.hi(t) ? lay.block(b + 1).count * D : 0;
-      const float* wn = next > 0 ? w + (j0 + count) * D : nullptr;
-      const size_t next_bytes = (size_t)next * sizeof(float);
+      const float* wn = nb >= 0 ? w + lay.block(nb).j0 * D : nullptr;
+      const size_t next_bytes = nb >= 0 ? (size_t)(lay.block(nb).count * D) * sizeof(float) : 0;
       if (packed) {
         kern.gemm_packed((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt_b.data(), tile.data(), (long)ldt, false,
                          wn, next_bytes, nullptr);
-        if (!backward) continue;
+        if (!backward) return true;
         kern.gemm_packed((int)count, (int)D, (int)N, tile.data(), (long)ldt, 1, x_b.data(), gwb, (long)D, false,
                          nullptr, 0, nullptr);
       } else {
         kern.gemm((int)count, (int)N, (int)D, w + j0 * D, (long)D, 1, xt, (long)ldt, tile.data(), (long)ldt, false);
-        if (!backward) continue;
+        if (!backward) return true;
         kern.gemm((int)count, (int)D, (int)N, tile.data(), (long)ldt, 1, x, (long)D, gwb, (long)D, false);
       }
       kern.gemm((int)N, (int)D, (int)count, tile.data(), 1, (long)ldt, w + j0 * D, (long)D, dx.data(), (long)D, true);
-    }
+      return true;
+    });
   });
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
