@@ -112,15 +112,16 @@ struct BlockRows {
   }
 };
 
-// A run of consecutive class blocks [lo, hi) that one thread processes at a
-// time: the first `cached` of their cosine tiles, kept for the backward pass
-// (at `cache`, its slice of the tile cache), and its partial results. Threads
-// take chunks in order from a shared counter (ChunkQueue), so a thread the
-// host slows down takes fewer of them; the partials belong to the chunk, not
-// to the thread that happened to run it, and are merged in chunk order, so
-// the results do not depend on which thread ran what (chunk_ranges).
+// A run of consecutive class blocks (LossCall::ranges; lo is its first) that
+// one thread processes at a time: the first `cached` of their cosine tiles,
+// kept for the backward pass (at `cache`, its slice of the tile cache), and
+// its partial results. Threads take chunks in order from a shared counter
+// (ChunkQueue), so a thread the host slows down takes fewer of them; the
+// partials belong to the chunk, not to the thread that happened to run it,
+// and are merged in chunk order, so the results do not depend on which thread
+// ran what (chunk_ranges).
 struct Chunk {
-  int64_t lo = 0, hi = 0, cached = 0;
+  int64_t lo = 0, cached = 0;
   float* cache = nullptr;
   std::unique_ptr<float[]> part_max, part_sumexp, part_other;  // per-row LSE state over its blocks
   int64_t bad_row = -1;                                      // a W row with a bad norm (forward)
@@ -375,8 +376,7 @@ void make_chunks(LossCall& L, size_t workspace_bytes) {
   for (size_t c = 0; c < ranges.size(); ++c) {
     Chunk& ch = L.chunks[c];
     ch.lo = ranges[c].first;
-    ch.hi = ranges[c].second;
-    const int64_t first = slots * ch.lo / nblocks, last = slots * ch.hi / nblocks;
+    const int64_t first = slots * ch.lo / nblocks, last = slots * ranges[c].second / nblocks;
     ch.cached = last - first;
     ch.cache = L.tile_cache.get() + first * L.tile_floats;
     if (L.backward) ch.grad_xn = L.grad_xn_parts.get() + c * L.N * L.D;
